@@ -1,0 +1,238 @@
+//! Command line: `turnpike run`, `turnpike credentials`, `turnpike check-config`.
+//!
+//! Every configuration key has a flag (the kebab-case of its name). Flags for list keys
+//! are repeatable and add to the list the config file sets; when the file does not set
+//! that key, they replace the built-in default instead (so `--listen 127.0.0.1:3478`
+//! alone does not also bind `0.0.0.0:3478`). Scalar flags override the file. Values
+//! that need more than `FromStr` (CIDRs, `NAME=PASSWORD`, the separator) are kept as
+//! strings here and parsed by [`crate::config::Config::apply_flags`], whose errors name
+//! the flag.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{LogFormat, DEFAULT_CREDENTIAL_TTL_SECS, DEFAULT_SEPARATOR};
+
+/// turnpike: a STUN/TURN server with time-limited credentials and safe defaults.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "turnpike", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// Parsed once at startup, so the size of `RunArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Run(RunArgs),
+    /// Print a time-limited REST API credential as JSON.
+    Credentials(CredentialsArgs),
+    /// Validate a config file and print the effective configuration (secrets redacted).
+    CheckConfig {
+        /// The TOML config file to check.
+        file: PathBuf,
+    },
+}
+
+/// Flags of `turnpike run`. `Default` is "no flags given", for tests that build it directly.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// TOML config file; without it the built-in defaults apply.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    // [server]
+    /// Serve STUN/TURN over UDP and TCP on this address (repeatable; adds to server.listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    /// Authentication realm (server.realm).
+    #[arg(long, value_name = "REALM")]
+    pub realm: Option<String>,
+    /// SOFTWARE attribute value; "" omits it (server.software).
+    #[arg(long, value_name = "TEXT")]
+    pub software: Option<String>,
+    /// Worker threads; 0 = one per CPU core (server.workers).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Log format (server.log_format).
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    // [auth]
+    /// REST API shared secret (repeatable; adds to auth.secrets; the first one signs).
+    #[arg(long, value_name = "SECRET")]
+    pub auth_secret: Vec<String>,
+    /// Separator between expiry and user in REST usernames (auth.separator).
+    #[arg(long, value_name = "CHAR")]
+    pub separator: Option<String>,
+    /// Nonce lifetime in seconds before 438 Stale Nonce (auth.nonce_lifetime_secs).
+    #[arg(long, value_name = "SECONDS")]
+    pub nonce_lifetime_secs: Option<u64>,
+    /// Default lifetime of issued credentials in seconds (auth.credential_ttl_secs).
+    #[arg(long, value_name = "SECONDS")]
+    pub credential_ttl_secs: Option<u64>,
+    /// Static long-term user (repeatable; adds to [auth.users]).
+    #[arg(long, value_name = "NAME=PASSWORD")]
+    pub user: Vec<String>,
+
+    // [relay]
+    /// Relay address (repeatable; adds to relay.ips).
+    #[arg(long, value_name = "IP")]
+    pub relay_ip: Vec<IpAddr>,
+    /// Public IP advertised in XOR-RELAYED-ADDRESS behind a 1:1 NAT (relay.external_ip).
+    #[arg(long, value_name = "IP")]
+    pub external_ip: Option<IpAddr>,
+    /// Lowest relay port (relay.min_port).
+    #[arg(long, value_name = "PORT")]
+    pub min_port: Option<u16>,
+    /// Highest relay port (relay.max_port).
+    #[arg(long, value_name = "PORT")]
+    pub max_port: Option<u16>,
+    /// Peer CIDR or IP to allow despite the default deny list (repeatable; adds to relay.allow_peers).
+    #[arg(long, value_name = "CIDR")]
+    pub allow_peer: Vec<String>,
+    /// Extra peer CIDR or IP to deny (repeatable; adds to relay.deny_peers).
+    #[arg(long, value_name = "CIDR")]
+    pub deny_peer: Vec<String>,
+
+    // [limits]
+    /// Allocation lifetime when the client asks for none, in seconds (limits.default_lifetime_secs).
+    #[arg(long, value_name = "SECONDS")]
+    pub default_lifetime_secs: Option<u64>,
+    /// Longest allocation lifetime granted, in seconds (limits.max_lifetime_secs).
+    #[arg(long, value_name = "SECONDS")]
+    pub max_lifetime_secs: Option<u64>,
+    /// Total allocations, all users (limits.max_allocations).
+    #[arg(long, value_name = "N")]
+    pub max_allocations: Option<usize>,
+    /// Allocations per username (limits.max_allocations_per_user).
+    #[arg(long, value_name = "N")]
+    pub max_allocations_per_user: Option<usize>,
+    /// Permissions per allocation (limits.max_permissions_per_allocation).
+    #[arg(long, value_name = "N")]
+    pub max_permissions_per_allocation: Option<usize>,
+    /// Channels per allocation (limits.max_channels_per_allocation).
+    #[arg(long, value_name = "N")]
+    pub max_channels_per_allocation: Option<usize>,
+    /// Relayed bytes/s per allocation and direction; 0 = unlimited (limits.bandwidth_per_allocation).
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    pub bandwidth_per_allocation: Option<u64>,
+
+    // [api]
+    /// HTTP management API address (api.listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub api_listen: Option<SocketAddr>,
+    /// Bearer token for the HTTP API (repeatable; adds to api.tokens).
+    #[arg(long, value_name = "TOKEN")]
+    pub api_token: Vec<String>,
+
+    // [tls]
+    /// Serve TURN over TLS on this address (repeatable; adds to tls.listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for TLS (tls.cert).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (tls.key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Flags of `turnpike credentials`.
+#[derive(Debug, Clone, Args)]
+pub struct CredentialsArgs {
+    /// Shared secret (the server's first auth.secrets entry).
+    #[arg(long, value_name = "SECRET")]
+    pub secret: String,
+    /// User name to embed in the credential.
+    #[arg(long, value_name = "NAME")]
+    pub user: String,
+    /// Seconds until the credential expires.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_CREDENTIAL_TTL_SECS)]
+    pub ttl: u64,
+    /// Separator between expiry and user; must match the server's auth.separator.
+    #[arg(long, value_name = "CHAR", default_value_t = DEFAULT_SEPARATOR,
+          value_parser = parse_separator_flag)]
+    pub separator: char,
+}
+
+fn parse_separator_flag(s: &str) -> Result<char, String> {
+    crate::config::parse_separator(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use std::path::Path;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "turnpike",
+            "run",
+            "--listen",
+            "127.0.0.1:3478",
+            "--listen",
+            "[::1]:3478",
+            "--auth-secret",
+            "s1",
+            "--allow-peer",
+            "127.0.0.1",
+            "--min-port",
+            "50000",
+            "--log-format",
+            "json",
+            "--user",
+            "alice=pw",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.listen.len(), 2);
+        assert_eq!(args.auth_secret, ["s1"]);
+        assert_eq!(args.min_port, Some(50000));
+        assert_eq!(args.log_format, Some(LogFormat::Json));
+        assert_eq!(args.user, ["alice=pw"]);
+    }
+
+    #[test]
+    fn credentials_defaults() {
+        let cli = Cli::try_parse_from(["turnpike", "credentials", "--secret", "s", "--user", "u"])
+            .unwrap();
+        let Command::Credentials(args) = cli.command else {
+            panic!("expected credentials")
+        };
+        assert_eq!(args.ttl, DEFAULT_CREDENTIAL_TTL_SECS);
+        assert_eq!(args.separator, ':');
+        assert!(Cli::try_parse_from([
+            "turnpike",
+            "credentials",
+            "--secret",
+            "s",
+            "--user",
+            "u",
+            "--separator",
+            "a"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn check_config_takes_a_file() {
+        let cli = Cli::try_parse_from(["turnpike", "check-config", "x.toml"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::CheckConfig { file } if file == Path::new("x.toml"))
+        );
+    }
+}

@@ -1,0 +1,1654 @@
+//! Configuration: the TOML file model, the typed runtime model and the conversion
+//! between them.
+//!
+//! "Parse, don't validate": the file is read once into [`FileConfig`] (serde, every
+//! section `deny_unknown_fields`), command-line flags are applied, and the result is
+//! converted into [`Config`], whose fields are already `SocketAddr`, `Duration`,
+//! `RangeInclusive<u16>`, `IpNet` and [`Secret`]. Nothing downstream re-checks a value.
+//!
+//! Every error names the key (and, for file errors, the line) or the flag it came from.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use toml::de::{DeTable, DeValue};
+
+use crate::cli::RunArgs;
+
+/// Separator between expiry and user name in REST usernames: draft-uberti-behave-turn-rest
+/// §2.2 builds the username as `"<expiry>:<user>"`.
+pub const DEFAULT_SEPARATOR: char = ':';
+
+/// Default lifetime of issued REST credentials: draft-uberti-behave-turn-rest §2.2
+/// recommends one day.
+pub const DEFAULT_CREDENTIAL_TTL_SECS: u64 = 86_400;
+
+/// Shown instead of secrets by [`Config::render_effective`] and `Debug`.
+const REDACTED: &str = "<redacted>";
+
+// ---------------------------------------------------------------------------------
+// Runtime model
+// ---------------------------------------------------------------------------------
+
+/// A secret string (REST shared secret, static password, API token). `Debug` never shows
+/// it; call [`Secret::expose`] where the bytes are really needed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Secret(secret.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({REDACTED})")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(secret: String) -> Self {
+        Secret(secret)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(secret: &str) -> Self {
+        Secret(secret.to_owned())
+    }
+}
+
+/// Log output format (`server.log_format`, `--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The effective configuration, fully parsed. Built by [`Config::load`],
+/// [`Config::from_toml_str`] or [`Config::default`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// UDP and TCP listening addresses.
+    pub listen: Vec<SocketAddr>,
+    pub realm: String,
+    /// SOFTWARE attribute value; `None` omits the attribute.
+    pub software: Option<String>,
+    /// Worker threads, already resolved (never 0).
+    pub workers: usize,
+    pub log_format: LogFormat,
+    /// REST API shared secrets: the first signs, all verify. May be empty; the runtime
+    /// then generates one and warns.
+    pub secrets: Vec<Secret>,
+    /// Between expiry and user in REST usernames; one non-alphanumeric character.
+    pub separator: char,
+    pub nonce_lifetime: Duration,
+    /// Default ttl of credentials issued by `turnpike credentials` and the HTTP API.
+    pub credential_ttl: Duration,
+    /// Static long-term users, sorted by name, names unique.
+    pub static_users: Vec<(String, Secret)>,
+    /// Relay addresses; empty means the runtime picks them.
+    pub relay_ips: Vec<IpAddr>,
+    /// Public address advertised in XOR-RELAYED-ADDRESS behind a 1:1 NAT.
+    pub external_ip: Option<IpAddr>,
+    /// Relay ports; `start() >= 1` and `start() <= end()`.
+    pub port_range: RangeInclusive<u16>,
+    /// Peers allowed despite the built-in deny list.
+    pub allow_peers: Vec<IpNet>,
+    /// Peers denied in addition to the built-in deny list.
+    pub deny_peers: Vec<IpNet>,
+    /// `0 < default_lifetime <= max_lifetime`.
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub max_allocations: usize,
+    pub max_allocations_per_user: usize,
+    pub max_permissions_per_allocation: usize,
+    pub max_channels_per_allocation: usize,
+    /// Relayed bytes per second per allocation and direction; `None` = unlimited.
+    pub bandwidth_per_allocation: Option<u64>,
+    pub api_listen: SocketAddr,
+    /// Bearer tokens for the HTTP API; empty = no token required.
+    pub api_tokens: Vec<Secret>,
+    /// TLS listening addresses; non-empty implies `tls_cert` and `tls_key` are set.
+    pub tls_listen: Vec<SocketAddr>,
+    /// `tls_cert` and `tls_key` are both set or both unset.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            // RFC 8489 §18.6: 3478 is the default STUN/TURN port over UDP and TCP. All IPv4
+            // interfaces so a fresh install answers; add `[::]:3478` for IPv6.
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 3478))],
+            // Any non-empty string works; REST credentials do not depend on it.
+            realm: "turnpike".to_owned(),
+            // RFC 8489 §14.14: SOFTWARE is optional; the name without a version tells
+            // an operator what answered without helping anyone pick an exploit.
+            software: Some("turnpike".to_owned()),
+            // One worker per core (DESIGN "Shape"): workers share nothing on the packet path.
+            workers: resolve_workers(0),
+            // Text for a terminal and journald; JSON is opt-in for log collectors.
+            log_format: LogFormat::Text,
+            // None: `turnpike run` generates one and warns, so the first run works.
+            secrets: Vec::new(),
+            separator: DEFAULT_SEPARATOR,
+            // DESIGN "nonces" (and coturn's `stale-nonce`): 600 s, after which 438 Stale Nonce.
+            nonce_lifetime: Duration::from_secs(600),
+            credential_ttl: Duration::from_secs(DEFAULT_CREDENTIAL_TTL_SECS),
+            // Static users are opt-in; REST credentials expire, passwords do not.
+            static_users: Vec::new(),
+            // Empty: the runtime relays from the addresses it listens on.
+            relay_ips: Vec::new(),
+            // Only needed behind a 1:1 NAT (cloud VMs).
+            external_ip: None,
+            // RFC 8656 §7.2: relay ports SHOULD come from 49152-65535, the IANA dynamic
+            // range (RFC 6335).
+            port_range: 49152..=65535,
+            // Nothing is opened beyond the built-in deny list (DESIGN "Security defaults").
+            allow_peers: Vec::new(),
+            deny_peers: Vec::new(),
+            // RFC 8656 §3.2: an allocation lives 10 minutes unless refreshed.
+            default_lifetime: Duration::from_secs(600),
+            // RFC 8656 §7.2: recommended maximum allocation lifetime of 1 hour.
+            max_lifetime: Duration::from_secs(3600),
+            // Fits in the default port range (16384 ports) with room to spare, and at the
+            // ≤ 2 KiB per idle allocation target costs about 20 MiB.
+            max_allocations: 10_000,
+            // A browser needs a handful; 100 keeps one leaked credential from taking the
+            // whole server (486 Allocation Quota Reached).
+            max_allocations_per_user: 100,
+            // One per remote candidate address; ICE rarely needs more than a dozen. A cap
+            // keeps per-allocation state bounded.
+            max_permissions_per_allocation: 64,
+            // Same reasoning as permissions; RFC 8656 allows 16384 channel numbers.
+            max_channels_per_allocation: 64,
+            // Unlimited: media bitrates vary too much for one safe number.
+            bandwidth_per_allocation: None,
+            // DESIGN "Management plane": loopback, so no token is needed by default.
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_tokens: Vec::new(),
+            // TLS needs a certificate, so it is off until one is configured.
+            tls_listen: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+/// `0` means one worker per CPU core.
+fn resolve_workers(workers: usize) -> usize {
+    if workers != 0 {
+        return workers;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+// ---------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------
+
+/// Why a configuration was rejected. Every variant names the key, line or flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: TOML syntax error at line {line}: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error(
+        "{origin}: unknown key `{key}` in {section} at line {line} (expected one of: {expected})"
+    )]
+    UnknownKey {
+        origin: String,
+        key: String,
+        /// `[server]`, … or `the top level`.
+        section: String,
+        line: usize,
+        expected: String,
+    },
+    /// A key in the file has a wrong type or value.
+    #[error("{origin}: {key} (line {line}): {message}")]
+    InvalidValue {
+        origin: String,
+        key: String,
+        line: usize,
+        message: String,
+    },
+    /// A value that came from neither the file nor a flag (or whose origin is unknown).
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    /// A command-line flag has a bad value.
+    #[error("{flag} {value}: {message}")]
+    Flag {
+        flag: String,
+        value: String,
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------
+// File model
+// ---------------------------------------------------------------------------------
+
+/// The sections and keys the file may contain. `[auth.users]` holds arbitrary names.
+/// Kept in sync with the structs below by `schema_matches_file_model`.
+const SCHEMA: &[(&str, &[&str])] = &[
+    (
+        "server",
+        &["listen", "realm", "software", "workers", "log_format"],
+    ),
+    (
+        "auth",
+        &[
+            "secrets",
+            "separator",
+            "nonce_lifetime_secs",
+            "credential_ttl_secs",
+            "users",
+        ],
+    ),
+    (
+        "relay",
+        &[
+            "ips",
+            "external_ip",
+            "min_port",
+            "max_port",
+            "allow_peers",
+            "deny_peers",
+        ],
+    ),
+    (
+        "limits",
+        &[
+            "default_lifetime_secs",
+            "max_lifetime_secs",
+            "max_allocations",
+            "max_allocations_per_user",
+            "max_permissions_per_allocation",
+            "max_channels_per_allocation",
+            "bandwidth_per_allocation",
+        ],
+    ),
+    ("api", &["listen", "tokens"]),
+    ("tls", &["listen", "cert", "key"]),
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    server: ServerFile,
+    auth: AuthFile,
+    relay: RelayFile,
+    limits: LimitsFile,
+    api: ApiFile,
+    tls: TlsFile,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServerFile {
+    listen: Vec<String>,
+    realm: String,
+    software: String,
+    workers: usize,
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuthFile {
+    secrets: Vec<String>,
+    separator: String,
+    nonce_lifetime_secs: u64,
+    credential_ttl_secs: u64,
+    users: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RelayFile {
+    ips: Vec<String>,
+    external_ip: String,
+    min_port: u16,
+    max_port: u16,
+    allow_peers: Vec<String>,
+    deny_peers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsFile {
+    default_lifetime_secs: u64,
+    max_lifetime_secs: u64,
+    max_allocations: usize,
+    max_allocations_per_user: usize,
+    max_permissions_per_allocation: usize,
+    max_channels_per_allocation: usize,
+    bandwidth_per_allocation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ApiFile {
+    listen: String,
+    tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TlsFile {
+    listen: Vec<String>,
+    cert: String,
+    key: String,
+}
+
+/// File defaults are the runtime defaults written back, so they are stated once, in
+/// `Default for Config`.
+impl Default for FileConfig {
+    fn default() -> Self {
+        let mut file = Config::default().to_file(false);
+        file.server.workers = 0;
+        file
+    }
+}
+
+macro_rules! section_default {
+    ($($ty:ident => $field:ident),*) => {$(
+        impl Default for $ty {
+            fn default() -> Self {
+                FileConfig::default().$field
+            }
+        }
+    )*};
+}
+section_default!(ServerFile => server, AuthFile => auth, RelayFile => relay,
+    LimitsFile => limits, ApiFile => api, TlsFile => tls);
+
+/// Where each key of a parsed document is.
+#[derive(Debug, Default)]
+struct Doc {
+    origin: String,
+    /// `"relay.min_port"` → (line of the key, byte span of the value).
+    keys: HashMap<String, (usize, Range<usize>)>,
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Check the document's shape against [`SCHEMA`] and record where every key is.
+fn index_document(text: &str, origin: &str) -> Result<Doc, ConfigError> {
+    let root = DeTable::parse(text).map_err(|e| toml_error(&e, text, origin, None))?;
+    let mut doc = Doc {
+        origin: origin.to_owned(),
+        keys: HashMap::new(),
+    };
+    // Several problems: report the first in the file, not the first alphabetically.
+    let mut problems: Vec<(usize, ConfigError)> = Vec::new();
+    let sections = || {
+        SCHEMA
+            .iter()
+            .map(|(s, _)| format!("[{s}]"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (section, value) in root.get_ref().iter() {
+        let name: &str = section.get_ref();
+        let line = line_of(text, section.span().start);
+        let Some((_, known)) = SCHEMA.iter().find(|(s, _)| *s == name) else {
+            problems.push((
+                section.span().start,
+                ConfigError::UnknownKey {
+                    origin: origin.to_owned(),
+                    key: name.to_owned(),
+                    section: "the top level".to_owned(),
+                    line,
+                    expected: sections(),
+                },
+            ));
+            continue;
+        };
+        doc.keys.insert(name.to_owned(), (line, value.span()));
+        let DeValue::Table(table) = value.get_ref() else {
+            problems.push((
+                section.span().start,
+                ConfigError::InvalidValue {
+                    origin: origin.to_owned(),
+                    key: name.to_owned(),
+                    line,
+                    message: format!("must be a table ([{name}])"),
+                },
+            ));
+            continue;
+        };
+        for (key, value) in table.iter() {
+            let key_name: &str = key.get_ref();
+            let line = line_of(text, key.span().start);
+            if !known.contains(&key_name) {
+                problems.push((
+                    key.span().start,
+                    ConfigError::UnknownKey {
+                        origin: origin.to_owned(),
+                        key: key_name.to_owned(),
+                        section: format!("[{name}]"),
+                        line,
+                        expected: known.join(", "),
+                    },
+                ));
+                continue;
+            }
+            let dotted = format!("{name}.{key_name}");
+            if let (DeValue::Table(users), "auth.users") = (value.get_ref(), dotted.as_str()) {
+                for (user, password) in users.iter() {
+                    let user: &str = user.get_ref();
+                    doc.keys.insert(
+                        format!("auth.users.{user}"),
+                        (line_of(text, password.span().start), password.span()),
+                    );
+                }
+            }
+            doc.keys.insert(dotted, (line, value.span()));
+        }
+    }
+    match problems.into_iter().min_by_key(|(at, _)| *at) {
+        Some((_, problem)) => Err(problem),
+        None => Ok(doc),
+    }
+}
+
+/// Turn a toml/serde error into one that names the key whose value it points at.
+fn toml_error(err: &toml::de::Error, text: &str, origin: &str, doc: Option<&Doc>) -> ConfigError {
+    let message = err.message().trim().to_owned();
+    let Some(span) = err.span() else {
+        return ConfigError::Parse {
+            origin: origin.to_owned(),
+            message,
+        };
+    };
+    let owner = doc.and_then(|doc| {
+        doc.keys
+            .iter()
+            .filter(|(_, (_, v))| v.start <= span.start && span.end <= v.end)
+            .min_by_key(|(_, (_, v))| v.len())
+    });
+    match owner {
+        Some((key, (line, _))) => ConfigError::InvalidValue {
+            origin: origin.to_owned(),
+            key: key.clone(),
+            line: *line,
+            message,
+        },
+        None => ConfigError::Syntax {
+            origin: origin.to_owned(),
+            line: line_of(text, span.start),
+            message,
+        },
+    }
+}
+
+fn parse_file(text: &str, origin: &str) -> Result<(FileConfig, Doc), ConfigError> {
+    let doc = index_document(text, origin)?;
+    let file: FileConfig =
+        toml::from_str(text).map_err(|e| toml_error(&e, text, origin, Some(&doc)))?;
+    Ok((file, doc))
+}
+
+// ---------------------------------------------------------------------------------
+// Where a value came from, for error messages
+// ---------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Sources<'a> {
+    doc: Option<&'a Doc>,
+    /// Config key → (flag, last value given) for keys set on the command line.
+    flags: HashMap<&'static str, (&'static str, String)>,
+}
+
+impl Sources<'_> {
+    fn in_file(&self, key: &str) -> bool {
+        self.doc.is_some_and(|d| d.keys.contains_key(key))
+    }
+
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let message = message.into();
+        if let Some((flag, value)) = self.flags.get(key) {
+            return ConfigError::Flag {
+                flag: (*flag).to_owned(),
+                value: value.clone(),
+                message,
+            };
+        }
+        match self
+            .doc
+            .and_then(|d| d.keys.get(key).map(|(line, _)| (d, *line)))
+        {
+            Some((doc, line)) => ConfigError::InvalidValue {
+                origin: doc.origin.clone(),
+                key: key.to_owned(),
+                line,
+                message,
+            },
+            None => ConfigError::Invalid {
+                key: key.to_owned(),
+                message,
+            },
+        }
+    }
+
+    /// Of two keys that together are wrong, the one to blame: the one set on the command
+    /// line, else the one set in the file, else the first.
+    fn blame<'k>(&self, first: &'k str, second: &'k str) -> &'k str {
+        let flagged = |k: &str| self.flags.contains_key(k);
+        if flagged(first) {
+            first
+        } else if flagged(second) || (!self.in_file(first) && self.in_file(second)) {
+            second
+        } else {
+            first
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Value parsers (shared by file and flags; errors say what is wrong, callers add where)
+// ---------------------------------------------------------------------------------
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not an ADDR:PORT socket address (IPv6 as [::1]:3478)"))
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not an IP address"))
+}
+
+/// A relay or external address is handed to clients, so it must be a real unicast address.
+fn check_advertised_ip(ip: IpAddr) -> Result<IpAddr, String> {
+    if ip.is_unspecified() || ip.is_multicast() {
+        Err(format!(
+            "`{ip}` cannot be advertised to clients; give a concrete unicast address"
+        ))
+    } else {
+        Ok(ip)
+    }
+}
+
+/// A peer network: `10.0.0.0/8`, `2001:db8::/32`, or a bare IP (a /32 or /128). Host bits
+/// are cleared (`10.1.2.3/8` is `10.0.0.0/8`).
+pub fn parse_peer_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    let net = if s.contains('/') {
+        s.parse::<IpNet>().ok()
+    } else {
+        s.parse::<IpAddr>().ok().map(IpNet::from)
+    };
+    net.map(|n| n.trunc())
+        .ok_or_else(|| format!("`{s}` is not a CIDR or IP"))
+}
+
+/// The REST username separator: exactly one character, neither alphanumeric nor
+/// whitespace (it must not occur in the expiry and should not in user names).
+pub fn parse_separator(s: &str) -> Result<char, String> {
+    let mut chars = s.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) if !c.is_alphanumeric() && !c.is_whitespace() && !c.is_control() => Ok(c),
+        _ => Err(format!(
+            "`{s}` must be exactly one character that is not a letter, digit or space (e.g. \":\")"
+        )),
+    }
+}
+
+fn non_empty_path(s: &str) -> Option<PathBuf> {
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+/// Append to `list`, dropping repeats, keeping the first occurrence's position.
+fn extend_unique<T: PartialEq>(list: &mut Vec<T>, more: impl IntoIterator<Item = T>) {
+    for item in more {
+        if !list.contains(&item) {
+            list.push(item);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Building and checking a Config
+// ---------------------------------------------------------------------------------
+
+impl Config {
+    /// Load the configuration `turnpike run` uses: the file at `path` (or `args.config`
+    /// when `path` is `None`; built-in defaults when both are `None`), then the flags.
+    ///
+    /// List flags add to the file's lists; when the file does not set the key they
+    /// replace the built-in default. Scalar flags override.
+    pub fn load(path: Option<&Path>, args: &RunArgs) -> Result<Config, ConfigError> {
+        let path = path.or(args.config.as_deref());
+        let (mut config, doc) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let origin = path.display().to_string();
+                let (file, doc) = parse_file(&text, &origin)?;
+                let config = Config::from_file(file, &doc)?;
+                (config, Some(doc))
+            }
+            None => (Config::default(), None),
+        };
+        let mut sources = Sources {
+            doc: doc.as_ref(),
+            flags: HashMap::new(),
+        };
+        let in_file = |key: &str| doc.as_ref().is_some_and(|d| d.keys.contains_key(key));
+        config.apply_flags_inner(args, &in_file, &mut sources.flags)?;
+        config.validate(&sources)?;
+        Ok(config)
+    }
+
+    /// Parse and check a TOML document (no flags). `origin` names it in errors, usually
+    /// the file's path.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let (file, doc) = parse_file(text, origin)?;
+        let config = Config::from_file(file, &doc)?;
+        config.validate(&Sources {
+            doc: Some(&doc),
+            flags: HashMap::new(),
+        })?;
+        Ok(config)
+    }
+
+    /// Apply `turnpike run` flags to an already loaded config, then re-check it. List
+    /// flags add to lists, except that a list still equal to its built-in default is
+    /// replaced; scalar flags override. [`Config::load`] does this too (knowing exactly
+    /// which keys the file set); `args.config` is ignored here.
+    pub fn apply_flags(&mut self, args: &RunArgs) -> Result<(), ConfigError> {
+        let listen_is_default = self.listen == Config::default().listen;
+        let keep = |key: &str| !(key == "server.listen" && listen_is_default);
+        let mut sources = Sources::default();
+        self.apply_flags_inner(args, &keep, &mut sources.flags)?;
+        self.validate(&sources)
+    }
+
+    /// Convert the file model, parsing every string. Cross-key checks are in `validate`.
+    fn from_file(file: FileConfig, doc: &Doc) -> Result<Config, ConfigError> {
+        let src = Sources {
+            doc: Some(doc),
+            flags: HashMap::new(),
+        };
+        let FileConfig {
+            server,
+            auth,
+            relay,
+            limits,
+            api,
+            tls,
+        } = file;
+
+        let listen = parse_list(&src, "server.listen", &server.listen, parse_socket_addr)?;
+        let relay_ips = parse_list(&src, "relay.ips", &relay.ips, |s| {
+            parse_ip(s).and_then(check_advertised_ip)
+        })?;
+        let allow_peers = parse_list(
+            &src,
+            "relay.allow_peers",
+            &relay.allow_peers,
+            parse_peer_net,
+        )?;
+        let deny_peers = parse_list(&src, "relay.deny_peers", &relay.deny_peers, parse_peer_net)?;
+        let tls_listen = parse_list(&src, "tls.listen", &tls.listen, parse_socket_addr)?;
+        let external_ip = match relay.external_ip.trim() {
+            "" => None,
+            s => Some(
+                parse_ip(s)
+                    .and_then(check_advertised_ip)
+                    .map_err(|m| src.error("relay.external_ip", m))?,
+            ),
+        };
+        let separator =
+            parse_separator(&auth.separator).map_err(|m| src.error("auth.separator", m))?;
+        let api_listen = parse_socket_addr(&api.listen).map_err(|m| src.error("api.listen", m))?;
+
+        Ok(Config {
+            listen,
+            realm: server.realm,
+            software: (!server.software.is_empty()).then_some(server.software),
+            workers: resolve_workers(server.workers),
+            log_format: server.log_format,
+            secrets: unique_secrets(auth.secrets),
+            separator,
+            nonce_lifetime: Duration::from_secs(auth.nonce_lifetime_secs),
+            credential_ttl: Duration::from_secs(auth.credential_ttl_secs),
+            static_users: auth
+                .users
+                .into_iter()
+                .map(|(name, password)| (name, Secret(password)))
+                .collect(),
+            relay_ips,
+            external_ip,
+            port_range: relay.min_port..=relay.max_port,
+            allow_peers,
+            deny_peers,
+            default_lifetime: Duration::from_secs(limits.default_lifetime_secs),
+            max_lifetime: Duration::from_secs(limits.max_lifetime_secs),
+            max_allocations: limits.max_allocations,
+            max_allocations_per_user: limits.max_allocations_per_user,
+            max_permissions_per_allocation: limits.max_permissions_per_allocation,
+            max_channels_per_allocation: limits.max_channels_per_allocation,
+            bandwidth_per_allocation: (limits.bandwidth_per_allocation != 0)
+                .then_some(limits.bandwidth_per_allocation),
+            api_listen,
+            api_tokens: unique_secrets(api.tokens),
+            tls_listen,
+            tls_cert: non_empty_path(&tls.cert),
+            tls_key: non_empty_path(&tls.key),
+        })
+    }
+
+    /// `keep_list(key)`: whether flags for that list key add to it (true) or replace it.
+    fn apply_flags_inner(
+        &mut self,
+        args: &RunArgs,
+        keep_list: &dyn Fn(&str) -> bool,
+        flags: &mut HashMap<&'static str, (&'static str, String)>,
+    ) -> Result<(), ConfigError> {
+        fn list<T: PartialEq + Clone + fmt::Display>(
+            target: &mut Vec<T>,
+            given: &[T],
+            key: &'static str,
+            flag: &'static str,
+            keep: bool,
+            flags: &mut HashMap<&'static str, (&'static str, String)>,
+        ) {
+            if let Some(last) = given.last() {
+                if !keep {
+                    target.clear();
+                }
+                extend_unique(target, given.iter().cloned());
+                flags.insert(key, (flag, last.to_string()));
+            }
+        }
+        fn scalar<T: fmt::Display>(
+            value: Option<&T>,
+            key: &'static str,
+            flag: &'static str,
+            flags: &mut HashMap<&'static str, (&'static str, String)>,
+        ) -> bool {
+            if let Some(value) = value {
+                flags.insert(key, (flag, value.to_string()));
+            }
+            value.is_some()
+        }
+        let flag_err = |flag: &str, value: &str, message: String| ConfigError::Flag {
+            flag: flag.to_owned(),
+            value: value.to_owned(),
+            message,
+        };
+
+        // [server]
+        let keep = keep_list("server.listen");
+        list(
+            &mut self.listen,
+            &args.listen,
+            "server.listen",
+            "--listen",
+            keep,
+            flags,
+        );
+        if scalar(args.realm.as_ref(), "server.realm", "--realm", flags) {
+            self.realm = args.realm.clone().unwrap_or_default();
+        }
+        if let Some(software) = &args.software {
+            scalar(Some(software), "server.software", "--software", flags);
+            self.software = (!software.is_empty()).then(|| software.clone());
+        }
+        if let Some(workers) = args.workers {
+            scalar(Some(&workers), "server.workers", "--workers", flags);
+            self.workers = resolve_workers(workers);
+        }
+        if let Some(format) = args.log_format {
+            flags.insert("server.log_format", ("--log-format", format!("{format:?}")));
+            self.log_format = format;
+        }
+
+        // [auth]
+        if let Some(last) = args.auth_secret.last() {
+            let more = unique_secrets(args.auth_secret.clone());
+            extend_unique(&mut self.secrets, more);
+            flags.insert("auth.secrets", ("--auth-secret", redact_flag(last)));
+        }
+        if let Some(s) = &args.separator {
+            self.separator = parse_separator(s).map_err(|m| flag_err("--separator", s, m))?;
+            flags.insert("auth.separator", ("--separator", s.clone()));
+        }
+        if let Some(secs) = args.nonce_lifetime_secs {
+            scalar(
+                Some(&secs),
+                "auth.nonce_lifetime_secs",
+                "--nonce-lifetime-secs",
+                flags,
+            );
+            self.nonce_lifetime = Duration::from_secs(secs);
+        }
+        if let Some(secs) = args.credential_ttl_secs {
+            scalar(
+                Some(&secs),
+                "auth.credential_ttl_secs",
+                "--credential-ttl-secs",
+                flags,
+            );
+            self.credential_ttl = Duration::from_secs(secs);
+        }
+        for user in &args.user {
+            let shown = match user.split_once('=') {
+                Some((name, _)) => format!("{name}={REDACTED}"),
+                None => user.clone(),
+            };
+            let (name, password) = user
+                .split_once('=')
+                .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+                .ok_or_else(|| {
+                    flag_err(
+                        "--user",
+                        &shown,
+                        "expected NAME=PASSWORD with both parts non-empty".to_owned(),
+                    )
+                })?;
+            let password = Secret::from(password);
+            match self.static_users.iter_mut().find(|(n, _)| n == name) {
+                Some(existing) => existing.1 = password,
+                None => self.static_users.push((name.to_owned(), password)),
+            }
+            flags.insert("auth.users", ("--user", shown));
+        }
+        self.static_users.sort_by(|a, b| a.0.cmp(&b.0));
+
+        // [relay]
+        let keep = keep_list("relay.ips");
+        let mut relay_ips = Vec::new();
+        for ip in &args.relay_ip {
+            relay_ips.push(
+                check_advertised_ip(*ip).map_err(|m| flag_err("--relay-ip", &ip.to_string(), m))?,
+            );
+        }
+        list(
+            &mut self.relay_ips,
+            &relay_ips,
+            "relay.ips",
+            "--relay-ip",
+            keep,
+            flags,
+        );
+        if let Some(ip) = args.external_ip {
+            self.external_ip = Some(
+                check_advertised_ip(ip)
+                    .map_err(|m| flag_err("--external-ip", &ip.to_string(), m))?,
+            );
+            flags.insert("relay.external_ip", ("--external-ip", ip.to_string()));
+        }
+        if let Some(port) = args.min_port {
+            scalar(Some(&port), "relay.min_port", "--min-port", flags);
+            self.port_range = port..=*self.port_range.end();
+        }
+        if let Some(port) = args.max_port {
+            scalar(Some(&port), "relay.max_port", "--max-port", flags);
+            self.port_range = *self.port_range.start()..=port;
+        }
+        for (given, target, key, flag) in [
+            (
+                &args.allow_peer,
+                &mut self.allow_peers,
+                "relay.allow_peers",
+                "--allow-peer",
+            ),
+            (
+                &args.deny_peer,
+                &mut self.deny_peers,
+                "relay.deny_peers",
+                "--deny-peer",
+            ),
+        ] {
+            let mut nets = Vec::new();
+            for s in given {
+                nets.push(parse_peer_net(s).map_err(|m| flag_err(flag, s, m))?);
+            }
+            list(target, &nets, key, flag, keep_list(key), flags);
+        }
+
+        // [limits]
+        if let Some(secs) = args.default_lifetime_secs {
+            scalar(
+                Some(&secs),
+                "limits.default_lifetime_secs",
+                "--default-lifetime-secs",
+                flags,
+            );
+            self.default_lifetime = Duration::from_secs(secs);
+        }
+        if let Some(secs) = args.max_lifetime_secs {
+            scalar(
+                Some(&secs),
+                "limits.max_lifetime_secs",
+                "--max-lifetime-secs",
+                flags,
+            );
+            self.max_lifetime = Duration::from_secs(secs);
+        }
+        for (value, target, key, flag) in [
+            (
+                args.max_allocations,
+                &mut self.max_allocations,
+                "limits.max_allocations",
+                "--max-allocations",
+            ),
+            (
+                args.max_allocations_per_user,
+                &mut self.max_allocations_per_user,
+                "limits.max_allocations_per_user",
+                "--max-allocations-per-user",
+            ),
+            (
+                args.max_permissions_per_allocation,
+                &mut self.max_permissions_per_allocation,
+                "limits.max_permissions_per_allocation",
+                "--max-permissions-per-allocation",
+            ),
+            (
+                args.max_channels_per_allocation,
+                &mut self.max_channels_per_allocation,
+                "limits.max_channels_per_allocation",
+                "--max-channels-per-allocation",
+            ),
+        ] {
+            if let Some(value) = value {
+                scalar(Some(&value), key, flag, flags);
+                *target = value;
+            }
+        }
+        if let Some(bps) = args.bandwidth_per_allocation {
+            scalar(
+                Some(&bps),
+                "limits.bandwidth_per_allocation",
+                "--bandwidth-per-allocation",
+                flags,
+            );
+            self.bandwidth_per_allocation = (bps != 0).then_some(bps);
+        }
+
+        // [api]
+        if let Some(addr) = args.api_listen {
+            scalar(Some(&addr), "api.listen", "--api-listen", flags);
+            self.api_listen = addr;
+        }
+        if let Some(last) = args.api_token.last() {
+            extend_unique(&mut self.api_tokens, unique_secrets(args.api_token.clone()));
+            flags.insert("api.tokens", ("--api-token", redact_flag(last)));
+        }
+
+        // [tls]
+        let keep = keep_list("tls.listen");
+        list(
+            &mut self.tls_listen,
+            &args.tls_listen,
+            "tls.listen",
+            "--tls-listen",
+            keep,
+            flags,
+        );
+        if let Some(path) = &args.tls_cert {
+            flags.insert("tls.cert", ("--tls-cert", path.display().to_string()));
+            self.tls_cert = non_empty_path(&path.to_string_lossy());
+        }
+        if let Some(path) = &args.tls_key {
+            flags.insert("tls.key", ("--tls-key", path.display().to_string()));
+            self.tls_key = non_empty_path(&path.to_string_lossy());
+        }
+        Ok(())
+    }
+
+    /// Checks that involve a value's range or several keys; run after flags are applied
+    /// so a flag can fix (or break) what the file says.
+    fn validate(&self, src: &Sources<'_>) -> Result<(), ConfigError> {
+        if self.listen.is_empty() && self.tls_listen.is_empty() {
+            return Err(src.error(
+                "server.listen",
+                "no listening address: set server.listen (--listen) or tls.listen (--tls-listen)",
+            ));
+        }
+        // RFC 8489 §14.9: REALM is fewer than 128 characters; clients need one for 401s.
+        let realm_chars = self.realm.chars().count();
+        if realm_chars == 0 || realm_chars >= 128 {
+            return Err(src.error("server.realm", "must be 1 to 127 characters"));
+        }
+        // RFC 8489 §14.14: SOFTWARE is fewer than 128 characters.
+        if self
+            .software
+            .as_ref()
+            .is_some_and(|s| s.chars().count() >= 128)
+        {
+            return Err(src.error(
+                "server.software",
+                "must be fewer than 128 characters (\"\" omits it)",
+            ));
+        }
+        if self.secrets.iter().any(|s| s.expose().is_empty()) {
+            return Err(src.error("auth.secrets", "a secret must not be empty"));
+        }
+        if self.api_tokens.iter().any(|s| s.expose().is_empty()) {
+            return Err(src.error("api.tokens", "a token must not be empty"));
+        }
+        if let Some((name, _)) = self
+            .static_users
+            .iter()
+            .find(|(n, p)| n.is_empty() || p.expose().is_empty())
+        {
+            let key = format!("auth.users.{name}");
+            let key = if src.in_file(&key) {
+                key
+            } else {
+                "auth.users".to_owned()
+            };
+            return Err(src.error(&key, "user names and passwords must not be empty"));
+        }
+        if self.nonce_lifetime.is_zero() {
+            return Err(src.error("auth.nonce_lifetime_secs", "must be at least 1"));
+        }
+        if self.credential_ttl.is_zero() {
+            return Err(src.error("auth.credential_ttl_secs", "must be at least 1"));
+        }
+
+        let (min, max) = (*self.port_range.start(), *self.port_range.end());
+        if min == 0 {
+            return Err(src.error("relay.min_port", "must be at least 1"));
+        }
+        if min > max {
+            return Err(match src.blame("relay.min_port", "relay.max_port") {
+                "relay.min_port" => src.error(
+                    "relay.min_port",
+                    format!("must be <= relay.max_port ({max})"),
+                ),
+                _ => src.error(
+                    "relay.max_port",
+                    format!("must be >= relay.min_port ({min})"),
+                ),
+            });
+        }
+
+        if self.default_lifetime.is_zero() {
+            return Err(src.error("limits.default_lifetime_secs", "must be at least 1"));
+        }
+        if self.default_lifetime > self.max_lifetime {
+            let (d, m) = (self.default_lifetime.as_secs(), self.max_lifetime.as_secs());
+            return Err(
+                match src.blame("limits.default_lifetime_secs", "limits.max_lifetime_secs") {
+                    "limits.default_lifetime_secs" => src.error(
+                        "limits.default_lifetime_secs",
+                        format!("must be <= limits.max_lifetime_secs ({m})"),
+                    ),
+                    _ => src.error(
+                        "limits.max_lifetime_secs",
+                        format!("must be >= limits.default_lifetime_secs ({d})"),
+                    ),
+                },
+            );
+        }
+
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(src.error("tls.cert", "is set but tls.key is not")),
+            (None, Some(_)) => return Err(src.error("tls.key", "is set but tls.cert is not")),
+            (None, None) if !self.tls_listen.is_empty() => {
+                return Err(src.error(
+                    "tls.listen",
+                    "needs tls.cert and tls.key (--tls-cert, --tls-key)",
+                ))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The file model of this config; with `redact`, secrets become `"<redacted>"`.
+    fn to_file(&self, redact: bool) -> FileConfig {
+        let show = |s: &Secret| {
+            if redact {
+                REDACTED.to_owned()
+            } else {
+                s.expose().to_owned()
+            }
+        };
+        FileConfig {
+            server: ServerFile {
+                listen: display_all(&self.listen),
+                realm: self.realm.clone(),
+                software: self.software.clone().unwrap_or_default(),
+                workers: self.workers,
+                log_format: self.log_format,
+            },
+            auth: AuthFile {
+                secrets: self.secrets.iter().map(show).collect(),
+                separator: self.separator.to_string(),
+                nonce_lifetime_secs: self.nonce_lifetime.as_secs(),
+                credential_ttl_secs: self.credential_ttl.as_secs(),
+                users: self
+                    .static_users
+                    .iter()
+                    .map(|(n, p)| (n.clone(), show(p)))
+                    .collect(),
+            },
+            relay: RelayFile {
+                ips: display_all(&self.relay_ips),
+                external_ip: self.external_ip.map(|a| a.to_string()).unwrap_or_default(),
+                min_port: *self.port_range.start(),
+                max_port: *self.port_range.end(),
+                allow_peers: display_all(&self.allow_peers),
+                deny_peers: display_all(&self.deny_peers),
+            },
+            limits: LimitsFile {
+                default_lifetime_secs: self.default_lifetime.as_secs(),
+                max_lifetime_secs: self.max_lifetime.as_secs(),
+                max_allocations: self.max_allocations,
+                max_allocations_per_user: self.max_allocations_per_user,
+                max_permissions_per_allocation: self.max_permissions_per_allocation,
+                max_channels_per_allocation: self.max_channels_per_allocation,
+                bandwidth_per_allocation: self.bandwidth_per_allocation.unwrap_or(0),
+            },
+            api: ApiFile {
+                listen: self.api_listen.to_string(),
+                tokens: self.api_tokens.iter().map(show).collect(),
+            },
+            tls: TlsFile {
+                listen: display_all(&self.tls_listen),
+                cert: path_string(&self.tls_cert),
+                key: path_string(&self.tls_key),
+            },
+        }
+    }
+
+    /// The effective configuration as TOML, secrets shown as `"<redacted>"` (printed by
+    /// `turnpike check-config`). It parses back to this config apart from the secrets.
+    pub fn render_effective(&self) -> String {
+        let body = toml::to_string(&self.to_file(true))
+            .unwrap_or_else(|e| format!("# cannot render the effective config: {e}\n"));
+        format!("# turnpike effective configuration (secrets redacted; workers resolved)\n\n{body}")
+    }
+
+    /// Settings worth a startup warning (STYLE §4: risky knobs are loud): peers opened
+    /// inside loopback or private ranges, and an HTTP API beyond loopback without a token.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for allowed in &self.allow_peers {
+            for (range, what) in RISKY_PEER_RANGES {
+                let range: IpNet = range.parse().expect("valid built-in CIDR");
+                if allowed.contains(&range.network()) || range.contains(&allowed.network()) {
+                    out.push(format!(
+                        "relay.allow_peers opens {allowed}, which overlaps {range} ({what}): \
+                         clients holding credentials can relay into it"
+                    ));
+                }
+            }
+        }
+        if !self.api_listen.ip().is_loopback() && self.api_tokens.is_empty() {
+            out.push(format!(
+                "api.listen {} is not loopback and api.tokens is empty: anyone who can reach \
+                 it can mint TURN credentials",
+                self.api_listen
+            ));
+        }
+        out
+    }
+}
+
+/// Ranges whose opening through `allow_peers` deserves a warning.
+const RISKY_PEER_RANGES: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "this network"),
+    ("10.0.0.0/8", "RFC 1918 private"),
+    ("100.64.0.0/10", "carrier-grade NAT"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local, including cloud metadata"),
+    ("172.16.0.0/12", "RFC 1918 private"),
+    ("192.168.0.0/16", "RFC 1918 private"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("fc00::/7", "unique local"),
+    ("fe80::/10", "link-local"),
+];
+
+/// Parse every item of a list key, dropping repeats; errors name the key.
+fn parse_list<T: PartialEq>(
+    src: &Sources<'_>,
+    key: &str,
+    items: &[String],
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, ConfigError> {
+    let mut out = Vec::new();
+    for item in items {
+        extend_unique(&mut out, [parse(item).map_err(|m| src.error(key, m))?]);
+    }
+    Ok(out)
+}
+
+fn display_all<T: fmt::Display>(items: &[T]) -> Vec<String> {
+    items.iter().map(ToString::to_string).collect()
+}
+
+fn unique_secrets(items: Vec<String>) -> Vec<Secret> {
+    let mut out = Vec::new();
+    extend_unique(&mut out, items.into_iter().map(Secret));
+    out
+}
+
+fn redact_flag(_secret: &str) -> String {
+    REDACTED.to_owned()
+}
+
+fn path_string(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    const EXAMPLE: &str = include_str!("../config.example.toml");
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, "test.toml")
+    }
+
+    fn err(text: &str) -> String {
+        load(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn example_parses_to_defaults() {
+        assert_eq!(load(EXAMPLE).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(load("").unwrap(), Config::default());
+        assert_eq!(load("[server]\n[relay]\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn schema_matches_file_model() {
+        let table = toml::Table::try_from(FileConfig::default()).unwrap();
+        let from_model: BTreeSet<String> = table
+            .iter()
+            .flat_map(|(s, v)| {
+                let keys = v.as_table().unwrap().keys();
+                keys.map(move |k| format!("{s}.{k}"))
+            })
+            .collect();
+        let from_schema: BTreeSet<String> = SCHEMA
+            .iter()
+            .flat_map(|(s, keys)| keys.iter().map(move |k| format!("{s}.{k}")))
+            .collect();
+        assert_eq!(from_model, from_schema);
+        // And the example documents every key.
+        let doc = index_document(EXAMPLE, "example").unwrap();
+        for key in &from_schema {
+            assert!(doc.keys.contains_key(key), "example lacks {key}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_names_key_section_and_line() {
+        let e = err("[server]\nrealm = \"x\"\nfoo = 1\n");
+        assert!(e.contains("unknown key `foo` in [server] at line 3"), "{e}");
+        let e = err("\n[limits]\nmax_lifetime_secs = 60\n[sever]\nrealm = \"x\"\n");
+        assert!(e.contains("unknown key `sever`"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+        // The first problem in the file is reported, not the first alphabetically.
+        let e = err("[server]\nzzz = 1\naaa = 2\n");
+        assert!(e.contains("`zzz`") && e.contains("line 2"), "{e}");
+        let e = err("[relay]\nallow_peer = []\n");
+        assert!(e.contains("allow_peers"), "expected keys listed: {e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let e = err("[relay]\n\nmin_port = \"high\"\n");
+        assert!(e.contains("relay.min_port (line 3)"), "{e}");
+        let e = err("[relay]\nmax_port = 70000\n");
+        assert!(e.contains("relay.max_port (line 2)"), "{e}");
+        let e = err("[server]\nlog_format = \"xml\"\n");
+        assert!(e.contains("server.log_format (line 2)"), "{e}");
+        let e = err("server = 3\n");
+        assert!(e.contains("server") && e.contains("table"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = err("[server]\nrealm = \n");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn min_port_above_max_port_names_key() {
+        let text = "[relay]\n# ports\n\n\n\n\n\n\n\n\n\nmin_port = 60000\nmax_port = 50000\n";
+        let e = err(text);
+        assert!(
+            e.contains("relay.min_port (line 12): must be <= relay.max_port"),
+            "{e}"
+        );
+        // Only max_port set: blame it.
+        let e = err("[relay]\nmax_port = 1000\n");
+        assert!(e.contains("relay.max_port (line 2): must be >="), "{e}");
+        let e = err("[relay]\nmin_port = 0\n");
+        assert!(e.contains("relay.min_port"), "{e}");
+    }
+
+    #[test]
+    fn lifetimes_checked() {
+        let e = err("[limits]\ndefault_lifetime_secs = 7200\n");
+        assert!(e.contains("limits.default_lifetime_secs (line 2)"), "{e}");
+        let e = err("[limits]\nmax_lifetime_secs = 60\n");
+        assert!(e.contains("limits.max_lifetime_secs (line 2)"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key() {
+        let e = err("[relay]\nallow_peers = [\"10.0.0.0/8\", \"1.2.3\"]\n");
+        assert!(
+            e.contains("relay.allow_peers (line 2)") && e.contains("1.2.3"),
+            "{e}"
+        );
+        let e = err("[relay]\ndeny_peers = [\"10.0.0.0/33\"]\n");
+        assert!(e.contains("relay.deny_peers"), "{e}");
+        let e = err("[server]\nlisten = [\"localhost\"]\n");
+        assert!(e.contains("server.listen (line 2)"), "{e}");
+        let e = err("[auth]\nseparator = \"ab\"\n");
+        assert!(e.contains("auth.separator (line 2)"), "{e}");
+        let e = err("[auth]\nseparator = \"x\"\n");
+        assert!(e.contains("auth.separator"), "{e}");
+        let e = err("[relay]\nexternal_ip = \"0.0.0.0\"\n");
+        assert!(e.contains("relay.external_ip"), "{e}");
+        let e = err("[tls]\nlisten = [\"0.0.0.0:5349\"]\n");
+        assert!(e.contains("tls.listen (line 2)"), "{e}");
+        let e = err("[tls]\ncert = \"c.pem\"\n");
+        assert!(e.contains("tls.cert"), "{e}");
+        let e = err("[server]\nrealm = \"\"\n");
+        assert!(e.contains("server.realm"), "{e}");
+        let e = err("[auth.users]\nbob = \"\"\n");
+        assert!(e.contains("auth.users.bob (line 2)"), "{e}");
+    }
+
+    #[test]
+    fn full_file_converts() {
+        let c = load(
+            r#"
+            [server]
+            listen = ["127.0.0.1:3478", "[::1]:3478", "127.0.0.1:3478"]
+            software = ""
+            workers = 3
+            log_format = "json"
+            [auth]
+            secrets = ["one", "two"]
+            separator = "-"
+            [auth.users]
+            bob = "pw2"
+            alice = "pw1"
+            [relay]
+            ips = ["192.0.2.10"]
+            external_ip = "203.0.113.7"
+            min_port = 40000
+            max_port = 40100
+            allow_peers = ["127.0.0.1", "10.1.2.3/8", "::1"]
+            [limits]
+            bandwidth_per_allocation = 125000
+            [tls]
+            listen = ["0.0.0.0:5349"]
+            cert = "/etc/turnpike/cert.pem"
+            key = "/etc/turnpike/key.pem"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.len(), 2, "duplicates dropped");
+        assert_eq!(c.software, None);
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.secrets[0].expose(), "one");
+        assert_eq!(c.separator, '-');
+        assert_eq!(c.static_users[0].0, "alice");
+        assert_eq!(c.static_users[1].1.expose(), "pw2");
+        assert_eq!(c.external_ip, Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(c.port_range, 40000..=40100);
+        let peers: Vec<String> = c.allow_peers.iter().map(|n| n.to_string()).collect();
+        assert_eq!(peers, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        assert_eq!(c.bandwidth_per_allocation, Some(125_000));
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/etc/turnpike/cert.pem")));
+        assert_eq!(c.warnings().len(), 3, "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn flags_add_to_lists_and_override_scalars() {
+        let text = "[server]\nlisten = [\"127.0.0.1:3478\"]\nrealm = \"file\"\n\
+                    [auth]\nsecrets = [\"file-secret\"]\n[relay]\nallow_peers = [\"10.0.0.0/8\"]\n";
+        let dir = std::env::temp_dir().join(format!("turnpike-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flags.toml");
+        std::fs::write(&path, text).unwrap();
+        let args = RunArgs {
+            config: Some(path.clone()),
+            listen: vec!["127.0.0.1:3479".parse().unwrap()],
+            realm: Some("flag".into()),
+            auth_secret: vec!["flag-secret".into()],
+            allow_peer: vec!["192.168.1.1".into()],
+            min_port: Some(50000),
+            max_port: Some(50010),
+            workers: Some(2),
+            bandwidth_per_allocation: Some(0),
+            user: vec!["carol=pw".into()],
+            ..RunArgs::default()
+        };
+        let c = Config::load(None, &args).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            c.listen,
+            vec![
+                "127.0.0.1:3478".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:3479".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.realm, "flag");
+        let secrets: Vec<&str> = c.secrets.iter().map(Secret::expose).collect();
+        assert_eq!(secrets, ["file-secret", "flag-secret"]);
+        assert_eq!(c.allow_peers.len(), 2);
+        assert_eq!(c.port_range, 50000..=50010);
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.bandwidth_per_allocation, None);
+        assert_eq!(c.static_users[0].0, "carol");
+    }
+
+    #[test]
+    fn list_flags_replace_builtin_defaults() {
+        let args = RunArgs {
+            listen: vec!["127.0.0.1:40000".parse().unwrap()],
+            ..RunArgs::default()
+        };
+        let c = Config::load(None, &args).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:40000".parse().unwrap()]);
+        // Same through apply_flags on a config whose listen is still the default.
+        let mut c = Config::default();
+        c.apply_flags(&args).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:40000".parse().unwrap()]);
+        // But a file's list is extended.
+        let mut c = load("[server]\nlisten = [\"127.0.0.1:1\"]\n").unwrap();
+        c.apply_flags(&args).unwrap();
+        assert_eq!(c.listen.len(), 2);
+    }
+
+    #[test]
+    fn flag_errors_name_the_flag() {
+        let bad = |args: RunArgs| Config::load(None, &args).unwrap_err().to_string();
+        let e = bad(RunArgs {
+            allow_peer: vec!["1.2.3".into()],
+            ..RunArgs::default()
+        });
+        assert!(e.starts_with("--allow-peer 1.2.3: "), "{e}");
+        assert!(e.contains("not a CIDR or IP"), "{e}");
+        let e = bad(RunArgs {
+            min_port: Some(60000),
+            max_port: Some(50000),
+            ..RunArgs::default()
+        });
+        assert!(
+            e.starts_with("--min-port 60000: must be <= relay.max_port (50000)"),
+            "{e}"
+        );
+        let e = bad(RunArgs {
+            max_port: Some(1000),
+            ..RunArgs::default()
+        });
+        assert!(e.starts_with("--max-port 1000: must be >="), "{e}");
+        let e = bad(RunArgs {
+            separator: Some("ab".into()),
+            ..RunArgs::default()
+        });
+        assert!(e.starts_with("--separator ab: "), "{e}");
+        let e = bad(RunArgs {
+            user: vec!["nopassword".into()],
+            ..RunArgs::default()
+        });
+        assert!(e.starts_with("--user nopassword: "), "{e}");
+        let e = bad(RunArgs {
+            tls_listen: vec!["0.0.0.0:5349".parse().unwrap()],
+            ..RunArgs::default()
+        });
+        assert!(
+            e.starts_with("--tls-listen 0.0.0.0:5349: needs tls.cert"),
+            "{e}"
+        );
+        let e = bad(RunArgs {
+            config: Some(PathBuf::from("/nonexistent/turnpike.toml")),
+            ..RunArgs::default()
+        });
+        assert!(e.contains("/nonexistent/turnpike.toml"), "{e}");
+    }
+
+    #[test]
+    fn flags_fix_file_errors() {
+        // As a file could say; a flag repairs it.
+        let mut c = Config {
+            port_range: RangeInclusive::new(60000, 50000),
+            ..Config::default()
+        };
+        let args = RunArgs {
+            max_port: Some(65000),
+            ..RunArgs::default()
+        };
+        c.apply_flags(&args).unwrap();
+        assert_eq!(c.port_range, 60000..=65000);
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::from("hunter2".to_owned());
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        let c = Config {
+            secrets: vec![s.clone()],
+            static_users: vec![("u".into(), Secret::from("pw-xyz"))],
+            ..Config::default()
+        };
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("pw-xyz"),
+            "{debug}"
+        );
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn render_effective_redacts_and_round_trips() {
+        let c = load(
+            "[auth]\nsecrets = [\"s3cret\"]\n[auth.users]\nbob = \"pw-xyz\"\n\
+             [api]\ntokens = [\"tok-abc\"]\n[relay]\nallow_peers = [\"10.0.0.1\"]\n",
+        )
+        .unwrap();
+        let text = c.render_effective();
+        for secret in ["s3cret", "pw-xyz", "tok-abc"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains(REDACTED), "{text}");
+        let back = load(&text).unwrap();
+        let redacted = Secret::from(REDACTED);
+        assert_eq!(
+            back,
+            Config {
+                secrets: vec![redacted.clone()],
+                static_users: vec![("bob".into(), redacted.clone())],
+                api_tokens: vec![redacted],
+                ..c
+            }
+        );
+        assert_eq!(
+            load(&Config::default().render_effective()).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn peer_nets() {
+        assert_eq!(
+            parse_peer_net("127.0.0.1").unwrap().to_string(),
+            "127.0.0.1/32"
+        );
+        assert_eq!(parse_peer_net("::1").unwrap().to_string(), "::1/128");
+        assert_eq!(
+            parse_peer_net("10.1.2.3/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert!(parse_peer_net("10.0.0.0-10.0.0.5").is_err());
+        assert!(parse_peer_net("").is_err());
+    }
+
+    #[test]
+    fn default_warnings_are_empty() {
+        assert!(Config::default().warnings().is_empty());
+        let c = Config {
+            api_listen: "0.0.0.0:8080".parse().unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(c.warnings().len(), 1);
+    }
+}

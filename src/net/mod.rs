@@ -1,0 +1,4 @@
+//! I/O drivers: the only code that touches sockets or reads the clock.
+
+pub mod udp;
+pub mod worker;

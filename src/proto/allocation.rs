@@ -1,0 +1,260 @@
+//! One TURN allocation (RFC 8656 §2.2): its relayed address, lifetime, permissions, channel
+//! bindings and bandwidth budget.
+//!
+//! Permissions and channels are kept in small vectors capped by configuration: a linear scan
+//! of a few dozen entries beats hashing on the packet path and keeps an idle allocation small.
+//! They expire lazily: an entry past its deadline is ignored and reclaimed when space is needed,
+//! so they need no timers of their own.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::wire::TransactionId;
+
+#[derive(Debug)]
+pub struct Allocation {
+    /// The local address of the relay socket.
+    pub relay: SocketAddr,
+    /// The address advertised in XOR-RELAYED-ADDRESS (differs behind a 1:1 NAT).
+    pub relayed: SocketAddr,
+    pub username: String,
+    pub quota_key: String,
+    pub expires: Instant,
+    /// The Allocate transaction, so a retransmitted request gets the same success answer
+    /// instead of 437 (RFC 8656 §7.2).
+    pub transaction: TransactionId,
+    pub lifetime: Duration,
+    pub reservation_token: Option<u64>,
+    pub permissions: Vec<Permission>,
+    pub channels: Vec<ChannelBinding>,
+    pub bandwidth: Option<TokenBucket>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Permission {
+    pub peer: IpAddr,
+    pub expires: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelBinding {
+    pub number: u16,
+    pub peer: SocketAddr,
+    pub expires: Instant,
+}
+
+/// Why a permission or channel could not be installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindError {
+    /// The channel is bound to another peer, or the peer to another channel (400).
+    Conflict,
+    /// The per-allocation cap is reached (508).
+    Full,
+}
+
+impl Allocation {
+    pub fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .iter()
+            .any(|p| p.peer == peer && p.expires > now)
+    }
+
+    /// Installs or refreshes a permission (RFC 8656 §9).
+    pub fn permit(
+        &mut self,
+        peer: IpAddr,
+        expires: Instant,
+        now: Instant,
+        cap: usize,
+    ) -> Result<(), BindError> {
+        if let Some(existing) = self.permissions.iter_mut().find(|p| p.peer == peer) {
+            existing.expires = expires;
+            return Ok(());
+        }
+        if self.permissions.len() >= cap {
+            self.permissions.retain(|p| p.expires > now);
+        }
+        if self.permissions.len() >= cap {
+            return Err(BindError::Full);
+        }
+        self.permissions.push(Permission { peer, expires });
+        Ok(())
+    }
+
+    /// Checks a ChannelBind against existing bindings (RFC 8656 §11.2) without changing them.
+    pub fn check_channel(&self, number: u16, peer: SocketAddr, now: Instant, cap: usize) -> Result<(), BindError> {
+        for binding in &self.channels {
+            // An expired binding still blocks its number and peer for a while (RFC 8656
+            // §11: "MUST NOT be used with a different peer for 5 minutes"); we honour that by
+            // keeping it until the slot is reclaimed, and only a live one conflicts here.
+            let live = binding.expires > now;
+            if live && (binding.number == number) != (binding.peer == peer) {
+                return Err(BindError::Conflict);
+            }
+            if binding.number == number && binding.peer == peer {
+                return Ok(());
+            }
+        }
+        let live = self.channels.iter().filter(|b| b.expires > now).count();
+        if live >= cap {
+            return Err(BindError::Full);
+        }
+        Ok(())
+    }
+
+    /// Binds or refreshes a channel; call [`check_channel`](Self::check_channel) first.
+    pub fn bind_channel(&mut self, number: u16, peer: SocketAddr, expires: Instant, now: Instant) {
+        if let Some(existing) = self
+            .channels
+            .iter_mut()
+            .find(|b| b.number == number && b.peer == peer)
+        {
+            existing.expires = expires;
+            return;
+        }
+        self.channels
+            .retain(|b| b.expires > now && b.number != number && b.peer != peer);
+        self.channels.push(ChannelBinding {
+            number,
+            peer,
+            expires,
+        });
+    }
+
+    pub fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+        self.channels
+            .iter()
+            .find(|b| b.number == number && b.expires > now)
+            .map(|b| b.peer)
+    }
+
+    pub fn channel_for_peer(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        self.channels
+            .iter()
+            .find(|b| b.peer == peer && b.expires > now)
+            .map(|b| b.number)
+    }
+
+    /// Whether `bytes` more may be relayed now under the bandwidth cap.
+    pub fn take_bandwidth(&mut self, bytes: usize, now: Instant) -> bool {
+        match &mut self.bandwidth {
+            Some(bucket) => bucket.take(bytes as u64, now),
+            None => true,
+        }
+    }
+}
+
+/// A token bucket in bytes: refills at `rate` bytes/s up to one second's worth.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: u64,
+    tokens: u64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u64, now: Instant) -> Self {
+        Self {
+            rate,
+            tokens: rate,
+            last: now,
+        }
+    }
+
+    pub fn take(&mut self, bytes: u64, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last);
+        let refill = (elapsed.as_micros() as u64).saturating_mul(self.rate) / 1_000_000;
+        if refill > 0 {
+            self.tokens = (self.tokens + refill).min(self.rate);
+            self.last = now;
+        }
+        if self.tokens >= bytes {
+            self.tokens -= bytes;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allocation(now: Instant) -> Allocation {
+        Allocation {
+            relay: "127.0.0.1:50000".parse().unwrap(),
+            relayed: "127.0.0.1:50000".parse().unwrap(),
+            username: "u".into(),
+            quota_key: "u".into(),
+            expires: now + Duration::from_secs(600),
+            transaction: 1u128.into(),
+            lifetime: Duration::from_secs(600),
+            reservation_token: None,
+            permissions: vec![],
+            channels: vec![],
+            bandwidth: None,
+        }
+    }
+
+    #[test]
+    fn permission_valid_until_its_deadline() {
+        let now = Instant::now();
+        let mut a = allocation(now);
+        let peer: IpAddr = "8.8.8.8".parse().unwrap();
+        let deadline = now + Duration::from_secs(300);
+        a.permit(peer, deadline, now, 4).unwrap();
+        assert!(a.has_permission(peer, deadline - Duration::from_nanos(1)));
+        assert!(!a.has_permission(peer, deadline));
+    }
+
+    #[test]
+    fn permission_cap_reclaims_expired_entries_first() {
+        let now = Instant::now();
+        let mut a = allocation(now);
+        let soon = now + Duration::from_secs(1);
+        a.permit("8.8.8.1".parse().unwrap(), soon, now, 2).unwrap();
+        a.permit("8.8.8.2".parse().unwrap(), soon, now, 2).unwrap();
+        assert_eq!(
+            a.permit("8.8.8.3".parse().unwrap(), soon, now, 2),
+            Err(BindError::Full)
+        );
+        let later = now + Duration::from_secs(2);
+        a.permit("8.8.8.3".parse().unwrap(), later + Duration::from_secs(1), later, 2)
+            .unwrap();
+        assert_eq!(a.permissions.len(), 1);
+    }
+
+    #[test]
+    fn channel_conflicts_are_refused() {
+        let now = Instant::now();
+        let mut a = allocation(now);
+        let p1: SocketAddr = "8.8.8.8:1000".parse().unwrap();
+        let p2: SocketAddr = "8.8.8.8:1001".parse().unwrap();
+        let exp = now + Duration::from_secs(600);
+        a.check_channel(0x4000, p1, now, 8).unwrap();
+        a.bind_channel(0x4000, p1, exp, now);
+        assert_eq!(a.check_channel(0x4000, p2, now, 8), Err(BindError::Conflict));
+        assert_eq!(a.check_channel(0x4001, p1, now, 8), Err(BindError::Conflict));
+        assert_eq!(a.check_channel(0x4000, p1, now, 8), Ok(()));
+        assert_eq!(a.channel_peer(0x4000, now), Some(p1));
+        assert_eq!(a.channel_for_peer(p1, now), Some(0x4000));
+        assert_eq!(a.channel_peer(0x4000, exp), None);
+    }
+
+    #[test]
+    fn token_bucket_limits_rate() {
+        let now = Instant::now();
+        let mut bucket = TokenBucket::new(1000, now);
+        assert!(bucket.take(600, now));
+        assert!(!bucket.take(600, now));
+        // 400 left + 300 refilled in 300 ms.
+        let later = now + Duration::from_millis(300);
+        assert!(bucket.take(700, later));
+        assert!(!bucket.take(1, later));
+        // Never more than one second's worth, however long it idles.
+        let idle = later + Duration::from_secs(60);
+        assert!(!bucket.take(1001, idle));
+        assert!(bucket.take(1000, idle));
+    }
+}

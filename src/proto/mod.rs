@@ -1,0 +1,21 @@
+//! The protocol core: STUN Binding, TURN allocations, authentication and peer filtering.
+//!
+//! This module contains no networking code and never reads the clock. Callers pass each
+//! datagram with its addresses and the current time (`Instant` for lifetimes, Unix seconds for
+//! credential expiry and nonces), and get back what to send. See [`server::Server`] for the
+//! input/output contract. Everything here is unit-testable without sockets.
+
+pub mod allocation;
+pub mod auth;
+pub mod peer_filter;
+pub mod server;
+pub mod stats;
+pub mod wire;
+
+pub use server::{
+    ClientAction, Event, FiveTuple, PeerAction, PendingAllocation, Quotas, Server, ServerConfig,
+    Transport,
+};
+
+#[cfg(test)]
+mod tests;

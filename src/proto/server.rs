@@ -1,0 +1,895 @@
+//! The TURN server state of one worker: allocations keyed by 5-tuple and by relay address, and
+//! the expiry timers.
+//!
+//! Inputs: [`Server::handle_client`] (a datagram from a client), [`Server::handle_peer`] (a
+//! datagram that arrived on a relay socket) and [`Server::handle_timeout`]. Outputs: the value
+//! each call returns, plus [`Server::poll_event`] (allocations to tear down) and
+//! [`Server::poll_timeout`] (when to call `handle_timeout` next). Drain events after every call.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::allocation::{Allocation, BindError, TokenBucket};
+use super::auth::{AuthError, Credentials, NonceCheck, NonceKey};
+use super::peer_filter::PeerFilter;
+use super::stats::Stats;
+use super::wire::{self, *};
+
+/// RFC 8656 §9: permissions last 300 s.
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// RFC 8656 §12: channel bindings last 600 s.
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+
+/// How a client reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Udp,
+}
+
+/// RFC 8656 §2: the client's address, the server address it talks to, and the transport.
+/// Allocations are keyed by it with the standard `HashMap` hasher, which is randomly seeded,
+/// because clients choose these keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FiveTuple {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Protocol settings of the core, derived once from the daemon's configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub realm: String,
+    pub software: Option<String>,
+    pub credentials: Credentials,
+    pub nonce_key: NonceKey,
+    pub nonce_lifetime: Duration,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub max_permissions_per_allocation: usize,
+    pub max_channels_per_allocation: usize,
+    pub bandwidth_per_allocation: Option<u64>,
+    pub peer_filter: PeerFilter,
+    /// The server's own listening addresses: never a valid peer, whatever `allow_peers` says.
+    pub own_addresses: Vec<SocketAddr>,
+    pub external_ip: Option<IpAddr>,
+    /// Relay address families the server can allocate in.
+    pub relay_ipv4: bool,
+    pub relay_ipv6: bool,
+}
+
+/// Counts shared by all workers, touched only when an allocation is created or freed.
+#[derive(Debug)]
+pub struct Quotas {
+    max_total: usize,
+    max_per_user: usize,
+    total: AtomicUsize,
+    per_user: Mutex<HashMap<String, usize>>,
+}
+
+impl Quotas {
+    pub fn new(max_total: usize, max_per_user: usize) -> Self {
+        Self {
+            max_total,
+            max_per_user,
+            total: AtomicUsize::new(0),
+            per_user: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Reserves one allocation for `user`: Err(486) over the user's quota, Err(508) over the
+    /// server's.
+    fn claim(&self, user: &str) -> Result<(), u16> {
+        let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_user.get(user).copied().unwrap_or(0);
+        if count >= self.max_per_user {
+            return Err(ErrorCode::ALLOCATION_QUOTA_REACHED);
+        }
+        if self
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_total).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+        }
+        per_user.insert(user.to_owned(), count + 1);
+        Ok(())
+    }
+
+    fn release(&self, user: &str) {
+        let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_user.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                per_user.remove(user);
+            }
+        }
+        self.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the driver must do with a datagram from a client.
+#[must_use]
+#[derive(Debug)]
+pub enum ClientAction<'a> {
+    /// Nothing to send.
+    Drop,
+    /// Send `out[..len]` back to the client on the same 5-tuple.
+    Reply(usize),
+    /// Send `payload` from the relay socket bound at `relay` to `peer`.
+    Relay {
+        relay: SocketAddr,
+        peer: SocketAddr,
+        payload: &'a [u8],
+    },
+    /// An authenticated Allocate: bind a relay socket, then call
+    /// [`Server::accept_allocation`] or [`Server::reject_allocation`].
+    Allocate(PendingAllocation),
+}
+
+/// An Allocate request that passed every check but needs a relay socket. Its quota slot is
+/// already claimed; the driver must hand it back through accept or reject.
+#[must_use]
+#[derive(Debug)]
+pub struct PendingAllocation {
+    pub tuple: FiveTuple,
+    pub family: AddressFamily,
+    /// EVEN-PORT (RFC 8656 §14.6): `Some(reserve_next)` when requested.
+    pub even_port: Option<bool>,
+    /// RESERVATION-TOKEN: take the socket reserved under this token.
+    pub reservation_token: Option<u64>,
+    transaction: TransactionId,
+    auth: Authenticated,
+    lifetime: Duration,
+}
+
+/// What the driver must do with a datagram from a peer.
+#[must_use]
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerAction {
+    /// Send `buf[..len]` (a ChannelData header written in front of the payload) to the client.
+    ChannelData { tuple: FiveTuple, len: usize },
+    /// Send `out[..len]` (a Data indication) to the client.
+    DataIndication { tuple: FiveTuple, len: usize },
+}
+
+/// Something the driver must act on outside of a reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The allocation is gone (expired or deleted): close its relay socket.
+    AllocationFreed { relay: SocketAddr },
+}
+
+#[derive(Debug, Clone)]
+struct Authenticated {
+    username: String,
+    credentials: MessageIntegrityCredentials,
+    algorithm: IntegrityAlgorithm,
+}
+
+/// Attributes a TURN request may carry without a 420 (RFC 8656 §18, RFC 8489 §14).
+const TURN_ATTRIBUTES: [AttributeType; 15] = [
+    Username::TYPE,
+    Realm::TYPE,
+    Nonce::TYPE,
+    MessageIntegrity::TYPE,
+    MessageIntegritySha256::TYPE,
+    Fingerprint::TYPE,
+    Lifetime::TYPE,
+    RequestedTransport::TYPE,
+    DontFragment::TYPE,
+    EvenPort::TYPE,
+    ReservationToken::TYPE,
+    XorPeerAddress::TYPE,
+    ChannelNumber::TYPE,
+    Data::TYPE,
+    RequestedAddressFamily::TYPE,
+];
+
+/// Attributes a Binding request may carry without a 420.
+const BINDING_ATTRIBUTES: [AttributeType; 9] = [
+    Username::TYPE,
+    Realm::TYPE,
+    Nonce::TYPE,
+    MessageIntegrity::TYPE,
+    MessageIntegritySha256::TYPE,
+    Fingerprint::TYPE,
+    wire::PRIORITY,
+    wire::USE_CANDIDATE,
+    wire::CHANGE_REQUEST,
+];
+
+use stun_types::attribute::{Attribute, AttributeStaticType};
+
+pub struct Server {
+    config: Arc<ServerConfig>,
+    quotas: Arc<Quotas>,
+    allocations: HashMap<FiveTuple, Allocation>,
+    relays: HashMap<SocketAddr, FiveTuple>,
+    expiries: BTreeSet<(Instant, FiveTuple)>,
+    events: VecDeque<Event>,
+    pub stats: Stats,
+}
+
+impl Server {
+    pub fn new(config: Arc<ServerConfig>, quotas: Arc<Quotas>) -> Self {
+        Self {
+            config,
+            quotas,
+            allocations: HashMap::new(),
+            relays: HashMap::new(),
+            expiries: BTreeSet::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Replaces the protocol settings (SIGHUP reload); live allocations are kept.
+    pub fn set_config(&mut self, config: Arc<ServerConfig>) {
+        self.config = config;
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.expiries.first().map(|(at, _)| *at)
+    }
+
+    /// Expires every allocation whose lifetime ended at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, tuple)) = self.expiries.first() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop_first();
+            if let Some(allocation) = self.allocations.get(&tuple) {
+                tracing::info!(user = %allocation.username, client = %tuple.client,
+                    relay = %allocation.relayed, "allocation expired");
+            }
+            self.stats.allocations_expired += 1;
+            self.remove_allocation(&tuple);
+        }
+    }
+
+    /// Handles one datagram from a client. `out` receives any reply and must hold at least
+    /// `data.len() + 512` bytes.
+    pub fn handle_client<'a>(
+        &mut self,
+        now: Instant,
+        unix_now: u64,
+        tuple: FiveTuple,
+        data: &'a [u8],
+        out: &mut [u8],
+    ) -> ClientAction<'a> {
+        match wire::classify(data) {
+            wire::Kind::ChannelData => self.client_channel_data(now, tuple, data),
+            wire::Kind::Stun => self.client_stun(now, unix_now, tuple, data, out),
+            wire::Kind::Other => {
+                self.stats.malformed += 1;
+                ClientAction::Drop
+            }
+        }
+    }
+
+    /// Handles a datagram a peer sent to the relay socket at `relay`. The payload is at
+    /// `buf[4..4 + len]`, leaving room to write a ChannelData header in place.
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        out: &mut [u8],
+    ) -> Option<PeerAction> {
+        let tuple = *self.relays.get(&relay)?;
+        let allocation = self.allocations.get_mut(&tuple)?;
+        // RFC 8656 §10.3: data from a peer without a permission is silently discarded.
+        if !allocation.has_permission(peer.ip(), now) {
+            self.stats.peer_without_permission += 1;
+            return None;
+        }
+        if !allocation.take_bandwidth(len, now) {
+            self.stats.bandwidth_dropped += 1;
+            return None;
+        }
+        self.stats.from_peer_packets += 1;
+        self.stats.from_peer_bytes += len as u64;
+        let payload_end = CHANNEL_HEADER_LEN + len;
+        if let Some(channel) = allocation.channel_for_peer(peer, now) {
+            wire::write_channel_header(buf, channel, len);
+            return Some(PeerAction::ChannelData {
+                tuple,
+                len: payload_end,
+            });
+        }
+        let mut indication = Response::indication(DATA, out);
+        indication.add(&XorPeerAddress::new(peer, indication.transaction_id()));
+        indication.add(&Data::new(&buf[CHANNEL_HEADER_LEN..payload_end]));
+        let len = indication.finish();
+        Some(PeerAction::DataIndication { tuple, len })
+    }
+
+    fn client_channel_data<'a>(&mut self, now: Instant, tuple: FiveTuple, data: &'a [u8]) -> ClientAction<'a> {
+        let Some((channel, len)) = wire::channel_data_header(data) else {
+            self.stats.malformed += 1;
+            return ClientAction::Drop;
+        };
+        let Some(allocation) = self.allocations.get_mut(&tuple) else {
+            self.stats.dropped += 1;
+            return ClientAction::Drop;
+        };
+        let Some(peer) = allocation.channel_peer(channel, now) else {
+            self.stats.dropped += 1;
+            return ClientAction::Drop;
+        };
+        if !allocation.has_permission(peer.ip(), now) {
+            self.stats.peer_without_permission += 1;
+            return ClientAction::Drop;
+        }
+        if !allocation.take_bandwidth(len, now) {
+            self.stats.bandwidth_dropped += 1;
+            return ClientAction::Drop;
+        }
+        self.stats.to_peer_packets += 1;
+        self.stats.to_peer_bytes += len as u64;
+        ClientAction::Relay {
+            relay: allocation.relay,
+            peer,
+            payload: &data[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + len],
+        }
+    }
+
+    fn client_stun<'a>(
+        &mut self,
+        now: Instant,
+        unix_now: u64,
+        tuple: FiveTuple,
+        data: &'a [u8],
+        out: &mut [u8],
+    ) -> ClientAction<'a> {
+        let Ok(msg) = wire::parse_stun(data) else {
+            self.stats.malformed += 1;
+            return ClientAction::Drop;
+        };
+        match (msg.class(), msg.method()) {
+            (MessageClass::Request, BINDING) => self.binding(&msg, tuple, out),
+            (MessageClass::Indication, SEND) => self.send_indication(now, tuple, &msg, data),
+            (MessageClass::Request, m)
+                if m == ALLOCATE || m == REFRESH || m == CREATE_PERMISSION || m == CHANNEL_BIND =>
+            {
+                self.turn_request(now, unix_now, tuple, &msg, out)
+            }
+            (MessageClass::Request, _) => {
+                ClientAction::Reply(self.error(&msg, ErrorCode::BAD_REQUEST, None, out))
+            }
+            // Binding indications are keepalives (RFC 8489 §6.3.2); responses and other
+            // indications have no business here.
+            _ => {
+                self.stats.dropped += 1;
+                ClientAction::Drop
+            }
+        }
+    }
+
+    fn binding<'a>(&mut self, msg: &Message<'_>, tuple: FiveTuple, out: &mut [u8]) -> ClientAction<'a> {
+        self.stats.binding_requests += 1;
+        if let Some(len) = self.unknown_attributes(msg, &BINDING_ATTRIBUTES, None, out) {
+            return ClientAction::Reply(len);
+        }
+        let mut response = Response::success(BINDING, msg.transaction_id(), out);
+        response.add(&XorMappedAddress::new(tuple.client, msg.transaction_id()));
+        response.add_mapped_address(tuple.client);
+        response.add_software(self.config.software.as_deref());
+        ClientAction::Reply(response.finish())
+    }
+
+    /// 420 with UNKNOWN-ATTRIBUTES if the request carries comprehension-required attributes
+    /// outside `known` (RFC 8489 §7.3.1). CHANGE-REQUEST asking for a change is unsupported.
+    fn unknown_attributes(
+        &mut self,
+        msg: &Message<'_>,
+        known: &[AttributeType],
+        auth: Option<&Authenticated>,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let mut unknown: Vec<AttributeType> = msg
+            .iter_attributes()
+            .map(|(_, attr)| attr.get_type())
+            .filter(|t| t.comprehension_required() && !known.contains(t))
+            .collect();
+        if let Some(change) = msg.raw_attribute(wire::CHANGE_REQUEST) {
+            if change.value.iter().any(|&b| b != 0) {
+                unknown.push(wire::CHANGE_REQUEST);
+            }
+        }
+        if unknown.is_empty() {
+            return None;
+        }
+        unknown.dedup();
+        self.stats.errors.record(ErrorCode::UNKNOWN_ATTRIBUTE);
+        let mut response =
+            Response::error(msg.method(), msg.transaction_id(), ErrorCode::UNKNOWN_ATTRIBUTE, out);
+        response.add(&UnknownAttributes::new(&unknown));
+        response.add_software(self.config.software.as_deref());
+        Some(match auth {
+            Some(auth) => response.finish_signed(&auth.credentials, auth.algorithm),
+            None => response.finish(),
+        })
+    }
+
+    /// An error response, signed when the request authenticated (RFC 8489 §9.2.4).
+    fn error(&mut self, msg: &Message<'_>, code: u16, auth: Option<&Authenticated>, out: &mut [u8]) -> usize {
+        self.stats.errors.record(code);
+        tracing::debug!(method = %msg.method(), code, "error response");
+        let mut response = Response::error(msg.method(), msg.transaction_id(), code, out);
+        response.add_software(self.config.software.as_deref());
+        match auth {
+            Some(auth) => response.finish_signed(&auth.credentials, auth.algorithm),
+            None => response.finish(),
+        }
+    }
+
+    /// A 401 or 438 challenge carrying REALM and a fresh NONCE, never signed.
+    fn challenge(&mut self, msg: &Message<'_>, code: u16, tuple: FiveTuple, unix_now: u64, out: &mut [u8]) -> usize {
+        self.stats.errors.record(code);
+        let mut response = Response::error(msg.method(), msg.transaction_id(), code, out);
+        if let Ok(realm) = Realm::new(&self.config.realm) {
+            response.add(&realm);
+        }
+        let nonce = self.config.nonce_key.issue(tuple.client, unix_now);
+        if let Ok(nonce) = Nonce::new(&nonce) {
+            response.add(&nonce);
+        }
+        response.finish()
+    }
+
+    /// RFC 8489 §9.2.4 steps, in order. On failure returns the length of the reply to send.
+    fn authenticate(
+        &mut self,
+        msg: &Message<'_>,
+        tuple: FiveTuple,
+        unix_now: u64,
+        out: &mut [u8],
+    ) -> Result<Authenticated, usize> {
+        let has_integrity = msg.has_attribute(MessageIntegrity::TYPE)
+            || msg.has_attribute(MessageIntegritySha256::TYPE);
+        if !has_integrity {
+            self.stats.auth_missing += 1;
+            return Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out));
+        }
+        let (Ok(username), Ok(realm), Ok(nonce)) = (
+            msg.attribute::<Username>(),
+            msg.attribute::<Realm>(),
+            msg.attribute::<Nonce>(),
+        ) else {
+            return Err(self.error(msg, ErrorCode::BAD_REQUEST, None, out));
+        };
+        let lifetime = self.config.nonce_lifetime.as_secs();
+        if self.config.nonce_key.check(nonce.nonce(), tuple.client, unix_now, lifetime) == NonceCheck::Stale {
+            self.stats.auth_stale_nonce += 1;
+            return Err(self.challenge(msg, ErrorCode::STALE_NONCE, tuple, unix_now, out));
+        }
+        if realm.realm() != self.config.realm {
+            self.stats.auth_unknown_user += 1;
+            return Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out));
+        }
+        let username = username.username().to_owned();
+        let passwords = match self.config.credentials.passwords(&username, unix_now) {
+            Ok(passwords) => passwords,
+            Err(reason) => {
+                match reason {
+                    AuthError::Expired => self.stats.auth_expired += 1,
+                    _ => self.stats.auth_unknown_user += 1,
+                }
+                tracing::debug!(client = %tuple.client, %username, %reason, "authentication failed");
+                return Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out));
+            }
+        };
+        for password in passwords {
+            let credentials: MessageIntegrityCredentials =
+                LongTermKeyCredentials::new(username.clone(), password, self.config.realm.clone()).into();
+            if let Ok(algorithm) = msg.validate_integrity(&credentials) {
+                return Ok(Authenticated {
+                    username,
+                    credentials,
+                    algorithm,
+                });
+            }
+        }
+        self.stats.auth_bad_integrity += 1;
+        tracing::debug!(client = %tuple.client, %username, "bad message integrity");
+        Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out))
+    }
+
+    fn turn_request<'a>(
+        &mut self,
+        now: Instant,
+        unix_now: u64,
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+    ) -> ClientAction<'a> {
+        let auth = match self.authenticate(msg, tuple, unix_now, out) {
+            Ok(auth) => auth,
+            Err(len) => return ClientAction::Reply(len),
+        };
+        if let Some(len) = self.unknown_attributes(msg, &TURN_ATTRIBUTES, Some(&auth), out) {
+            return ClientAction::Reply(len);
+        }
+        // RFC 8656 §5: requests on an allocation must come from the user that made it.
+        if let Some(allocation) = self.allocations.get(&tuple) {
+            if allocation.username != auth.username {
+                let len = self.error(msg, ErrorCode::WRONG_CREDENTIALS, Some(&auth), out);
+                return ClientAction::Reply(len);
+            }
+        }
+        let method = msg.method();
+        let result = if method == ALLOCATE {
+            return self.allocate(now, tuple, msg, auth, out);
+        } else if method == REFRESH {
+            self.refresh(now, tuple, msg)
+        } else if method == CREATE_PERMISSION {
+            self.create_permission(now, tuple, msg)
+        } else {
+            self.channel_bind(now, tuple, msg)
+        };
+        let len = match result {
+            Ok(lifetime) => {
+                let mut response = Response::success(method, msg.transaction_id(), out);
+                if let Some(lifetime) = lifetime {
+                    response.add(&Lifetime::new(lifetime.as_secs() as u32));
+                }
+                response.add_software(self.config.software.as_deref());
+                response.finish_signed(&auth.credentials, auth.algorithm)
+            }
+            Err(code) => self.error(msg, code, Some(&auth), out),
+        };
+        ClientAction::Reply(len)
+    }
+
+    fn allocate<'a>(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+        auth: Authenticated,
+        out: &mut [u8],
+    ) -> ClientAction<'a> {
+        if let Some(allocation) = self.allocations.get(&tuple) {
+            // A retransmitted Allocate gets the original answer (RFC 8656 §7.2, step 1).
+            if allocation.transaction == msg.transaction_id() {
+                let len = self.allocate_success(&tuple, &auth, out);
+                return ClientAction::Reply(len);
+            }
+            let len = self.error(msg, ErrorCode::ALLOCATION_MISMATCH, Some(&auth), out);
+            return ClientAction::Reply(len);
+        }
+        match self.check_allocate(now, msg, &auth) {
+            Ok(pending) => ClientAction::Allocate(PendingAllocation {
+                tuple,
+                transaction: msg.transaction_id(),
+                auth,
+                ..pending
+            }),
+            Err(code) => ClientAction::Reply(self.error(msg, code, Some(&auth), out)),
+        }
+    }
+
+    /// RFC 8656 §7.2 steps 2–8; the returned pending allocation lacks tuple, transaction
+    /// and auth, which the caller fills in.
+    fn check_allocate(&mut self, _now: Instant, msg: &Message<'_>, auth: &Authenticated) -> Result<PendingAllocation, u16> {
+        let transport = msg
+            .attribute::<RequestedTransport>()
+            .map_err(|_| ErrorCode::BAD_REQUEST)?;
+        if transport.protocol() != wire::PROTOCOL_UDP {
+            return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL);
+        }
+        let even_port = msg.attribute::<EvenPort>().ok().map(|e| e.requested());
+        let reservation_token = msg.attribute::<ReservationToken>().ok().map(|t| t.token());
+        let requested_family = msg.attribute::<RequestedAddressFamily>().ok().map(|f| f.family());
+        if reservation_token.is_some() && (even_port.is_some() || requested_family.is_some()) {
+            return Err(ErrorCode::BAD_REQUEST);
+        }
+        let family = requested_family.unwrap_or(AddressFamily::IPV4);
+        let available = match family {
+            AddressFamily::IPV4 => self.config.relay_ipv4,
+            AddressFamily::IPV6 => self.config.relay_ipv6,
+        };
+        if !available && reservation_token.is_none() {
+            return Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED);
+        }
+        let quota_key = self.config.credentials.quota_key(&auth.username).to_owned();
+        if let Err(code) = self.quotas.claim(&quota_key) {
+            match code {
+                ErrorCode::ALLOCATION_QUOTA_REACHED => self.stats.quota_user += 1,
+                _ => self.stats.quota_total += 1,
+            }
+            tracing::warn!(user = %quota_key, code, "allocation refused by quota");
+            return Err(code);
+        }
+        Ok(PendingAllocation {
+            tuple: FiveTuple {
+                client: SocketAddr::from(([0, 0, 0, 0], 0)),
+                server: SocketAddr::from(([0, 0, 0, 0], 0)),
+                transport: Transport::Udp,
+            },
+            family,
+            even_port,
+            reservation_token,
+            transaction: msg.transaction_id(),
+            auth: auth.clone(),
+            lifetime: self.clamp_lifetime(msg),
+        })
+    }
+
+    /// RFC 8656 §7.2: the requested lifetime, clamped to [default, max].
+    fn clamp_lifetime(&self, msg: &Message<'_>) -> Duration {
+        msg.attribute::<Lifetime>()
+            .map(|l| Duration::from_secs(l.seconds().into()))
+            .unwrap_or(self.config.default_lifetime)
+            .clamp(self.config.default_lifetime, self.config.max_lifetime)
+    }
+
+    /// Completes an Allocate once the driver has bound the relay socket at `relay`.
+    /// `reserved_token` is the RESERVATION-TOKEN for a port the driver reserved beside it.
+    pub fn accept_allocation(
+        &mut self,
+        now: Instant,
+        pending: PendingAllocation,
+        relay: SocketAddr,
+        reserved_token: Option<u64>,
+        out: &mut [u8],
+    ) -> usize {
+        let relayed = match self.config.external_ip {
+            Some(ip) if ip.is_ipv4() == relay.is_ipv4() => SocketAddr::new(ip, relay.port()),
+            _ => relay,
+        };
+        let quota_key = self.config.credentials.quota_key(&pending.auth.username).to_owned();
+        let expires = now + pending.lifetime;
+        tracing::info!(user = %quota_key, client = %pending.tuple.client, relay = %relayed,
+            lifetime = pending.lifetime.as_secs(), "allocation created");
+        let allocation = Allocation {
+            relay,
+            relayed,
+            username: pending.auth.username.clone(),
+            quota_key,
+            expires,
+            transaction: pending.transaction,
+            lifetime: pending.lifetime,
+            reservation_token: reserved_token,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            bandwidth: self.config.bandwidth_per_allocation.map(|rate| TokenBucket::new(rate, now)),
+        };
+        self.allocations.insert(pending.tuple, allocation);
+        self.relays.insert(relay, pending.tuple);
+        self.expiries.insert((expires, pending.tuple));
+        self.stats.allocations_created += 1;
+        self.allocate_success(&pending.tuple, &pending.auth, out)
+    }
+
+    /// Answers an Allocate the driver could not serve (508: no relay port; 440: no address).
+    pub fn reject_allocation(&mut self, pending: PendingAllocation, code: u16, out: &mut [u8]) -> usize {
+        let quota_key = self.config.credentials.quota_key(&pending.auth.username);
+        self.quotas.release(quota_key);
+        self.stats.errors.record(code);
+        let mut response = Response::error(ALLOCATE, pending.transaction, code, out);
+        response.add_software(self.config.software.as_deref());
+        response.finish_signed(&pending.auth.credentials, pending.auth.algorithm)
+    }
+
+    fn allocate_success(&self, tuple: &FiveTuple, auth: &Authenticated, out: &mut [u8]) -> usize {
+        let allocation = &self.allocations[tuple];
+        let transaction = allocation.transaction;
+        let mut response = Response::success(ALLOCATE, transaction, out);
+        response.add(&XorRelayedAddress::new(allocation.relayed, transaction));
+        response.add(&Lifetime::new(allocation.lifetime.as_secs() as u32));
+        if let Some(token) = allocation.reservation_token {
+            response.add(&ReservationToken::new(token));
+        }
+        response.add(&XorMappedAddress::new(tuple.client, transaction));
+        response.add_software(self.config.software.as_deref());
+        response.finish_signed(&auth.credentials, auth.algorithm)
+    }
+
+    /// RFC 8656 §8: Refresh; a zero lifetime deletes the allocation.
+    fn refresh(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>) -> Result<Option<Duration>, u16> {
+        if !self.allocations.contains_key(&tuple) {
+            return Err(ErrorCode::ALLOCATION_MISMATCH);
+        }
+        let requested = msg.attribute::<Lifetime>().map(|l| l.seconds()).ok();
+        if requested == Some(0) {
+            if let Some(allocation) = self.allocations.get(&tuple) {
+                tracing::info!(user = %allocation.quota_key, client = %tuple.client,
+                    relay = %allocation.relayed, "allocation deleted");
+            }
+            self.stats.allocations_deleted += 1;
+            self.remove_allocation(&tuple);
+            return Ok(Some(Duration::ZERO));
+        }
+        let lifetime = self.clamp_lifetime(msg);
+        let allocation = self.allocations.get_mut(&tuple).expect("checked above");
+        self.expiries.remove(&(allocation.expires, tuple));
+        allocation.expires = now + lifetime;
+        allocation.lifetime = lifetime;
+        self.expiries.insert((allocation.expires, tuple));
+        Ok(Some(lifetime))
+    }
+
+    /// Whether the server may relay to `peer`: allowed by the filter and not one of the
+    /// server's own listening sockets.
+    fn check_peer(&mut self, peer: SocketAddr) -> Result<(), u16> {
+        let own = self.config.own_addresses.iter().any(|own| {
+            own.port() == peer.port() && (own.ip() == peer.ip() || own.ip().is_unspecified())
+        });
+        if own || !self.config.peer_filter.is_allowed(peer.ip()) {
+            self.stats.denied_peers += 1;
+            tracing::debug!(%peer, "peer denied");
+            return Err(ErrorCode::FORBIDDEN);
+        }
+        Ok(())
+    }
+
+    fn peer_addresses(&self, msg: &Message<'_>) -> Vec<SocketAddr> {
+        (0..)
+            .map_while(|n| msg.nth_attribute::<XorPeerAddress>(n).ok())
+            .map(|a| a.addr(msg.transaction_id()))
+            .take(self.config.max_permissions_per_allocation + 1)
+            .collect()
+    }
+
+    /// RFC 8656 §9: CreatePermission with one or more XOR-PEER-ADDRESS; all or nothing.
+    fn create_permission(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>) -> Result<Option<Duration>, u16> {
+        let Some(relay_is_v4) = self.allocations.get(&tuple).map(|a| a.relay.is_ipv4()) else {
+            return Err(ErrorCode::ALLOCATION_MISMATCH);
+        };
+        let peers = self.peer_addresses(msg);
+        if peers.is_empty() {
+            return Err(ErrorCode::BAD_REQUEST);
+        }
+        for peer in &peers {
+            if peer.is_ipv4() != relay_is_v4 {
+                return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+            }
+            if !self.config.peer_filter.is_allowed(peer.ip()) {
+                self.stats.denied_peers += 1;
+                tracing::debug!(%peer, "peer denied");
+                return Err(ErrorCode::FORBIDDEN);
+            }
+        }
+        let cap = self.config.max_permissions_per_allocation;
+        let allocation = self.allocations.get_mut(&tuple).expect("checked above");
+        for peer in &peers {
+            if allocation.permit(peer.ip(), now + PERMISSION_LIFETIME, now, cap).is_err() {
+                return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+            }
+            self.stats.permissions_created += 1;
+        }
+        Ok(None)
+    }
+
+    /// RFC 8656 §11.2: ChannelBind, which also installs a permission for the peer.
+    fn channel_bind(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>) -> Result<Option<Duration>, u16> {
+        let Some(relay_is_v4) = self.allocations.get(&tuple).map(|a| a.relay.is_ipv4()) else {
+            return Err(ErrorCode::ALLOCATION_MISMATCH);
+        };
+        let number = msg
+            .attribute::<ChannelNumber>()
+            .map_err(|_| ErrorCode::BAD_REQUEST)?
+            .channel();
+        if !wire::CHANNEL_RANGE.contains(&number) {
+            tracing::debug!(number, "channel out of range");
+            return Err(ErrorCode::BAD_REQUEST);
+        }
+        let peer = msg
+            .attribute::<XorPeerAddress>()
+            .map_err(|_| ErrorCode::BAD_REQUEST)?
+            .addr(msg.transaction_id());
+        if peer.is_ipv4() != relay_is_v4 {
+            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+        }
+        self.check_peer(peer)?;
+        let permission_cap = self.config.max_permissions_per_allocation;
+        let channel_cap = self.config.max_channels_per_allocation;
+        let allocation = self.allocations.get_mut(&tuple).expect("checked above");
+        tracing::debug!(number, %peer, channels = ?allocation.channels, "channel bind");
+        allocation
+            .check_channel(number, peer, now, channel_cap)
+            .map_err(|e| match e {
+                BindError::Conflict => ErrorCode::BAD_REQUEST,
+                BindError::Full => ErrorCode::INSUFFICIENT_CAPACITY,
+            })?;
+        allocation
+            .permit(peer.ip(), now + PERMISSION_LIFETIME, now, permission_cap)
+            .map_err(|_| ErrorCode::INSUFFICIENT_CAPACITY)?;
+        allocation.bind_channel(number, peer, now + CHANNEL_LIFETIME, now);
+        self.stats.channels_bound += 1;
+        Ok(None)
+    }
+
+    /// RFC 8656 §10.2: a Send indication is relayed only with an allocation and a permission;
+    /// anything else is silently dropped (indications get no answer).
+    fn send_indication<'a>(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+        data: &'a [u8],
+    ) -> ClientAction<'a> {
+        let (Ok(peer), Some((offset, data_attr))) = (
+            msg.attribute::<XorPeerAddress>(),
+            msg.raw_attribute_and_offset(Data::TYPE),
+        ) else {
+            self.stats.dropped += 1;
+            return ClientAction::Drop;
+        };
+        let peer = peer.addr(msg.transaction_id());
+        let payload_len = data_attr.value.len();
+        // The DATA value starts after the 4-byte attribute header; borrow it from `data` so the
+        // payload is not copied before the send.
+        let start = offset + 4;
+        let Some(payload) = data.get(start..start + payload_len) else {
+            self.stats.malformed += 1;
+            return ClientAction::Drop;
+        };
+        if self.check_peer(peer).is_err() {
+            return ClientAction::Drop;
+        }
+        let Some(allocation) = self.allocations.get_mut(&tuple) else {
+            self.stats.dropped += 1;
+            return ClientAction::Drop;
+        };
+        if !allocation.has_permission(peer.ip(), now) {
+            self.stats.peer_without_permission += 1;
+            return ClientAction::Drop;
+        }
+        if !allocation.take_bandwidth(payload_len, now) {
+            self.stats.bandwidth_dropped += 1;
+            return ClientAction::Drop;
+        }
+        self.stats.to_peer_packets += 1;
+        self.stats.to_peer_bytes += payload_len as u64;
+        ClientAction::Relay {
+            relay: allocation.relay,
+            peer,
+            payload,
+        }
+    }
+
+    fn remove_allocation(&mut self, tuple: &FiveTuple) {
+        if let Some(allocation) = self.allocations.remove(tuple) {
+            self.expiries.remove(&(allocation.expires, *tuple));
+            self.relays.remove(&allocation.relay);
+            self.quotas.release(&allocation.quota_key);
+            self.events.push_back(Event::AllocationFreed {
+                relay: allocation.relay,
+            });
+        }
+    }
+
+    /// Frees every allocation (shutdown), releasing quotas.
+    pub fn clear(&mut self) {
+        let tuples: Vec<FiveTuple> = self.allocations.keys().copied().collect();
+        for tuple in tuples {
+            self.remove_allocation(&tuple);
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The one place that knows the STUN/TURN wire format.
+//!
+//! Everything else in turnpike speaks in terms of this module; parsing and writing come from
+//! the `stun-types` and `turn-types` crates, so the codec can be swapped without touching the
+//! protocol logic. This module classifies datagrams (STUN vs ChannelData, RFC 8656 §12) and
+//! writes responses into buffers the caller owns.
+
+use std::net::SocketAddr;
+
+pub use stun_types::attribute::{
+    AttributeType, ErrorCode, Fingerprint, MessageIntegrity, MessageIntegritySha256, Nonce, Realm,
+    Software, UnknownAttributes, Username, XorMappedAddress,
+};
+pub use stun_types::message::{
+    IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageIntegrityCredentials,
+    MessageType, MessageWrite, MessageWriteExt, MessageWriteMutSlice, Method, StunParseError, TransactionId,
+    BINDING,
+};
+pub use turn_types::attribute::{
+    AdditionalAddressFamily, ChannelNumber, Data, DontFragment, EvenPort, Lifetime,
+    RequestedAddressFamily, RequestedTransport, ReservationToken, XorPeerAddress,
+    XorRelayedAddress,
+};
+pub use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
+pub use turn_types::AddressFamily;
+
+use stun_types::attribute::{MappedSocketAddr, RawAttribute};
+
+/// MAPPED-ADDRESS (RFC 8489 §14.1), sent beside XOR-MAPPED-ADDRESS for RFC 3489-era clients.
+pub const MAPPED_ADDRESS: AttributeType = AttributeType::new(0x0001);
+/// CHANGE-REQUEST (RFC 5780 §7.2); accepted only when it asks for no change.
+pub const CHANGE_REQUEST: AttributeType = AttributeType::new(0x0003);
+/// ICE attributes a Binding request may carry (RFC 8445 §16.1).
+pub const PRIORITY: AttributeType = AttributeType::new(0x0024);
+pub const USE_CANDIDATE: AttributeType = AttributeType::new(0x0025);
+/// REQUESTED-TRANSPORT protocol number for UDP (RFC 8656 §18.7).
+pub const PROTOCOL_UDP: u8 = 17;
+/// STUN header length (RFC 8489 §5).
+pub const HEADER_LEN: usize = 20;
+/// ChannelData header length (RFC 8656 §12.4); relay buffers reserve this much headroom.
+pub const CHANNEL_HEADER_LEN: usize = 4;
+/// Accepted channel numbers. RFC 8656 §12 narrowed the range to 0x4000–0x4FFF, but RFC 5766
+/// clients (coturn's own `turnutils_uclient` among them) still pick from 0x4000–0x7FFF, and
+/// nothing else is defined for those first bytes, so turnpike keeps accepting the old range.
+pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
+
+/// What a datagram from a client is, decided from its first byte (RFC 8656 §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Stun,
+    ChannelData,
+    Other,
+}
+
+pub fn classify(data: &[u8]) -> Kind {
+    match data.first() {
+        Some(0x00..=0x03) => Kind::Stun,
+        Some(0x40..=0x7F) => Kind::ChannelData,
+        _ => Kind::Other,
+    }
+}
+
+/// Parses a ChannelData header: `(channel, payload length)`; the payload must fit in `data`.
+pub fn channel_data_header(data: &[u8]) -> Option<(u16, usize)> {
+    if data.len() < CHANNEL_HEADER_LEN {
+        return None;
+    }
+    let channel = u16::from_be_bytes([data[0], data[1]]);
+    let len = u16::from_be_bytes([data[2], data[3]]) as usize;
+    (CHANNEL_RANGE.contains(&channel) && CHANNEL_HEADER_LEN + len <= data.len())
+        .then_some((channel, len))
+}
+
+/// Writes a ChannelData header in front of a payload already placed at `buf[4..4 + len]`.
+pub fn write_channel_header(buf: &mut [u8], channel: u16, len: usize) {
+    buf[0..2].copy_from_slice(&channel.to_be_bytes());
+    buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+}
+
+/// Parses a whole STUN message. Over UDP the datagram must be exactly one message
+/// (RFC 8489 §6.3: "the message length MUST contain the size of the message in bytes").
+pub fn parse_stun(data: &[u8]) -> Result<Message<'_>, StunParseError> {
+    if data.len() < HEADER_LEN {
+        return Err(StunParseError::Truncated {
+            expected: HEADER_LEN,
+            actual: data.len(),
+        });
+    }
+    let declared = u16::from_be_bytes([data[2], data[3]]) as usize;
+    if declared % 4 != 0 || HEADER_LEN + declared != data.len() {
+        return Err(StunParseError::DataMismatch);
+    }
+    Message::from_bytes(data)
+}
+
+/// A response being written into a caller-owned buffer.
+pub struct Response<'b> {
+    writer: MessageWriteMutSlice<'b>,
+}
+
+impl<'b> Response<'b> {
+    pub fn success(method: Method, transaction: TransactionId, out: &'b mut [u8]) -> Self {
+        let kind = MessageType::from_class_method(MessageClass::Success, method);
+        Self {
+            writer: Message::builder(kind, transaction, MessageWriteMutSlice::new(out)),
+        }
+    }
+
+    pub fn error(method: Method, transaction: TransactionId, code: u16, out: &'b mut [u8]) -> Self {
+        let kind = MessageType::from_class_method(MessageClass::Error, method);
+        let mut response = Self {
+            writer: Message::builder(kind, transaction, MessageWriteMutSlice::new(out)),
+        };
+        if let Ok(error) = ErrorCode::builder(code).build() {
+            response.add(&error);
+        }
+        response
+    }
+
+    pub fn indication(method: Method, out: &'b mut [u8]) -> Self {
+        Self {
+            writer: Message::builder_indication(method, MessageWriteMutSlice::new(out)),
+        }
+    }
+
+    pub fn transaction_id(&self) -> TransactionId {
+        self.writer.transaction_id()
+    }
+
+    /// Adds an attribute. The buffers handed to the core are sized for the largest response,
+    /// so a failure here is a bug; it is ignored rather than panicking on the packet path.
+    pub fn add(&mut self, attribute: &dyn stun_types::attribute::AttributeWrite) {
+        let _ = self.writer.add_attribute(attribute);
+    }
+
+    pub fn add_mapped_address(&mut self, addr: SocketAddr) {
+        let mapped = MappedSocketAddr::new(addr);
+        let raw: RawAttribute<'_> = mapped.to_raw(MAPPED_ADDRESS);
+        self.add(&raw);
+    }
+
+    pub fn add_software(&mut self, software: Option<&str>) {
+        if let Some(software) = software.and_then(|s| Software::new(s).ok()) {
+            self.add(&software);
+        }
+    }
+
+    /// Signs with the key the request was verified with, then adds FINGERPRINT; returns the
+    /// length written.
+    pub fn finish_signed(
+        mut self,
+        credentials: &MessageIntegrityCredentials,
+        algorithm: IntegrityAlgorithm,
+    ) -> usize {
+        let _ = self.writer.add_message_integrity(credentials, algorithm);
+        self.finish()
+    }
+
+    /// Adds FINGERPRINT and returns the length written.
+    pub fn finish(mut self) -> usize {
+        let _ = self.writer.add_fingerprint();
+        self.writer.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_by_first_byte() {
+        assert_eq!(classify(&[0x00, 0x01]), Kind::Stun);
+        assert_eq!(classify(&[0x40, 0x00]), Kind::ChannelData);
+        assert_eq!(classify(&[0x4F, 0xFF]), Kind::ChannelData);
+        assert_eq!(classify(&[0x7F, 0xFF]), Kind::ChannelData);
+        assert_eq!(classify(&[0x80]), Kind::Other);
+        assert_eq!(classify(&[]), Kind::Other);
+    }
+
+    #[test]
+    fn channel_header_rejects_out_of_range_and_truncated() {
+        assert_eq!(channel_data_header(&[0x40, 0x00, 0, 2, 1, 2]), Some((0x4000, 2)));
+        assert_eq!(channel_data_header(&[0x40, 0x00, 0, 3, 1, 2]), None);
+        assert_eq!(channel_data_header(&[0x80, 0x00, 0, 0]), None);
+        assert_eq!(channel_data_header(&[0x40, 0x00, 0]), None);
+    }
+
+    #[test]
+    fn stun_length_must_match_datagram() {
+        let mut binding = [0u8; 20];
+        binding[1] = 0x01;
+        binding[4..8].copy_from_slice(&0x2112A442u32.to_be_bytes());
+        assert!(parse_stun(&binding).is_ok());
+        let mut longer = binding.to_vec();
+        longer.extend_from_slice(&[0; 4]);
+        assert!(parse_stun(&longer).is_err());
+        assert!(parse_stun(&binding[..19]).is_err());
+    }
+}
