@@ -49,7 +49,11 @@ impl Running {
 
 /// Derives the core's protocol settings. `secrets` must already hold at least one secret
 /// when no static user is configured (the daemon generates one).
-pub fn server_config(config: &config::Config, listen: &[SocketAddr], relay_ips: &[IpAddr]) -> ServerConfig {
+pub fn server_config(
+    config: &config::Config,
+    listen: &[SocketAddr],
+    relay_ips: &[IpAddr],
+) -> ServerConfig {
     let password = |s: &config::Secret| Password(s.expose().to_owned());
     ServerConfig {
         realm: config.realm.clone(),
@@ -121,7 +125,10 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         .collect::<io::Result<_>>()?;
     let relay_ips = resolve_relay_ips(config);
     let server_config = Arc::new(server_config(config, &udp, &relay_ips));
-    let quotas = Arc::new(Quotas::new(config.max_allocations, config.max_allocations_per_user));
+    let quotas = Arc::new(Quotas::new(
+        config.max_allocations,
+        config.max_allocations_per_user,
+    ));
     let shared = Arc::new(WorkerShared {
         shutdown: Default::default(),
         reservations: Default::default(),

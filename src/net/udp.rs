@@ -25,9 +25,9 @@ pub fn bind_listener_group(addr: SocketAddr, count: usize) -> io::Result<Vec<Udp
     if addr.port() != 0 {
         // A plain bind fails if anything, reuseport or not, holds the address.
         let probe = new_socket(addr, false)?;
-        probe.bind(&addr.into()).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on udp {addr}: {e}"))
-        })?;
+        probe
+            .bind(&addr.into())
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on udp {addr}: {e}")))?;
     }
     let mut sockets = Vec::with_capacity(count);
     let mut bound = addr;

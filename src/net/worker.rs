@@ -14,7 +14,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::udp::{self, Reservations};
 use crate::proto::wire::{AddressFamily, ErrorCode, CHANNEL_HEADER_LEN};
-use crate::proto::{ClientAction, Event, FiveTuple, PeerAction, PendingAllocation, Server, Transport};
+use crate::proto::{
+    ClientAction, Event, FiveTuple, PeerAction, PendingAllocation, Server, Transport,
+};
 
 const WAKER: Token = Token(usize::MAX);
 /// Tokens below this are listeners; relay slot `i` is `Token(RELAY_BASE + i)`.
@@ -121,7 +123,9 @@ impl Worker {
                 }
             }
             for _ in 0..self.ready.len() {
-                let Some(token) = self.ready.pop_front() else { break };
+                let Some(token) = self.ready.pop_front() else {
+                    break;
+                };
                 if self.drain_socket(token) {
                     self.ready.push_back(token);
                 }
@@ -170,21 +174,33 @@ impl Worker {
             .handle_client(now, unix_now(), tuple, data, &mut self.out_buf)
         {
             ClientAction::Drop => {}
-            ClientAction::Reply(n) => {
-                send(&self.listeners[index].0, &self.out_buf[..n], client, &mut self.send_errors)
-            }
+            ClientAction::Reply(n) => send(
+                &self.listeners[index].0,
+                &self.out_buf[..n],
+                client,
+                &mut self.send_errors,
+            ),
             ClientAction::Relay {
                 relay,
                 peer,
                 payload,
             } => {
-                if let Some(relay) = self.relay_slots.get(&relay).and_then(|&i| self.relays[i].as_ref()) {
+                if let Some(relay) = self
+                    .relay_slots
+                    .get(&relay)
+                    .and_then(|&i| self.relays[i].as_ref())
+                {
                     send(&relay.socket, payload, peer, &mut self.send_errors);
                 }
             }
             ClientAction::Allocate(pending) => {
                 let n = self.allocate(now, pending);
-                send(&self.listeners[index].0, &self.out_buf[..n], client, &mut self.send_errors);
+                send(
+                    &self.listeners[index].0,
+                    &self.out_buf[..n],
+                    client,
+                    &mut self.send_errors,
+                );
             }
         }
         self.apply_events();
@@ -212,7 +228,11 @@ impl Worker {
             Some(PeerAction::DataIndication { tuple, len }) => (tuple, &self.out_buf[..len]),
             None => return Ok(()),
         };
-        if let Some((socket, _)) = self.listeners.iter().find(|(_, addr)| *addr == tuple.server) {
+        if let Some((socket, _)) = self
+            .listeners
+            .iter()
+            .find(|(_, addr)| *addr == tuple.server)
+        {
             send(socket, bytes, tuple.client, &mut self.send_errors);
         }
         Ok(())
@@ -229,7 +249,12 @@ impl Worker {
                 .ok_or(ErrorCode::INSUFFICIENT_CAPACITY),
             None => {
                 let wanted_v4 = pending.family == AddressFamily::IPV4;
-                match self.settings.ips.iter().find(|ip| ip.is_ipv4() == wanted_v4) {
+                match self
+                    .settings
+                    .ips
+                    .iter()
+                    .find(|ip| ip.is_ipv4() == wanted_v4)
+                {
                     None => Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
                     Some(&ip) => {
                         let even = pending.even_port.is_some();
@@ -244,7 +269,9 @@ impl Worker {
             Ok(bound) => bound,
             Err(code) => {
                 tracing::warn!(code, "no relay socket for allocation");
-                return self.server.reject_allocation(pending, code, &mut self.out_buf);
+                return self
+                    .server
+                    .reject_allocation(pending, code, &mut self.out_buf);
             }
         };
         let token = match reserved {
@@ -266,8 +293,11 @@ impl Worker {
                 .accept_allocation(now, pending, addr, token, &mut self.out_buf),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register relay socket");
-                self.server
-                    .reject_allocation(pending, ErrorCode::INSUFFICIENT_CAPACITY, &mut self.out_buf)
+                self.server.reject_allocation(
+                    pending,
+                    ErrorCode::INSUFFICIENT_CAPACITY,
+                    &mut self.out_buf,
+                )
             }
         }
     }
@@ -279,10 +309,10 @@ impl Worker {
             self.relays.push(None);
             self.relays.len() - 1
         });
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut socket, Token(RELAY_BASE + slot), Interest::READABLE)
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut socket, Token(RELAY_BASE + slot), Interest::READABLE)
         {
             self.free_slots.push(slot);
             return Err(e);

@@ -82,7 +82,13 @@ impl Allocation {
     }
 
     /// Checks a ChannelBind against existing bindings (RFC 8656 §11.2) without changing them.
-    pub fn check_channel(&self, number: u16, peer: SocketAddr, now: Instant, cap: usize) -> Result<(), BindError> {
+    pub fn check_channel(
+        &self,
+        number: u16,
+        peer: SocketAddr,
+        now: Instant,
+        cap: usize,
+    ) -> Result<(), BindError> {
         for binding in &self.channels {
             // An expired binding still blocks its number and peer for a while (RFC 8656
             // §11: "MUST NOT be used with a different peer for 5 minutes"); we honour that by
@@ -220,8 +226,13 @@ mod tests {
             Err(BindError::Full)
         );
         let later = now + Duration::from_secs(2);
-        a.permit("8.8.8.3".parse().unwrap(), later + Duration::from_secs(1), later, 2)
-            .unwrap();
+        a.permit(
+            "8.8.8.3".parse().unwrap(),
+            later + Duration::from_secs(1),
+            later,
+            2,
+        )
+        .unwrap();
         assert_eq!(a.permissions.len(), 1);
     }
 
@@ -234,8 +245,14 @@ mod tests {
         let exp = now + Duration::from_secs(600);
         a.check_channel(0x4000, p1, now, 8).unwrap();
         a.bind_channel(0x4000, p1, exp, now);
-        assert_eq!(a.check_channel(0x4000, p2, now, 8), Err(BindError::Conflict));
-        assert_eq!(a.check_channel(0x4001, p1, now, 8), Err(BindError::Conflict));
+        assert_eq!(
+            a.check_channel(0x4000, p2, now, 8),
+            Err(BindError::Conflict)
+        );
+        assert_eq!(
+            a.check_channel(0x4001, p1, now, 8),
+            Err(BindError::Conflict)
+        );
         assert_eq!(a.check_channel(0x4000, p1, now, 8), Ok(()));
         assert_eq!(a.channel_peer(0x4000, now), Some(p1));
         assert_eq!(a.channel_for_peer(p1, now), Some(0x4000));

@@ -170,8 +170,17 @@ impl NonceKey {
         nonce
     }
 
-    pub fn check(&self, nonce: &str, client: SocketAddr, unix_now: u64, lifetime_secs: u64) -> NonceCheck {
-        let Some(issued) = nonce.get(..16).and_then(|t| u64::from_str_radix(t, 16).ok()) else {
+    pub fn check(
+        &self,
+        nonce: &str,
+        client: SocketAddr,
+        unix_now: u64,
+        lifetime_secs: u64,
+    ) -> NonceCheck {
+        let Some(issued) = nonce
+            .get(..16)
+            .and_then(|t| u64::from_str_radix(t, 16).ok())
+        else {
             return NonceCheck::Stale;
         };
         let Some(presented) = nonce.get(16..).and_then(decode_hex8) else {
@@ -275,6 +284,9 @@ mod tests {
         assert_eq!(key.check("garbage", a, 5000, 600), NonceCheck::Stale);
         let forged = format!("{}{}", &nonce[..16], "0000000000000000");
         assert_eq!(key.check(&forged, a, 5000, 600), NonceCheck::Stale);
-        assert_eq!(NonceKey::new([8; 32]).check(&nonce, a, 5000, 600), NonceCheck::Stale);
+        assert_eq!(
+            NonceKey::new([8; 32]).check(&nonce, a, 5000, 600),
+            NonceCheck::Stale
+        );
     }
 }

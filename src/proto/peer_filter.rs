@@ -67,7 +67,10 @@ impl PeerFilter {
         let candidates = [Some(peer), embedded_ipv4(peer).map(IpAddr::V4)];
         let mut addresses = candidates.iter().flatten();
         // Explicitly allowed: the address as written, or the IPv4 address it carries.
-        if addresses.clone().any(|ip| self.allow.iter().any(|n| n.contains(ip))) {
+        if addresses
+            .clone()
+            .any(|ip| self.allow.iter().any(|n| n.contains(ip)))
+        {
             return true;
         }
         !addresses.any(|ip| self.deny.iter().any(|n| n.contains(ip)))

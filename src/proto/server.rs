@@ -327,7 +327,12 @@ impl Server {
         Some(PeerAction::DataIndication { tuple, len })
     }
 
-    fn client_channel_data<'a>(&mut self, now: Instant, tuple: FiveTuple, data: &'a [u8]) -> ClientAction<'a> {
+    fn client_channel_data<'a>(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        data: &'a [u8],
+    ) -> ClientAction<'a> {
         let Some((channel, len)) = wire::channel_data_header(data) else {
             self.stats.malformed += 1;
             return ClientAction::Drop;
@@ -389,7 +394,12 @@ impl Server {
         }
     }
 
-    fn binding<'a>(&mut self, msg: &Message<'_>, tuple: FiveTuple, out: &mut [u8]) -> ClientAction<'a> {
+    fn binding<'a>(
+        &mut self,
+        msg: &Message<'_>,
+        tuple: FiveTuple,
+        out: &mut [u8],
+    ) -> ClientAction<'a> {
         self.stats.binding_requests += 1;
         if let Some(len) = self.unknown_attributes(msg, &BINDING_ATTRIBUTES, None, out) {
             return ClientAction::Reply(len);
@@ -425,8 +435,12 @@ impl Server {
         }
         unknown.dedup();
         self.stats.errors.record(ErrorCode::UNKNOWN_ATTRIBUTE);
-        let mut response =
-            Response::error(msg.method(), msg.transaction_id(), ErrorCode::UNKNOWN_ATTRIBUTE, out);
+        let mut response = Response::error(
+            msg.method(),
+            msg.transaction_id(),
+            ErrorCode::UNKNOWN_ATTRIBUTE,
+            out,
+        );
         response.add(&UnknownAttributes::new(&unknown));
         response.add_software(self.config.software.as_deref());
         Some(match auth {
@@ -436,7 +450,13 @@ impl Server {
     }
 
     /// An error response, signed when the request authenticated (RFC 8489 §9.2.4).
-    fn error(&mut self, msg: &Message<'_>, code: u16, auth: Option<&Authenticated>, out: &mut [u8]) -> usize {
+    fn error(
+        &mut self,
+        msg: &Message<'_>,
+        code: u16,
+        auth: Option<&Authenticated>,
+        out: &mut [u8],
+    ) -> usize {
         self.stats.errors.record(code);
         tracing::debug!(method = %msg.method(), code, "error response");
         let mut response = Response::error(msg.method(), msg.transaction_id(), code, out);
@@ -448,7 +468,14 @@ impl Server {
     }
 
     /// A 401 or 438 challenge carrying REALM and a fresh NONCE, never signed.
-    fn challenge(&mut self, msg: &Message<'_>, code: u16, tuple: FiveTuple, unix_now: u64, out: &mut [u8]) -> usize {
+    fn challenge(
+        &mut self,
+        msg: &Message<'_>,
+        code: u16,
+        tuple: FiveTuple,
+        unix_now: u64,
+        out: &mut [u8],
+    ) -> usize {
         self.stats.errors.record(code);
         let mut response = Response::error(msg.method(), msg.transaction_id(), code, out);
         if let Ok(realm) = Realm::new(&self.config.realm) {
@@ -483,7 +510,12 @@ impl Server {
             return Err(self.error(msg, ErrorCode::BAD_REQUEST, None, out));
         };
         let lifetime = self.config.nonce_lifetime.as_secs();
-        if self.config.nonce_key.check(nonce.nonce(), tuple.client, unix_now, lifetime) == NonceCheck::Stale {
+        if self
+            .config
+            .nonce_key
+            .check(nonce.nonce(), tuple.client, unix_now, lifetime)
+            == NonceCheck::Stale
+        {
             self.stats.auth_stale_nonce += 1;
             return Err(self.challenge(msg, ErrorCode::STALE_NONCE, tuple, unix_now, out));
         }
@@ -505,7 +537,8 @@ impl Server {
         };
         for password in passwords {
             let credentials: MessageIntegrityCredentials =
-                LongTermKeyCredentials::new(username.clone(), password, self.config.realm.clone()).into();
+                LongTermKeyCredentials::new(username.clone(), password, self.config.realm.clone())
+                    .into();
             if let Ok(algorithm) = msg.validate_integrity(&credentials) {
                 return Ok(Authenticated {
                     username,
@@ -595,7 +628,12 @@ impl Server {
 
     /// RFC 8656 §7.2 steps 2–8; the returned pending allocation lacks tuple, transaction
     /// and auth, which the caller fills in.
-    fn check_allocate(&mut self, _now: Instant, msg: &Message<'_>, auth: &Authenticated) -> Result<PendingAllocation, u16> {
+    fn check_allocate(
+        &mut self,
+        _now: Instant,
+        msg: &Message<'_>,
+        auth: &Authenticated,
+    ) -> Result<PendingAllocation, u16> {
         let transport = msg
             .attribute::<RequestedTransport>()
             .map_err(|_| ErrorCode::BAD_REQUEST)?;
@@ -604,7 +642,10 @@ impl Server {
         }
         let even_port = msg.attribute::<EvenPort>().ok().map(|e| e.requested());
         let reservation_token = msg.attribute::<ReservationToken>().ok().map(|t| t.token());
-        let requested_family = msg.attribute::<RequestedAddressFamily>().ok().map(|f| f.family());
+        let requested_family = msg
+            .attribute::<RequestedAddressFamily>()
+            .ok()
+            .map(|f| f.family());
         if reservation_token.is_some() && (even_port.is_some() || requested_family.is_some()) {
             return Err(ErrorCode::BAD_REQUEST);
         }
@@ -662,7 +703,11 @@ impl Server {
             Some(ip) if ip.is_ipv4() == relay.is_ipv4() => SocketAddr::new(ip, relay.port()),
             _ => relay,
         };
-        let quota_key = self.config.credentials.quota_key(&pending.auth.username).to_owned();
+        let quota_key = self
+            .config
+            .credentials
+            .quota_key(&pending.auth.username)
+            .to_owned();
         let expires = now + pending.lifetime;
         tracing::info!(user = %quota_key, client = %pending.tuple.client, relay = %relayed,
             lifetime = pending.lifetime.as_secs(), "allocation created");
@@ -677,7 +722,10 @@ impl Server {
             reservation_token: reserved_token,
             permissions: Vec::new(),
             channels: Vec::new(),
-            bandwidth: self.config.bandwidth_per_allocation.map(|rate| TokenBucket::new(rate, now)),
+            bandwidth: self
+                .config
+                .bandwidth_per_allocation
+                .map(|rate| TokenBucket::new(rate, now)),
         };
         self.allocations.insert(pending.tuple, allocation);
         self.relays.insert(relay, pending.tuple);
@@ -687,7 +735,12 @@ impl Server {
     }
 
     /// Answers an Allocate the driver could not serve (508: no relay port; 440: no address).
-    pub fn reject_allocation(&mut self, pending: PendingAllocation, code: u16, out: &mut [u8]) -> usize {
+    pub fn reject_allocation(
+        &mut self,
+        pending: PendingAllocation,
+        code: u16,
+        out: &mut [u8],
+    ) -> usize {
         let quota_key = self.config.credentials.quota_key(&pending.auth.username);
         self.quotas.release(quota_key);
         self.stats.errors.record(code);
@@ -711,7 +764,12 @@ impl Server {
     }
 
     /// RFC 8656 §8: Refresh; a zero lifetime deletes the allocation.
-    fn refresh(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>) -> Result<Option<Duration>, u16> {
+    fn refresh(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+    ) -> Result<Option<Duration>, u16> {
         if !self.allocations.contains_key(&tuple) {
             return Err(ErrorCode::ALLOCATION_MISMATCH);
         }
@@ -757,7 +815,12 @@ impl Server {
     }
 
     /// RFC 8656 §9: CreatePermission with one or more XOR-PEER-ADDRESS; all or nothing.
-    fn create_permission(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>) -> Result<Option<Duration>, u16> {
+    fn create_permission(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+    ) -> Result<Option<Duration>, u16> {
         let Some(relay_is_v4) = self.allocations.get(&tuple).map(|a| a.relay.is_ipv4()) else {
             return Err(ErrorCode::ALLOCATION_MISMATCH);
         };
@@ -778,7 +841,10 @@ impl Server {
         let cap = self.config.max_permissions_per_allocation;
         let allocation = self.allocations.get_mut(&tuple).expect("checked above");
         for peer in &peers {
-            if allocation.permit(peer.ip(), now + PERMISSION_LIFETIME, now, cap).is_err() {
+            if allocation
+                .permit(peer.ip(), now + PERMISSION_LIFETIME, now, cap)
+                .is_err()
+            {
                 return Err(ErrorCode::INSUFFICIENT_CAPACITY);
             }
             self.stats.permissions_created += 1;
@@ -787,7 +853,12 @@ impl Server {
     }
 
     /// RFC 8656 §11.2: ChannelBind, which also installs a permission for the peer.
-    fn channel_bind(&mut self, now: Instant, tuple: FiveTuple, msg: &Message<'_>) -> Result<Option<Duration>, u16> {
+    fn channel_bind(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        msg: &Message<'_>,
+    ) -> Result<Option<Duration>, u16> {
         let Some(relay_is_v4) = self.allocations.get(&tuple).map(|a| a.relay.is_ipv4()) else {
             return Err(ErrorCode::ALLOCATION_MISMATCH);
         };

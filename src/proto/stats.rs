@@ -38,7 +38,9 @@ pub struct ErrorCounts {
 }
 
 /// Every error code turnpike can send, in the order counted.
-pub const CODES: [u16; 13] = [300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 508];
+pub const CODES: [u16; 13] = [
+    300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 508,
+];
 
 impl ErrorCounts {
     pub fn record(&mut self, code: u16) {

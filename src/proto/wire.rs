@@ -13,8 +13,8 @@ pub use stun_types::attribute::{
 };
 pub use stun_types::message::{
     IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageIntegrityCredentials,
-    MessageType, MessageWrite, MessageWriteExt, MessageWriteMutSlice, Method, StunParseError, TransactionId,
-    BINDING,
+    MessageType, MessageWrite, MessageWriteExt, MessageWriteMutSlice, Method, StunParseError,
+    TransactionId, BINDING,
 };
 pub use turn_types::attribute::{
     AdditionalAddressFamily, ChannelNumber, Data, DontFragment, EvenPort, Lifetime,
@@ -179,7 +179,10 @@ mod tests {
 
     #[test]
     fn channel_header_rejects_out_of_range_and_truncated() {
-        assert_eq!(channel_data_header(&[0x40, 0x00, 0, 2, 1, 2]), Some((0x4000, 2)));
+        assert_eq!(
+            channel_data_header(&[0x40, 0x00, 0, 2, 1, 2]),
+            Some((0x4000, 2))
+        );
         assert_eq!(channel_data_header(&[0x40, 0x00, 0, 3, 1, 2]), None);
         assert_eq!(channel_data_header(&[0x80, 0x00, 0, 0]), None);
         assert_eq!(channel_data_header(&[0x40, 0x00, 0]), None);
