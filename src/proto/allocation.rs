@@ -27,7 +27,15 @@ pub struct Allocation {
     pub reservation_token: Option<u64>,
     pub permissions: Vec<Permission>,
     pub channels: Vec<ChannelBinding>,
-    pub bandwidth: Option<TokenBucket>,
+    /// Byte budgets towards peers and towards the client, when a cap is configured.
+    pub bandwidth: Option<[TokenBucket; 2]>,
+}
+
+/// Which way relayed data flows, for the per-direction bandwidth cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ToPeer = 0,
+    ToClient = 1,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -142,9 +150,9 @@ impl Allocation {
     }
 
     /// Whether `bytes` more may be relayed now under the bandwidth cap.
-    pub fn take_bandwidth(&mut self, bytes: usize, now: Instant) -> bool {
+    pub fn take_bandwidth(&mut self, direction: Direction, bytes: usize, now: Instant) -> bool {
         match &mut self.bandwidth {
-            Some(bucket) => bucket.take(bytes as u64, now),
+            Some(buckets) => buckets[direction as usize].take(bytes as u64, now),
             None => true,
         }
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::allocation::{Allocation, BindError, TokenBucket};
+use super::allocation::{Allocation, BindError, Direction, TokenBucket};
 use super::auth::{AuthError, Credentials, NonceCheck, NonceKey};
 use super::peer_filter::PeerFilter;
 use super::stats::Stats;
@@ -169,6 +169,28 @@ pub enum Event {
     AllocationFreed { relay: SocketAddr },
 }
 
+/// Lets one warning of a kind through per interval and counts the ones it holds back, so a
+/// flood of bad requests cannot flood the log.
+#[derive(Debug, Default)]
+struct LogBudget {
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    /// `Some(suppressed since the last line)` when a line may be logged now.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self.next.is_some_and(|next| now < next) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next = Some(now + Self::INTERVAL);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Authenticated {
     username: String,
@@ -217,6 +239,8 @@ pub struct Server {
     relays: HashMap<SocketAddr, FiveTuple>,
     expiries: BTreeSet<(Instant, FiveTuple)>,
     events: VecDeque<Event>,
+    denied_peer_log: LogBudget,
+    quota_log: LogBudget,
     pub stats: Stats,
 }
 
@@ -229,6 +253,8 @@ impl Server {
             relays: HashMap::new(),
             expiries: BTreeSet::new(),
             events: VecDeque::new(),
+            denied_peer_log: LogBudget::default(),
+            quota_log: LogBudget::default(),
             stats: Stats::default(),
         }
     }
@@ -306,7 +332,7 @@ impl Server {
             self.stats.peer_without_permission += 1;
             return None;
         }
-        if !allocation.take_bandwidth(len, now) {
+        if !allocation.take_bandwidth(Direction::ToClient, len, now) {
             self.stats.bandwidth_dropped += 1;
             return None;
         }
@@ -349,7 +375,7 @@ impl Server {
             self.stats.peer_without_permission += 1;
             return ClientAction::Drop;
         }
-        if !allocation.take_bandwidth(len, now) {
+        if !allocation.take_bandwidth(Direction::ToPeer, len, now) {
             self.stats.bandwidth_dropped += 1;
             return ClientAction::Drop;
         }
@@ -615,22 +641,17 @@ impl Server {
             let len = self.error(msg, ErrorCode::ALLOCATION_MISMATCH, Some(&auth), out);
             return ClientAction::Reply(len);
         }
-        match self.check_allocate(now, msg, &auth) {
-            Ok(pending) => ClientAction::Allocate(PendingAllocation {
-                tuple,
-                transaction: msg.transaction_id(),
-                auth,
-                ..pending
-            }),
+        match self.check_allocate(now, tuple, msg, &auth) {
+            Ok(pending) => ClientAction::Allocate(pending),
             Err(code) => ClientAction::Reply(self.error(msg, code, Some(&auth), out)),
         }
     }
 
-    /// RFC 8656 §7.2 steps 2–8; the returned pending allocation lacks tuple, transaction
-    /// and auth, which the caller fills in.
+    /// RFC 8656 §7.2 steps 2–8, ending with the quota slot claimed.
     fn check_allocate(
         &mut self,
-        _now: Instant,
+        now: Instant,
+        tuple: FiveTuple,
         msg: &Message<'_>,
         auth: &Authenticated,
     ) -> Result<PendingAllocation, u16> {
@@ -663,15 +684,13 @@ impl Server {
                 ErrorCode::ALLOCATION_QUOTA_REACHED => self.stats.quota_user += 1,
                 _ => self.stats.quota_total += 1,
             }
-            tracing::warn!(user = %quota_key, code, "allocation refused by quota");
+            if let Some(suppressed) = self.quota_log.allow(now) {
+                tracing::warn!(user = %quota_key, code, suppressed, "allocation refused by quota");
+            }
             return Err(code);
         }
         Ok(PendingAllocation {
-            tuple: FiveTuple {
-                client: SocketAddr::from(([0, 0, 0, 0], 0)),
-                server: SocketAddr::from(([0, 0, 0, 0], 0)),
-                transport: Transport::Udp,
-            },
+            tuple,
             family,
             even_port,
             reservation_token,
@@ -725,7 +744,7 @@ impl Server {
             bandwidth: self
                 .config
                 .bandwidth_per_allocation
-                .map(|rate| TokenBucket::new(rate, now)),
+                .map(|rate| [TokenBucket::new(rate, now), TokenBucket::new(rate, now)]),
         };
         self.allocations.insert(pending.tuple, allocation);
         self.relays.insert(relay, pending.tuple);
@@ -794,16 +813,22 @@ impl Server {
 
     /// Whether the server may relay to `peer`: allowed by the filter and not one of the
     /// server's own listening sockets.
-    fn check_peer(&mut self, peer: SocketAddr) -> Result<(), u16> {
+    fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), u16> {
         let own = self.config.own_addresses.iter().any(|own| {
             own.port() == peer.port() && (own.ip() == peer.ip() || own.ip().is_unspecified())
         });
         if own || !self.config.peer_filter.is_allowed(peer.ip()) {
-            self.stats.denied_peers += 1;
-            tracing::debug!(%peer, "peer denied");
+            self.deny_peer(now, peer.ip());
             return Err(ErrorCode::FORBIDDEN);
         }
         Ok(())
+    }
+
+    fn deny_peer(&mut self, now: Instant, peer: IpAddr) {
+        self.stats.denied_peers += 1;
+        if let Some(suppressed) = self.denied_peer_log.allow(now) {
+            tracing::warn!(%peer, suppressed, "relay to denied peer refused (403)");
+        }
     }
 
     fn peer_addresses(&self, msg: &Message<'_>) -> Vec<SocketAddr> {
@@ -833,8 +858,7 @@ impl Server {
                 return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
             }
             if !self.config.peer_filter.is_allowed(peer.ip()) {
-                self.stats.denied_peers += 1;
-                tracing::debug!(%peer, "peer denied");
+                self.deny_peer(now, peer.ip());
                 return Err(ErrorCode::FORBIDDEN);
             }
         }
@@ -867,7 +891,6 @@ impl Server {
             .map_err(|_| ErrorCode::BAD_REQUEST)?
             .channel();
         if !wire::CHANNEL_RANGE.contains(&number) {
-            tracing::debug!(number, "channel out of range");
             return Err(ErrorCode::BAD_REQUEST);
         }
         let peer = msg
@@ -877,11 +900,10 @@ impl Server {
         if peer.is_ipv4() != relay_is_v4 {
             return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
         }
-        self.check_peer(peer)?;
+        self.check_peer(now, peer)?;
         let permission_cap = self.config.max_permissions_per_allocation;
         let channel_cap = self.config.max_channels_per_allocation;
         let allocation = self.allocations.get_mut(&tuple).expect("checked above");
-        tracing::debug!(number, %peer, channels = ?allocation.channels, "channel bind");
         allocation
             .check_channel(number, peer, now, channel_cap)
             .map_err(|e| match e {
@@ -921,7 +943,7 @@ impl Server {
             self.stats.malformed += 1;
             return ClientAction::Drop;
         };
-        if self.check_peer(peer).is_err() {
+        if self.check_peer(now, peer).is_err() {
             return ClientAction::Drop;
         }
         let Some(allocation) = self.allocations.get_mut(&tuple) else {
@@ -932,7 +954,7 @@ impl Server {
             self.stats.peer_without_permission += 1;
             return ClientAction::Drop;
         }
-        if !allocation.take_bandwidth(payload_len, now) {
+        if !allocation.take_bandwidth(Direction::ToPeer, payload_len, now) {
             self.stats.bandwidth_dropped += 1;
             return ClientAction::Drop;
         }

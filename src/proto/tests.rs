@@ -1000,6 +1000,14 @@ fn bandwidth_cap_drops_excess() {
         .count();
     assert_eq!(relayed, 2);
     assert_eq!(h.server.stats.bandwidth_dropped, 3);
+    // The cap is per direction: the peer can still reach the client.
+    let mut buf = vec![0u8; 4 + 400];
+    let mut out = vec![0u8; 1024];
+    let relay = SocketAddr::from(([192, 0, 2, 10], 50_000));
+    let to_client = h
+        .server
+        .handle_peer(h.now, relay, addr(PEER), &mut buf, 400, &mut out);
+    assert!(matches!(to_client, Some(PeerAction::ChannelData { .. })));
     h.now += Duration::from_secs(1);
     assert!(matches!(h.send(CLIENT, &packet), Outcome::Relay(..)));
 }
