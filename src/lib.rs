@@ -9,17 +9,18 @@ pub mod cli;
 pub mod config;
 pub mod net;
 pub mod proto;
+pub mod telemetry;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-use net::worker::{RelaySettings, Worker, WorkerShared};
+use net::worker::{RelaySettings, Settings, Worker, WorkerShared};
 use proto::auth::{Credentials, NonceKey, Password};
 use proto::peer_filter::PeerFilter;
-use proto::{Quotas, Server, ServerConfig};
+use proto::{Quotas, ServerConfig};
 
 /// A running server: its bound addresses and worker threads.
 pub struct Running {
@@ -27,11 +28,46 @@ pub struct Running {
     pub udp: Vec<SocketAddr>,
     pub relay_ips: Vec<IpAddr>,
     shared: Arc<WorkerShared>,
+    quotas: Arc<Quotas>,
+    /// Kept across reloads so nonces already handed out stay valid.
+    nonce_key: NonceKey,
     wakers: Vec<Arc<mio::Waker>>,
     workers: Vec<JoinHandle<io::Result<()>>>,
 }
 
 impl Running {
+    pub fn telemetry(&self) -> Arc<telemetry::Telemetry> {
+        self.shared.telemetry.clone()
+    }
+
+    /// Applies a new configuration's secrets, users, peer lists, limits and relay port range
+    /// without touching live allocations. Listening and relay addresses need a restart.
+    pub fn reload(&self, config: &config::Config) {
+        let settings = Settings {
+            server: Arc::new(server_config(
+                config,
+                &self.udp,
+                &self.relay_ips,
+                &self.nonce_key,
+            )),
+            relay: RelaySettings {
+                ips: self.relay_ips.clone(),
+                ports: config.port_range.clone(),
+            },
+        };
+        self.quotas
+            .set_limits(config.max_allocations, config.max_allocations_per_user);
+        *self
+            .shared
+            .settings
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+        self.shared.generation.fetch_add(1, Ordering::Release);
+        for waker in &self.wakers {
+            let _ = waker.wake();
+        }
+    }
+
     /// Stops every worker, freeing all allocations, and waits for them.
     pub fn stop(self) -> io::Result<()> {
         self.shared.shutdown.store(true, Ordering::Relaxed);
@@ -53,6 +89,7 @@ pub fn server_config(
     config: &config::Config,
     listen: &[SocketAddr],
     relay_ips: &[IpAddr],
+    nonce_key: &NonceKey,
 ) -> ServerConfig {
     let password = |s: &config::Secret| Password(s.expose().to_owned());
     ServerConfig {
@@ -67,7 +104,7 @@ pub fn server_config(
                 .map(|(name, secret)| (name.clone(), password(secret)))
                 .collect(),
         },
-        nonce_key: NonceKey::new(rand::random()),
+        nonce_key: nonce_key.clone(),
         nonce_lifetime: config.nonce_lifetime,
         default_lifetime: config.default_lifetime,
         max_lifetime: config.max_lifetime,
@@ -124,7 +161,14 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         .map(|group| group[0].local_addr())
         .collect::<io::Result<_>>()?;
     let relay_ips = resolve_relay_ips(config);
-    let server_config = Arc::new(server_config(config, &udp, &relay_ips));
+    let nonce_key = NonceKey::new(rand::random());
+    let settings = Settings {
+        server: Arc::new(server_config(config, &udp, &relay_ips, &nonce_key)),
+        relay: RelaySettings {
+            ips: relay_ips.clone(),
+            ports: config.port_range.clone(),
+        },
+    };
     let quotas = Arc::new(Quotas::new(
         config.max_allocations,
         config.max_allocations_per_user,
@@ -132,17 +176,15 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
     let shared = Arc::new(WorkerShared {
         shutdown: Default::default(),
         reservations: Default::default(),
+        telemetry: Arc::new(telemetry::Telemetry::new(workers)),
+        generation: Default::default(),
+        settings: RwLock::new(Arc::new(settings)),
     });
-    let settings = RelaySettings {
-        ips: relay_ips.clone(),
-        ports: config.port_range.clone(),
-    };
     let mut wakers = Vec::new();
     let mut handles = Vec::new();
     for index in 0..workers {
         let listeners = groups.iter_mut().map(|g| g.remove(0)).collect();
-        let server = Server::new(server_config.clone(), quotas.clone());
-        let (worker, waker) = Worker::new(listeners, server, shared.clone(), settings.clone())?;
+        let (worker, waker) = Worker::new(index, listeners, quotas.clone(), shared.clone())?;
         wakers.push(waker);
         handles.push(
             std::thread::Builder::new()
@@ -154,6 +196,8 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         udp,
         relay_ips,
         shared,
+        quotas,
+        nonce_key,
         wakers,
         workers: handles,
     })

@@ -5,8 +5,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::UdpSocket;
@@ -15,8 +15,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::udp::{self, Reservations};
 use crate::proto::wire::{AddressFamily, ErrorCode, CHANNEL_HEADER_LEN};
 use crate::proto::{
-    ClientAction, Event, FiveTuple, PeerAction, PendingAllocation, Server, Transport,
+    ClientAction, Event, FiveTuple, PeerAction, PendingAllocation, Server, ServerConfig, Transport,
 };
+use crate::telemetry::{Telemetry, WorkerReport};
 
 const WAKER: Token = Token(usize::MAX);
 /// Tokens below this are listeners; relay slot `i` is `Token(RELAY_BASE + i)`.
@@ -26,13 +27,27 @@ const RELAY_BASE: usize = 1 << 16;
 const RECV_BATCH: usize = 32;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
-/// Longest sleep between checks of the shutdown flag and timers.
-const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Longest sleep between checks of the shutdown flag, timers and reloads.
+const MAX_SLEEP: Duration = Duration::from_millis(250);
+/// How often a worker publishes its counters for the management plane.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
-/// What a worker shares with the rest of the process.
+/// What a worker shares with the rest of the process. Workers read it once per loop turn
+/// at most (the shutdown flag and the settings generation); the packet path never locks.
 pub struct WorkerShared {
     pub shutdown: AtomicBool,
     pub reservations: Reservations,
+    pub telemetry: Arc<Telemetry>,
+    /// Bumped on every reload; a worker that sees a new value re-reads `settings`.
+    pub generation: AtomicU64,
+    pub settings: RwLock<Arc<Settings>>,
+}
+
+/// Everything a reload can change.
+#[derive(Debug)]
+pub struct Settings {
+    pub server: Arc<ServerConfig>,
+    pub relay: RelaySettings,
 }
 
 /// The relay settings a worker needs to bind relay sockets.
@@ -48,6 +63,7 @@ struct Relay {
 }
 
 pub struct Worker {
+    index: usize,
     poll: Poll,
     listeners: Vec<(UdpSocket, SocketAddr)>,
     relays: Vec<Option<Relay>>,
@@ -55,7 +71,9 @@ pub struct Worker {
     relay_slots: HashMap<SocketAddr, usize>,
     server: Server,
     shared: Arc<WorkerShared>,
-    settings: RelaySettings,
+    settings: Arc<Settings>,
+    generation: u64,
+    last_publish: Instant,
     /// Sockets that may still hold datagrams (mio is edge-triggered).
     ready: VecDeque<Token>,
     recv_buf: Vec<u8>,
@@ -65,11 +83,18 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(
+        index: usize,
         listeners: Vec<std::net::UdpSocket>,
-        server: Server,
+        quotas: Arc<crate::proto::Quotas>,
         shared: Arc<WorkerShared>,
-        settings: RelaySettings,
     ) -> io::Result<(Self, Arc<Waker>)> {
+        let generation = shared.generation.load(Ordering::Acquire);
+        let settings = shared
+            .settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let server = Server::new(settings.server.clone(), quotas);
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut registered = Vec::new();
@@ -81,6 +106,7 @@ impl Worker {
             registered.push((socket, addr));
         }
         let worker = Self {
+            index,
             poll,
             listeners: registered,
             relays: Vec::new(),
@@ -89,6 +115,8 @@ impl Worker {
             server,
             shared,
             settings,
+            generation,
+            last_publish: Instant::now(),
             ready: VecDeque::new(),
             recv_buf: vec![0; CHANNEL_HEADER_LEN + MAX_DATAGRAM],
             out_buf: vec![0; MAX_DATAGRAM + 1024],
@@ -100,6 +128,7 @@ impl Worker {
     /// Runs until the shutdown flag is set, then frees every allocation.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
+        self.publish(Instant::now());
         while !self.shared.shutdown.load(Ordering::Relaxed) {
             let timeout = if self.ready.is_empty() {
                 let now = Instant::now();
@@ -130,12 +159,43 @@ impl Worker {
                     self.ready.push_back(token);
                 }
             }
-            self.server.handle_timeout(Instant::now());
+            let now = Instant::now();
+            self.server.handle_timeout(now);
             self.apply_events();
+            self.reload_if_changed();
+            if now.duration_since(self.last_publish) >= PUBLISH_INTERVAL {
+                self.publish(now);
+            }
         }
         self.server.clear();
         self.apply_events();
+        self.publish(Instant::now());
         Ok(())
+    }
+
+    fn reload_if_changed(&mut self) {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        self.settings = self
+            .shared
+            .settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.server.set_config(self.settings.server.clone());
+    }
+
+    fn publish(&mut self, now: Instant) {
+        self.last_publish = now;
+        let report = WorkerReport {
+            stats: self.server.stats.clone(),
+            gauges: self.server.gauges(now),
+            send_errors: self.send_errors,
+        };
+        self.shared.telemetry.publish(self.index, &report, now);
     }
 
     /// Reads up to a batch of datagrams from one socket; true if it may hold more.
@@ -251,6 +311,7 @@ impl Worker {
                 let wanted_v4 = pending.family == AddressFamily::IPV4;
                 match self
                     .settings
+                    .relay
                     .ips
                     .iter()
                     .find(|ip| ip.is_ipv4() == wanted_v4)
@@ -259,7 +320,7 @@ impl Worker {
                     Some(&ip) => {
                         let even = pending.even_port.is_some();
                         let reserve = pending.even_port == Some(true);
-                        udp::bind_relay(ip, &self.settings.ports, even, reserve)
+                        udp::bind_relay(ip, &self.settings.relay.ports, even, reserve)
                             .ok_or(ErrorCode::INSUFFICIENT_CAPACITY)
                     }
                 }

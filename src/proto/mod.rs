@@ -13,8 +13,8 @@ pub mod stats;
 pub mod wire;
 
 pub use server::{
-    ClientAction, Event, FiveTuple, PeerAction, PendingAllocation, Quotas, Server, ServerConfig,
-    Transport,
+    ClientAction, Event, FiveTuple, Gauges, PeerAction, PendingAllocation, Quotas, Server,
+    ServerConfig, Transport,
 };
 
 #[cfg(test)]

@@ -26,7 +26,30 @@ pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// How a client reached the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Transport {
-    Udp,
+    Udp = 0,
+    Tcp = 1,
+    Tls = 2,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+/// Live state sizes of one worker, for the management plane.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Gauges {
+    /// Allocations by client transport, indexed by `Transport as usize`.
+    pub allocations: [u64; 3],
+    pub permissions: u64,
+    pub channels: u64,
 }
 
 /// RFC 8656 §2: the client's address, the server address it talks to, and the transport.
@@ -64,8 +87,8 @@ pub struct ServerConfig {
 /// Counts shared by all workers, touched only when an allocation is created or freed.
 #[derive(Debug)]
 pub struct Quotas {
-    max_total: usize,
-    max_per_user: usize,
+    max_total: AtomicUsize,
+    max_per_user: AtomicUsize,
     total: AtomicUsize,
     per_user: Mutex<HashMap<String, usize>>,
 }
@@ -73,8 +96,8 @@ pub struct Quotas {
 impl Quotas {
     pub fn new(max_total: usize, max_per_user: usize) -> Self {
         Self {
-            max_total,
-            max_per_user,
+            max_total: AtomicUsize::new(max_total),
+            max_per_user: AtomicUsize::new(max_per_user),
             total: AtomicUsize::new(0),
             per_user: Mutex::new(HashMap::new()),
         }
@@ -84,18 +107,24 @@ impl Quotas {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// New limits (reload); allocations over them stay until they end.
+    pub fn set_limits(&self, max_total: usize, max_per_user: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_user.store(max_per_user, Ordering::Relaxed);
+    }
+
     /// Reserves one allocation for `user`: Err(486) over the user's quota, Err(508) over the
     /// server's.
     fn claim(&self, user: &str) -> Result<(), u16> {
         let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
         let count = per_user.get(user).copied().unwrap_or(0);
-        if count >= self.max_per_user {
+        if count >= self.max_per_user.load(Ordering::Relaxed) {
             return Err(ErrorCode::ALLOCATION_QUOTA_REACHED);
         }
         if self
             .total
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.max_total).then_some(n + 1)
+                (n < self.max_total.load(Ordering::Relaxed)).then_some(n + 1)
             })
             .is_err()
         {
@@ -266,6 +295,26 @@ impl Server {
 
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
+    }
+
+    /// Counts live allocations, permissions and channels (a walk over all allocations; call it
+    /// for reporting, not per packet).
+    pub fn gauges(&self, now: Instant) -> Gauges {
+        let mut gauges = Gauges::default();
+        for (tuple, allocation) in &self.allocations {
+            gauges.allocations[tuple.transport as usize] += 1;
+            gauges.permissions += allocation
+                .permissions
+                .iter()
+                .filter(|p| p.expires > now)
+                .count() as u64;
+            gauges.channels += allocation
+                .channels
+                .iter()
+                .filter(|c| c.expires > now)
+                .count() as u64;
+        }
+        gauges
     }
 
     #[must_use]
@@ -749,7 +798,7 @@ impl Server {
         self.allocations.insert(pending.tuple, allocation);
         self.relays.insert(relay, pending.tuple);
         self.expiries.insert((expires, pending.tuple));
-        self.stats.allocations_created += 1;
+        self.stats.allocations_created[pending.tuple.transport as usize] += 1;
         self.allocate_success(&pending.tuple, &pending.auth, out)
     }
 

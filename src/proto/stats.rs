@@ -4,7 +4,8 @@
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
     pub binding_requests: u64,
-    pub allocations_created: u64,
+    /// By client transport, indexed by `Transport as usize`.
+    pub allocations_created: [u64; 3],
     pub allocations_expired: u64,
     pub allocations_deleted: u64,
     pub permissions_created: u64,
@@ -32,6 +33,64 @@ pub struct Stats {
     pub errors: ErrorCounts,
 }
 
+impl Stats {
+    /// Adds another worker's counters to these.
+    pub fn add(&mut self, other: &Stats) {
+        let Stats {
+            binding_requests,
+            allocations_created,
+            allocations_expired,
+            allocations_deleted,
+            permissions_created,
+            channels_bound,
+            malformed,
+            dropped,
+            auth_missing,
+            auth_stale_nonce,
+            auth_expired,
+            auth_unknown_user,
+            auth_bad_integrity,
+            denied_peers,
+            quota_user,
+            quota_total,
+            peer_without_permission,
+            bandwidth_dropped,
+            to_peer_packets,
+            to_peer_bytes,
+            from_peer_packets,
+            from_peer_bytes,
+            errors,
+        } = other;
+        self.binding_requests += binding_requests;
+        for (sum, n) in self.allocations_created.iter_mut().zip(allocations_created) {
+            *sum += n;
+        }
+        self.allocations_expired += allocations_expired;
+        self.allocations_deleted += allocations_deleted;
+        self.permissions_created += permissions_created;
+        self.channels_bound += channels_bound;
+        self.malformed += malformed;
+        self.dropped += dropped;
+        self.auth_missing += auth_missing;
+        self.auth_stale_nonce += auth_stale_nonce;
+        self.auth_expired += auth_expired;
+        self.auth_unknown_user += auth_unknown_user;
+        self.auth_bad_integrity += auth_bad_integrity;
+        self.denied_peers += denied_peers;
+        self.quota_user += quota_user;
+        self.quota_total += quota_total;
+        self.peer_without_permission += peer_without_permission;
+        self.bandwidth_dropped += bandwidth_dropped;
+        self.to_peer_packets += to_peer_packets;
+        self.to_peer_bytes += to_peer_bytes;
+        self.from_peer_packets += from_peer_packets;
+        self.from_peer_bytes += from_peer_bytes;
+        for (sum, n) in self.errors.counts.iter_mut().zip(errors.counts) {
+            *sum += n;
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ErrorCounts {
     counts: [u64; CODES.len()],
@@ -47,6 +106,11 @@ impl ErrorCounts {
         if let Some(i) = CODES.iter().position(|&c| c == code) {
             self.counts[i] += 1;
         }
+    }
+
+    /// `(code, count)` for every code turnpike sends.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        CODES.iter().copied().zip(self.counts.iter().copied())
     }
 
     pub fn get(&self, code: u16) -> u64 {
