@@ -1,0 +1,13 @@
+//! Integration tests: the `turnpike` binary against real, independent clients.
+//!
+//! * `harness` starts servers (turnpike, or coturn with `TURNPIKE_TEST_AGAINST=coturn`),
+//!   computes REST credentials and runs external tools with timeouts.
+//! * `real_clients` drives coturn's `turnutils_*` tools and aiortc peers (the harness in
+//!   `../shared/harness`, installed by its `setup.sh`).
+//! * `webrtc_rs` uses the webrtc-rs `turn`/`stun` client crates.
+//! * `abuse` checks quotas, limits and hostile input.
+
+mod abuse;
+mod harness;
+mod real_clients;
+mod webrtc_rs;
