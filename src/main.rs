@@ -1,11 +1,17 @@
 //! The `turnpike` daemon: command line → config → logging → sockets → workers.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
+use sd_notify::NotifyState;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
 
-use turnpike::cli::{Cli, Command};
+use turnpike::cli::{Cli, Command, RunArgs};
 use turnpike::config::{Config, LogFormat, Secret};
 use turnpike::proto::auth::mint_rest_credential;
 
@@ -13,7 +19,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            let mut config = match Config::load(args.config.as_deref(), &args) {
+            let config = match Config::load(args.config.as_deref(), &args) {
                 Ok(config) => config,
                 Err(e) => {
                     eprintln!("turnpike: {e}");
@@ -21,7 +27,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(config.log_format);
-            match run(&mut config) {
+            match run(&args, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -81,20 +87,15 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run(config: &mut Config) -> std::io::Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    if config.secrets.is_empty() && config.static_users.is_empty() {
-        let generated: [u8; 24] = rand::random();
-        let secret = base64_encode(&generated);
-        tracing::warn!(
-            secret = %secret,
-            "no auth secret configured: generated one for this run; set auth.secrets (or --auth-secret) to keep credentials valid across restarts"
-        );
-        config.secrets.push(Secret::new(secret));
-    }
-    let running = turnpike::start(config)?;
+    let generated = ensure_secret(&mut config, None);
+    // Before binding, so a SIGHUP sent as soon as the server is up cannot kill it.
+    let mut signals = Signals::new([SIGHUP, SIGINT, SIGTERM])?;
+    let running = turnpike::start(&config)?;
     tracing::info!(
         udp = ?running.udp,
         relay_ips = ?running.relay_ips,
@@ -110,16 +111,83 @@ fn run(config: &mut Config) -> std::io::Result<()> {
         "pid": std::process::id(),
     });
     println!("{ready}");
-    wait_for_termination()?;
+    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+    let stop_watchdog = start_watchdog(running.telemetry());
+
+    for signal in signals.forever() {
+        if signal != SIGHUP {
+            break;
+        }
+        notify(&[NotifyState::Reloading]);
+        match Config::load(args.config.as_deref(), args) {
+            Ok(mut fresh) => {
+                ensure_secret(&mut fresh, generated.as_ref());
+                for warning in fresh.warnings() {
+                    tracing::warn!("{warning}");
+                }
+                running.reload(&fresh);
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+        }
+        notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+    }
     tracing::info!("shutting down");
+    notify(&[NotifyState::Stopping]);
+    stop_watchdog.store(true, Ordering::Relaxed);
     running.stop()
 }
 
-fn wait_for_termination() -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    signals.forever().next();
-    Ok(())
+/// With neither a secret nor a static user configured, generates a secret (or reuses the one
+/// generated at startup, so a reload does not invalidate credentials) and warns.
+fn ensure_secret(config: &mut Config, generated: Option<&Secret>) -> Option<Secret> {
+    if !config.secrets.is_empty() || !config.static_users.is_empty() {
+        return None;
+    }
+    let secret = generated.cloned().unwrap_or_else(|| {
+        let secret = Secret::new(base64_encode(&rand::random::<[u8; 24]>()));
+        tracing::warn!(
+            secret = %secret.expose(),
+            "no auth secret configured: generated one for this run; set auth.secrets (or --auth-secret) to keep credentials valid across restarts"
+        );
+        secret
+    });
+    config.secrets.push(secret.clone());
+    Some(secret)
+}
+
+/// Pings the systemd watchdog at half its interval while every worker is alive; a stuck
+/// worker stops the pings and systemd restarts the service.
+fn start_watchdog(telemetry: Arc<turnpike::telemetry::Telemetry>) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return stop;
+    };
+    let stop_flag = stop.clone();
+    let period = interval / 2;
+    let spawned = std::thread::Builder::new()
+        .name("turnpike-watchdog".into())
+        .spawn(move || {
+            while !stop_flag.load(Ordering::Relaxed) {
+                if telemetry.all_workers_alive(Instant::now(), period.max(Duration::from_secs(1))) {
+                    notify(&[NotifyState::Watchdog]);
+                } else {
+                    tracing::error!("a worker stopped reporting; withholding the watchdog ping");
+                }
+                std::thread::sleep(period);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the watchdog thread: {e}");
+    }
+    stop
+}
+
+/// Tells systemd about a state change; a no-op outside systemd (no NOTIFY_SOCKET).
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!("sd_notify failed: {e}");
+    }
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

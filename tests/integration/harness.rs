@@ -307,6 +307,10 @@ pub struct Server {
     pub udp_addrs: Vec<SocketAddr>,
     /// The relay IPs from the ready line.
     pub relay_ips: Vec<IpAddr>,
+    /// The management API address from the ready line, when the server serves one.
+    pub api: Option<SocketAddr>,
+    /// The whole ready line (turnpike only; `Null` for coturn).
+    pub ready: serde_json::Value,
     /// The server process (with coturn: the `coturn_reference.sh --foreground` script, which
     /// lives exactly as long as its turnserver).
     pub child: Child,
@@ -337,20 +341,35 @@ impl Server {
         Server::start_raw(&args)
     }
 
+    /// Like [`Server::start`] with extra environment variables for the daemon (turnpike
+    /// only: e.g. `NOTIFY_SOCKET`).
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut args: Vec<&str> = Vec::new();
+        for (flag, value) in DEFAULT_ARGS {
+            if !extra_args.contains(flag) {
+                args.push(flag);
+                args.push(value);
+            }
+        }
+        args.extend_from_slice(extra_args);
+        Server::start_turnpike(&args, env)
+    }
+
     /// Starts `turnpike run ARGS` with exactly these arguments and waits for it to be ready.
     pub fn start_raw<S: AsRef<str>>(args: &[S]) -> Server {
         let args: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
         match backend() {
-            Backend::Turnpike => Server::start_turnpike(&args),
+            Backend::Turnpike => Server::start_turnpike(&args, &[]),
             Backend::Coturn => Server::start_coturn(&args),
         }
     }
 
-    fn start_turnpike(args: &[&str]) -> Server {
+    fn start_turnpike(args: &[&str], env: &[(&str, &str)]) -> Server {
         let bin = env!("CARGO_BIN_EXE_turnpike");
         let mut child = Command::new(bin)
             .arg("run")
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -380,6 +399,8 @@ impl Server {
                             udp: ready.udp[0],
                             udp_addrs: ready.udp,
                             relay_ips: ready.relay_ips,
+                            api: ready.api,
+                            ready: ready.raw,
                             child,
                             backend: Backend::Turnpike,
                             log,
@@ -471,6 +492,8 @@ impl Server {
                         udp,
                         udp_addrs: vec![udp],
                         relay_ips: vec![relay_ip],
+                        api: None,
+                        ready: serde_json::Value::Null,
                         child,
                         backend: Backend::Coturn,
                         log,
@@ -561,6 +584,8 @@ impl Drop for Server {
 struct Ready {
     udp: Vec<SocketAddr>,
     relay_ips: Vec<IpAddr>,
+    api: Option<SocketAddr>,
+    raw: serde_json::Value,
 }
 
 /// `None` if `line` is not a ready event; otherwise the parsed addresses or what is wrong.
@@ -590,7 +615,20 @@ fn parse_ready_value(value: &serde_json::Value) -> Result<Ready, String> {
         return Err("empty `udp` list".into());
     }
     let relay_ips = list(value, "relay_ips")?;
-    Ok(Ready { udp, relay_ips })
+    let api = match value.get("api") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(api) => Some(
+            api.as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("bad `api` {api}"))?,
+        ),
+    };
+    Ok(Ready {
+        udp,
+        relay_ips,
+        api,
+        raw: value.clone(),
+    })
 }
 
 /// Translates `turnpike run` arguments into `coturn_reference.sh start` options.

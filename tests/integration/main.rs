@@ -6,8 +6,11 @@
 //!   `../shared/harness`, installed by its `setup.sh`).
 //! * `webrtc_rs` uses the webrtc-rs `turn`/`stun` client crates.
 //! * `abuse` checks quotas, limits and hostile input.
+//! * `daemon` checks systemd notifications, SIGHUP reload and SIGTERM.
 
 mod abuse;
+mod daemon;
 mod harness;
 mod real_clients;
+mod systemd_unit;
 mod webrtc_rs;

@@ -20,7 +20,7 @@ const MIN_PORT: u16 = 50_000;
 const MAX_PORT: u16 = 50_999;
 
 /// A webrtc-rs TURN client on a fresh 127.0.0.1 UDP socket, listening.
-async fn turn_client(server: SocketAddr, username: String, password: String) -> Client {
+pub(crate) async fn turn_client(server: SocketAddr, username: String, password: String) -> Client {
     let conn = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
     let config = ClientConfig {
         stun_serv_addr: server.to_string(),

@@ -1,0 +1,67 @@
+//! `systemd/turnpike.service` passes `systemd-analyze verify` and keeps its
+//! `systemd-analyze security` exposure below 2.0.
+
+use std::process::Command;
+
+use crate::harness::require_tool;
+
+/// The shipped unit with ExecStart pointed at the binary under test, in a temp dir (verify
+/// checks that the executable exists).
+fn unit_under_test() -> std::path::PathBuf {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/turnpike.service"
+    ))
+    .expect("read systemd/turnpike.service");
+    let bin = env!("CARGO_BIN_EXE_turnpike");
+    let unit = unit.replace("/usr/local/bin/turnpike", bin);
+    assert!(
+        unit.contains(bin),
+        "ExecStart no longer runs /usr/local/bin/turnpike"
+    );
+    let dir = std::env::temp_dir().join(format!("turnpike-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("turnpike.service");
+    std::fs::write(&path, unit).unwrap();
+    path
+}
+
+#[test]
+fn unit_verifies_and_exposure_is_below_2() {
+    require_tool("systemd-analyze");
+    let path = unit_under_test();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze verify");
+    let verify_text = String::from_utf8_lossy(&verify.stderr).into_owned()
+        + &String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success(),
+        "systemd-analyze verify failed:\n{verify_text}"
+    );
+    assert!(
+        !verify_text.contains("turnpike.service:"),
+        "systemd-analyze verify complained about the unit:\n{verify_text}"
+    );
+
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze security");
+    let text = String::from_utf8_lossy(&security.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for turnpike.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    println!("systemd-analyze security exposure: {score}");
+    assert!(score < 2.0, "exposure {score} is not below 2.0:\n{text}");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
