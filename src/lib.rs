@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-use net::worker::{RelaySettings, Settings, Worker, WorkerShared};
+use net::worker::{ConnectionLimits, Listener, RelaySettings, Settings, Worker, WorkerShared};
 use proto::auth::{Credentials, NonceKey, Password};
 use proto::peer_filter::PeerFilter;
 use proto::{Quotas, ServerConfig};
@@ -26,6 +26,9 @@ use proto::{Quotas, ServerConfig};
 pub struct Running {
     /// The UDP listening addresses, with the real ports when port 0 was asked for.
     pub udp: Vec<SocketAddr>,
+    /// TCP listeners: one beside each UDP listener, on the same port.
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
     pub relay_ips: Vec<IpAddr>,
     shared: Arc<WorkerShared>,
     quotas: Arc<Quotas>,
@@ -36,17 +39,24 @@ pub struct Running {
 }
 
 impl Running {
+    fn own_addresses(&self) -> Vec<SocketAddr> {
+        self.udp.iter().chain(&self.tls).copied().collect()
+    }
+
     pub fn telemetry(&self) -> Arc<telemetry::Telemetry> {
         self.shared.telemetry.clone()
     }
 
-    /// Applies a new configuration's secrets, users, peer lists, limits and relay port range
-    /// without touching live allocations. Listening and relay addresses need a restart.
-    pub fn reload(&self, config: &config::Config) {
+    /// Applies a new configuration's secrets, users, peer lists, limits, relay port range and
+    /// TLS certificate without touching live allocations. Listening and relay addresses need
+    /// a restart. A certificate that fails to load keeps the old one (and is an error).
+    pub fn reload(&self, config: &config::Config) -> io::Result<()> {
+        let tls = load_tls(config)?;
         let settings = Settings {
+            tls,
             server: Arc::new(server_config(
                 config,
-                &self.udp,
+                &self.own_addresses(),
                 &self.relay_ips,
                 &self.nonce_key,
             )),
@@ -66,6 +76,7 @@ impl Running {
         for waker in &self.wakers {
             let _ = waker.wake();
         }
+        Ok(())
     }
 
     /// Stops every worker, freeing all allocations, and waits for them.
@@ -149,25 +160,57 @@ pub fn resolve_relay_ips(config: &config::Config) -> Vec<IpAddr> {
     ips
 }
 
+/// The TLS configuration, when TLS listeners are configured.
+fn load_tls(config: &config::Config) -> io::Result<Option<Arc<rustls::ServerConfig>>> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) if !config.tls_listen.is_empty() => {
+            net::tls::load(cert, key).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Bounds on stream connections (DESIGN "quotas on everything").
+const MAX_CONNECTIONS: usize = 10_000;
+const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+
 /// Binds every socket and starts the workers. When this returns, the server is serving.
 pub fn start(config: &config::Config) -> io::Result<Running> {
     let workers = config.workers.max(1);
-    let mut groups = Vec::new();
+    let tls_config = load_tls(config)?;
+    // One listener group per address; each worker takes one member of every group.
+    let mut groups: Vec<Vec<Listener>> = Vec::new();
+    let (mut udp, mut tcp, mut tls) = (Vec::new(), Vec::new(), Vec::new());
     for addr in &config.listen {
-        groups.push(net::udp::bind_listener_group(*addr, workers)?);
+        let udp_group = net::udp::bind_listener_group(*addr, workers)?;
+        let bound = udp_group[0].local_addr()?;
+        let tcp_group = net::udp::bind_tcp_listener_group(bound, workers)?;
+        udp.push(bound);
+        tcp.push(tcp_group[0].local_addr()?);
+        groups.push(udp_group.into_iter().map(Listener::Udp).collect());
+        groups.push(tcp_group.into_iter().map(Listener::Tcp).collect());
     }
-    let udp: Vec<SocketAddr> = groups
-        .iter()
-        .map(|group| group[0].local_addr())
-        .collect::<io::Result<_>>()?;
+    for addr in &config.tls_listen {
+        let group = net::udp::bind_tcp_listener_group(*addr, workers)?;
+        tls.push(group[0].local_addr()?);
+        groups.push(group.into_iter().map(Listener::Tls).collect());
+    }
     let relay_ips = resolve_relay_ips(config);
     let nonce_key = NonceKey::new(rand::random());
+    let mut own_addresses = udp.clone();
+    own_addresses.extend(&tls);
     let settings = Settings {
-        server: Arc::new(server_config(config, &udp, &relay_ips, &nonce_key)),
+        server: Arc::new(server_config(
+            config,
+            &own_addresses,
+            &relay_ips,
+            &nonce_key,
+        )),
         relay: RelaySettings {
             ips: relay_ips.clone(),
             ports: config.port_range.clone(),
         },
+        tls: tls_config,
     };
     let quotas = Arc::new(Quotas::new(
         config.max_allocations,
@@ -177,6 +220,7 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         shutdown: Default::default(),
         reservations: Default::default(),
         telemetry: Arc::new(telemetry::Telemetry::new(workers)),
+        connections: ConnectionLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE),
         generation: Default::default(),
         settings: RwLock::new(Arc::new(settings)),
     });
@@ -194,6 +238,8 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
     }
     Ok(Running {
         udp,
+        tcp,
+        tls,
         relay_ips,
         shared,
         quotas,

@@ -98,6 +98,8 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
     let running = turnpike::start(&config)?;
     tracing::info!(
         udp = ?running.udp,
+        tcp = ?running.tcp,
+        tls = ?running.tls,
         relay_ips = ?running.relay_ips,
         relay_ports = ?config.port_range,
         realm = %config.realm,
@@ -107,6 +109,8 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
     let ready = serde_json::json!({
         "event": "ready",
         "udp": running.udp.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "tcp": running.tcp.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "tls": running.tls.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "relay_ips": running.relay_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "pid": std::process::id(),
     });
@@ -125,8 +129,12 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
                 for warning in fresh.warnings() {
                     tracing::warn!("{warning}");
                 }
-                running.reload(&fresh);
-                tracing::info!("configuration reloaded");
+                match running.reload(&fresh) {
+                    Ok(()) => tracing::info!("configuration reloaded"),
+                    Err(e) => {
+                        tracing::error!("reload failed, keeping the running configuration: {e}")
+                    }
+                }
             }
             Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
         }

@@ -1,4 +1,6 @@
 //! I/O drivers: the only code that touches sockets or reads the clock.
 
+pub mod stream;
+pub mod tls;
 pub mod udp;
 pub mod worker;

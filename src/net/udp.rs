@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -41,6 +41,38 @@ pub fn bind_listener_group(addr: SocketAddr, count: usize) -> io::Result<Vec<Udp
         sockets.push(socket);
     }
     Ok(sockets)
+}
+
+/// Binds `count` TCP listeners on `addr` with `SO_REUSEPORT`, one per worker, refusing an
+/// address already in use as [`bind_listener_group`] does.
+pub fn bind_tcp_listener_group(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
+    let new = |reuse_port: bool| -> io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        // Lets a restarted server rebind while old connections sit in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(reuse_port)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    };
+    let in_use =
+        |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on tcp {addr}: {e}"));
+    if addr.port() != 0 {
+        new(false)?.bind(&addr.into()).map_err(in_use)?;
+    }
+    let mut listeners = Vec::with_capacity(count);
+    let mut bound = addr;
+    for _ in 0..count.max(1) {
+        let socket = new(true)?;
+        socket.bind(&bound.into()).map_err(in_use)?;
+        socket.listen(1024)?;
+        let listener: TcpListener = socket.into();
+        bound = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
 }
 
 fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {

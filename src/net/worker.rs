@@ -1,17 +1,19 @@
-//! One worker thread: a `mio` event loop over this worker's listening sockets (one per listen
-//! address, each a member of a `SO_REUSEPORT` group) and the relay sockets of the allocations
-//! it created. It owns its [`Server`]; nothing on the packet path is shared or locked.
+//! One worker thread: a `mio` event loop over this worker's listening sockets (UDP, TCP and
+//! TLS, each a member of a `SO_REUSEPORT` group), its client connections, and the relay
+//! sockets of the allocations it created. It owns its [`Server`]; nothing on the packet path
+//! is shared or locked.
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mio::net::UdpSocket;
+use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::stream::{channel_padding, Framer};
 use super::udp::{self, Reservations};
 use crate::proto::wire::{AddressFamily, ErrorCode, CHANNEL_HEADER_LEN};
 use crate::proto::{
@@ -20,10 +22,12 @@ use crate::proto::{
 use crate::telemetry::{Telemetry, WorkerReport};
 
 const WAKER: Token = Token(usize::MAX);
-/// Tokens below this are listeners; relay slot `i` is `Token(RELAY_BASE + i)`.
-const RELAY_BASE: usize = 1 << 16;
-/// Datagrams read from one socket before turning to the next, so a busy socket cannot starve
-/// the rest (quinn's IO_LOOP_BOUND plays the same role).
+/// Tokens below this are listeners; relay slot `i` is `Token(RELAY_BASE + i)` and connection
+/// slot `i` is `Token(CONN_BASE + i)`.
+const RELAY_BASE: usize = 1 << 20;
+const CONN_BASE: usize = 1 << 40;
+/// Datagrams read from one socket (or reads from one connection) before turning to the next,
+/// so a busy socket cannot starve the rest (quinn's IO_LOOP_BOUND plays the same role).
 const RECV_BATCH: usize = 32;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
@@ -31,6 +35,18 @@ const MAX_DATAGRAM: usize = 65_535;
 const MAX_SLEEP: Duration = Duration::from_millis(250);
 /// How often a worker publishes its counters for the management plane.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+/// How often connections are checked for timeouts.
+const CONNECTION_SWEEP: Duration = Duration::from_secs(1);
+/// A TCP client must send a whole message, and a TLS client finish its handshake, within this;
+/// a stalled or slow client cannot pin a connection slot for longer.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection without an allocation that sends nothing for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes queued towards one stream client before further data for it is dropped: a client
+/// that stops reading cannot make the server buffer without bound.
+const MAX_QUEUED: usize = 1 << 20;
+/// Plaintext handed to rustls at a time.
+const TLS_CHUNK: usize = 16 * 1024;
 
 /// What a worker shares with the rest of the process. Workers read it once per loop turn
 /// at most (the shutdown flag and the settings generation); the packet path never locks.
@@ -38,6 +54,7 @@ pub struct WorkerShared {
     pub shutdown: AtomicBool,
     pub reservations: Reservations,
     pub telemetry: Arc<Telemetry>,
+    pub connections: ConnectionLimits,
     /// Bumped on every reload; a worker that sees a new value re-reads `settings`.
     pub generation: AtomicU64,
     pub settings: RwLock<Arc<Settings>>,
@@ -48,6 +65,8 @@ pub struct WorkerShared {
 pub struct Settings {
     pub server: Arc<ServerConfig>,
     pub relay: RelaySettings,
+    /// Certificate and key for TLS listeners.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The relay settings a worker needs to bind relay sockets.
@@ -57,24 +76,100 @@ pub struct RelaySettings {
     pub ports: std::ops::RangeInclusive<u16>,
 }
 
+/// Caps on stream connections, in total and per source address, across all workers. Touched
+/// only when a connection opens or closes.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    pub max_total: usize,
+    pub max_per_source: usize,
+    total: AtomicUsize,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnectionLimits {
+    pub fn new(max_total: usize, max_per_source: usize) -> Self {
+        Self {
+            max_total,
+            max_per_source,
+            total: AtomicUsize::new(0),
+            per_source: Mutex::default(),
+        }
+    }
+
+    fn claim(&self, source: IpAddr) -> bool {
+        let mut per_source = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let count = per_source.entry(source).or_insert(0);
+        if *count >= self.max_per_source || self.total.load(Ordering::Relaxed) >= self.max_total {
+            if *count == 0 {
+                per_source.remove(&source);
+            }
+            return false;
+        }
+        *count += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    fn release(&self, source: IpAddr) {
+        let mut per_source = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_source.get_mut(&source) {
+            *count -= 1;
+            if *count == 0 {
+                per_source.remove(&source);
+            }
+            self.total.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A listening socket of this worker.
+pub enum Listener {
+    Udp(std::net::UdpSocket),
+    Tcp(std::net::TcpListener),
+    Tls(std::net::TcpListener),
+}
+
+enum Bound {
+    Udp(UdpSocket, SocketAddr),
+    Stream(TcpListener, Transport),
+}
+
 struct Relay {
     socket: UdpSocket,
     addr: SocketAddr,
 }
 
+/// A TCP or TLS client connection.
+struct Connection {
+    stream: TcpStream,
+    tuple: FiveTuple,
+    tls: Option<rustls::ServerConnection>,
+    framer: Framer,
+    /// Plaintext waiting to be written (or handed to rustls).
+    queued: Vec<u8>,
+    opened: Instant,
+    last_received: Instant,
+    /// A whole message arrived (TCP) or the handshake finished (TLS).
+    established: bool,
+}
+
 pub struct Worker {
     index: usize,
     poll: Poll,
-    listeners: Vec<(UdpSocket, SocketAddr)>,
+    listeners: Vec<Bound>,
     relays: Vec<Option<Relay>>,
-    free_slots: Vec<usize>,
+    free_relays: Vec<usize>,
     relay_slots: HashMap<SocketAddr, usize>,
+    connections: Vec<Option<Connection>>,
+    free_connections: Vec<usize>,
+    connection_slots: HashMap<FiveTuple, usize>,
     server: Server,
     shared: Arc<WorkerShared>,
     settings: Arc<Settings>,
     generation: u64,
     last_publish: Instant,
-    /// Sockets that may still hold datagrams (mio is edge-triggered).
+    last_sweep: Instant,
+    /// Sockets that may still hold data (mio is edge-triggered).
     ready: VecDeque<Token>,
     recv_buf: Vec<u8>,
     out_buf: Vec<u8>,
@@ -84,7 +179,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(
         index: usize,
-        listeners: Vec<std::net::UdpSocket>,
+        listeners: Vec<Listener>,
         quotas: Arc<crate::proto::Quotas>,
         shared: Arc<WorkerShared>,
     ) -> io::Result<(Self, Arc<Waker>)> {
@@ -97,26 +192,47 @@ impl Worker {
         let server = Server::new(settings.server.clone(), quotas);
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let mut registered = Vec::new();
-        for (i, socket) in listeners.into_iter().enumerate() {
-            let addr = socket.local_addr()?;
-            let mut socket = UdpSocket::from_std(socket);
-            poll.registry()
-                .register(&mut socket, Token(i), Interest::READABLE)?;
-            registered.push((socket, addr));
+        let mut bound = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let token = Token(i);
+            let listener_is_tls = matches!(listener, Listener::Tls(_));
+            match listener {
+                Listener::Udp(socket) => {
+                    let addr = socket.local_addr()?;
+                    let mut socket = UdpSocket::from_std(socket);
+                    poll.registry()
+                        .register(&mut socket, token, Interest::READABLE)?;
+                    bound.push(Bound::Udp(socket, addr));
+                }
+                Listener::Tcp(listener) | Listener::Tls(listener) => {
+                    let transport = if listener_is_tls {
+                        Transport::Tls
+                    } else {
+                        Transport::Tcp
+                    };
+                    let mut listener = TcpListener::from_std(listener);
+                    poll.registry()
+                        .register(&mut listener, token, Interest::READABLE)?;
+                    bound.push(Bound::Stream(listener, transport));
+                }
+            }
         }
         let worker = Self {
             index,
             poll,
-            listeners: registered,
+            listeners: bound,
             relays: Vec::new(),
-            free_slots: Vec::new(),
+            free_relays: Vec::new(),
             relay_slots: HashMap::new(),
+            connections: Vec::new(),
+            free_connections: Vec::new(),
+            connection_slots: HashMap::new(),
             server,
             shared,
             settings,
             generation,
             last_publish: Instant::now(),
+            last_sweep: Instant::now(),
             ready: VecDeque::new(),
             recv_buf: vec![0; CHANNEL_HEADER_LEN + MAX_DATAGRAM],
             out_buf: vec![0; MAX_DATAGRAM + 1024],
@@ -155,7 +271,7 @@ impl Worker {
                 let Some(token) = self.ready.pop_front() else {
                     break;
                 };
-                if self.drain_socket(token) {
+                if self.service(token) {
                     self.ready.push_back(token);
                 }
             }
@@ -163,9 +279,16 @@ impl Worker {
             self.server.handle_timeout(now);
             self.apply_events();
             self.reload_if_changed();
+            if now.duration_since(self.last_sweep) >= CONNECTION_SWEEP {
+                self.sweep_connections(now);
+            }
             if now.duration_since(self.last_publish) >= PUBLISH_INTERVAL {
                 self.publish(now);
             }
+        }
+        let slots: Vec<usize> = self.connection_slots.values().copied().collect();
+        for slot in slots {
+            self.close_connection(slot, "shutdown");
         }
         self.server.clear();
         self.apply_events();
@@ -198,15 +321,25 @@ impl Worker {
         self.shared.telemetry.publish(self.index, &report, now);
     }
 
-    /// Reads up to a batch of datagrams from one socket; true if it may hold more.
-    fn drain_socket(&mut self, token: Token) -> bool {
+    /// Serves one ready socket for a bounded amount of work; true if it may have more.
+    fn service(&mut self, token: Token) -> bool {
+        if token.0 >= CONN_BASE {
+            return self.service_connection(token.0 - CONN_BASE);
+        }
+        if token.0 >= RELAY_BASE {
+            return self.drain(|w| w.recv_from_peer(token.0 - RELAY_BASE));
+        }
+        match self.listeners.get(token.0) {
+            Some(Bound::Udp(..)) => self.drain(|w| w.recv_from_client(token.0)),
+            Some(Bound::Stream(..)) => self.drain(|w| w.accept(token.0)),
+            None => false,
+        }
+    }
+
+    /// Calls `step` up to a batch of times until it would block; true if it may have more.
+    fn drain(&mut self, mut step: impl FnMut(&mut Self) -> io::Result<()>) -> bool {
         for _ in 0..RECV_BATCH {
-            let received = if token.0 >= RELAY_BASE {
-                self.recv_from_peer(token.0 - RELAY_BASE)
-            } else {
-                self.recv_from_client(token.0)
-            };
-            match received {
+            match step(self) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 // ICMP errors surface as recv errors on some kernels; the socket lives on.
@@ -217,7 +350,7 @@ impl Worker {
     }
 
     fn recv_from_client(&mut self, index: usize) -> io::Result<()> {
-        let Some((socket, local)) = self.listeners.get(index) else {
+        let Some(Bound::Udp(socket, local)) = self.listeners.get(index) else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
         let local = *local;
@@ -229,17 +362,12 @@ impl Worker {
             transport: Transport::Udp,
         };
         let data = &self.recv_buf[..len];
-        match self
+        let reply = match self
             .server
             .handle_client(now, unix_now(), tuple, data, &mut self.out_buf)
         {
-            ClientAction::Drop => {}
-            ClientAction::Reply(n) => send(
-                &self.listeners[index].0,
-                &self.out_buf[..n],
-                client,
-                &mut self.send_errors,
-            ),
+            ClientAction::Drop => None,
+            ClientAction::Reply(n) => Some(n),
             ClientAction::Relay {
                 relay,
                 peer,
@@ -252,16 +380,12 @@ impl Worker {
                 {
                     send(&relay.socket, payload, peer, &mut self.send_errors);
                 }
+                None
             }
-            ClientAction::Allocate(pending) => {
-                let n = self.allocate(now, pending);
-                send(
-                    &self.listeners[index].0,
-                    &self.out_buf[..n],
-                    client,
-                    &mut self.send_errors,
-                );
-            }
+            ClientAction::Allocate(pending) => Some(self.allocate(now, pending)),
+        };
+        if let (Some(n), Some(Bound::Udp(socket, _))) = (reply, self.listeners.get(index)) {
+            send(socket, &self.out_buf[..n], client, &mut self.send_errors);
         }
         self.apply_events();
         Ok(())
@@ -283,17 +407,36 @@ impl Worker {
             len,
             &mut self.out_buf,
         );
-        let (tuple, bytes) = match action {
-            Some(PeerAction::ChannelData { tuple, len }) => (tuple, &self.recv_buf[..len]),
-            Some(PeerAction::DataIndication { tuple, len }) => (tuple, &self.out_buf[..len]),
+        let (tuple, bytes, channel_data) = match action {
+            Some(PeerAction::ChannelData { tuple, len }) => (tuple, &self.recv_buf[..len], true),
+            Some(PeerAction::DataIndication { tuple, len }) => (tuple, &self.out_buf[..len], false),
             None => return Ok(()),
         };
-        if let Some((socket, _)) = self
-            .listeners
-            .iter()
-            .find(|(_, addr)| *addr == tuple.server)
-        {
-            send(socket, bytes, tuple.client, &mut self.send_errors);
+        if tuple.transport == Transport::Udp {
+            let socket = self.listeners.iter().find_map(|l| match l {
+                Bound::Udp(socket, addr) if *addr == tuple.server => Some(socket),
+                _ => None,
+            });
+            if let Some(socket) = socket {
+                send(socket, bytes, tuple.client, &mut self.send_errors);
+            }
+            return Ok(());
+        }
+        // Over a stream, ChannelData is padded to a multiple of four (RFC 8656 §12.5).
+        let padding = if channel_data {
+            channel_padding(bytes.len())
+        } else {
+            &[]
+        };
+        if let Some(&slot) = self.connection_slots.get(&tuple) {
+            if let Some(connection) = self.connections[slot].as_mut() {
+                if !queue(connection, &[bytes, padding]) {
+                    self.send_errors += 1;
+                }
+                if flush(connection).is_err() {
+                    self.close_connection(slot, "write failed");
+                }
+            }
         }
         Ok(())
     }
@@ -366,7 +509,7 @@ impl Worker {
     fn register_relay(&mut self, socket: std::net::UdpSocket) -> io::Result<SocketAddr> {
         let addr = socket.local_addr()?;
         let mut socket = UdpSocket::from_std(socket);
-        let slot = self.free_slots.pop().unwrap_or_else(|| {
+        let slot = self.free_relays.pop().unwrap_or_else(|| {
             self.relays.push(None);
             self.relays.len() - 1
         });
@@ -375,7 +518,7 @@ impl Worker {
                 .registry()
                 .register(&mut socket, Token(RELAY_BASE + slot), Interest::READABLE)
         {
-            self.free_slots.push(slot);
+            self.free_relays.push(slot);
             return Err(e);
         }
         self.relays[slot] = Some(Relay { socket, addr });
@@ -392,10 +535,300 @@ impl Worker {
                         if let Some(mut relay) = self.relays[slot].take() {
                             let _ = self.poll.registry().deregister(&mut relay.socket);
                         }
-                        self.free_slots.push(slot);
+                        self.free_relays.push(slot);
                     }
                 }
             }
+        }
+    }
+
+    /// Accepts one connection on a TCP or TLS listener.
+    fn accept(&mut self, index: usize) -> io::Result<()> {
+        let Some(Bound::Stream(listener, transport)) = self.listeners.get(index) else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let transport = *transport;
+        let (mut stream, client) = listener.accept()?;
+        if !self.shared.connections.claim(client.ip()) {
+            tracing::debug!(%client, "connection refused: too many connections");
+            return Ok(());
+        }
+        let opened = self.open_connection(&mut stream, client, transport);
+        match opened {
+            Ok(tls) => {
+                let now = Instant::now();
+                let tuple = FiveTuple {
+                    client,
+                    server: stream.local_addr()?,
+                    transport,
+                };
+                let slot = self.free_connections.pop().unwrap_or_else(|| {
+                    self.connections.push(None);
+                    self.connections.len() - 1
+                });
+                self.poll.registry().register(
+                    &mut stream,
+                    Token(CONN_BASE + slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                self.connections[slot] = Some(Connection {
+                    stream,
+                    tuple,
+                    tls,
+                    framer: Framer::new(),
+                    queued: Vec::new(),
+                    opened: now,
+                    last_received: now,
+                    established: false,
+                });
+                self.connection_slots.insert(tuple, slot);
+            }
+            Err(e) => {
+                tracing::debug!(%client, error = %e, "connection not opened");
+                self.shared.connections.release(client.ip());
+            }
+        }
+        Ok(())
+    }
+
+    fn open_connection(
+        &self,
+        stream: &mut TcpStream,
+        client: SocketAddr,
+        transport: Transport,
+    ) -> io::Result<Option<rustls::ServerConnection>> {
+        stream.set_nodelay(true)?;
+        if transport != Transport::Tls {
+            return Ok(None);
+        }
+        let config = self.settings.tls.clone().ok_or_else(|| {
+            io::Error::other(format!(
+                "TLS connection from {client} but no certificate loaded"
+            ))
+        })?;
+        rustls::ServerConnection::new(config)
+            .map(Some)
+            .map_err(io::Error::other)
+    }
+
+    /// Reads what a connection has, handles its frames and flushes replies; true if it may
+    /// have more to read.
+    fn service_connection(&mut self, slot: usize) -> bool {
+        let Some(connection) = self.connections.get_mut(slot).and_then(Option::as_mut) else {
+            return false;
+        };
+        let (more, closed) = match read_connection(connection, &mut self.recv_buf) {
+            Ok(progress) => progress,
+            Err(e) => {
+                self.close_connection(slot, &e.to_string());
+                return false;
+            }
+        };
+        if let Err(e) = self.handle_frames(slot) {
+            self.close_connection(slot, &e);
+            return false;
+        }
+        let Some(connection) = self.connections[slot].as_mut() else {
+            return false;
+        };
+        if flush(connection).is_err() || closed {
+            self.close_connection(
+                slot,
+                if closed {
+                    "closed by client"
+                } else {
+                    "write failed"
+                },
+            );
+            return false;
+        }
+        more
+    }
+
+    /// Hands every complete frame a connection has received to the core.
+    fn handle_frames(&mut self, slot: usize) -> Result<(), String> {
+        let Some(connection) = self.connections[slot].as_mut() else {
+            return Ok(());
+        };
+        let tuple = connection.tuple;
+        let mut framer = std::mem::take(&mut connection.framer);
+        let result = loop {
+            let range = match framer.next_frame() {
+                Ok(Some(range)) => range,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e.to_string()),
+            };
+            let now = Instant::now();
+            let data = &framer.data()[range];
+            let reply =
+                match self
+                    .server
+                    .handle_client(now, unix_now(), tuple, data, &mut self.out_buf)
+                {
+                    ClientAction::Drop => None,
+                    ClientAction::Reply(n) => Some(n),
+                    ClientAction::Relay {
+                        relay,
+                        peer,
+                        payload,
+                    } => {
+                        if let Some(relay) = self
+                            .relay_slots
+                            .get(&relay)
+                            .and_then(|&i| self.relays[i].as_ref())
+                        {
+                            send(&relay.socket, payload, peer, &mut self.send_errors);
+                        }
+                        None
+                    }
+                    ClientAction::Allocate(pending) => Some(self.allocate(now, pending)),
+                };
+            self.apply_events();
+            if let Some(connection) = self.connections[slot].as_mut() {
+                connection.established = true;
+                if let Some(n) = reply {
+                    if !queue(connection, &[&self.out_buf[..n]]) {
+                        self.send_errors += 1;
+                    }
+                }
+            }
+        };
+        if let Some(connection) = self.connections[slot].as_mut() {
+            connection.framer = framer;
+        }
+        result
+    }
+
+    fn close_connection(&mut self, slot: usize, reason: &str) {
+        let Some(mut connection) = self.connections.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        tracing::debug!(client = %connection.tuple.client, reason, "connection closed");
+        let _ = self.poll.registry().deregister(&mut connection.stream);
+        self.connection_slots.remove(&connection.tuple);
+        self.free_connections.push(slot);
+        self.shared
+            .connections
+            .release(connection.tuple.client.ip());
+        self.server.close_connection(&connection.tuple);
+        self.apply_events();
+    }
+
+    /// Closes connections whose handshake stalled, and idle ones without an allocation.
+    fn sweep_connections(&mut self, now: Instant) {
+        self.last_sweep = now;
+        let mut expired = Vec::new();
+        for (slot, connection) in self.connections.iter().enumerate() {
+            let Some(connection) = connection else {
+                continue;
+            };
+            let handshake_done = connection.established
+                && connection
+                    .tls
+                    .as_ref()
+                    .is_none_or(|tls| !tls.is_handshaking());
+            if !handshake_done && now.duration_since(connection.opened) >= HANDSHAKE_TIMEOUT {
+                expired.push((slot, "handshake timeout"));
+            } else if now.duration_since(connection.last_received) >= IDLE_TIMEOUT
+                && !self.server.has_allocation(&connection.tuple)
+            {
+                expired.push((slot, "idle timeout"));
+            }
+        }
+        for (slot, reason) in expired {
+            self.close_connection(slot, reason);
+        }
+    }
+}
+
+/// Reads from a connection into its framer (through rustls for TLS): `(more may be
+/// waiting, the client closed its side)`.
+fn read_connection(connection: &mut Connection, buf: &mut [u8]) -> io::Result<(bool, bool)> {
+    for _ in 0..RECV_BATCH {
+        let received = match &mut connection.tls {
+            Some(tls) => match tls.read_tls(&mut connection.stream) {
+                Ok(0) => return Ok((false, true)),
+                Ok(_) => {
+                    let state = tls.process_new_packets().map_err(|e| {
+                        // Best effort: tell the client why before closing.
+                        let _ = tls.write_tls(&mut connection.stream);
+                        io::Error::other(e)
+                    })?;
+                    let mut available = state.plaintext_bytes_to_read();
+                    while available > 0 {
+                        let chunk = available.min(buf.len());
+                        let n = tls.reader().read(&mut buf[..chunk])?;
+                        connection.framer.extend(&buf[..n]);
+                        available -= n;
+                    }
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, false)),
+                Err(e) => return Err(e),
+            },
+            None => match connection.stream.read(buf) {
+                Ok(0) => return Ok((false, true)),
+                Ok(n) => {
+                    connection.framer.extend(&buf[..n]);
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, false)),
+                Err(e) => return Err(e),
+            },
+        };
+        if received {
+            connection.last_received = Instant::now();
+        }
+    }
+    Ok((true, false))
+}
+
+/// Queues bytes for a stream client; false (and nothing queued) when its queue is full.
+fn queue(connection: &mut Connection, parts: &[&[u8]]) -> bool {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if connection.queued.len() + len > MAX_QUEUED {
+        return false;
+    }
+    for part in parts {
+        connection.queued.extend_from_slice(part);
+    }
+    true
+}
+
+/// Writes as much queued data as the socket takes (through rustls for TLS).
+fn flush(connection: &mut Connection) -> io::Result<()> {
+    let Connection {
+        stream,
+        tls,
+        queued,
+        ..
+    } = connection;
+    match tls {
+        Some(tls) => loop {
+            while tls.wants_write() {
+                match tls.write_tls(stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+            if queued.is_empty() || tls.is_handshaking() {
+                return Ok(());
+            }
+            let n = tls.writer().write(&queued[..queued.len().min(TLS_CHUNK)])?;
+            queued.drain(..n);
+        },
+        None => {
+            while !queued.is_empty() {
+                match stream.write(queued) {
+                    Ok(n) => {
+                        queued.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
         }
     }
 }

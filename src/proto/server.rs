@@ -1027,6 +1027,20 @@ impl Server {
         }
     }
 
+    pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.allocations.contains_key(tuple)
+    }
+
+    /// A TCP or TLS client connection closed: its allocation goes with it (RFC 8656 §3.1).
+    pub fn close_connection(&mut self, tuple: &FiveTuple) {
+        if let Some(allocation) = self.allocations.get(tuple) {
+            tracing::info!(user = %allocation.quota_key, client = %tuple.client,
+                relay = %allocation.relayed, "allocation ended with its connection");
+            self.stats.allocations_deleted += 1;
+            self.remove_allocation(tuple);
+        }
+    }
+
     /// Frees every allocation (shutdown), releasing quotas.
     pub fn clear(&mut self) {
         let tuples: Vec<FiveTuple> = self.allocations.keys().copied().collect();
