@@ -124,7 +124,12 @@ pub fn server_config(
         bandwidth_per_allocation: config.bandwidth_per_allocation,
         peer_filter: PeerFilter::new(config.allow_peers.clone(), config.deny_peers.clone()),
         own_addresses: listen.to_vec(),
-        external_ip: config.external_ip,
+        external_ips: config
+            .external_ip
+            .map(|ip| (None, ip))
+            .into_iter()
+            .collect(),
+        alternate_servers: Vec::new(),
         relay_ipv4: relay_ips.iter().any(IpAddr::is_ipv4),
         relay_ipv6: relay_ips.iter().any(IpAddr::is_ipv6),
     }

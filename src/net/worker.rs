@@ -441,68 +441,80 @@ impl Worker {
         Ok(())
     }
 
-    /// Binds the relay socket an authenticated Allocate needs and completes it.
+    /// Binds the relay sockets an authenticated Allocate needs and completes it.
     fn allocate(&mut self, now: Instant, pending: PendingAllocation) -> usize {
-        let bound = match pending.reservation_token {
-            Some(token) => self
-                .shared
-                .reservations
-                .take(token, now)
-                .map(|socket| (socket, None))
-                .ok_or(ErrorCode::INSUFFICIENT_CAPACITY),
-            None => {
-                let wanted_v4 = pending.family == AddressFamily::IPV4;
-                match self
-                    .settings
-                    .relay
+        match self.bind_relays(now, &pending) {
+            Ok((relays, token)) => {
+                self.server
+                    .accept_allocation(now, pending, &relays, token, &mut self.out_buf)
+            }
+            Err(code) => {
+                tracing::warn!(code, "no relay socket for allocation");
+                self.server
+                    .reject_allocation(pending, code, &mut self.out_buf)
+            }
+        }
+    }
+
+    /// One registered relay socket per requested family (or the reserved one), and the
+    /// RESERVATION-TOKEN of a port held beside the first; an error code when that fails.
+    fn bind_relays(
+        &mut self,
+        now: Instant,
+        pending: &PendingAllocation,
+    ) -> Result<(Vec<SocketAddr>, Option<u64>), u16> {
+        let mut sockets = Vec::new();
+        let mut token = None;
+        if let Some(reserved) = pending.reservation_token {
+            let socket = self.shared.reservations.take(reserved, now);
+            sockets.push(socket.ok_or(ErrorCode::INSUFFICIENT_CAPACITY)?);
+        } else {
+            for (i, family) in pending.families.iter().enumerate() {
+                let wanted_v4 = *family == AddressFamily::IPV4;
+                let relay = &self.settings.relay;
+                let ip = *relay
                     .ips
                     .iter()
                     .find(|ip| ip.is_ipv4() == wanted_v4)
-                {
-                    None => Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
-                    Some(&ip) => {
-                        let even = pending.even_port.is_some();
-                        let reserve = pending.even_port == Some(true);
-                        udp::bind_relay(ip, &self.settings.relay.ports, even, reserve)
-                            .ok_or(ErrorCode::INSUFFICIENT_CAPACITY)
-                    }
-                }
-            }
-        };
-        let (socket, reserved) = match bound {
-            Ok(bound) => bound,
-            Err(code) => {
-                tracing::warn!(code, "no relay socket for allocation");
-                return self
-                    .server
-                    .reject_allocation(pending, code, &mut self.out_buf);
-            }
-        };
-        let token = match reserved {
-            Some(reserved) => match self.shared.reservations.hold(reserved, now) {
-                Some(token) => Some(token),
-                None => {
-                    return self.server.reject_allocation(
-                        pending,
-                        ErrorCode::INSUFFICIENT_CAPACITY,
-                        &mut self.out_buf,
-                    )
-                }
-            },
-            None => None,
-        };
-        match self.register_relay(socket) {
-            Ok(addr) => self
-                .server
-                .accept_allocation(now, pending, addr, token, &mut self.out_buf),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot register relay socket");
-                self.server.reject_allocation(
-                    pending,
-                    ErrorCode::INSUFFICIENT_CAPACITY,
-                    &mut self.out_buf,
+                    .ok_or(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED)?;
+                // EVEN-PORT applies to the first relayed address (RFC 8656 §7.2).
+                let even_port = pending.even_port.filter(|_| i == 0);
+                let (socket, reserved) = udp::bind_relay(
+                    ip,
+                    &relay.ports,
+                    even_port.is_some(),
+                    even_port == Some(true),
                 )
+                .ok_or(ErrorCode::INSUFFICIENT_CAPACITY)?;
+                if let Some(reserved) = reserved {
+                    let held = self.shared.reservations.hold(reserved, now);
+                    token = Some(held.ok_or(ErrorCode::INSUFFICIENT_CAPACITY)?);
+                }
+                sockets.push(socket);
             }
+        }
+        let mut relays = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            match self.register_relay(socket) {
+                Ok(addr) => relays.push(addr),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register relay socket");
+                    for addr in relays {
+                        self.close_relay(addr);
+                    }
+                    return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+                }
+            }
+        }
+        Ok((relays, token))
+    }
+
+    fn close_relay(&mut self, addr: SocketAddr) {
+        if let Some(slot) = self.relay_slots.remove(&addr) {
+            if let Some(mut relay) = self.relays[slot].take() {
+                let _ = self.poll.registry().deregister(&mut relay.socket);
+            }
+            self.free_relays.push(slot);
         }
     }
 
@@ -530,14 +542,7 @@ impl Worker {
     fn apply_events(&mut self) {
         while let Some(event) = self.server.poll_event() {
             match event {
-                Event::AllocationFreed { relay } => {
-                    if let Some(slot) = self.relay_slots.remove(&relay) {
-                        if let Some(mut relay) = self.relays[slot].take() {
-                            let _ = self.poll.registry().deregister(&mut relay.socket);
-                        }
-                        self.free_relays.push(slot);
-                    }
-                }
+                Event::AllocationFreed { relay } => self.close_relay(relay),
             }
         }
     }

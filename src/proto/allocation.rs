@@ -13,10 +13,8 @@ use super::wire::TransactionId;
 
 #[derive(Debug)]
 pub struct Allocation {
-    /// The local address of the relay socket.
-    pub relay: SocketAddr,
-    /// The address advertised in XOR-RELAYED-ADDRESS (differs behind a 1:1 NAT).
-    pub relayed: SocketAddr,
+    /// One relayed address, or two (IPv4 and IPv6) for a dual allocation (RFC 8656 §7.2).
+    pub relays: Vec<RelayAddress>,
     pub username: String,
     pub quota_key: String,
     pub expires: Instant,
@@ -25,6 +23,8 @@ pub struct Allocation {
     pub transaction: TransactionId,
     pub lifetime: Duration,
     pub reservation_token: Option<u64>,
+    /// An ADDITIONAL-ADDRESS-FAMILY that could not be served (reported with each answer).
+    pub unavailable_family: Option<super::wire::AddressFamily>,
     pub permissions: Vec<Permission>,
     pub channels: Vec<ChannelBinding>,
     /// Byte budgets towards peers and towards the client, when a cap is configured.
@@ -36,6 +36,15 @@ pub struct Allocation {
 pub enum Direction {
     ToPeer = 0,
     ToClient = 1,
+}
+
+/// A relay socket of an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayAddress {
+    /// Where the relay socket is bound.
+    pub local: SocketAddr,
+    /// The address advertised in XOR-RELAYED-ADDRESS (differs behind a 1:1 NAT).
+    pub advertised: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +70,14 @@ pub enum BindError {
 }
 
 impl Allocation {
+    /// The relay socket that talks to peers of `peer`'s address family.
+    pub fn relay_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.relays
+            .iter()
+            .find(|r| r.local.is_ipv4() == peer.is_ipv4())
+            .map(|r| r.local)
+    }
+
     pub fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {
         self.permissions
             .iter()
@@ -196,15 +213,19 @@ mod tests {
     use super::*;
 
     fn allocation(now: Instant) -> Allocation {
+        let relay = "127.0.0.1:50000".parse().unwrap();
         Allocation {
-            relay: "127.0.0.1:50000".parse().unwrap(),
-            relayed: "127.0.0.1:50000".parse().unwrap(),
+            relays: vec![RelayAddress {
+                local: relay,
+                advertised: relay,
+            }],
             username: "u".into(),
             quota_key: "u".into(),
             expires: now + Duration::from_secs(600),
             transaction: 1u128.into(),
             lifetime: Duration::from_secs(600),
             reservation_token: None,
+            unavailable_family: None,
             permissions: vec![],
             channels: vec![],
             bandwidth: None,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::allocation::{Allocation, BindError, Direction, TokenBucket};
+use super::allocation::{Allocation, BindError, Direction, RelayAddress, TokenBucket};
 use super::auth::{AuthError, Credentials, NonceCheck, NonceKey};
 use super::peer_filter::PeerFilter;
 use super::stats::Stats;
@@ -78,7 +78,12 @@ pub struct ServerConfig {
     pub peer_filter: PeerFilter,
     /// The server's own listening addresses: never a valid peer, whatever `allow_peers` says.
     pub own_addresses: Vec<SocketAddr>,
-    pub external_ip: Option<IpAddr>,
+    /// Public addresses to advertise for relay addresses behind a 1:1 NAT: `(private,
+    /// public)` pairs first, then `(None, public)` for any relay of the public's family.
+    pub external_ips: Vec<(Option<IpAddr>, IpAddr)>,
+    /// Answer Allocate with 300 Try Alternate towards one of these (RFC 8489 §10), chosen by
+    /// client address so a client is sent to the same place each time.
+    pub alternate_servers: Vec<SocketAddr>,
     /// Relay address families the server can allocate in.
     pub relay_ipv4: bool,
     pub relay_ipv6: bool,
@@ -171,7 +176,11 @@ pub enum ClientAction<'a> {
 #[derive(Debug)]
 pub struct PendingAllocation {
     pub tuple: FiveTuple,
-    pub family: AddressFamily,
+    /// One relay per family, the requested one first (two for ADDITIONAL-ADDRESS-FAMILY).
+    pub families: Vec<AddressFamily>,
+    /// ADDITIONAL-ADDRESS-FAMILY the server cannot serve: answered with ADDRESS-ERROR-CODE 440
+    /// beside the allocation that succeeded.
+    unavailable_family: Option<AddressFamily>,
     /// EVEN-PORT (RFC 8656 §14.6): `Some(reserve_next)` when requested.
     pub even_port: Option<bool>,
     /// RESERVATION-TOKEN: take the socket reserved under this token.
@@ -196,6 +205,17 @@ pub enum PeerAction {
 pub enum Event {
     /// The allocation is gone (expired or deleted): close its relay socket.
     AllocationFreed { relay: SocketAddr },
+}
+
+/// ADDITIONAL-ADDRESS-FAMILY under its pre-RFC codepoint, which coturn's clients still send
+/// (`turnutils_uclient -Z`).
+fn draft_additional_family(msg: &Message<'_>) -> Option<AddressFamily> {
+    let raw = msg.raw_attribute(wire::DRAFT_ADDITIONAL_ADDRESS_FAMILY)?;
+    match raw.value.first() {
+        Some(0x01) => Some(AddressFamily::IPV4),
+        Some(0x02) => Some(AddressFamily::IPV6),
+        _ => None,
+    }
 }
 
 /// Lets one warning of a kind through per interval and counts the ones it holds back, so a
@@ -228,7 +248,7 @@ struct Authenticated {
 }
 
 /// Attributes a TURN request may carry without a 420 (RFC 8656 §18, RFC 8489 §14).
-const TURN_ATTRIBUTES: [AttributeType; 15] = [
+const TURN_ATTRIBUTES: [AttributeType; 16] = [
     Username::TYPE,
     Realm::TYPE,
     Nonce::TYPE,
@@ -244,6 +264,7 @@ const TURN_ATTRIBUTES: [AttributeType; 15] = [
     ChannelNumber::TYPE,
     Data::TYPE,
     RequestedAddressFamily::TYPE,
+    AdditionalAddressFamily::TYPE,
 ];
 
 /// Attributes a Binding request may carry without a 420.
@@ -336,7 +357,7 @@ impl Server {
             self.expiries.pop_first();
             if let Some(allocation) = self.allocations.get(&tuple) {
                 tracing::info!(user = %allocation.username, client = %tuple.client,
-                    relay = %allocation.relayed, "allocation expired");
+                    relay = %allocation.relays[0].advertised, "allocation expired");
             }
             self.stats.allocations_expired += 1;
             self.remove_allocation(&tuple);
@@ -420,6 +441,10 @@ impl Server {
             self.stats.dropped += 1;
             return ClientAction::Drop;
         };
+        let Some(relay) = allocation.relay_for(peer) else {
+            self.stats.dropped += 1;
+            return ClientAction::Drop;
+        };
         if !allocation.has_permission(peer.ip(), now) {
             self.stats.peer_without_permission += 1;
             return ClientAction::Drop;
@@ -431,7 +456,7 @@ impl Server {
         self.stats.to_peer_packets += 1;
         self.stats.to_peer_bytes += len as u64;
         ClientAction::Relay {
-            relay: allocation.relay,
+            relay,
             peer,
             payload: &data[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + len],
         }
@@ -690,10 +715,37 @@ impl Server {
             let len = self.error(msg, ErrorCode::ALLOCATION_MISMATCH, Some(&auth), out);
             return ClientAction::Reply(len);
         }
+        if let Some(alternate) = self.alternate_for(tuple.client) {
+            self.stats.errors.record(ErrorCode::TRY_ALTERNATE);
+            let mut response = Response::error(
+                ALLOCATE,
+                msg.transaction_id(),
+                ErrorCode::TRY_ALTERNATE,
+                out,
+            );
+            response.add(&AlternateServer::new(alternate));
+            response.add_software(self.config.software.as_deref());
+            let len = response.finish_signed(&auth.credentials, auth.algorithm);
+            return ClientAction::Reply(len);
+        }
         match self.check_allocate(now, tuple, msg, &auth) {
             Ok(pending) => ClientAction::Allocate(pending),
             Err(code) => ClientAction::Reply(self.error(msg, code, Some(&auth), out)),
         }
+    }
+
+    /// The alternate server for `client`, when redirection is configured.
+    fn alternate_for(&self, client: SocketAddr) -> Option<SocketAddr> {
+        let servers = &self.config.alternate_servers;
+        if servers.is_empty() {
+            return None;
+        }
+        // A stable spread: the same client lands on the same alternate.
+        let hash = match client.ip() {
+            IpAddr::V4(ip) => u128::from(u32::from(ip)),
+            IpAddr::V6(ip) => u128::from(ip),
+        };
+        Some(servers[(hash % servers.len() as u128) as usize])
     }
 
     /// RFC 8656 §7.2 steps 2–8, ending with the quota slot claimed.
@@ -716,16 +768,39 @@ impl Server {
             .attribute::<RequestedAddressFamily>()
             .ok()
             .map(|f| f.family());
+        let additional_family = msg
+            .attribute::<AdditionalAddressFamily>()
+            .ok()
+            .map(|f| f.family())
+            .or_else(|| draft_additional_family(msg));
         if reservation_token.is_some() && (even_port.is_some() || requested_family.is_some()) {
             return Err(ErrorCode::BAD_REQUEST);
         }
+        // RFC 8656 §7.2: ADDITIONAL-ADDRESS-FAMILY asks for IPv6 beside the default IPv4 and
+        // cannot be combined with REQUESTED-ADDRESS-FAMILY or a reservation.
+        if additional_family.is_some()
+            && (additional_family != Some(AddressFamily::IPV6)
+                || requested_family.is_some()
+                || reservation_token.is_some())
+        {
+            return Err(ErrorCode::BAD_REQUEST);
+        }
         let family = requested_family.unwrap_or(AddressFamily::IPV4);
-        let available = match family {
+        let available = |family| match family {
             AddressFamily::IPV4 => self.config.relay_ipv4,
             AddressFamily::IPV6 => self.config.relay_ipv6,
         };
-        if !available && reservation_token.is_none() {
+        if !available(family) && reservation_token.is_none() {
             return Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED);
+        }
+        let mut families = vec![family];
+        let mut unavailable_family = None;
+        if let Some(additional) = additional_family {
+            if available(additional) {
+                families.push(additional);
+            } else {
+                unavailable_family = Some(additional);
+            }
         }
         let quota_key = self.config.credentials.quota_key(&auth.username).to_owned();
         if let Err(code) = self.quotas.claim(&quota_key) {
@@ -740,7 +815,8 @@ impl Server {
         }
         Ok(PendingAllocation {
             tuple,
-            family,
+            families,
+            unavailable_family,
             even_port,
             reservation_token,
             transaction: msg.transaction_id(),
@@ -757,37 +833,46 @@ impl Server {
             .clamp(self.config.default_lifetime, self.config.max_lifetime)
     }
 
-    /// Completes an Allocate once the driver has bound the relay socket at `relay`.
-    /// `reserved_token` is the RESERVATION-TOKEN for a port the driver reserved beside it.
+    /// Completes an Allocate once the driver has bound a relay socket for each of
+    /// `pending.families`, in that order. `reserved_token` is the RESERVATION-TOKEN for a port
+    /// the driver reserved beside the first.
     pub fn accept_allocation(
         &mut self,
         now: Instant,
         pending: PendingAllocation,
-        relay: SocketAddr,
+        relays: &[SocketAddr],
         reserved_token: Option<u64>,
         out: &mut [u8],
     ) -> usize {
-        let relayed = match self.config.external_ip {
-            Some(ip) if ip.is_ipv4() == relay.is_ipv4() => SocketAddr::new(ip, relay.port()),
-            _ => relay,
-        };
+        let relays: Vec<RelayAddress> = relays
+            .iter()
+            .map(|&local| RelayAddress {
+                local,
+                advertised: self.advertised(local),
+            })
+            .collect();
         let quota_key = self
             .config
             .credentials
             .quota_key(&pending.auth.username)
             .to_owned();
         let expires = now + pending.lifetime;
-        tracing::info!(user = %quota_key, client = %pending.tuple.client, relay = %relayed,
+        tracing::info!(user = %quota_key, client = %pending.tuple.client,
+            relay = ?relays.iter().map(|r| r.advertised).collect::<Vec<_>>(),
+            transport = pending.tuple.transport.as_str(),
             lifetime = pending.lifetime.as_secs(), "allocation created");
+        for relay in &relays {
+            self.relays.insert(relay.local, pending.tuple);
+        }
         let allocation = Allocation {
-            relay,
-            relayed,
+            relays,
             username: pending.auth.username.clone(),
             quota_key,
             expires,
             transaction: pending.transaction,
             lifetime: pending.lifetime,
             reservation_token: reserved_token,
+            unavailable_family: pending.unavailable_family,
             permissions: Vec::new(),
             channels: Vec::new(),
             bandwidth: self
@@ -796,10 +881,25 @@ impl Server {
                 .map(|rate| [TokenBucket::new(rate, now), TokenBucket::new(rate, now)]),
         };
         self.allocations.insert(pending.tuple, allocation);
-        self.relays.insert(relay, pending.tuple);
         self.expiries.insert((expires, pending.tuple));
         self.stats.allocations_created[pending.tuple.transport as usize] += 1;
         self.allocate_success(&pending.tuple, &pending.auth, out)
+    }
+
+    /// The address to advertise for a relay bound at `local`.
+    fn advertised(&self, local: SocketAddr) -> SocketAddr {
+        let ip = local.ip();
+        let external = &self.config.external_ips;
+        let public = external
+            .iter()
+            .find(|(private, _)| *private == Some(ip))
+            .or_else(|| {
+                external
+                    .iter()
+                    .find(|(private, public)| private.is_none() && public.is_ipv4() == ip.is_ipv4())
+            })
+            .map_or(ip, |(_, public)| *public);
+        SocketAddr::new(public, local.port())
     }
 
     /// Answers an Allocate the driver could not serve (508: no relay port; 440: no address).
@@ -821,7 +921,14 @@ impl Server {
         let allocation = &self.allocations[tuple];
         let transaction = allocation.transaction;
         let mut response = Response::success(ALLOCATE, transaction, out);
-        response.add(&XorRelayedAddress::new(allocation.relayed, transaction));
+        for relay in &allocation.relays {
+            response.add(&XorRelayedAddress::new(relay.advertised, transaction));
+        }
+        if let Some(family) = allocation.unavailable_family {
+            if let Ok(code) = ErrorCode::builder(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED).build() {
+                response.add(&AddressErrorCode::new(family, code));
+            }
+        }
         response.add(&Lifetime::new(allocation.lifetime.as_secs() as u32));
         if let Some(token) = allocation.reservation_token {
             response.add(&ReservationToken::new(token));
@@ -845,7 +952,7 @@ impl Server {
         if requested == Some(0) {
             if let Some(allocation) = self.allocations.get(&tuple) {
                 tracing::info!(user = %allocation.quota_key, client = %tuple.client,
-                    relay = %allocation.relayed, "allocation deleted");
+                    relay = %allocation.relays[0].advertised, "allocation deleted");
             }
             self.stats.allocations_deleted += 1;
             self.remove_allocation(&tuple);
@@ -895,17 +1002,20 @@ impl Server {
         tuple: FiveTuple,
         msg: &Message<'_>,
     ) -> Result<Option<Duration>, u16> {
-        let Some(relay_is_v4) = self.allocations.get(&tuple).map(|a| a.relay.is_ipv4()) else {
+        let Some(allocation) = self.allocations.get(&tuple) else {
             return Err(ErrorCode::ALLOCATION_MISMATCH);
         };
         let peers = self.peer_addresses(msg);
         if peers.is_empty() {
             return Err(ErrorCode::BAD_REQUEST);
         }
+        if peers
+            .iter()
+            .any(|peer| allocation.relay_for(*peer).is_none())
+        {
+            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+        }
         for peer in &peers {
-            if peer.is_ipv4() != relay_is_v4 {
-                return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
-            }
             if !self.config.peer_filter.is_allowed(peer.ip()) {
                 self.deny_peer(now, peer.ip());
                 return Err(ErrorCode::FORBIDDEN);
@@ -932,9 +1042,9 @@ impl Server {
         tuple: FiveTuple,
         msg: &Message<'_>,
     ) -> Result<Option<Duration>, u16> {
-        let Some(relay_is_v4) = self.allocations.get(&tuple).map(|a| a.relay.is_ipv4()) else {
+        if !self.allocations.contains_key(&tuple) {
             return Err(ErrorCode::ALLOCATION_MISMATCH);
-        };
+        }
         let number = msg
             .attribute::<ChannelNumber>()
             .map_err(|_| ErrorCode::BAD_REQUEST)?
@@ -946,7 +1056,7 @@ impl Server {
             .attribute::<XorPeerAddress>()
             .map_err(|_| ErrorCode::BAD_REQUEST)?
             .addr(msg.transaction_id());
-        if peer.is_ipv4() != relay_is_v4 {
+        if self.allocations[&tuple].relay_for(peer).is_none() {
             return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
         }
         self.check_peer(now, peer)?;
@@ -999,6 +1109,10 @@ impl Server {
             self.stats.dropped += 1;
             return ClientAction::Drop;
         };
+        let Some(relay) = allocation.relay_for(peer) else {
+            self.stats.dropped += 1;
+            return ClientAction::Drop;
+        };
         if !allocation.has_permission(peer.ip(), now) {
             self.stats.peer_without_permission += 1;
             return ClientAction::Drop;
@@ -1010,7 +1124,7 @@ impl Server {
         self.stats.to_peer_packets += 1;
         self.stats.to_peer_bytes += payload_len as u64;
         ClientAction::Relay {
-            relay: allocation.relay,
+            relay,
             peer,
             payload,
         }
@@ -1019,11 +1133,12 @@ impl Server {
     fn remove_allocation(&mut self, tuple: &FiveTuple) {
         if let Some(allocation) = self.allocations.remove(tuple) {
             self.expiries.remove(&(allocation.expires, *tuple));
-            self.relays.remove(&allocation.relay);
             self.quotas.release(&allocation.quota_key);
-            self.events.push_back(Event::AllocationFreed {
-                relay: allocation.relay,
-            });
+            for relay in &allocation.relays {
+                self.relays.remove(&relay.local);
+                self.events
+                    .push_back(Event::AllocationFreed { relay: relay.local });
+            }
         }
     }
 
@@ -1035,7 +1150,7 @@ impl Server {
     pub fn close_connection(&mut self, tuple: &FiveTuple) {
         if let Some(allocation) = self.allocations.get(tuple) {
             tracing::info!(user = %allocation.quota_key, client = %tuple.client,
-                relay = %allocation.relayed, "allocation ended with its connection");
+                relay = %allocation.relays[0].advertised, "allocation ended with its connection");
             self.stats.allocations_deleted += 1;
             self.remove_allocation(tuple);
         }

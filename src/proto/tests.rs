@@ -36,7 +36,8 @@ fn config() -> ServerConfig {
         bandwidth_per_allocation: None,
         peer_filter: PeerFilter::new(vec![], vec![]),
         own_addresses: vec!["192.0.2.10:3478".parse().unwrap()],
-        external_ip: None,
+        external_ips: vec![],
+        alternate_servers: vec![],
         relay_ipv4: true,
         relay_ipv6: false,
     }
@@ -148,12 +149,22 @@ impl Harness {
                 payload,
             } => Outcome::Relay(relay, peer, payload.to_vec()),
             ClientAction::Allocate(pending) => {
-                let relay = SocketAddr::from(([192, 0, 2, 10], self.next_relay_port));
+                let port = self.next_relay_port;
                 self.next_relay_port += 2;
+                let relays: Vec<SocketAddr> = pending
+                    .families
+                    .iter()
+                    .map(|family| match family {
+                        AddressFamily::IPV4 => SocketAddr::from(([192, 0, 2, 10], port)),
+                        AddressFamily::IPV6 => {
+                            SocketAddr::new("2001:db8::10".parse().unwrap(), port)
+                        }
+                    })
+                    .collect();
                 let token = (pending.even_port == Some(true)).then_some(0xfeed);
                 let len =
                     self.server
-                        .accept_allocation(self.now, pending, relay, token, &mut self.out);
+                        .accept_allocation(self.now, pending, &relays, token, &mut self.out);
                 Outcome::Reply(self.out[..len].to_vec())
             }
         }
@@ -1052,4 +1063,122 @@ fn malformed_input_is_counted_never_answered_with_a_panic() {
         ));
     }
     assert!(h.server.stats.malformed >= 8, "{:?}", h.server.stats);
+}
+
+fn relayed_addresses(reply: &[u8]) -> Vec<SocketAddr> {
+    let msg = Message::from_bytes(reply).unwrap();
+    (0..)
+        .map_while(|n| msg.nth_attribute::<XorRelayedAddress>(n).ok())
+        .map(|a| a.addr(msg.transaction_id()))
+        .collect()
+}
+
+fn additional_ipv6(msg: &mut MessageWriteVec, transaction: TransactionId) {
+    udp_transport(msg, transaction);
+    msg.add_attribute(&AdditionalAddressFamily::new(AddressFamily::IPV6))
+        .unwrap();
+}
+
+#[test]
+fn dual_allocation_relays_both_families() {
+    let mut config = config();
+    config.relay_ipv6 = true;
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    let reply = h.authed(CLIENT, &user, ALLOCATE, additional_ipv6);
+    let relayed = relayed_addresses(&reply);
+    assert_eq!(relayed.len(), 2, "one XOR-RELAYED-ADDRESS per family");
+    assert!(relayed[0].is_ipv4() && relayed[1].is_ipv6());
+    let v6_peer = addr("[2001:4860::8888]:5000");
+    let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(v6_peer));
+    assert_eq!(
+        Message::from_bytes(&reply).unwrap().class(),
+        MessageClass::Success
+    );
+    let reply = h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, v6_peer));
+    assert_eq!(
+        Message::from_bytes(&reply).unwrap().class(),
+        MessageClass::Success
+    );
+    match h.send(CLIENT, &[0x40, 0x00, 0x00, 0x01, 7, 0, 0, 0]) {
+        Outcome::Relay(from, to, _) => assert_eq!((from, to), (relayed[1], v6_peer)),
+        _ => panic!("ChannelData to the IPv6 peer not relayed"),
+    }
+    // Deleting it frees both relay sockets.
+    h.authed(CLIENT, &user, REFRESH, |m, _| {
+        m.add_attribute(&Lifetime::new(0)).unwrap()
+    });
+    let freed: Vec<Event> = std::iter::from_fn(|| h.server.poll_event()).collect();
+    assert_eq!(freed.len(), 2);
+}
+
+#[test]
+fn dual_allocation_without_ipv6_relay_reports_440_beside_ipv4() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    let reply = h.authed(CLIENT, &user, ALLOCATE, additional_ipv6);
+    let msg = Message::from_bytes(&reply).unwrap();
+    assert_eq!(msg.class(), MessageClass::Success);
+    assert_eq!(relayed_addresses(&reply).len(), 1);
+    let error = msg.attribute::<AddressErrorCode>().unwrap();
+    assert_eq!(error.family(), AddressFamily::IPV6);
+    assert_eq!(error.error().code(), 440);
+    let reply = h.authed("198.51.100.7:1", &user, ALLOCATE, |m, t| {
+        additional_ipv6(m, t);
+        m.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV4))
+            .unwrap();
+    });
+    assert_eq!(reply_code(&reply), Some(400), "both family attributes");
+}
+
+#[test]
+fn alternate_server_answers_allocate_with_300() {
+    let mut config = config();
+    config.alternate_servers = vec![addr("198.51.100.200:3478")];
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    let reply = h.authed(CLIENT, &user, ALLOCATE, udp_transport);
+    let msg = Message::from_bytes(&reply).unwrap();
+    assert_eq!(code(&msg), Some(300));
+    assert_eq!(
+        msg.attribute::<AlternateServer>().unwrap().server(),
+        addr("198.51.100.200:3478")
+    );
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.quotas.total(), 0);
+}
+
+#[test]
+fn external_ip_is_advertised_for_matching_relays() {
+    let mut config = config();
+    config.external_ips = vec![(None, "203.0.113.50".parse().unwrap())];
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    let relayed = h.allocate(CLIENT, &user.0, &user.1);
+    assert_eq!(relayed, addr("203.0.113.50:50000"));
+    // Peers still reach the relay through its local address.
+    let peer = addr(PEER);
+    h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(peer));
+    let mut buf = [0u8; 16];
+    let mut out = [0u8; 128];
+    let local = addr("192.0.2.10:50000");
+    assert!(h
+        .server
+        .handle_peer(h.now, local, peer, &mut buf, 4, &mut out)
+        .is_some());
+}
+
+#[test]
+fn closing_a_stream_connection_frees_its_allocation() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1);
+    assert!(h.server.has_allocation(&tuple(CLIENT)));
+    h.server.close_connection(&tuple(CLIENT));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.quotas.total(), 0);
+    assert!(matches!(
+        h.server.poll_event(),
+        Some(Event::AllocationFreed { .. })
+    ));
 }

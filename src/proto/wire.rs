@@ -8,8 +8,8 @@
 use std::net::SocketAddr;
 
 pub use stun_types::attribute::{
-    AttributeType, ErrorCode, Fingerprint, MessageIntegrity, MessageIntegritySha256, Nonce, Realm,
-    Software, UnknownAttributes, Username, XorMappedAddress,
+    AlternateServer, AttributeType, ErrorCode, Fingerprint, MessageIntegrity,
+    MessageIntegritySha256, Nonce, Realm, Software, UnknownAttributes, Username, XorMappedAddress,
 };
 pub use stun_types::message::{
     IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageIntegrityCredentials,
@@ -17,8 +17,8 @@ pub use stun_types::message::{
     TransactionId, BINDING,
 };
 pub use turn_types::attribute::{
-    AdditionalAddressFamily, ChannelNumber, Data, DontFragment, EvenPort, Lifetime,
-    RequestedAddressFamily, RequestedTransport, ReservationToken, XorPeerAddress,
+    AdditionalAddressFamily, AddressErrorCode, ChannelNumber, Data, DontFragment, EvenPort,
+    Lifetime, RequestedAddressFamily, RequestedTransport, ReservationToken, XorPeerAddress,
     XorRelayedAddress,
 };
 pub use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
@@ -33,6 +33,9 @@ pub const CHANGE_REQUEST: AttributeType = AttributeType::new(0x0003);
 /// ICE attributes a Binding request may carry (RFC 8445 §16.1).
 pub const PRIORITY: AttributeType = AttributeType::new(0x0024);
 pub const USE_CANDIDATE: AttributeType = AttributeType::new(0x0025);
+/// ADDITIONAL-ADDRESS-FAMILY as draft-ietf-tram-turnbis numbered it; RFC 8656 moved it to
+/// 0x8000, but coturn's clients still send this one.
+pub const DRAFT_ADDITIONAL_ADDRESS_FAMILY: AttributeType = AttributeType::new(0x8032);
 /// REQUESTED-TRANSPORT protocol number for UDP (RFC 8656 §18.7).
 pub const PROTOCOL_UDP: u8 = 17;
 /// STUN header length (RFC 8489 §5).
