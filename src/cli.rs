@@ -129,6 +129,15 @@ pub struct RunArgs {
     /// Bearer token for the HTTP API (repeatable; adds to api.tokens).
     #[arg(long, value_name = "TOKEN")]
     pub api_token: Vec<String>,
+    /// STUN/TURN URI handed out by the API (repeatable; adds to api.uris).
+    #[arg(long, value_name = "URI")]
+    pub api_uri: Vec<String>,
+    /// Longest credential ttl the API grants on request, in seconds (api.max_ttl_secs).
+    #[arg(long, value_name = "SECONDS")]
+    pub api_max_ttl_secs: Option<u64>,
+    /// Browser origin allowed to call the API (repeatable; adds to api.cors_origins).
+    #[arg(long, value_name = "ORIGIN")]
+    pub api_cors_origin: Vec<String>,
 
     // [tls]
     /// Serve TURN over TLS on this address (repeatable; adds to tls.listen).

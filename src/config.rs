@@ -122,8 +122,17 @@ pub struct Config {
     /// Relayed bytes per second per allocation and direction; `None` = unlimited.
     pub bandwidth_per_allocation: Option<u64>,
     pub api_listen: SocketAddr,
-    /// Bearer tokens for the HTTP API; empty = no token required.
+    /// Bearer tokens for the HTTP API; empty = no token required on loopback (and the
+    /// API refuses to serve credentials beyond loopback).
     pub api_tokens: Vec<Secret>,
+    /// STUN/TURN URIs the API hands out (`stun:`, `stuns:`, `turn:`, `turns:`); empty = the
+    /// API derives them from the listening, relay and external addresses.
+    pub api_uris: Vec<String>,
+    /// Longest ttl the API grants when a client asks for one; `>= credential_ttl`.
+    pub api_max_ttl: Duration,
+    /// Browser origins (`https://app.example.com`) allowed to call the API (CORS); empty =
+    /// no CORS headers.
+    pub api_cors_origins: Vec<String>,
     /// TLS listening addresses; non-empty implies `tls_cert` and `tls_key` are set.
     pub tls_listen: Vec<SocketAddr>,
     /// `tls_cert` and `tls_key` are both set or both unset.
@@ -184,6 +193,14 @@ impl Default for Config {
             // DESIGN "Management plane": loopback, so no token is needed by default.
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_tokens: Vec::new(),
+            // Derived from the addresses the server really listens on, so they are right
+            // without configuration; set them when clients reach the server by DNS name.
+            api_uris: Vec::new(),
+            // Same as the default credential ttl (draft-uberti recommends one day): a
+            // longer-lived credential outlives the user's revocation by that much.
+            api_max_ttl: Duration::from_secs(DEFAULT_CREDENTIAL_TTL_SECS),
+            // No browser origin may call the API until the operator names it.
+            api_cors_origins: Vec::new(),
             // TLS needs a certificate, so it is off until one is configured.
             tls_listen: Vec::new(),
             tls_cert: None,
@@ -296,7 +313,10 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "bandwidth_per_allocation",
         ],
     ),
-    ("api", &["listen", "tokens"]),
+    (
+        "api",
+        &["listen", "tokens", "uris", "max_ttl_secs", "cors_origins"],
+    ),
     ("tls", &["listen", "cert", "key"]),
 ];
 
@@ -359,6 +379,9 @@ struct LimitsFile {
 struct ApiFile {
     listen: String,
     tokens: Vec<String>,
+    uris: Vec<String>,
+    max_ttl_secs: u64,
+    cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -634,6 +657,46 @@ pub fn parse_separator(s: &str) -> Result<char, String> {
     }
 }
 
+/// A URI for `iceServers` (RFC 7064 `stun:`/`stuns:`, RFC 7065 `turn:`/`turns:`), kept as
+/// written: browsers parse it, so only the scheme and the absence of spaces are checked.
+pub fn parse_ice_uri(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let rest = ["stun:", "stuns:", "turn:", "turns:"]
+        .iter()
+        .find_map(|scheme| s.strip_prefix(scheme));
+    match rest {
+        Some(rest)
+            if !rest.is_empty() && !rest.starts_with('/') && !s.chars().any(char::is_whitespace) =>
+        {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!(
+            "`{s}` is not a stun:, stuns:, turn: or turns: URI (e.g. \"turn:turn.example.com:3478?transport=udp\")"
+        )),
+    }
+}
+
+/// A browser origin: `http://` or `https://`, a host, an optional port, nothing after.
+/// Stored in lower case; browsers send origins in lower case too.
+pub fn parse_origin(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let host = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    match host {
+        Some(host)
+            if !host.is_empty()
+                && !host.contains(['/', '?', '#', '@'])
+                && !host.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            Ok(s.to_ascii_lowercase())
+        }
+        _ => Err(format!(
+            "`{s}` is not an origin like \"https://app.example.com\" (scheme and host, no path)"
+        )),
+    }
+}
+
 fn non_empty_path(s: &str) -> Option<PathBuf> {
     (!s.is_empty()).then(|| PathBuf::from(s))
 }
@@ -744,6 +807,9 @@ impl Config {
         let separator =
             parse_separator(&auth.separator).map_err(|m| src.error("auth.separator", m))?;
         let api_listen = parse_socket_addr(&api.listen).map_err(|m| src.error("api.listen", m))?;
+        let api_uris = parse_list(&src, "api.uris", &api.uris, parse_ice_uri)?;
+        let api_cors_origins =
+            parse_list(&src, "api.cors_origins", &api.cors_origins, parse_origin)?;
 
         Ok(Config {
             listen,
@@ -775,6 +841,9 @@ impl Config {
                 .then_some(limits.bandwidth_per_allocation),
             api_listen,
             api_tokens: unique_secrets(api.tokens),
+            api_uris,
+            api_max_ttl: Duration::from_secs(api.max_ttl_secs),
+            api_cors_origins,
             tls_listen,
             tls_cert: non_empty_path(&tls.cert),
             tls_key: non_empty_path(&tls.key),
@@ -1020,6 +1089,32 @@ impl Config {
             extend_unique(&mut self.api_tokens, unique_secrets(args.api_token.clone()));
             flags.insert("api.tokens", ("--api-token", redact_flag(last)));
         }
+        for (given, target, key, flag, parse) in [
+            (
+                &args.api_uri,
+                &mut self.api_uris,
+                "api.uris",
+                "--api-uri",
+                parse_ice_uri as fn(&str) -> Result<String, String>,
+            ),
+            (
+                &args.api_cors_origin,
+                &mut self.api_cors_origins,
+                "api.cors_origins",
+                "--api-cors-origin",
+                parse_origin,
+            ),
+        ] {
+            let mut parsed = Vec::new();
+            for s in given {
+                parsed.push(parse(s).map_err(|m| flag_err(flag, s, m))?);
+            }
+            list(target, &parsed, key, flag, keep_list(key), flags);
+        }
+        if let Some(secs) = args.api_max_ttl_secs {
+            scalar(Some(&secs), "api.max_ttl_secs", "--api-max-ttl-secs", flags);
+            self.api_max_ttl = Duration::from_secs(secs);
+        }
 
         // [tls]
         let keep = keep_list("tls.listen");
@@ -1091,6 +1186,24 @@ impl Config {
         }
         if self.credential_ttl.is_zero() {
             return Err(src.error("auth.credential_ttl_secs", "must be at least 1"));
+        }
+        if self.api_max_ttl.is_zero() {
+            return Err(src.error("api.max_ttl_secs", "must be at least 1"));
+        }
+        if self.credential_ttl > self.api_max_ttl {
+            let (c, m) = (self.credential_ttl.as_secs(), self.api_max_ttl.as_secs());
+            return Err(
+                match src.blame("auth.credential_ttl_secs", "api.max_ttl_secs") {
+                    "auth.credential_ttl_secs" => src.error(
+                        "auth.credential_ttl_secs",
+                        format!("must be <= api.max_ttl_secs ({m})"),
+                    ),
+                    _ => src.error(
+                        "api.max_ttl_secs",
+                        format!("must be >= auth.credential_ttl_secs ({c})"),
+                    ),
+                },
+            );
         }
 
         let (min, max) = (*self.port_range.start(), *self.port_range.end());
@@ -1191,6 +1304,9 @@ impl Config {
             api: ApiFile {
                 listen: self.api_listen.to_string(),
                 tokens: self.api_tokens.iter().map(show).collect(),
+                uris: self.api_uris.clone(),
+                max_ttl_secs: self.api_max_ttl.as_secs(),
+                cors_origins: self.api_cors_origins.clone(),
             },
             tls: TlsFile {
                 listen: display_all(&self.tls_listen),
@@ -1640,6 +1756,64 @@ mod tests {
         );
         assert!(parse_peer_net("10.0.0.0-10.0.0.5").is_err());
         assert!(parse_peer_net("").is_err());
+    }
+
+    #[test]
+    fn api_keys() {
+        let c = load(
+            "[api]\nuris = [\"turn:turn.example.com:3478?transport=udp\", \"stun:[2001:db8::1]:3478\"]\n\
+             max_ttl_secs = 172800\ncors_origins = [\"https://App.example.com\", \"http://localhost:3000\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.api_uris.len(), 2);
+        assert_eq!(c.api_max_ttl, Duration::from_secs(172_800));
+        assert_eq!(
+            c.api_cors_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+        assert_eq!(load(&c.render_effective()).unwrap(), c);
+
+        let e = err("[api]\nuris = [\"http://x\"]\n");
+        assert!(e.contains("api.uris (line 2)"), "{e}");
+        let e = err("[api]\ncors_origins = [\"https://a.example/path\"]\n");
+        assert!(e.contains("api.cors_origins (line 2)"), "{e}");
+        let e = err("[api]\nmax_ttl_secs = 0\n");
+        assert!(
+            e.contains("api.max_ttl_secs (line 2): must be at least 1"),
+            "{e}"
+        );
+        let e = err("[api]\nmax_ttl_secs = 60\n");
+        assert!(
+            e.contains("api.max_ttl_secs (line 2): must be >= auth.credential_ttl_secs"),
+            "{e}"
+        );
+
+        let args = RunArgs {
+            api_uri: vec!["turns:turn.example.com:443?transport=tcp".into()],
+            api_cors_origin: vec!["https://app.example.com".into()],
+            api_max_ttl_secs: Some(90_000),
+            ..RunArgs::default()
+        };
+        let c = Config::load(None, &args).unwrap();
+        assert_eq!(c.api_uris, ["turns:turn.example.com:443?transport=tcp"]);
+        assert_eq!(c.api_cors_origins, ["https://app.example.com"]);
+        assert_eq!(c.api_max_ttl, Duration::from_secs(90_000));
+        let bad = |args: RunArgs| Config::load(None, &args).unwrap_err().to_string();
+        let e = bad(RunArgs {
+            api_uri: vec!["turn:".into()],
+            ..RunArgs::default()
+        });
+        assert!(e.starts_with("--api-uri turn:: "), "{e}");
+        let e = bad(RunArgs {
+            api_cors_origin: vec!["*".into()],
+            ..RunArgs::default()
+        });
+        assert!(e.starts_with("--api-cors-origin *: "), "{e}");
+        let e = bad(RunArgs {
+            api_max_ttl_secs: Some(10),
+            ..RunArgs::default()
+        });
+        assert!(e.starts_with("--api-max-ttl-secs 10: must be >="), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -96,10 +96,26 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
     // Before binding, so a SIGHUP sent as soon as the server is up cannot kill it.
     let mut signals = Signals::new([SIGHUP, SIGINT, SIGTERM])?;
     let running = turnpike::start(&config)?;
+    let api_listener = std::net::TcpListener::bind(config.api_listen).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on api {}: {e}", config.api_listen),
+        )
+    })?;
+    let api_addr = api_listener.local_addr()?;
+    let api = Arc::new(turnpike::api::ApiContext {
+        config: RwLock::new(Arc::new(config.clone())),
+        telemetry: running.telemetry(),
+        udp: running.udp.clone(),
+        relay_ips: running.relay_ips.clone(),
+    });
+    let (api_stop, api_stopped) = tokio::sync::watch::channel(false);
+    let api_thread = turnpike::api::spawn(api_listener, api.clone(), api_stopped)?;
     tracing::info!(
         udp = ?running.udp,
         tcp = ?running.tcp,
         tls = ?running.tls,
+        api = %api_addr,
         relay_ips = ?running.relay_ips,
         relay_ports = ?config.port_range,
         realm = %config.realm,
@@ -111,6 +127,7 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
         "udp": running.udp.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "tcp": running.tcp.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "tls": running.tls.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "api": api_addr.to_string(),
         "relay_ips": running.relay_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "pid": std::process::id(),
     });
@@ -130,7 +147,10 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
                     tracing::warn!("{warning}");
                 }
                 match running.reload(&fresh) {
-                    Ok(()) => tracing::info!("configuration reloaded"),
+                    Ok(()) => {
+                        *api.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+                        tracing::info!("configuration reloaded");
+                    }
                     Err(e) => {
                         tracing::error!("reload failed, keeping the running configuration: {e}")
                     }
@@ -143,6 +163,8 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
     tracing::info!("shutting down");
     notify(&[NotifyState::Stopping]);
     stop_watchdog.store(true, Ordering::Relaxed);
+    let _ = api_stop.send(true);
+    let _ = api_thread.join();
     running.stop()
 }
 

@@ -120,8 +120,9 @@ pub fn mint_rest_credential(
     (username, password)
 }
 
-/// Issues and checks stateless nonces: 16 hex digits of issue time followed by 16 hex digits
-/// of HMAC-SHA256(key, time || client address).
+/// Issues and checks stateless nonces: base64url of the issue time (4 bytes, Unix seconds)
+/// followed by 8 bytes of HMAC-SHA256(key, time || client IP), 16 characters in all,
+/// kept short because every 401 carries one to an unauthenticated source.
 #[derive(Clone)]
 pub struct NonceKey {
     key: [u8; 32],
@@ -146,7 +147,7 @@ impl NonceKey {
         Self { key }
     }
 
-    fn mac(&self, issued: u64, client: SocketAddr) -> [u8; 8] {
+    fn mac(&self, issued: u32, client: SocketAddr) -> [u8; 8] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
             .expect("HMAC accepts keys of any length");
         mac.update(&issued.to_be_bytes());
@@ -154,7 +155,6 @@ impl NonceKey {
             SocketAddr::V4(a) => mac.update(&a.ip().octets()),
             SocketAddr::V6(a) => mac.update(&a.ip().octets()),
         }
-        mac.update(&client.port().to_be_bytes());
         let full = mac.finalize().into_bytes();
         let mut out = [0; 8];
         out.copy_from_slice(&full[..8]);
@@ -162,12 +162,11 @@ impl NonceKey {
     }
 
     pub fn issue(&self, client: SocketAddr, unix_now: u64) -> String {
-        let mac = self.mac(unix_now, client);
-        let mut nonce = format!("{unix_now:016x}");
-        for byte in mac {
-            nonce.push_str(&format!("{byte:02x}"));
-        }
-        nonce
+        let issued = unix_now as u32;
+        let mut raw = [0u8; 12];
+        raw[..4].copy_from_slice(&issued.to_be_bytes());
+        raw[4..].copy_from_slice(&self.mac(issued, client));
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     }
 
     pub fn check(
@@ -177,17 +176,15 @@ impl NonceKey {
         unix_now: u64,
         lifetime_secs: u64,
     ) -> NonceCheck {
-        let Some(issued) = nonce
-            .get(..16)
-            .and_then(|t| u64::from_str_radix(t, 16).ok())
-        else {
+        let mut raw = [0u8; 12];
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        if nonce.len() != 16 || engine.decode_slice(nonce, &mut raw) != Ok(12) {
             return NonceCheck::Stale;
-        };
-        let Some(presented) = nonce.get(16..).and_then(decode_hex8) else {
-            return NonceCheck::Stale;
-        };
-        let genuine: bool = self.mac(issued, client).ct_eq(&presented).into();
+        }
+        let issued = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let genuine: bool = self.mac(issued, client).ct_eq(&raw[4..]).into();
         // A nonce from the future is forged or from a clock that jumped; either way refresh it.
+        let issued = u64::from(issued);
         let fresh = issued <= unix_now && unix_now - issued < lifetime_secs;
         if genuine && fresh {
             NonceCheck::Valid
@@ -195,17 +192,6 @@ impl NonceKey {
             NonceCheck::Stale
         }
     }
-}
-
-fn decode_hex8(s: &str) -> Option<[u8; 8]> {
-    if s.len() != 16 {
-        return None;
-    }
-    let mut out = [0; 8];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -273,16 +259,19 @@ mod tests {
     fn nonce_expires_after_lifetime_and_is_bound_to_address() {
         let key = NonceKey::new([7; 32]);
         let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
-        let b: SocketAddr = "192.0.2.1:1001".parse().unwrap();
+        let same_ip: SocketAddr = "192.0.2.1:1001".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:1000".parse().unwrap();
         let nonce = key.issue(a, 5000);
-        assert_eq!(nonce.len(), 32);
+        assert_eq!(nonce.len(), 16);
         assert_eq!(key.check(&nonce, a, 5000, 600), NonceCheck::Valid);
         assert_eq!(key.check(&nonce, a, 5599, 600), NonceCheck::Valid);
         assert_eq!(key.check(&nonce, a, 5600, 600), NonceCheck::Stale);
         assert_eq!(key.check(&nonce, b, 5000, 600), NonceCheck::Stale);
+        // Bound to the IP, not the port: one client's sockets can share a nonce.
+        assert_eq!(key.check(&nonce, same_ip, 5000, 600), NonceCheck::Valid);
         assert_eq!(key.check(&nonce, a, 4999, 600), NonceCheck::Stale);
         assert_eq!(key.check("garbage", a, 5000, 600), NonceCheck::Stale);
-        let forged = format!("{}{}", &nonce[..16], "0000000000000000");
+        let forged = format!("{}AAAAAAAAAA", &nonce[..6]);
         assert_eq!(key.check(&forged, a, 5000, 600), NonceCheck::Stale);
         assert_eq!(
             NonceKey::new([8; 32]).check(&nonce, a, 5000, 600),

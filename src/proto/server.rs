@@ -240,6 +240,40 @@ impl LogBudget {
     }
 }
 
+/// Caps 401/438 challenges per source IP with fixed memory: counters in a table indexed by a
+/// keyed hash of the address, so no unauthenticated source adds state. A collision only makes
+/// two sources share a cap.
+#[derive(Debug)]
+struct ChallengeLimiter {
+    /// `(second, challenges sent in it)` per slot.
+    slots: Box<[(u64, u32)]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl ChallengeLimiter {
+    const SLOTS: usize = 4096;
+    /// Per source IP and second. A browser needs one per TURN URL it gathers from, and a
+    /// nonce is good for every socket of its IP, but many users can share one NAT address.
+    const PER_SECOND: u32 = 100;
+
+    fn new() -> Self {
+        Self {
+            slots: vec![(0, 0); Self::SLOTS].into_boxed_slice(),
+            hasher: Default::default(),
+        }
+    }
+
+    fn allow(&mut self, source: IpAddr, unix_now: u64) -> bool {
+        use std::hash::BuildHasher;
+        let slot = &mut self.slots[self.hasher.hash_one(source) as usize % Self::SLOTS];
+        if slot.0 != unix_now {
+            *slot = (unix_now, 0);
+        }
+        slot.1 += 1;
+        slot.1 <= Self::PER_SECOND
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Authenticated {
     username: String,
@@ -291,6 +325,7 @@ pub struct Server {
     events: VecDeque<Event>,
     denied_peer_log: LogBudget,
     quota_log: LogBudget,
+    challenges: ChallengeLimiter,
     pub stats: Stats,
 }
 
@@ -305,6 +340,7 @@ impl Server {
             events: VecDeque::new(),
             denied_peer_log: LogBudget::default(),
             quota_log: LogBudget::default(),
+            challenges: ChallengeLimiter::new(),
             stats: Stats::default(),
         }
     }
@@ -507,7 +543,8 @@ impl Server {
         let mut response = Response::success(BINDING, msg.transaction_id(), out);
         response.add(&XorMappedAddress::new(tuple.client, msg.transaction_id()));
         response.add_mapped_address(tuple.client);
-        response.add_software(self.config.software.as_deref());
+        // No SOFTWARE here or in other unauthenticated answers: it would only make the
+        // server a better reflector (DESIGN "no response much larger than the request").
         ClientAction::Reply(response.finish())
     }
 
@@ -542,11 +579,7 @@ impl Server {
             out,
         );
         response.add(&UnknownAttributes::new(&unknown));
-        response.add_software(self.config.software.as_deref());
-        Some(match auth {
-            Some(auth) => response.finish_signed(&auth.credentials, auth.algorithm),
-            None => response.finish(),
-        })
+        Some(self.finish(response, auth))
     }
 
     /// An error response, signed when the request authenticated (RFC 8489 §9.2.4).
@@ -559,15 +592,24 @@ impl Server {
     ) -> usize {
         self.stats.errors.record(code);
         tracing::debug!(method = %msg.method(), code, "error response");
-        let mut response = Response::error(msg.method(), msg.transaction_id(), code, out);
-        response.add_software(self.config.software.as_deref());
+        let response = Response::error(msg.method(), msg.transaction_id(), code, out);
+        self.finish(response, auth)
+    }
+
+    /// Signs a response to an authenticated request (adding SOFTWARE, which only
+    /// authenticated clients get); otherwise just adds FINGERPRINT.
+    fn finish(&self, mut response: Response<'_>, auth: Option<&Authenticated>) -> usize {
         match auth {
-            Some(auth) => response.finish_signed(&auth.credentials, auth.algorithm),
+            Some(auth) => {
+                response.add_software(self.config.software.as_deref());
+                response.finish_signed(&auth.credentials, auth.algorithm)
+            }
             None => response.finish(),
         }
     }
 
-    /// A 401 or 438 challenge carrying REALM and a fresh NONCE, never signed.
+    /// A 401 or 438 challenge carrying REALM and a fresh NONCE, never signed. Challenges are
+    /// capped per source address; over the cap the request is dropped (the length is 0).
     fn challenge(
         &mut self,
         msg: &Message<'_>,
@@ -576,6 +618,10 @@ impl Server {
         unix_now: u64,
         out: &mut [u8],
     ) -> usize {
+        if !self.challenges.allow(tuple.client.ip(), unix_now) {
+            self.stats.challenges_suppressed += 1;
+            return 0;
+        }
         self.stats.errors.record(code);
         let mut response = Response::error(msg.method(), msg.transaction_id(), code, out);
         if let Ok(realm) = Realm::new(&self.config.realm) {
@@ -662,6 +708,7 @@ impl Server {
     ) -> ClientAction<'a> {
         let auth = match self.authenticate(msg, tuple, unix_now, out) {
             Ok(auth) => auth,
+            Err(0) => return ClientAction::Drop,
             Err(len) => return ClientAction::Reply(len),
         };
         if let Some(len) = self.unknown_attributes(msg, &TURN_ATTRIBUTES, Some(&auth), out) {

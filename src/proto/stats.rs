@@ -16,6 +16,8 @@ pub struct Stats {
     /// on an unbound channel, Send without allocation or permission.
     pub dropped: u64,
     pub auth_missing: u64,
+    /// 401/438 challenges not sent because the source exceeded its rate.
+    pub challenges_suppressed: u64,
     pub auth_stale_nonce: u64,
     pub auth_expired: u64,
     pub auth_unknown_user: u64,
@@ -46,6 +48,7 @@ impl Stats {
             malformed,
             dropped,
             auth_missing,
+            challenges_suppressed,
             auth_stale_nonce,
             auth_expired,
             auth_unknown_user,
@@ -72,6 +75,7 @@ impl Stats {
         self.malformed += malformed;
         self.dropped += dropped;
         self.auth_missing += auth_missing;
+        self.challenges_suppressed += challenges_suppressed;
         self.auth_stale_nonce += auth_stale_nonce;
         self.auth_expired += auth_expired;
         self.auth_unknown_user += auth_unknown_user;

@@ -380,7 +380,7 @@ fn rfc5769_long_term_integrity_verifies() {
 }
 
 #[test]
-fn binding_returns_xor_mapped_mapped_software_and_fingerprint() {
+fn binding_returns_xor_mapped_mapped_and_fingerprint() {
     let mut h = Harness::new();
     let reply = h.reply(CLIENT, &request(BINDING, None, |_, _| {}));
     let msg = parse_stun(&reply).unwrap();
@@ -394,7 +394,8 @@ fn binding_returns_xor_mapped_mapped_software_and_fingerprint() {
     let mapped = msg.raw_attribute(MAPPED_ADDRESS).unwrap();
     // family 1, port, then the address in the clear.
     assert_eq!(&mapped.value[..], &[0, 1, 0x9c, 0x40, 198, 51, 100, 7]);
-    assert_eq!(msg.attribute::<Software>().unwrap().software(), "turnpike");
+    // SOFTWARE is left out of answers to unauthenticated requests (amplification).
+    assert!(!msg.has_attribute(Software::TYPE));
     assert!(msg.has_attribute(Fingerprint::TYPE));
     assert_eq!(h.server.stats.binding_requests, 1);
 }
@@ -567,10 +568,10 @@ fn stale_nonce_gets_438_with_a_fresh_nonce_that_works() {
 }
 
 #[test]
-fn nonce_from_another_client_address_is_stale() {
+fn nonce_from_another_client_ip_is_stale() {
     let mut h = Harness::new();
     let user = rest_user("bob");
-    let nonce = h.nonce("198.51.100.99:1");
+    let nonce = h.nonce("198.51.100.99:40000");
     let auth = Auth {
         username: &user.0,
         password: &user.1,
@@ -1181,4 +1182,42 @@ fn closing_a_stream_connection_frees_its_allocation() {
         h.server.poll_event(),
         Some(Event::AllocationFreed { .. })
     ));
+}
+
+#[test]
+fn challenges_are_capped_per_source_per_second() {
+    let mut h = Harness::new();
+    let allocate = request(ALLOCATE, None, udp_transport);
+    let answered = (0..130)
+        .filter(|_| matches!(h.send(CLIENT, &allocate), Outcome::Reply(_)))
+        .count();
+    assert_eq!(answered, 100);
+    assert_eq!(h.server.stats.challenges_suppressed, 30);
+    // Another source is not affected, and the cap resets the next second.
+    assert!(matches!(
+        h.send("198.51.100.99:1", &allocate),
+        Outcome::Reply(_)
+    ));
+    h.advance(Duration::from_secs(1));
+    assert!(matches!(h.send(CLIENT, &allocate), Outcome::Reply(_)));
+}
+
+#[test]
+fn unauthenticated_answers_stay_small() {
+    // DESIGN: no response to an unauthenticated source much larger than what it sent.
+    let mut h = Harness::new();
+    let binding = request(BINDING, None, |_, _| {});
+    let allocate = request(ALLOCATE, None, udp_transport);
+    let binding_reply = h.reply(CLIENT, &binding);
+    let challenge = h.reply(CLIENT, &allocate);
+    let ratio =
+        (binding_reply.len() + challenge.len()) as f64 / (binding.len() + allocate.len()) as f64;
+    println!(
+        "bytes out / bytes in = {ratio:.2} ({} + {} for {} + {})",
+        binding_reply.len(),
+        challenge.len(),
+        binding.len(),
+        allocate.len()
+    );
+    assert!(ratio <= 2.5, "bytes out / bytes in = {ratio:.2}");
 }

@@ -99,7 +99,12 @@ fn write_config(path: &PathBuf, secret: &str) {
 async fn reload_rotates_secrets_without_dropping_allocations() {
     let path = temp_path("reload.toml");
     write_config(&path, "old-secret");
-    let server = Server::start_raw(&["--config", path.to_str().unwrap()]);
+    let server = Server::start_raw(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--api-listen",
+        "127.0.0.1:0",
+    ]);
 
     let (username, password) = rest_credentials("old-secret", "rotating", 3600);
     let client = turn_client(server.udp, username.clone(), password.clone()).await;

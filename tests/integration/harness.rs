@@ -45,6 +45,8 @@ pub const DEFAULT_ARGS: &[(&str, &str)] = &[
     ("--allow-peer", "127.0.0.0/8"),
     ("--auth-secret", SECRET),
     ("--realm", REALM),
+    // Parallel tests must not fight over the default 127.0.0.1:8080.
+    ("--api-listen", "127.0.0.1:0"),
 ];
 
 /// The default arguments minus the given flags, for `Server::start_raw`
@@ -661,6 +663,10 @@ fn coturn_options(args: &[&str]) -> (Vec<String>, IpAddr) {
                 opts.extend(["--relay-ip".to_string(), v]);
             }
             "--auth-secret" => opts.extend(["--secret".to_string(), value()]),
+            // coturn has no management API here; the address is turnpike's concern.
+            "--api-listen" => {
+                value();
+            }
             "--realm" => opts.extend(["--realm".to_string(), value()]),
             "--min-port" => opts.extend(["--min-port".to_string(), value()]),
             "--max-port" => opts.extend(["--max-port".to_string(), value()]),

@@ -9,6 +9,7 @@
 //! * `daemon` checks systemd notifications, SIGHUP reload and SIGTERM.
 
 mod abuse;
+mod api;
 mod daemon;
 mod harness;
 mod real_clients;

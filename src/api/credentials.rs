@@ -1,0 +1,202 @@
+//! `GET /api/v1/credentials` (draft-uberti-behave-turn-rest §2) and `GET /api/v1/ice`
+//! (an `RTCConfiguration.iceServers` list).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::{ApiContext, ApiError, AppState};
+use crate::config::Config;
+use crate::proto::auth::mint_rest_credential;
+
+/// Longest user name accepted, in characters.
+const MAX_USERNAME_CHARS: usize = 128;
+
+/// The query string as name/value pairs, in order.
+type RawQuery = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+/// draft-uberti-behave-turn-rest §2.2 response.
+#[derive(Debug, Serialize)]
+struct Credential {
+    username: String,
+    password: String,
+    ttl: u64,
+    uris: Vec<String>,
+}
+
+pub(super) async fn credentials(
+    State(state): State<AppState>,
+    query: RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::new(query)?;
+    match params.get("service")? {
+        None | Some("turn") => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "parameter `service` must be \"turn\"",
+            ))
+        }
+    }
+    Ok(no_store(Json(issue(&state.ctx, &params)?)))
+}
+
+pub(super) async fn ice(
+    State(state): State<AppState>,
+    query: RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::new(query)?;
+    let credential = issue(&state.ctx, &params)?;
+    let (stun, turn): (Vec<&String>, Vec<&String>) = credential
+        .uris
+        .iter()
+        .partition(|uri| uri.starts_with("stun:") || uri.starts_with("stuns:"));
+    let mut servers = Vec::new();
+    if !stun.is_empty() {
+        servers.push(serde_json::json!({ "urls": stun }));
+    }
+    if !turn.is_empty() {
+        servers.push(serde_json::json!({
+            "urls": turn,
+            "username": credential.username,
+            "credential": credential.password,
+        }));
+    }
+    let body = serde_json::json!({ "iceServers": servers, "ttl": credential.ttl });
+    Ok(no_store(Json(body)))
+}
+
+/// Credentials must not sit in a shared cache.
+fn no_store(body: impl IntoResponse) -> Response {
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Mints a credential for the `username` and `ttl` parameters with the first secret.
+fn issue(ctx: &ApiContext, params: &Params) -> Result<Credential, ApiError> {
+    let config = ctx.config();
+    let user = params
+        .get("username")?
+        .ok_or_else(|| ApiError::bad_request("missing parameter `username`"))?;
+    check_username(user, config.separator)?;
+    let ttl = match params.get("ttl")? {
+        None => config.credential_ttl.as_secs(),
+        Some(ttl) => ttl.parse::<u64>().ok().filter(|&t| t > 0).ok_or_else(|| {
+            ApiError::bad_request("parameter `ttl` must be a positive integer (seconds)")
+        })?,
+    }
+    .min(config.api_max_ttl.as_secs());
+    let secret = config.secrets.first().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no auth secret configured (auth.secrets)",
+        )
+    })?;
+    let (username, password) =
+        mint_rest_credential(secret.expose(), user, config.separator, unix_now(), ttl);
+    let uris = if config.api_uris.is_empty() {
+        default_uris(&config, &ctx.udp, &ctx.relay_ips)
+    } else {
+        config.api_uris.clone()
+    };
+    Ok(Credential {
+        username,
+        password,
+        ttl,
+        uris,
+    })
+}
+
+/// 1 to 128 characters, no control characters, and not the separator (which would make
+/// the username ambiguous for servers that accept both `expiry:user` and `user:expiry`).
+fn check_username(user: &str, separator: char) -> Result<(), ApiError> {
+    let chars = user.chars().count();
+    if chars == 0 || chars > MAX_USERNAME_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "parameter `username` must be 1 to {MAX_USERNAME_CHARS} characters"
+        )));
+    }
+    if user.contains(separator) {
+        return Err(ApiError::bad_request(format!(
+            "parameter `username` must not contain the separator `{separator}`"
+        )));
+    }
+    if user.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "parameter `username` must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// The URIs clients should use when `api.uris` is not set: `stun:` and `turn:` (UDP and
+/// TCP, which share `server.listen`) on every listening port, `turns:` on every TLS port,
+/// all at one host: the external IP, else the first relay IP, else the first listening IP.
+pub fn default_uris(config: &Config, udp: &[SocketAddr], relay_ips: &[IpAddr]) -> Vec<String> {
+    let host = config
+        .external_ip
+        .or_else(|| relay_ips.first().copied())
+        .or_else(|| udp.first().map(SocketAddr::ip));
+    let Some(host) = host else {
+        return Vec::new();
+    };
+    let mut ports: Vec<u16> = Vec::new();
+    for addr in udp {
+        if !ports.contains(&addr.port()) {
+            ports.push(addr.port());
+        }
+    }
+    let mut uris = Vec::new();
+    for port in ports {
+        // SocketAddr's Display puts IPv6 addresses in brackets, as URIs need.
+        let at = SocketAddr::new(host, port);
+        uris.push(format!("stun:{at}"));
+        uris.push(format!("turn:{at}?transport=udp"));
+        uris.push(format!("turn:{at}?transport=tcp"));
+    }
+    // A configured port 0 is only known once bound, and ApiContext carries UDP addresses
+    // only: such a listener is left out rather than advertised wrongly.
+    for tls in config.tls_listen.iter().filter(|a| a.port() != 0) {
+        uris.push(format!(
+            "turns:{}?transport=tcp",
+            SocketAddr::new(host, tls.port())
+        ));
+    }
+    uris
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Query parameters; each may be given at most once.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn new(query: RawQuery) -> Result<Self, ApiError> {
+        query.map(|Query(pairs)| Params(pairs)).map_err(|e| {
+            ApiError::bad_request(format!("malformed query string: {}", e.body_text()))
+        })
+    }
+
+    fn get(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        let mut values = self.0.iter().filter(|(n, _)| n == name);
+        let first = values.next().map(|(_, v)| v.as_str());
+        if values.next().is_some() {
+            return Err(ApiError::bad_request(format!(
+                "parameter `{name}` given more than once"
+            )));
+        }
+        Ok(first)
+    }
+}

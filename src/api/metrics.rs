@@ -1,0 +1,227 @@
+//! `GET /metrics`: the workers' summed counters and gauges in the Prometheus/OpenMetrics text
+//! format. A fresh registry is filled from one snapshot per scrape, so every value in a
+//! scrape comes from the same moment and nothing is kept between scrapes.
+//!
+//! Labels come from fixed sets (transport, direction, reason, error code): never a user
+//! name or an address, so the number of series is bounded.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::AppState;
+use crate::proto::Transport;
+use crate::telemetry::WorkerReport;
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = render(&state.ctx.telemetry.total()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
+
+/// One label, from a fixed set of values.
+type Label = [(&'static str, String); 1];
+
+/// The report as OpenMetrics text. Counter names get their `_total` suffix from the encoder.
+pub fn render(report: &WorkerReport) -> String {
+    let stats = &report.stats;
+    let gauges = &report.gauges;
+    let mut registry = Registry::default();
+    let r = &mut registry;
+
+    gauge_family(
+        r,
+        "turnpike_allocations_active",
+        "Allocations now, by client transport",
+        "transport",
+        Transport::ALL.map(|t| (transport_name(t), gauges.allocations[t as usize])),
+    );
+    counter_family(
+        r,
+        "turnpike_allocations",
+        "Allocations created, by client transport",
+        "transport",
+        Transport::ALL.map(|t| (transport_name(t), stats.allocations_created[t as usize])),
+    );
+    counter_family(
+        r,
+        "turnpike_allocations_ended",
+        "Allocations ended: lifetime ran out, or deleted by the client",
+        "reason",
+        [
+            ("expired", stats.allocations_expired),
+            ("deleted", stats.allocations_deleted),
+        ],
+    );
+    gauge(
+        r,
+        "turnpike_permissions_active",
+        "Unexpired permissions",
+        gauges.permissions,
+    );
+    gauge(
+        r,
+        "turnpike_channels_active",
+        "Unexpired channel bindings",
+        gauges.channels,
+    );
+    counter_family(
+        r,
+        "turnpike_relayed_packets",
+        "Datagrams relayed, by direction",
+        "direction",
+        [
+            ("to_peer", stats.to_peer_packets),
+            ("to_client", stats.from_peer_packets),
+        ],
+    );
+    counter_family(
+        r,
+        "turnpike_relayed_bytes",
+        "Application bytes relayed, by direction",
+        "direction",
+        [
+            ("to_peer", stats.to_peer_bytes),
+            ("to_client", stats.from_peer_bytes),
+        ],
+    );
+    counter(
+        r,
+        "turnpike_binding_requests",
+        "STUN Binding requests answered",
+        stats.binding_requests,
+    );
+    let errors = Family::<Label, Counter>::default();
+    for (code, n) in stats.errors.iter() {
+        errors
+            .get_or_create(&[("code", code.to_string())])
+            .inc_by(n);
+    }
+    r.register(
+        "turnpike_error_responses",
+        "STUN error responses sent, by error code",
+        errors,
+    );
+    counter_family(
+        r,
+        "turnpike_auth_failures",
+        "Requests that failed authentication, by reason",
+        "reason",
+        [
+            ("missing", stats.auth_missing),
+            ("stale_nonce", stats.auth_stale_nonce),
+            ("expired", stats.auth_expired),
+            ("unknown_user", stats.auth_unknown_user),
+            ("bad_integrity", stats.auth_bad_integrity),
+        ],
+    );
+    counter(
+        r,
+        "turnpike_denied_peers",
+        "Permissions or channels refused because the peer address is denied",
+        stats.denied_peers,
+    );
+    counter_family(
+        r,
+        "turnpike_quota_rejections",
+        "Allocations refused by the per-user (486) or server-wide (508) quota",
+        "scope",
+        [("user", stats.quota_user), ("server", stats.quota_total)],
+    );
+    counter(
+        r,
+        "turnpike_malformed_packets",
+        "Datagrams that were neither STUN nor ChannelData, or failed to parse",
+        stats.malformed,
+    );
+    counter_family(
+        r,
+        "turnpike_dropped_packets",
+        "Well-formed packets dropped, by reason",
+        "reason",
+        [
+            ("no_route", stats.dropped),
+            ("no_permission", stats.peer_without_permission),
+            ("bandwidth", stats.bandwidth_dropped),
+        ],
+    );
+    counter(
+        r,
+        "turnpike_send_errors",
+        "Datagrams the kernel refused to send",
+        report.send_errors,
+    );
+    let build = Family::<Label, Gauge>::default();
+    build
+        .get_or_create(&[("version", env!("CARGO_PKG_VERSION").to_owned())])
+        .set(1);
+    r.register("turnpike_build_info", "The running turnpike version", build);
+
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}
+
+fn transport_name(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
+    }
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric = Counter::<u64>::default();
+    metric.inc_by(value);
+    registry.register(name, help, metric);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric = Gauge::<i64>::default();
+    metric.set(clamp(value));
+    registry.register(name, help, metric);
+}
+
+fn counter_family<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: [(&str, u64); N],
+) {
+    let family = Family::<Label, Counter>::default();
+    for (value, n) in values {
+        family.get_or_create(&[(label, value.to_owned())]).inc_by(n);
+    }
+    registry.register(name, help, family);
+}
+
+fn gauge_family<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: [(&str, u64); N],
+) {
+    let family = Family::<Label, Gauge>::default();
+    for (value, n) in values {
+        family
+            .get_or_create(&[(label, value.to_owned())])
+            .set(clamp(n));
+    }
+    registry.register(name, help, family);
+}
