@@ -14,4 +14,5 @@ mod daemon;
 mod harness;
 mod real_clients;
 mod systemd_unit;
+mod transports;
 mod webrtc_rs;
