@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// Log format (server.log_format).
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Redirect Allocate requests to this server with 300 Try Alternate (repeatable; adds
+    /// to server.alternate_servers).
+    #[arg(long, value_name = "IP:PORT")]
+    pub alternate_server: Vec<SocketAddr>,
 
     // [auth]
     /// REST API shared secret (repeatable; adds to auth.secrets; the first one signs).
@@ -86,6 +90,9 @@ pub struct RunArgs {
     /// Public IP advertised in XOR-RELAYED-ADDRESS behind a 1:1 NAT (relay.external_ip).
     #[arg(long, value_name = "IP")]
     pub external_ip: Option<IpAddr>,
+    /// Public IP a 1:1 NAT maps a relay IP to (repeatable; adds to relay.external_ip_map).
+    #[arg(long, value_name = "PRIVATE=PUBLIC")]
+    pub external_ip_map: Vec<String>,
     /// Lowest relay port (relay.min_port).
     #[arg(long, value_name = "PORT")]
     pub min_port: Option<u16>,
@@ -121,6 +128,12 @@ pub struct RunArgs {
     /// Relayed bytes/s per allocation and direction; 0 = unlimited (limits.bandwidth_per_allocation).
     #[arg(long, value_name = "BYTES_PER_SEC")]
     pub bandwidth_per_allocation: Option<u64>,
+    /// TCP and TLS client connections in total (limits.max_connections).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// TCP and TLS client connections per source IP (limits.max_connections_per_source).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_source: Option<usize>,
 
     // [api]
     /// HTTP management API address (api.listen).

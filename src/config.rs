@@ -92,6 +92,10 @@ pub struct Config {
     /// Worker threads, already resolved (never 0).
     pub workers: usize,
     pub log_format: LogFormat,
+    /// Other servers that Allocate requests are redirected to (300 Try Alternate with
+    /// ALTERNATE-SERVER, RFC 8489 §10); empty = allocate here. Concrete addresses, no
+    /// port 0, no repeats.
+    pub alternate_servers: Vec<SocketAddr>,
     /// REST API shared secrets: the first signs, all verify. May be empty; the runtime
     /// then generates one and warns.
     pub secrets: Vec<Secret>,
@@ -106,6 +110,9 @@ pub struct Config {
     pub relay_ips: Vec<IpAddr>,
     /// Public address advertised in XOR-RELAYED-ADDRESS behind a 1:1 NAT.
     pub external_ip: Option<IpAddr>,
+    /// Per relay address (private → public) mappings behind a 1:1 NAT; they take
+    /// precedence over `external_ip`. Same family on both sides, each private address once.
+    pub external_ip_map: Vec<(IpAddr, IpAddr)>,
     /// Relay ports; `start() >= 1` and `start() <= end()`.
     pub port_range: RangeInclusive<u16>,
     /// Peers allowed despite the built-in deny list.
@@ -121,6 +128,10 @@ pub struct Config {
     pub max_channels_per_allocation: usize,
     /// Relayed bytes per second per allocation and direction; `None` = unlimited.
     pub bandwidth_per_allocation: Option<u64>,
+    /// TCP and TLS client connections on the whole server (>= 1).
+    pub max_connections: usize,
+    /// TCP and TLS client connections from one source IP (>= 1).
+    pub max_connections_per_source: usize,
     pub api_listen: SocketAddr,
     /// Bearer tokens for the HTTP API; empty = no token required on loopback (and the
     /// API refuses to serve credentials beyond loopback).
@@ -155,6 +166,8 @@ impl Default for Config {
             workers: resolve_workers(0),
             // Text for a terminal and journald; JSON is opt-in for log collectors.
             log_format: LogFormat::Text,
+            // Redirecting is for draining or spreading load; a lone server allocates itself.
+            alternate_servers: Vec::new(),
             // None: `turnpike run` generates one and warns, so the first run works.
             secrets: Vec::new(),
             separator: DEFAULT_SEPARATOR,
@@ -167,6 +180,8 @@ impl Default for Config {
             relay_ips: Vec::new(),
             // Only needed behind a 1:1 NAT (cloud VMs).
             external_ip: None,
+            // Only needed when relay addresses sit behind different public addresses.
+            external_ip_map: Vec::new(),
             // RFC 8656 §7.2: relay ports SHOULD come from 49152-65535, the IANA dynamic
             // range (RFC 6335).
             port_range: 49152..=65535,
@@ -190,6 +205,12 @@ impl Default for Config {
             max_channels_per_allocation: 64,
             // Unlimited: media bitrates vary too much for one safe number.
             bandwidth_per_allocation: None,
+            // As many as allocations: a TCP/TLS client holds one connection per allocation
+            // (RFC 8656 §3.1); each costs a socket and bounded buffers.
+            max_connections: 10_000,
+            // Enough for the clients behind one NAT (an office, a carrier-grade NAT pool);
+            // low enough that one host cannot use up the whole server.
+            max_connections_per_source: 64,
             // DESIGN "Management plane": loopback, so no token is needed by default.
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_tokens: Vec::new(),
@@ -278,7 +299,14 @@ pub enum ConfigError {
 const SCHEMA: &[(&str, &[&str])] = &[
     (
         "server",
-        &["listen", "realm", "software", "workers", "log_format"],
+        &[
+            "listen",
+            "realm",
+            "software",
+            "workers",
+            "log_format",
+            "alternate_servers",
+        ],
     ),
     (
         "auth",
@@ -295,6 +323,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
         &[
             "ips",
             "external_ip",
+            "external_ip_map",
             "min_port",
             "max_port",
             "allow_peers",
@@ -311,6 +340,8 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "max_permissions_per_allocation",
             "max_channels_per_allocation",
             "bandwidth_per_allocation",
+            "max_connections",
+            "max_connections_per_source",
         ],
     ),
     (
@@ -339,6 +370,7 @@ struct ServerFile {
     software: String,
     workers: usize,
     log_format: LogFormat,
+    alternate_servers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -356,6 +388,7 @@ struct AuthFile {
 struct RelayFile {
     ips: Vec<String>,
     external_ip: String,
+    external_ip_map: Vec<String>,
     min_port: u16,
     max_port: u16,
     allow_peers: Vec<String>,
@@ -372,6 +405,8 @@ struct LimitsFile {
     max_permissions_per_allocation: usize,
     max_channels_per_allocation: usize,
     bandwidth_per_allocation: u64,
+    max_connections: usize,
+    max_connections_per_source: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -632,6 +667,36 @@ fn check_advertised_ip(ip: IpAddr) -> Result<IpAddr, String> {
     }
 }
 
+/// An alternate server for 300 Try Alternate: a concrete `IP:PORT` a client can reach.
+pub fn parse_alternate_server(s: &str) -> Result<SocketAddr, String> {
+    check_alternate_server(parse_socket_addr(s)?)
+}
+
+fn check_alternate_server(addr: SocketAddr) -> Result<SocketAddr, String> {
+    if addr.port() == 0 {
+        return Err(format!("`{addr}` needs a port other than 0"));
+    }
+    check_advertised_ip(addr.ip()).map(|_| addr)
+}
+
+/// One `PRIVATE=PUBLIC` pair of `relay.external_ip_map` (`10.0.0.5=203.0.113.5`): a relay
+/// address and the public address a 1:1 NAT maps it to, of the same family.
+pub fn parse_ip_mapping(s: &str) -> Result<(IpAddr, IpAddr), String> {
+    let (private, public) = s.split_once('=').ok_or_else(|| {
+        format!(
+            "`{s}` is not a PRIVATE=PUBLIC pair of IP addresses (e.g. \"10.0.0.5=203.0.113.5\")"
+        )
+    })?;
+    let private = parse_ip(private).and_then(check_advertised_ip)?;
+    let public = parse_ip(public).and_then(check_advertised_ip)?;
+    if private.is_ipv4() != public.is_ipv4() {
+        return Err(format!(
+            "`{s}` maps between address families; both sides must be IPv4 or both IPv6"
+        ));
+    }
+    Ok((private, public))
+}
+
 /// A peer network: `10.0.0.0/8`, `2001:db8::/32`, or a bare IP (a /32 or /128). Host bits
 /// are cleared (`10.1.2.3/8` is `10.0.0.0/8`).
 pub fn parse_peer_net(s: &str) -> Result<IpNet, String> {
@@ -796,6 +861,18 @@ impl Config {
         )?;
         let deny_peers = parse_list(&src, "relay.deny_peers", &relay.deny_peers, parse_peer_net)?;
         let tls_listen = parse_list(&src, "tls.listen", &tls.listen, parse_socket_addr)?;
+        let alternate_servers = parse_list(
+            &src,
+            "server.alternate_servers",
+            &server.alternate_servers,
+            parse_alternate_server,
+        )?;
+        let external_ip_map = parse_list(
+            &src,
+            "relay.external_ip_map",
+            &relay.external_ip_map,
+            parse_ip_mapping,
+        )?;
         let external_ip = match relay.external_ip.trim() {
             "" => None,
             s => Some(
@@ -817,6 +894,7 @@ impl Config {
             software: (!server.software.is_empty()).then_some(server.software),
             workers: resolve_workers(server.workers),
             log_format: server.log_format,
+            alternate_servers,
             secrets: unique_secrets(auth.secrets),
             separator,
             nonce_lifetime: Duration::from_secs(auth.nonce_lifetime_secs),
@@ -828,6 +906,7 @@ impl Config {
                 .collect(),
             relay_ips,
             external_ip,
+            external_ip_map,
             port_range: relay.min_port..=relay.max_port,
             allow_peers,
             deny_peers,
@@ -839,6 +918,8 @@ impl Config {
             max_channels_per_allocation: limits.max_channels_per_allocation,
             bandwidth_per_allocation: (limits.bandwidth_per_allocation != 0)
                 .then_some(limits.bandwidth_per_allocation),
+            max_connections: limits.max_connections,
+            max_connections_per_source: limits.max_connections_per_source,
             api_listen,
             api_tokens: unique_secrets(api.tokens),
             api_uris,
@@ -915,6 +996,21 @@ impl Config {
             flags.insert("server.log_format", ("--log-format", format!("{format:?}")));
             self.log_format = format;
         }
+        let mut alternates = Vec::new();
+        for addr in &args.alternate_server {
+            alternates.push(
+                check_alternate_server(*addr)
+                    .map_err(|m| flag_err("--alternate-server", &addr.to_string(), m))?,
+            );
+        }
+        list(
+            &mut self.alternate_servers,
+            &alternates,
+            "server.alternate_servers",
+            "--alternate-server",
+            keep_list("server.alternate_servers"),
+            flags,
+        );
 
         // [auth]
         if let Some(last) = args.auth_secret.last() {
@@ -991,6 +1087,20 @@ impl Config {
             );
             flags.insert("relay.external_ip", ("--external-ip", ip.to_string()));
         }
+        if let Some(last) = args.external_ip_map.last() {
+            let mut pairs = Vec::new();
+            for s in &args.external_ip_map {
+                pairs.push(parse_ip_mapping(s).map_err(|m| flag_err("--external-ip-map", s, m))?);
+            }
+            if !keep_list("relay.external_ip_map") {
+                self.external_ip_map.clear();
+            }
+            extend_unique(&mut self.external_ip_map, pairs);
+            flags.insert(
+                "relay.external_ip_map",
+                ("--external-ip-map", last.trim().to_owned()),
+            );
+        }
         if let Some(port) = args.min_port {
             scalar(Some(&port), "relay.min_port", "--min-port", flags);
             self.port_range = port..=*self.port_range.end();
@@ -1063,6 +1173,18 @@ impl Config {
                 &mut self.max_channels_per_allocation,
                 "limits.max_channels_per_allocation",
                 "--max-channels-per-allocation",
+            ),
+            (
+                args.max_connections,
+                &mut self.max_connections,
+                "limits.max_connections",
+                "--max-connections",
+            ),
+            (
+                args.max_connections_per_source,
+                &mut self.max_connections_per_source,
+                "limits.max_connections_per_source",
+                "--max-connections-per-source",
             ),
         ] {
             if let Some(value) = value {
@@ -1242,6 +1364,32 @@ impl Config {
             );
         }
 
+        if self.max_connections == 0 {
+            return Err(src.error("limits.max_connections", "must be at least 1"));
+        }
+        if self.max_connections_per_source == 0 {
+            return Err(src.error("limits.max_connections_per_source", "must be at least 1"));
+        }
+
+        if let Some(own) = self
+            .alternate_servers
+            .iter()
+            .find(|a| self.listen.contains(a) || self.tls_listen.contains(a))
+        {
+            return Err(src.error(
+                "server.alternate_servers",
+                format!("{own} is this server's own listening address: clients would be redirected in a loop"),
+            ));
+        }
+        for (i, (private, public)) in self.external_ip_map.iter().enumerate() {
+            if let Some((_, other)) = self.external_ip_map[..i].iter().find(|(p, _)| p == private) {
+                return Err(src.error(
+                    "relay.external_ip_map",
+                    format!("{private} is mapped twice (to {other} and to {public})"),
+                ));
+            }
+        }
+
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => return Err(src.error("tls.cert", "is set but tls.key is not")),
             (None, Some(_)) => return Err(src.error("tls.key", "is set but tls.cert is not")),
@@ -1272,6 +1420,7 @@ impl Config {
                 software: self.software.clone().unwrap_or_default(),
                 workers: self.workers,
                 log_format: self.log_format,
+                alternate_servers: display_all(&self.alternate_servers),
             },
             auth: AuthFile {
                 secrets: self.secrets.iter().map(show).collect(),
@@ -1287,6 +1436,11 @@ impl Config {
             relay: RelayFile {
                 ips: display_all(&self.relay_ips),
                 external_ip: self.external_ip.map(|a| a.to_string()).unwrap_or_default(),
+                external_ip_map: self
+                    .external_ip_map
+                    .iter()
+                    .map(|(private, public)| format!("{private}={public}"))
+                    .collect(),
                 min_port: *self.port_range.start(),
                 max_port: *self.port_range.end(),
                 allow_peers: display_all(&self.allow_peers),
@@ -1300,6 +1454,8 @@ impl Config {
                 max_permissions_per_allocation: self.max_permissions_per_allocation,
                 max_channels_per_allocation: self.max_channels_per_allocation,
                 bandwidth_per_allocation: self.bandwidth_per_allocation.unwrap_or(0),
+                max_connections: self.max_connections,
+                max_connections_per_source: self.max_connections_per_source,
             },
             api: ApiFile {
                 listen: self.api_listen.to_string(),
@@ -1814,6 +1970,170 @@ mod tests {
             ..RunArgs::default()
         });
         assert!(e.starts_with("--api-max-ttl-secs 10: must be >="), "{e}");
+    }
+
+    #[test]
+    fn alternate_servers_key_and_flag() {
+        let c = load(
+            "[server]\nalternate_servers = [\"192.0.2.20:3478\", \"[2001:db8::20]:3478\", \"192.0.2.20:3478\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.alternate_servers,
+            vec![
+                "192.0.2.20:3478".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::20]:3478".parse().unwrap()
+            ],
+            "duplicates dropped"
+        );
+        assert_eq!(load(&c.render_effective()).unwrap(), c);
+        assert!(c
+            .render_effective()
+            .contains("alternate_servers = [\"192.0.2.20:3478\", \"[2001:db8::20]:3478\"]"));
+
+        let e = err("[server]\n\nalternate_servers = [\"192.0.2.20\"]\n");
+        assert!(e.contains("server.alternate_servers (line 3)"), "{e}");
+        let e = err("[server]\nalternate_servers = [\"192.0.2.20:0\"]\n");
+        assert!(
+            e.contains("server.alternate_servers (line 2)") && e.contains("port"),
+            "{e}"
+        );
+        let e = err("[server]\nalternate_servers = [\"0.0.0.0:3478\"]\n");
+        assert!(e.contains("server.alternate_servers (line 2)"), "{e}");
+        let e = err(
+            "[server]\nlisten = [\"192.0.2.1:3478\"]\nalternate_servers = [\"192.0.2.1:3478\"]\n",
+        );
+        assert!(
+            e.contains("server.alternate_servers (line 3)") && e.contains("loop"),
+            "{e}"
+        );
+
+        let args = RunArgs {
+            alternate_server: vec![
+                "127.0.0.1:3999".parse().unwrap(),
+                "127.0.0.1:4000".parse().unwrap(),
+            ],
+            ..RunArgs::default()
+        };
+        let c = Config::load(None, &args).unwrap();
+        assert_eq!(c.alternate_servers.len(), 2);
+        let bad = |args: RunArgs| Config::load(None, &args).unwrap_err().to_string();
+        let e = bad(RunArgs {
+            alternate_server: vec!["127.0.0.1:0".parse().unwrap()],
+            ..RunArgs::default()
+        });
+        assert!(e.starts_with("--alternate-server 127.0.0.1:0: "), "{e}");
+        let e = bad(RunArgs {
+            listen: vec!["127.0.0.1:3478".parse().unwrap()],
+            alternate_server: vec!["127.0.0.1:3478".parse().unwrap()],
+            ..RunArgs::default()
+        });
+        assert!(e.starts_with("--alternate-server 127.0.0.1:3478: "), "{e}");
+    }
+
+    #[test]
+    fn external_ip_map_key_and_flag() {
+        let c = load(
+            "[relay]\nexternal_ip = \"203.0.113.1\"\n\
+             external_ip_map = [\"10.0.0.5=203.0.113.5\", \" fd00::5 = 2001:db8::5 \"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.external_ip_map,
+            vec![
+                (
+                    "10.0.0.5".parse::<IpAddr>().unwrap(),
+                    "203.0.113.5".parse::<IpAddr>().unwrap()
+                ),
+                ("fd00::5".parse().unwrap(), "2001:db8::5".parse().unwrap()),
+            ]
+        );
+        assert_eq!(load(&c.render_effective()).unwrap(), c);
+        assert!(c.render_effective().contains("\"10.0.0.5=203.0.113.5\""));
+
+        let e = err("[relay]\nexternal_ip_map = [\"10.0.0.5=2001:db8::5\"]\n");
+        assert!(
+            e.contains("relay.external_ip_map (line 2)") && e.contains("families"),
+            "{e}"
+        );
+        let e = err("[relay]\nexternal_ip_map = [\"10.0.0.5\"]\n");
+        assert!(e.contains("relay.external_ip_map (line 2)"), "{e}");
+        let e = err("[relay]\nexternal_ip_map = [\"10.0.0.5=0.0.0.0\"]\n");
+        assert!(e.contains("relay.external_ip_map (line 2)"), "{e}");
+        let e = err(
+            "[relay]\n\nexternal_ip_map = [\"10.0.0.5=203.0.113.5\", \"10.0.0.5=203.0.113.6\"]\n",
+        );
+        assert!(
+            e.contains("relay.external_ip_map (line 3)") && e.contains("mapped twice"),
+            "{e}"
+        );
+
+        let args = RunArgs {
+            external_ip_map: vec!["10.77.0.2=203.0.113.77".into()],
+            ..RunArgs::default()
+        };
+        let c = Config::load(None, &args).unwrap();
+        assert_eq!(
+            c.external_ip_map,
+            [(
+                "10.77.0.2".parse().unwrap(),
+                "203.0.113.77".parse().unwrap()
+            )]
+        );
+        let bad = |args: RunArgs| Config::load(None, &args).unwrap_err().to_string();
+        let e = bad(RunArgs {
+            external_ip_map: vec!["10.0.0.1=::1".into()],
+            ..RunArgs::default()
+        });
+        assert!(e.starts_with("--external-ip-map 10.0.0.1=::1: "), "{e}");
+        let e = bad(RunArgs {
+            external_ip_map: vec!["10.0.0.1=192.0.2.1".into(), "10.0.0.1=192.0.2.2".into()],
+            ..RunArgs::default()
+        });
+        assert!(
+            e.starts_with("--external-ip-map 10.0.0.1=192.0.2.2: ") && e.contains("twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn connection_limits_key_and_flag() {
+        let c = load("[limits]\nmax_connections = 500\nmax_connections_per_source = 8\n").unwrap();
+        assert_eq!((c.max_connections, c.max_connections_per_source), (500, 8));
+        assert_eq!(load(&c.render_effective()).unwrap(), c);
+        let e = err("[limits]\nmax_connections = 0\n");
+        assert!(
+            e.contains("limits.max_connections (line 2): must be at least 1"),
+            "{e}"
+        );
+        let e = err("[limits]\n\nmax_connections_per_source = 0\n");
+        assert!(
+            e.contains("limits.max_connections_per_source (line 3): must be at least 1"),
+            "{e}"
+        );
+        let e = err("[limits]\nmax_connections = -1\n");
+        assert!(e.contains("limits.max_connections (line 2)"), "{e}");
+
+        let args = RunArgs {
+            max_connections: Some(100),
+            max_connections_per_source: Some(4),
+            ..RunArgs::default()
+        };
+        let c = Config::load(None, &args).unwrap();
+        assert_eq!((c.max_connections, c.max_connections_per_source), (100, 4));
+        let e = Config::load(
+            None,
+            &RunArgs {
+                max_connections_per_source: Some(0),
+                ..RunArgs::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--max-connections-per-source 0: must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]

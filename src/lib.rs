@@ -125,12 +125,15 @@ pub fn server_config(
         bandwidth_per_allocation: config.bandwidth_per_allocation,
         peer_filter: PeerFilter::new(config.allow_peers.clone(), config.deny_peers.clone()),
         own_addresses: listen.to_vec(),
+        // Specific mappings first: the core takes the first entry naming the relay IP, else
+        // the first catch-all of the same family.
         external_ips: config
-            .external_ip
-            .map(|ip| (None, ip))
-            .into_iter()
+            .external_ip_map
+            .iter()
+            .map(|&(private, public)| (Some(private), public))
+            .chain(config.external_ip.map(|ip| (None, ip)))
             .collect(),
-        alternate_servers: Vec::new(),
+        alternate_servers: config.alternate_servers.clone(),
         relay_ipv4: relay_ips.iter().any(IpAddr::is_ipv4),
         relay_ipv6: relay_ips.iter().any(IpAddr::is_ipv6),
     }
@@ -175,10 +178,6 @@ fn load_tls(config: &config::Config) -> io::Result<Option<Arc<rustls::ServerConf
         _ => Ok(None),
     }
 }
-
-/// Bounds on stream connections (DESIGN "quotas on everything").
-const MAX_CONNECTIONS: usize = 10_000;
-const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
 
 /// Binds every socket and starts the workers. When this returns, the server is serving.
 pub fn start(config: &config::Config) -> io::Result<Running> {
@@ -226,7 +225,11 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         shutdown: Default::default(),
         reservations: Default::default(),
         telemetry: Arc::new(telemetry::Telemetry::new(workers)),
-        connections: ConnectionLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE),
+        // Bounds on stream connections (DESIGN "quotas on everything"); fixed until restart.
+        connections: ConnectionLimits::new(
+            config.max_connections,
+            config.max_connections_per_source,
+        ),
         generation: Default::default(),
         settings: RwLock::new(Arc::new(settings)),
     });

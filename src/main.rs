@@ -107,6 +107,7 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
         config: RwLock::new(Arc::new(config.clone())),
         telemetry: running.telemetry(),
         udp: running.udp.clone(),
+        tls: running.tls.clone(),
         relay_ips: running.relay_ips.clone(),
     });
     let (api_stop, api_stopped) = tokio::sync::watch::channel(false);

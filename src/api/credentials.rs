@@ -103,7 +103,7 @@ fn issue(ctx: &ApiContext, params: &Params) -> Result<Credential, ApiError> {
     let (username, password) =
         mint_rest_credential(secret.expose(), user, config.separator, unix_now(), ttl);
     let uris = if config.api_uris.is_empty() {
-        default_uris(&config, &ctx.udp, &ctx.relay_ips)
+        default_uris(&config, &ctx.udp, &ctx.tls, &ctx.relay_ips)
     } else {
         config.api_uris.clone()
     };
@@ -138,36 +138,51 @@ fn check_username(user: &str, separator: char) -> Result<(), ApiError> {
 }
 
 /// The URIs clients should use when `api.uris` is not set: `stun:` and `turn:` (UDP and
-/// TCP, which share `server.listen`) on every listening port, `turns:` on every TLS port,
-/// all at one host: the external IP, else the first relay IP, else the first listening IP.
-pub fn default_uris(config: &Config, udp: &[SocketAddr], relay_ips: &[IpAddr]) -> Vec<String> {
-    let host = config
-        .external_ip
+/// TCP, which share `server.listen`) on every listening port, `turns:` on every TLS port
+/// (`udp` and `tls` are the bound addresses, so port 0 shows as the real port), all at one
+/// host: the public address `relay.external_ip_map` gives the first relay IP, else the
+/// external IP, else the first relay IP, else the first listening IP.
+pub fn default_uris(
+    config: &Config,
+    udp: &[SocketAddr],
+    tls: &[SocketAddr],
+    relay_ips: &[IpAddr],
+) -> Vec<String> {
+    let mapped = relay_ips.first().and_then(|relay| {
+        config
+            .external_ip_map
+            .iter()
+            .find(|(private, _)| private == relay)
+            .map(|&(_, public)| public)
+    });
+    let host = mapped
+        .or(config.external_ip)
         .or_else(|| relay_ips.first().copied())
         .or_else(|| udp.first().map(SocketAddr::ip));
     let Some(host) = host else {
         return Vec::new();
     };
-    let mut ports: Vec<u16> = Vec::new();
-    for addr in udp {
-        if !ports.contains(&addr.port()) {
-            ports.push(addr.port());
+    let ports = |addrs: &[SocketAddr]| {
+        let mut ports: Vec<u16> = Vec::new();
+        for addr in addrs {
+            if !ports.contains(&addr.port()) {
+                ports.push(addr.port());
+            }
         }
-    }
+        ports
+    };
     let mut uris = Vec::new();
-    for port in ports {
+    for port in ports(udp) {
         // SocketAddr's Display puts IPv6 addresses in brackets, as URIs need.
         let at = SocketAddr::new(host, port);
         uris.push(format!("stun:{at}"));
         uris.push(format!("turn:{at}?transport=udp"));
         uris.push(format!("turn:{at}?transport=tcp"));
     }
-    // A configured port 0 is only known once bound, and ApiContext carries UDP addresses
-    // only: such a listener is left out rather than advertised wrongly.
-    for tls in config.tls_listen.iter().filter(|a| a.port() != 0) {
+    for port in ports(tls) {
         uris.push(format!(
             "turns:{}?transport=tcp",
-            SocketAddr::new(host, tls.port())
+            SocketAddr::new(host, port)
         ));
     }
     uris

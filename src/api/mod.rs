@@ -44,6 +44,8 @@ pub struct ApiContext {
     pub telemetry: Arc<Telemetry>,
     /// The daemon's bound UDP listening addresses (real ports), to derive default URIs.
     pub udp: Vec<SocketAddr>,
+    /// The daemon's bound TLS listening addresses (real ports), for default `turns:` URIs.
+    pub tls: Vec<SocketAddr>,
     pub relay_ips: Vec<IpAddr>,
 }
 

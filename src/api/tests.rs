@@ -47,6 +47,7 @@ fn start_on(bind: &str, config: Config) -> Api {
         config: RwLock::new(Arc::new(config)),
         telemetry: Arc::new(Telemetry::new(1)),
         udp: vec!["127.0.0.1:3478".parse().unwrap()],
+        tls: Vec::new(),
         relay_ips: vec!["192.0.2.7".parse().unwrap()],
     });
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -216,36 +217,54 @@ fn default_uris_prefer_external_then_relay_then_listen() {
         "[::]:3478".parse().unwrap(),
         "0.0.0.0:3478".parse().unwrap(),
     ];
+    // The bound TLS addresses: a listener configured with port 0 shows its real port.
+    let tls: Vec<SocketAddr> = vec![
+        "0.0.0.0:5349".parse().unwrap(),
+        "127.0.0.1:40123".parse().unwrap(),
+        "[::]:5349".parse().unwrap(),
+    ];
     let mut config = Config {
         external_ip: Some("2001:db8::5".parse().unwrap()),
-        tls_listen: vec![
-            "0.0.0.0:5349".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        ],
         ..Config::default()
     };
     let relay = ["203.0.113.9".parse().unwrap()];
     assert_eq!(
-        default_uris(&config, &udp, &relay),
+        default_uris(&config, &udp, &tls, &relay),
         [
             "stun:[2001:db8::5]:3478",
             "turn:[2001:db8::5]:3478?transport=udp",
             "turn:[2001:db8::5]:3478?transport=tcp",
             "turns:[2001:db8::5]:5349?transport=tcp",
+            "turns:[2001:db8::5]:40123?transport=tcp",
         ]
     );
-    config.external_ip = None;
-    config.tls_listen.clear();
+    // A mapping for the first relay IP wins over the catch-all external IP.
+    config.external_ip_map = vec![
+        (
+            "192.0.2.1".parse().unwrap(),
+            "198.51.100.1".parse().unwrap(),
+        ),
+        (
+            "203.0.113.9".parse().unwrap(),
+            "198.51.100.9".parse().unwrap(),
+        ),
+    ];
     assert_eq!(
-        default_uris(&config, &udp, &relay)[0],
+        default_uris(&config, &udp, &[], &relay)[0],
+        "stun:198.51.100.9:3478"
+    );
+    config.external_ip_map.clear();
+    config.external_ip = None;
+    assert_eq!(
+        default_uris(&config, &udp, &[], &relay)[0],
         "stun:203.0.113.9:3478"
     );
     let listen = ["127.0.0.2:4000".parse().unwrap()];
     assert_eq!(
-        default_uris(&config, &listen, &[])[1],
+        default_uris(&config, &listen, &[], &[])[1],
         "turn:127.0.0.2:4000?transport=udp"
     );
-    assert!(default_uris(&config, &[], &[]).is_empty());
+    assert!(default_uris(&config, &[], &[], &[]).is_empty());
 }
 
 #[test]

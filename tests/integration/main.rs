@@ -7,11 +7,13 @@
 //! * `webrtc_rs` uses the webrtc-rs `turn`/`stun` client crates.
 //! * `abuse` checks quotas, limits and hostile input.
 //! * `daemon` checks systemd notifications, SIGHUP reload and SIGTERM.
+//! * `nat_and_redirect` checks 300 Try Alternate and relaying behind a 1:1 NAT (netns lab).
 
 mod abuse;
 mod api;
 mod daemon;
 mod harness;
+mod nat_and_redirect;
 mod real_clients;
 mod systemd_unit;
 mod transports;
