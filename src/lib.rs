@@ -237,13 +237,29 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
     let mut handles = Vec::new();
     for index in 0..workers {
         let listeners = groups.iter_mut().map(|g| g.remove(0)).collect();
-        let (worker, waker) = Worker::new(index, listeners, quotas.clone(), shared.clone())?;
+        let (quotas, shared) = (quotas.clone(), shared.clone());
+        // The worker is built on its own thread: its batched-I/O buffers hold raw pointers
+        // and never leave it. It hands back the waker that stops it.
+        let (ready, waker) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name(format!("turnpike-worker-{index}"))
+            .spawn(
+                move || match Worker::new(index, listeners, quotas, shared) {
+                    Ok((worker, waker)) => {
+                        let _ = ready.send(Ok(waker));
+                        worker.run()
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        Err(e)
+                    }
+                },
+            )?;
+        let waker = waker
+            .recv()
+            .map_err(|_| io::Error::other("worker thread died while starting"))??;
         wakers.push(waker);
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("turnpike-worker-{index}"))
-                .spawn(move || worker.run())?,
-        );
+        handles.push(handle);
     }
     Ok(Running {
         udp,

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::batch::{RecvBatch, SendBatch, BATCH};
 use super::stream::{channel_padding, Framer};
 use super::udp::{self, Reservations};
 use crate::proto::wire::{AddressFamily, ErrorCode, CHANNEL_HEADER_LEN};
@@ -26,9 +28,10 @@ const WAKER: Token = Token(usize::MAX);
 /// slot `i` is `Token(CONN_BASE + i)`.
 const RELAY_BASE: usize = 1 << 20;
 const CONN_BASE: usize = 1 << 40;
-/// Datagrams read from one socket (or reads from one connection) before turning to the next,
-/// so a busy socket cannot starve the rest (quinn's IO_LOOP_BOUND plays the same role).
-const RECV_BATCH: usize = 32;
+/// Reads from one connection, or `recvmmsg` batches from one UDP socket, before turning to
+/// the next, so a busy socket cannot starve the rest (quinn's IO_LOOP_BOUND plays the same
+/// role).
+const READS_PER_TURN: usize = 4;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
 /// Longest sleep between checks of the shutdown flag, timers and reloads.
@@ -171,7 +174,13 @@ pub struct Worker {
     last_sweep: Instant,
     /// Sockets that may still hold data (mio is edge-triggered).
     ready: VecDeque<Token>,
+    /// Stream reads land here.
     recv_buf: Vec<u8>,
+    /// Datagrams arrive here; taken out while its datagrams are handled.
+    recv_batch: Option<Box<RecvBatch>>,
+    /// Datagrams leave through here; flushed after each batch received and before a relay
+    /// socket closes (its descriptor could otherwise be reused under a queued datagram).
+    send_batch: SendBatch,
     out_buf: Vec<u8>,
     send_errors: u64,
 }
@@ -235,6 +244,8 @@ impl Worker {
             last_sweep: Instant::now(),
             ready: VecDeque::new(),
             recv_buf: vec![0; CHANNEL_HEADER_LEN + MAX_DATAGRAM],
+            recv_batch: Some(Box::default()),
+            send_batch: SendBatch::default(),
             out_buf: vec![0; MAX_DATAGRAM + 1024],
             send_errors: 0,
         };
@@ -336,9 +347,9 @@ impl Worker {
         }
     }
 
-    /// Calls `step` up to a batch of times until it would block; true if it may have more.
+    /// Calls `step` a bounded number of times until it would block; true if it may have more.
     fn drain(&mut self, mut step: impl FnMut(&mut Self) -> io::Result<()>) -> bool {
-        for _ in 0..RECV_BATCH {
+        for _ in 0..READS_PER_TURN {
             match step(self) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -349,96 +360,128 @@ impl Worker {
         true
     }
 
+    /// Handles one `recvmmsg` batch from a client-facing UDP socket.
     fn recv_from_client(&mut self, index: usize) -> io::Result<()> {
         let Some(Bound::Udp(socket, local)) = self.listeners.get(index) else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
-        let local = *local;
-        let (len, client) = socket.recv_from(&mut self.recv_buf)?;
-        let now = Instant::now();
-        let tuple = FiveTuple {
-            client,
-            server: local,
-            transport: Transport::Udp,
-        };
-        let data = &self.recv_buf[..len];
-        let reply = match self
-            .server
-            .handle_client(now, unix_now(), tuple, data, &mut self.out_buf)
-        {
-            ClientAction::Drop => None,
-            ClientAction::Reply(n) => Some(n),
-            ClientAction::Relay {
-                relay,
-                peer,
-                payload,
-            } => {
-                if let Some(relay) = self
-                    .relay_slots
-                    .get(&relay)
-                    .and_then(|&i| self.relays[i].as_ref())
-                {
-                    send(&relay.socket, payload, peer, &mut self.send_errors);
+        let (fd, local) = (socket.as_raw_fd(), *local);
+        let mut batch = self.recv_batch.take().expect("returned after every batch");
+        let received = batch.recv(fd, 0);
+        let count = *received.as_ref().unwrap_or(&0);
+        let (now, unix) = (Instant::now(), unix_now());
+        for i in 0..count {
+            let (slot, len, from) = batch.get(i);
+            let Some(client) = from else { continue };
+            let tuple = FiveTuple {
+                client,
+                server: local,
+                transport: Transport::Udp,
+            };
+            match self
+                .server
+                .handle_client(now, unix, tuple, &slot[..len], &mut self.out_buf)
+            {
+                ClientAction::Drop => {}
+                ClientAction::Reply(n) => {
+                    self.send_errors += self.send_batch.push(fd, client, &[&self.out_buf[..n]]);
                 }
-                None
+                ClientAction::Relay {
+                    relay,
+                    peer,
+                    payload,
+                } => {
+                    if let Some(relay_fd) = self.relay_fd(relay) {
+                        self.send_errors += self.send_batch.push(relay_fd, peer, &[payload]);
+                    }
+                }
+                ClientAction::Allocate(pending) => {
+                    let n = self.allocate(now, pending);
+                    self.send_errors += self.send_batch.push(fd, client, &[&self.out_buf[..n]]);
+                }
             }
-            ClientAction::Allocate(pending) => Some(self.allocate(now, pending)),
-        };
-        if let (Some(n), Some(Bound::Udp(socket, _))) = (reply, self.listeners.get(index)) {
-            send(socket, &self.out_buf[..n], client, &mut self.send_errors);
+            self.apply_events();
         }
-        self.apply_events();
-        Ok(())
+        self.recv_batch = Some(batch);
+        self.flush_sends();
+        match received {
+            Ok(n) if n == BATCH => Ok(()),
+            Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(e),
+        }
     }
 
+    /// Handles one `recvmmsg` batch from a relay socket: peers' data towards the client.
     fn recv_from_peer(&mut self, slot: usize) -> io::Result<()> {
         let Some(relay) = self.relays.get(slot).and_then(Option::as_ref) else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
-        let relay_addr = relay.addr;
-        let (len, peer) = relay
-            .socket
-            .recv_from(&mut self.recv_buf[CHANNEL_HEADER_LEN..])?;
-        let action = self.server.handle_peer(
-            Instant::now(),
-            relay_addr,
-            peer,
-            &mut self.recv_buf,
-            len,
-            &mut self.out_buf,
-        );
-        let (tuple, bytes, channel_data) = match action {
-            Some(PeerAction::ChannelData { tuple, len }) => (tuple, &self.recv_buf[..len], true),
-            Some(PeerAction::DataIndication { tuple, len }) => (tuple, &self.out_buf[..len], false),
-            None => return Ok(()),
-        };
-        if tuple.transport == Transport::Udp {
-            let socket = self.listeners.iter().find_map(|l| match l {
-                Bound::Udp(socket, addr) if *addr == tuple.server => Some(socket),
-                _ => None,
-            });
-            if let Some(socket) = socket {
-                send(socket, bytes, tuple.client, &mut self.send_errors);
-            }
-            return Ok(());
-        }
-        // Over a stream, ChannelData is padded to a multiple of four (RFC 8656 §12.5).
-        let padding = if channel_data {
-            channel_padding(bytes.len())
-        } else {
-            &[]
-        };
-        if let Some(&slot) = self.connection_slots.get(&tuple) {
-            if let Some(connection) = self.connections[slot].as_mut() {
-                if !queue(connection, &[bytes, padding]) {
-                    self.send_errors += 1;
+        let (fd, relay_addr) = (relay.socket.as_raw_fd(), relay.addr);
+        let mut batch = self.recv_batch.take().expect("returned after every batch");
+        let received = batch.recv(fd, CHANNEL_HEADER_LEN);
+        let count = *received.as_ref().unwrap_or(&0);
+        let now = Instant::now();
+        for i in 0..count {
+            let (buf, len, from) = batch.get(i);
+            let Some(peer) = from else { continue };
+            let action =
+                self.server
+                    .handle_peer(now, relay_addr, peer, buf, len, &mut self.out_buf);
+            let (tuple, bytes, channel_data) = match action {
+                Some(PeerAction::ChannelData { tuple, len }) => (tuple, &buf[..len], true),
+                Some(PeerAction::DataIndication { tuple, len }) => {
+                    (tuple, &self.out_buf[..len], false)
                 }
-                if flush(connection).is_err() {
-                    self.close_connection(slot, "write failed");
+                None => continue,
+            };
+            if tuple.transport == Transport::Udp {
+                if let Some(listener) = self.listener_fd(tuple.server) {
+                    self.send_errors += self.send_batch.push(listener, tuple.client, &[bytes]);
+                }
+                continue;
+            }
+            // Over a stream, ChannelData is padded to a multiple of four (RFC 8656 §12.5).
+            let padding = if channel_data {
+                channel_padding(bytes.len())
+            } else {
+                &[]
+            };
+            if let Some(&slot) = self.connection_slots.get(&tuple) {
+                if let Some(connection) = self.connections[slot].as_mut() {
+                    if !queue(connection, &[bytes, padding]) {
+                        self.send_errors += 1;
+                    }
+                    if flush(connection).is_err() {
+                        self.close_connection(slot, "write failed");
+                    }
                 }
             }
         }
-        Ok(())
+        self.recv_batch = Some(batch);
+        self.flush_sends();
+        match received {
+            Ok(n) if n == BATCH => Ok(()),
+            Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn relay_fd(&self, relay: SocketAddr) -> Option<RawFd> {
+        let slot = *self.relay_slots.get(&relay)?;
+        self.relays[slot].as_ref().map(|r| r.socket.as_raw_fd())
+    }
+
+    fn listener_fd(&self, server: SocketAddr) -> Option<RawFd> {
+        self.listeners.iter().find_map(|listener| match listener {
+            Bound::Udp(socket, addr) if *addr == server => Some(socket.as_raw_fd()),
+            _ => None,
+        })
+    }
+
+    fn flush_sends(&mut self) {
+        if !self.send_batch.is_empty() {
+            self.send_errors += self.send_batch.flush();
+        }
     }
 
     /// Binds the relay sockets an authenticated Allocate needs and completes it.
@@ -510,6 +553,7 @@ impl Worker {
     }
 
     fn close_relay(&mut self, addr: SocketAddr) {
+        self.flush_sends();
         if let Some(slot) = self.relay_slots.remove(&addr) {
             if let Some(mut relay) = self.relays[slot].take() {
                 let _ = self.poll.registry().deregister(&mut relay.socket);
@@ -677,12 +721,8 @@ impl Worker {
                         peer,
                         payload,
                     } => {
-                        if let Some(relay) = self
-                            .relay_slots
-                            .get(&relay)
-                            .and_then(|&i| self.relays[i].as_ref())
-                        {
-                            send(&relay.socket, payload, peer, &mut self.send_errors);
+                        if let Some(relay_fd) = self.relay_fd(relay) {
+                            self.send_errors += self.send_batch.push(relay_fd, peer, &[payload]);
                         }
                         None
                     }
@@ -701,6 +741,7 @@ impl Worker {
         if let Some(connection) = self.connections[slot].as_mut() {
             connection.framer = framer;
         }
+        self.flush_sends();
         result
     }
 
@@ -749,7 +790,7 @@ impl Worker {
 /// Reads from a connection into its framer (through rustls for TLS): `(more may be
 /// waiting, the client closed its side)`.
 fn read_connection(connection: &mut Connection, buf: &mut [u8]) -> io::Result<(bool, bool)> {
-    for _ in 0..RECV_BATCH {
+    for _ in 0..READS_PER_TURN {
         let received = match &mut connection.tls {
             Some(tls) => match tls.read_tls(&mut connection.stream) {
                 Ok(0) => return Ok((false, true)),
@@ -835,14 +876,6 @@ fn flush(connection: &mut Connection) -> io::Result<()> {
             }
             Ok(())
         }
-    }
-}
-
-/// Sends one datagram; a failure (buffer full, unreachable, denied) drops it and is counted,
-/// never ending the allocation.
-fn send(socket: &UdpSocket, data: &[u8], to: SocketAddr, errors: &mut u64) {
-    if socket.send_to(data, to).is_err() {
-        *errors += 1;
     }
 }
 
