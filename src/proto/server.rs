@@ -207,6 +207,36 @@ pub enum Event {
     AllocationFreed { relay: SocketAddr },
 }
 
+/// The checks every datagram from a client to a peer passes (RFC 8656 §10.2, §12.6): a relay
+/// of the peer's family, a permission for the peer's IP, and bandwidth left.
+fn forward_to_peer<'a>(
+    allocation: &mut Allocation,
+    stats: &mut Stats,
+    now: Instant,
+    peer: SocketAddr,
+    payload: &'a [u8],
+) -> ClientAction<'a> {
+    let Some(relay) = allocation.relay_for(peer) else {
+        stats.dropped += 1;
+        return ClientAction::Drop;
+    };
+    if !allocation.has_permission(peer.ip(), now) {
+        stats.peer_without_permission += 1;
+        return ClientAction::Drop;
+    }
+    if !allocation.take_bandwidth(Direction::ToPeer, payload.len(), now) {
+        stats.bandwidth_dropped += 1;
+        return ClientAction::Drop;
+    }
+    stats.to_peer_packets += 1;
+    stats.to_peer_bytes += payload.len() as u64;
+    ClientAction::Relay {
+        relay,
+        peer,
+        payload,
+    }
+}
+
 /// ADDITIONAL-ADDRESS-FAMILY under its pre-RFC codepoint, which coturn's clients still send
 /// (`turnutils_uclient -Z`).
 fn draft_additional_family(msg: &Message<'_>) -> Option<AddressFamily> {
@@ -477,25 +507,8 @@ impl Server {
             self.stats.dropped += 1;
             return ClientAction::Drop;
         };
-        let Some(relay) = allocation.relay_for(peer) else {
-            self.stats.dropped += 1;
-            return ClientAction::Drop;
-        };
-        if !allocation.has_permission(peer.ip(), now) {
-            self.stats.peer_without_permission += 1;
-            return ClientAction::Drop;
-        }
-        if !allocation.take_bandwidth(Direction::ToPeer, len, now) {
-            self.stats.bandwidth_dropped += 1;
-            return ClientAction::Drop;
-        }
-        self.stats.to_peer_packets += 1;
-        self.stats.to_peer_bytes += len as u64;
-        ClientAction::Relay {
-            relay,
-            peer,
-            payload: &data[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + len],
-        }
+        let payload = &data[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + len];
+        forward_to_peer(allocation, &mut self.stats, now, peer, payload)
     }
 
     fn client_stun<'a>(
@@ -1156,25 +1169,7 @@ impl Server {
             self.stats.dropped += 1;
             return ClientAction::Drop;
         };
-        let Some(relay) = allocation.relay_for(peer) else {
-            self.stats.dropped += 1;
-            return ClientAction::Drop;
-        };
-        if !allocation.has_permission(peer.ip(), now) {
-            self.stats.peer_without_permission += 1;
-            return ClientAction::Drop;
-        }
-        if !allocation.take_bandwidth(Direction::ToPeer, payload_len, now) {
-            self.stats.bandwidth_dropped += 1;
-            return ClientAction::Drop;
-        }
-        self.stats.to_peer_packets += 1;
-        self.stats.to_peer_bytes += payload_len as u64;
-        ClientAction::Relay {
-            relay,
-            peer,
-            payload,
-        }
+        forward_to_peer(allocation, &mut self.stats, now, peer, payload)
     }
 
     fn remove_allocation(&mut self, tuple: &FiveTuple) {
