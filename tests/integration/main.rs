@@ -12,6 +12,7 @@
 mod abuse;
 mod api;
 mod daemon;
+mod e2e_webrtc;
 mod harness;
 mod nat_and_redirect;
 mod real_clients;
