@@ -1,328 +1,26 @@
 //! Quotas, limits and hostile input, checked with raw STUN/TURN messages built with
 //! `stun-types`/`turn-types` (RFC 8489, RFC 8656).
 
-use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use stun_types::attribute::{
-    AttributeStaticType, AttributeType, ErrorCode, MessageIntegrity, MessageIntegritySha256, Nonce,
-    RawAttribute, Realm, UnknownAttributes, Username, XorMappedAddress,
+    AttributeStaticType, AttributeType, MessageIntegrity, MessageIntegritySha256, RawAttribute,
+    UnknownAttributes, XorMappedAddress,
 };
-use stun_types::message::{
-    IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageWrite,
-    MessageWriteExt, MessageWriteVec, Method, TransactionId, BINDING,
-};
-use turn_types::attribute::{
-    ChannelNumber, Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayedAddress,
-};
-use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
+use stun_types::message::{MessageWriteExt, BINDING};
+use turn_types::message::ALLOCATE;
 
 use crate::harness::{
-    default_args_without, rest_credentials, rest_password, Server, REALM, SECRET,
+    default_args_without, rest_credentials, rest_password, unix_now, Server, REALM, SECRET,
+};
+use crate::stun_client::{
+    build_request, channel_data, no_attrs, recv_from, stun_header, udp_transport, UdpTurn,
+    RESPONSE_TIMEOUT,
 };
 
-/// How long a response may take on loopback.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait before concluding that a packet was dropped.
 const SILENCE: Duration = Duration::from_millis(300);
-
-/// Adds a request's own attributes (before USERNAME/REALM/NONCE/MESSAGE-INTEGRITY). Gets the
-/// transaction ID for the XOR-encoded addresses.
-type Attrs<'a> = &'a dyn Fn(&mut MessageWriteVec, TransactionId);
-
-fn no_attrs(_: &mut MessageWriteVec, _: TransactionId) {}
-
-fn udp_transport(w: &mut MessageWriteVec, _: TransactionId) {
-    w.add_attribute(&RequestedTransport::new(RequestedTransport::UDP))
-        .unwrap();
-}
-
-/// A request with `attrs`, signed for `auth = (username, password, nonce)` if given, with
-/// FINGERPRINT.
-fn build_request(method: Method, attrs: Attrs, auth: Option<(&str, &str, &str)>) -> Vec<u8> {
-    let mut w = Message::builder_request(method, MessageWriteVec::new());
-    let tid = w.transaction_id();
-    attrs(&mut w, tid);
-    if let Some((user, pass, nonce)) = auth {
-        w.add_attribute(&Username::new(user).unwrap()).unwrap();
-        w.add_attribute(&Realm::new(REALM).unwrap()).unwrap();
-        w.add_attribute(&Nonce::new(nonce).unwrap()).unwrap();
-        let credentials =
-            LongTermKeyCredentials::new(user.to_string(), pass.to_string(), REALM.to_string());
-        w.add_message_integrity(&credentials.into(), IntegrityAlgorithm::Sha1)
-            .unwrap();
-    }
-    w.add_fingerprint().unwrap();
-    w.finish()
-}
-
-/// The transaction ID of a message, read from its header (the message may be corrupt).
-fn txid_of(request: &[u8]) -> TransactionId {
-    let bytes: [u8; 12] = request[8..20]
-        .try_into()
-        .expect("request has a STUN header");
-    let mut full = [0u8; 16];
-    full[4..].copy_from_slice(&bytes);
-    TransactionId::from(u128::from_be_bytes(full))
-}
-
-/// A STUN response, owned.
-struct Resp(Vec<u8>);
-
-impl Resp {
-    fn msg(&self) -> Message<'_> {
-        Message::from_bytes(&self.0).expect("response parses as STUN")
-    }
-
-    fn is_success(&self) -> bool {
-        self.msg().has_class(MessageClass::Success)
-    }
-
-    fn code(&self) -> Option<u16> {
-        let msg = self.msg();
-        if !msg.has_class(MessageClass::Error) {
-            return None;
-        }
-        Some(
-            msg.attribute::<ErrorCode>()
-                .map(|e| e.code())
-                .unwrap_or_else(|e| panic!("error response without a valid ERROR-CODE: {e:?}")),
-        )
-    }
-
-    fn nonce(&self) -> Option<String> {
-        self.msg()
-            .attribute::<Nonce>()
-            .ok()
-            .map(|n| n.nonce().to_string())
-    }
-
-    fn realm(&self) -> Option<String> {
-        self.msg()
-            .attribute::<Realm>()
-            .ok()
-            .map(|r| r.realm().to_string())
-    }
-
-    fn has(&self, atype: AttributeType) -> bool {
-        self.msg().has_attribute(atype)
-    }
-
-    fn relayed(&self) -> SocketAddr {
-        let msg = self.msg();
-        msg.attribute::<XorRelayedAddress>()
-            .unwrap_or_else(|e| panic!("no XOR-RELAYED-ADDRESS in {}: {e:?}", self.describe()))
-            .addr(msg.transaction_id())
-    }
-
-    /// "Allocate success" or "Allocate error 401 (Unauthorized)", for failure messages.
-    fn describe(&self) -> String {
-        // Registers TURN method and attribute names for Display (idempotent).
-        turn_types::debug_init();
-        let msg = self.msg();
-        let method = msg.method();
-        match msg.class() {
-            MessageClass::Error => match msg.attribute::<ErrorCode>() {
-                Ok(e) => format!("{method} error {} ({})", e.code(), e.reason()),
-                Err(e) => format!("{method} error without ERROR-CODE ({e:?})"),
-            },
-            class => format!("{method} {class:?}"),
-        }
-    }
-
-    fn expect_success(self, what: &str) -> Resp {
-        assert!(
-            self.is_success(),
-            "{what}: expected success, got {}",
-            self.describe()
-        );
-        self
-    }
-
-    fn expect_error(self, code: u16, what: &str) -> Resp {
-        assert_eq!(
-            self.code(),
-            Some(code),
-            "{what}: expected error {code}, got {}",
-            self.describe()
-        );
-        self
-    }
-}
-
-/// A TURN client on its own 127.0.0.1 UDP socket (one 5-tuple).
-struct Client {
-    sock: UdpSocket,
-    server: SocketAddr,
-    username: String,
-    password: String,
-    nonce: Option<String>,
-}
-
-impl Client {
-    fn new(server: SocketAddr, username: &str, password: &str) -> Client {
-        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind client socket");
-        Client {
-            sock,
-            server,
-            username: username.to_string(),
-            password: password.to_string(),
-            nonce: None,
-        }
-    }
-
-    /// A client with valid REST credentials for `user`.
-    fn rest(server: &Server, user: &str) -> Client {
-        let (username, password) = rest_credentials(SECRET, user, 3600);
-        Client::new(server.udp, &username, &password)
-    }
-
-    fn send_raw(&self, data: &[u8]) {
-        self.sock
-            .send_to(data, self.server)
-            .expect("send to server");
-    }
-
-    /// Sends `request` and waits up to `wait` for the response with its transaction ID;
-    /// other datagrams are skipped.
-    fn try_transact(&self, request: &[u8], wait: Duration) -> Option<Resp> {
-        let tid = txid_of(request);
-        self.send_raw(request);
-        let deadline = Instant::now() + wait;
-        let mut buf = [0u8; 2048];
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.sock
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .unwrap();
-            match self.sock.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    if from != self.server || n < 20 || buf[0] > 0x03 {
-                        continue;
-                    }
-                    if let Ok(msg) = Message::from_bytes(&buf[..n]) {
-                        if msg.transaction_id() == tid && msg.is_response() {
-                            return Some(Resp(buf[..n].to_vec()));
-                        }
-                    }
-                }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return None
-                }
-                Err(e) => panic!("recv from server: {e}"),
-            }
-        }
-    }
-
-    fn transact(&self, request: &[u8]) -> Resp {
-        self.try_transact(request, RESPONSE_TIMEOUT)
-            .unwrap_or_else(|| {
-                panic!(
-                    "no response to request type 0x{:02x}{:02x} within {RESPONSE_TIMEOUT:?}",
-                    request[0], request[1]
-                )
-            })
-    }
-
-    /// The request without any credentials.
-    fn unauthenticated(&self, method: Method, attrs: Attrs) -> Resp {
-        self.transact(&build_request(method, attrs, None))
-    }
-
-    /// The request signed with this client's credentials and `nonce`.
-    fn signed(&self, method: Method, attrs: Attrs, nonce: &str) -> Resp {
-        self.transact(&build_request(
-            method,
-            attrs,
-            Some((&self.username, &self.password, nonce)),
-        ))
-    }
-
-    /// Gets a nonce from a 401 to an unauthenticated request (RFC 8489 §9.2.4).
-    fn fetch_nonce(&mut self) -> String {
-        let resp = self.unauthenticated(ALLOCATE, &udp_transport);
-        let resp = resp.expect_error(401, "Allocate without credentials");
-        let nonce = resp.nonce().expect("401 without NONCE");
-        self.nonce = Some(nonce.clone());
-        nonce
-    }
-
-    /// An authenticated request: gets a nonce first if needed and retries once on 438.
-    fn request(&mut self, method: Method, attrs: Attrs) -> Resp {
-        let nonce = match &self.nonce {
-            Some(n) => n.clone(),
-            None => self.fetch_nonce(),
-        };
-        let resp = self.signed(method, attrs, &nonce);
-        if resp.code() == Some(438) {
-            let fresh = resp.nonce().expect("438 without NONCE");
-            self.nonce = Some(fresh.clone());
-            return self.signed(method, attrs, &fresh);
-        }
-        resp
-    }
-
-    fn allocate(&mut self) -> Resp {
-        self.request(ALLOCATE, &udp_transport)
-    }
-
-    fn refresh(&mut self, lifetime: u32) -> Resp {
-        self.request(REFRESH, &move |w, _| {
-            w.add_attribute(&Lifetime::new(lifetime)).unwrap();
-        })
-    }
-
-    fn create_permission(&mut self, peer: SocketAddr) -> Resp {
-        self.request(CREATE_PERMISSION, &move |w, tid| {
-            w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
-        })
-    }
-
-    fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Resp {
-        self.request(CHANNEL_BIND, &move |w, tid| {
-            w.add_attribute(&ChannelNumber::new(channel)).unwrap();
-            w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
-        })
-    }
-
-    /// A Send indication (RFC 8656 §11.1) to `peer`; indications are not signed.
-    fn send_indication(&self, peer: SocketAddr, payload: &[u8]) {
-        let mut w = Message::builder_indication(SEND, MessageWriteVec::new());
-        let tid = w.transaction_id();
-        w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
-        w.add_attribute(&Data::new(payload)).unwrap();
-        w.add_fingerprint().unwrap();
-        self.send_raw(&w.finish());
-    }
-
-    fn send_channel_data(&self, channel: u16, payload: &[u8]) {
-        self.send_raw(&channel_data(channel, payload));
-    }
-
-    /// Next datagram from the server within `wait`.
-    fn recv(&self, wait: Duration) -> Option<Vec<u8>> {
-        recv_from(&self.sock, wait).map(|(data, _)| data)
-    }
-}
-
-fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + payload.len());
-    out.extend_from_slice(&channel.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-fn recv_from(sock: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
-    sock.set_read_timeout(Some(wait)).unwrap();
-    let mut buf = [0u8; 2048];
-    match sock.recv_from(&mut buf) {
-        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
-        Err(e) => panic!("recv: {e}"),
-    }
-}
 
 /// A peer socket on 127.0.0.1.
 fn peer_socket() -> (UdpSocket, SocketAddr) {
@@ -331,16 +29,9 @@ fn peer_socket() -> (UdpSocket, SocketAddr) {
     (sock, addr)
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// A Binding request answered with success: the server still works.
 fn assert_binding_works(server: &Server, what: &str) {
-    let client = Client::new(server.udp, "", "");
+    let client = UdpTurn::new(server.udp, "", "");
     let resp = client.unauthenticated(BINDING, &no_attrs);
     assert!(
         resp.is_success(),
@@ -360,7 +51,7 @@ fn assert_binding_works(server: &Server, what: &str) {
 #[test]
 fn allocate_without_credentials_gets_401_with_realm_and_nonce() {
     let server = Server::start(&[]);
-    let client = Client::rest(&server, "alice");
+    let client = UdpTurn::rest(&server, "alice");
     let resp = client
         .unauthenticated(ALLOCATE, &udp_transport)
         .expect_error(401, "Allocate without credentials");
@@ -383,7 +74,7 @@ fn allocate_without_credentials_gets_401_with_realm_and_nonce() {
 fn wrong_password_gets_401() {
     let server = Server::start(&[]);
     let (username, _) = rest_credentials(SECRET, "alice", 3600);
-    let mut client = Client::new(server.udp, &username, "d3Jvbmcgd3Jvbmcgd3Jvbmc=");
+    let mut client = UdpTurn::new(server.udp, &username, "d3Jvbmcgd3Jvbmcgd3Jvbmc=");
     let resp = client.allocate();
     assert_eq!(
         resp.code(),
@@ -407,7 +98,7 @@ fn expired_rest_credential_gets_401() {
     let server = Server::start(&[]);
     let username = format!("{}:alice", unix_now() - 60);
     let password = rest_password(SECRET, &username);
-    let mut client = Client::new(server.udp, &username, &password);
+    let mut client = UdpTurn::new(server.udp, &username, &password);
     let resp = client.allocate();
     assert_eq!(
         resp.code(),
@@ -416,7 +107,7 @@ fn expired_rest_credential_gets_401() {
         resp.describe()
     );
     // The same user with a valid expiry works: the 401 is about the expiry only.
-    Client::rest(&server, "alice")
+    UdpTurn::rest(&server, "alice")
         .allocate()
         .expect_success("Allocate with an unexpired REST credential");
 }
@@ -424,7 +115,7 @@ fn expired_rest_credential_gets_401() {
 #[test]
 fn stale_nonce_gets_438_then_retry_succeeds() {
     let server = Server::start(&["--nonce-lifetime-secs", "1"]);
-    let mut client = Client::rest(&server, "alice");
+    let mut client = UdpTurn::rest(&server, "alice");
     let old = client.fetch_nonce();
     std::thread::sleep(Duration::from_millis(2100));
     let resp = client.signed(ALLOCATE, &udp_transport, &old);
@@ -453,7 +144,7 @@ fn server_without_allow_peer() -> Server {
 #[test]
 fn peer_on_loopback_without_allow_peer_gets_403() {
     let server = server_without_allow_peer();
-    let mut client = Client::rest(&server, "alice");
+    let mut client = UdpTurn::rest(&server, "alice");
     client.allocate().expect_success("Allocate");
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
     client
@@ -494,7 +185,7 @@ fn peer_on_loopback_without_allow_peer_gets_403() {
 #[test]
 fn peer_in_10_0_0_0_gets_403() {
     let server = server_without_allow_peer();
-    let mut client = Client::rest(&server, "alice");
+    let mut client = UdpTurn::rest(&server, "alice");
     client.allocate().expect_success("Allocate");
     for ip in [
         Ipv4Addr::new(10, 0, 0, 1),
@@ -522,15 +213,15 @@ fn peer_in_10_0_0_0_gets_403() {
 fn user_quota_gets_486() {
     let server = Server::start(&["--max-allocations-per-user", "2"]);
     let (username, password) = rest_credentials(SECRET, "quota-user", 3600);
-    let mut a = Client::new(server.udp, &username, &password);
-    let mut b = Client::new(server.udp, &username, &password);
-    let mut c = Client::new(server.udp, &username, &password);
+    let mut a = UdpTurn::new(server.udp, &username, &password);
+    let mut b = UdpTurn::new(server.udp, &username, &password);
+    let mut c = UdpTurn::new(server.udp, &username, &password);
     a.allocate().expect_success("first allocation");
     b.allocate().expect_success("second allocation");
     c.allocate()
         .expect_error(486, "third allocation of a user limited to 2");
     // Another user is not affected.
-    Client::rest(&server, "someone-else")
+    UdpTurn::rest(&server, "someone-else")
         .allocate()
         .expect_success("another user's allocation");
     a.refresh(0).expect_success("Refresh LIFETIME 0 (delete)");
@@ -541,13 +232,13 @@ fn user_quota_gets_486() {
 #[test]
 fn total_capacity_gets_508() {
     let server = Server::start(&["--max-allocations", "1"]);
-    let mut a = Client::rest(&server, "alice");
+    let mut a = UdpTurn::rest(&server, "alice");
     a.allocate().expect_success("first allocation");
-    Client::rest(&server, "bob")
+    UdpTurn::rest(&server, "bob")
         .allocate()
         .expect_error(508, "second allocation with --max-allocations 1");
     a.refresh(0).expect_success("Refresh LIFETIME 0 (delete)");
-    Client::rest(&server, "bob")
+    UdpTurn::rest(&server, "bob")
         .allocate()
         .expect_success("allocation after the only one was deleted");
 }
@@ -557,7 +248,7 @@ fn total_capacity_gets_508() {
 #[test]
 fn second_allocate_on_same_5tuple_gets_437() {
     let server = Server::start(&[]);
-    let mut client = Client::rest(&server, "alice");
+    let mut client = UdpTurn::rest(&server, "alice");
     client.allocate().expect_success("first Allocate");
     client
         .allocate()
@@ -567,7 +258,7 @@ fn second_allocate_on_same_5tuple_gets_437() {
 #[test]
 fn refresh_without_allocation_gets_437() {
     let server = Server::start(&[]);
-    let mut client = Client::rest(&server, "alice");
+    let mut client = UdpTurn::rest(&server, "alice");
     client
         .refresh(600)
         .expect_error(437, "Refresh without an allocation");
@@ -578,7 +269,7 @@ fn refresh_without_allocation_gets_437() {
 #[test]
 fn unknown_comprehension_required_attribute_gets_420() {
     let server = Server::start(&[]);
-    let client = Client::new(server.udp, "", "");
+    let client = UdpTurn::new(server.udp, "", "");
     let required = AttributeType::new(0x0031);
     let resp = client.unauthenticated(BINDING, &move |w, _| {
         w.add_attribute(&RawAttribute::new(required, &[1, 2, 3, 4]))
@@ -626,19 +317,10 @@ fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn stun_header(msg_type: u16, length: u16, txid: [u8; 12]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&msg_type.to_be_bytes());
-    out.extend_from_slice(&length.to_be_bytes());
-    out.extend_from_slice(&0x2112_A442u32.to_be_bytes());
-    out.extend_from_slice(&txid);
-    out
-}
-
 #[test]
 fn malformed_packets_do_not_crash() {
     let mut server = Server::start(&[]);
-    let client = Client::new(server.udp, "", "");
+    let client = UdpTurn::new(server.udp, "", "");
     let binding = build_request(BINDING, &no_attrs, None);
     let allocate = build_request(ALLOCATE, &udp_transport, None);
 
@@ -769,7 +451,7 @@ fn malformed_packets_do_not_crash() {
 #[test]
 fn bad_fingerprint_is_silently_discarded() {
     let server = Server::start(&[]);
-    let client = Client::new(server.udp, "", "");
+    let client = UdpTurn::new(server.udp, "", "");
     let mut request = build_request(BINDING, &no_attrs, None);
     let last = request.len() - 1;
     request[last] ^= 0x5a;
@@ -788,7 +470,7 @@ fn bad_fingerprint_is_silently_discarded() {
 fn channel_data_relays_and_unbound_channel_is_dropped() {
     let server = Server::start(&[]);
     let (peer, peer_addr) = peer_socket();
-    let mut client = Client::rest(&server, "alice");
+    let mut client = UdpTurn::rest(&server, "alice");
     let relayed = client.allocate().expect_success("Allocate").relayed();
     client
         .channel_bind(0x4001, peer_addr)
@@ -838,7 +520,7 @@ fn channel_data_relays_and_unbound_channel_is_dropped() {
 fn send_indication_without_permission_is_dropped() {
     let server = Server::start(&[]);
     let (peer, peer_addr) = peer_socket();
-    let mut client = Client::rest(&server, "alice");
+    let mut client = UdpTurn::rest(&server, "alice");
     let relayed = client.allocate().expect_success("Allocate").relayed();
 
     client.send_indication(peer_addr, b"no permission");
@@ -862,7 +544,7 @@ fn send_indication_without_permission_is_dropped() {
 fn bandwidth_cap_drops_excess() {
     let server = Server::start(&["--bandwidth-per-allocation", "10000"]);
     let (peer, peer_addr) = peer_socket();
-    let mut client = Client::rest(&server, "alice");
+    let mut client = UdpTurn::rest(&server, "alice");
     client.allocate().expect_success("Allocate");
     client
         .channel_bind(0x4001, peer_addr)

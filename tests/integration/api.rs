@@ -6,10 +6,10 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crate::harness::{require_tool, rest_password, run_with_timeout, CmdOutput, Server, SECRET};
+use crate::harness::{rest_password, unix_now, CmdOutput, Server, SECRET};
+use crate::uclient::{assert_refused, run_uclient, uclient_sent_and_lost};
 
 const TOKEN: &str = "integration-api-token";
 const ORIGIN: &str = "https://app.example.com";
@@ -120,53 +120,18 @@ fn wait_for_metrics(server: &Server, done: impl Fn(&str) -> bool) -> String {
     }
 }
 
+/// `turnutils_uclient -u USERNAME -w PASSWORD -y -n 100 -m 2 -l 170` against the server.
 fn uclient(server: &Server, username: &str, password: &str) -> CmdOutput {
-    let tool = require_tool("turnutils_uclient");
-    run_with_timeout(
-        Command::new(tool)
-            .args(["-u", username, "-w", password, "-y"])
-            .args(["-n", "100", "-m", "2", "-l", "170"])
-            .arg("-p")
-            .arg(server.port().to_string())
-            .arg(server.udp.ip().to_string()),
+    let port = server.port().to_string();
+    let host = server.udp.ip().to_string();
+    run_uclient(
+        None,
+        &[
+            "-u", username, "-w", password, "-y", "-n", "100", "-m", "2", "-l", "170", "-p", &port,
+            &host,
+        ],
         UCLIENT_TIMEOUT,
     )
-}
-
-/// The number following `key` in `line`.
-fn number_after(line: &str, key: &str) -> Option<u64> {
-    let rest = &line[line.find(key)? + key.len()..];
-    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
-}
-
-/// `(sent, lost)` from uclient's final `tot_send_msgs=N` and `Total lost packets L` lines.
-fn uclient_sent_and_lost(output: &str) -> Option<(u64, u64)> {
-    let sent = output
-        .lines()
-        .rev()
-        .find_map(|l| number_after(l, "tot_send_msgs="))?;
-    let lost = output
-        .lines()
-        .rev()
-        .find_map(|l| number_after(l, "Total lost packets "))?;
-    Some((sent, lost))
-}
-
-fn assert_refused(out: &CmdOutput, what: &str) {
-    assert!(!out.timed_out, "uclient with {what} hung:\n{out}");
-    assert_ne!(out.code(), Some(0), "uclient with {what} succeeded:\n{out}");
-    assert!(
-        out.stdout.contains("Cannot complete Allocation"),
-        "uclient with {what} did not report `Cannot complete Allocation`:\n{out}"
-    );
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[test]
@@ -388,7 +353,8 @@ fn api_credentials_are_refused_after_expiry() {
     }
     assert_refused(
         &uclient(&server, &username, &password),
-        "an expired API credential",
+        "uclient with an expired API credential",
+        "Cannot complete Allocation",
     );
 
     // One that expired a minute ago, signed with the server's secret.
@@ -396,6 +362,7 @@ fn api_credentials_are_refused_after_expiry() {
     let password = rest_password(SECRET, &username);
     assert_refused(
         &uclient(&server, &username, &password),
-        "a credential expired a minute ago",
+        "uclient with a credential expired a minute ago",
+        "Cannot complete Allocation",
     );
 }

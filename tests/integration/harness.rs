@@ -139,14 +139,64 @@ pub fn require_run_pair() -> PathBuf {
     script
 }
 
+/// How long `run_pair.sh` may take.
+pub const PAIR_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Runs two aiortc peers with `run_pair.sh -- --turn URL --secret SECRET --policy relay`
+/// and asserts on both result lines: ok, on a relay, `check` (extra per-peer assertions),
+/// 1 MiB with a SHA-256, one offer and one answer, the same data echoed.
+pub fn assert_relay_only_pair(
+    url: &str,
+    check: impl Fn(&serde_json::Value, &CmdOutput),
+) -> CmdOutput {
+    let run_pair = require_run_pair();
+    let out = run_with_timeout(
+        Command::new(run_pair).args(["--", "--turn", url, "--secret", SECRET, "--policy", "relay"]),
+        PAIR_TIMEOUT,
+    );
+    assert!(out.success(), "run_pair.sh failed:\n{out}");
+    let results: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("bad result line {l:?}: {e}\n{out}"))
+        })
+        .collect();
+    assert_eq!(results.len(), 2, "expected two result lines:\n{out}");
+    let mut roles = Vec::new();
+    for r in &results {
+        assert_eq!(r["ok"], serde_json::json!(true), "peer failed: {r}\n{out}");
+        assert_eq!(r["local_type"], "relay", "peer not on a relay: {r}\n{out}");
+        check(r, &out);
+        assert_eq!(r["bytes"], 1_048_576, "wrong byte count: {r}\n{out}");
+        assert!(
+            r["sha256"].as_str().is_some_and(|s| s.len() == 64),
+            "no sha256: {r}\n{out}"
+        );
+        roles.push(r["role"].as_str().unwrap_or("?").to_string());
+    }
+    roles.sort();
+    assert_eq!(roles, ["answer", "offer"], "roles:\n{out}");
+    assert_eq!(
+        results[0]["sha256"], results[1]["sha256"],
+        "the echoed data differs from what was sent:\n{out}"
+    );
+    out
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
 /// TURN REST credentials (draft-uberti-behave-turn-rest):
 /// `username = "<unix expiry>:<user>"`, `password = base64(HMAC-SHA1(secret, username))`.
 pub fn rest_credentials(secret: &str, user: &str, ttl_secs: u64) -> (String, String) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    let username = format!("{}:{user}", now + ttl_secs);
+    let username = format!("{}:{user}", unix_now() + ttl_secs);
     let password = rest_password(secret, &username);
     (username, password)
 }

@@ -16,6 +16,8 @@ mod e2e_webrtc;
 mod harness;
 mod nat_and_redirect;
 mod real_clients;
+mod stun_client;
 mod systemd_unit;
 mod transports;
+mod uclient;
 mod webrtc_rs;

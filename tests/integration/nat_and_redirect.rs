@@ -6,116 +6,57 @@
 //! the peer are on the "public" side, and nothing is linked to the host's network.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use stun_types::attribute::{AlternateServer, ErrorCode, Nonce, Realm, Username};
-use stun_types::message::{
-    IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageWrite,
-    MessageWriteExt, MessageWriteVec, Method, BINDING,
-};
-use turn_types::attribute::RequestedTransport;
+use stun_types::attribute::{AlternateServer, Nonce};
+use stun_types::message::{LongTermKeyCredentials, BINDING};
 use turn_types::message::ALLOCATE;
 
 use crate::harness::{
-    default_args_without, require_tool, rest_credentials, run_with_timeout, CmdOutput, Server,
-    REALM, SECRET,
+    default_args_without, require_tool, rest_credentials, CmdOutput, Server, REALM, SECRET,
 };
+use crate::stun_client::{build_request, no_attrs, udp_transport, UdpTurn};
+use crate::uclient::run_uclient;
 
 /// Where the first test redirects to. Nothing listens there; only the address matters.
 const ALTERNATE: &str = "127.0.0.1:3999";
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const UCLIENT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A request, signed with `auth = (username, password, nonce)` when given, with FINGERPRINT.
-fn request(method: Method, transport: bool, auth: Option<(&str, &str, &str)>) -> Vec<u8> {
-    let mut w = Message::builder_request(method, MessageWriteVec::new());
-    if transport {
-        w.add_attribute(&RequestedTransport::new(RequestedTransport::UDP))
-            .unwrap();
-    }
-    if let Some((user, pass, nonce)) = auth {
-        w.add_attribute(&Username::new(user).unwrap()).unwrap();
-        w.add_attribute(&Realm::new(REALM).unwrap()).unwrap();
-        w.add_attribute(&Nonce::new(nonce).unwrap()).unwrap();
-        let credentials =
-            LongTermKeyCredentials::new(user.to_string(), pass.to_string(), REALM.to_string());
-        w.add_message_integrity(&credentials.into(), IntegrityAlgorithm::Sha1)
-            .unwrap();
-    }
-    w.add_fingerprint().unwrap();
-    w.finish()
-}
-
-/// Sends `request` and returns the response with its transaction ID.
-fn transact(sock: &UdpSocket, server: SocketAddr, request: &[u8]) -> Vec<u8> {
-    let tid = &request[8..20];
-    sock.send_to(request, server).expect("send to server");
-    let deadline = Instant::now() + RESPONSE_TIMEOUT;
-    let mut buf = [0u8; 2048];
-    loop {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .unwrap_or_else(|| panic!("no response from {server} within {RESPONSE_TIMEOUT:?}"));
-        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .unwrap();
-        let (n, from) = sock.recv_from(&mut buf).expect("response from server");
-        if from == server && n >= 20 && &buf[8..20] == tid {
-            return buf[..n].to_vec();
-        }
-    }
-}
-
-fn error_code(msg: &Message<'_>) -> Option<u16> {
-    msg.has_class(MessageClass::Error)
-        .then(|| msg.attribute::<ErrorCode>().map(|e| e.code()).ok())
-        .flatten()
-}
 
 /// Runs `turnutils_uclient ARGS` (through `ip netns exec NS` when `netns` is given).
 fn uclient(netns: Option<&str>, args: &[&str]) -> CmdOutput {
-    let tool = require_tool("turnutils_uclient");
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", ns]).arg(&tool);
-            cmd
-        }
-        None => Command::new(&tool),
-    };
-    cmd.args(args);
-    run_with_timeout(&mut cmd, UCLIENT_TIMEOUT)
+    run_uclient(netns, args, UCLIENT_TIMEOUT)
 }
 
 #[test]
 fn alternate_server_redirects_allocate_with_300() {
     let server = Server::start(&["--alternate-server", ALTERNATE]);
-    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let client = UdpTurn::new(server.udp, "", "");
 
     // STUN Binding is still answered here: only allocations are redirected.
-    let reply = transact(&sock, server.udp, &request(BINDING, false, None));
-    let msg = Message::from_bytes(&reply).unwrap();
-    assert!(msg.has_class(MessageClass::Success), "Binding: {msg}");
+    let reply = client.unauthenticated(BINDING, &no_attrs);
+    let msg = reply.msg();
+    assert!(reply.is_success(), "Binding: {msg}");
 
     // Unauthenticated: the usual 401 challenge; the redirect is not given to strangers.
-    let reply = transact(&sock, server.udp, &request(ALLOCATE, true, None));
-    let msg = Message::from_bytes(&reply).unwrap();
-    assert_eq!(error_code(&msg), Some(401), "{msg}");
+    let reply = client.unauthenticated(ALLOCATE, &udp_transport);
+    let msg = reply.msg();
+    assert_eq!(reply.code(), Some(401), "{msg}");
     assert!(msg.attribute::<AlternateServer>().is_err(), "{msg}");
     let nonce = msg.attribute::<Nonce>().unwrap().nonce().to_string();
 
     // Authenticated: 300 Try Alternate naming the configured server, signed for the user.
     let (username, password) = rest_credentials(SECRET, "redirected", 600);
-    let reply = transact(
-        &sock,
-        server.udp,
-        &request(ALLOCATE, true, Some((&username, &password, &nonce))),
-    );
-    let msg = Message::from_bytes(&reply).unwrap();
-    assert_eq!(error_code(&msg), Some(300), "{msg}");
+    let reply = client.transact(&build_request(
+        ALLOCATE,
+        &udp_transport,
+        Some((&username, &password, &nonce)),
+    ));
+    let msg = reply.msg();
+    assert_eq!(reply.code(), Some(300), "{msg}");
     assert_eq!(
         msg.attribute::<AlternateServer>()
             .expect("ALTERNATE-SERVER in the 300")

@@ -16,42 +16,30 @@
 //!   phrase is the server's.
 
 use std::net::UdpSocket;
-use std::process::Command;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 
 use crate::harness::{
-    require_run_pair, require_tool, run_with_timeout, stun_binding_request, CmdOutput, Server,
-    SECRET,
+    assert_relay_only_pair, require_tool, stun_binding_request, CmdOutput, Server, SECRET,
+};
+use crate::stun_client::stun_header;
+use crate::uclient::{
+    assert_refused, assert_sent_no_data, assert_zero_loss, reflexive_port, stunclient, uclient,
+    uclient_stats, UclientStats,
 };
 
-const STUNCLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const UCLIENT_TIMEOUT: Duration = Duration::from_secs(120);
-const PAIR_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn stunclient(server: &Server) -> CmdOutput {
-    let tool = require_tool("turnutils_stunclient");
-    run_with_timeout(
-        Command::new(tool)
-            .arg("-p")
-            .arg(server.port().to_string())
-            .arg(server.udp.ip().to_string()),
-        STUNCLIENT_TIMEOUT,
-    )
-}
-
-/// The port of the first `UDP reflexive addr: 127.0.0.1:<port>` line.
-fn reflexive_port(output: &str) -> Option<u16> {
-    const MARK: &str = "UDP reflexive addr: 127.0.0.1:";
-    let rest = &output[output.find(MARK)? + MARK.len()..];
-    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
+/// `turnutils_uclient -W SECRET -u harness -y EXTRA` against the server's UDP address.
+fn uclient_udp(server: &Server, secret: &str, extra: &[&str], timeout: Duration) -> CmdOutput {
+    let host = server.udp.ip().to_string();
+    uclient(secret, extra, server.port(), &host, timeout)
 }
 
 /// Asserts that turnutils_stunclient gets a Binding response with a 127.0.0.1 mapping.
 fn assert_stunclient_works(server: &Server) {
-    let out = stunclient(server);
+    let out = stunclient(server.port(), &server.udp.ip().to_string());
     assert!(out.success(), "turnutils_stunclient failed:\n{out}");
     let port = reflexive_port(&out.stdout);
     assert!(
@@ -60,73 +48,14 @@ fn assert_stunclient_works(server: &Server) {
     );
 }
 
-/// `turnutils_uclient -W SECRET -u harness -y EXTRA -p PORT IP`: `-y` makes its clients send
-/// to each other through their relays.
-fn uclient(server: &Server, secret: &str, extra: &[&str], timeout: Duration) -> CmdOutput {
-    let tool = require_tool("turnutils_uclient");
-    run_with_timeout(
-        Command::new(tool)
-            .args(["-W", secret, "-u", "harness", "-y"])
-            .args(extra)
-            .arg("-p")
-            .arg(server.port().to_string())
-            .arg(server.udp.ip().to_string()),
-        timeout,
-    )
-}
-
-#[derive(Debug, PartialEq)]
-struct UclientStats {
-    sent: u64,
-    received: u64,
-    lost: u64,
-}
-
-/// The number following `key` in `line`.
-fn number_after(line: &str, key: &str) -> Option<u64> {
-    let rest = &line[line.find(key)? + key.len()..];
-    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
-}
-
-/// From the final summary: the last `tot_send_msgs=N, tot_recv_msgs=M` line and
-/// `Total lost packets L (...)`.
-fn uclient_stats(output: &str) -> Option<UclientStats> {
-    let totals = output
-        .lines()
-        .rev()
-        .find(|l| l.contains("tot_send_msgs=") && l.contains("tot_recv_msgs="))?;
-    let lost = output
-        .lines()
-        .rev()
-        .find_map(|l| number_after(l, "Total lost packets "))?;
-    Some(UclientStats {
-        sent: number_after(totals, "tot_send_msgs=")?,
-        received: number_after(totals, "tot_recv_msgs=")?,
-        lost,
-    })
-}
-
 /// Runs uclient with 10 clients × 1000 messages of 170 bytes and asserts that every message
 /// made it through the relays.
 fn assert_uclient_zero_loss(extra: &[&str]) {
     let server = Server::start(&[]);
     let mut args = vec!["-n", "1000", "-m", "10", "-l", "170"];
     args.extend_from_slice(extra);
-    let out = uclient(&server, SECRET, &args, UCLIENT_TIMEOUT);
-    assert!(out.success(), "turnutils_uclient failed:\n{out}");
-    let stats = uclient_stats(&out.stdout)
-        .unwrap_or_else(|| panic!("no uclient summary (tot_send_msgs / Total lost):\n{out}"));
-    assert!(
-        stats.sent >= 1000,
-        "uclient sent only {} messages:\n{out}",
-        stats.sent
-    );
-    assert_eq!(stats.lost, 0, "uclient lost packets:\n{out}");
-    assert_eq!(
-        stats.received, stats.sent,
-        "uclient received fewer messages than it sent:\n{out}"
-    );
+    let out = uclient_udp(&server, SECRET, &args, UCLIENT_TIMEOUT);
+    assert_zero_loss(&out, "uclient", 1000);
 }
 
 #[test]
@@ -152,69 +81,22 @@ fn uclient_wrong_secret_is_refused() {
     let server = Server::start(&[]);
     let args = ["-n", "10", "-m", "2", "-l", "170"];
     // Control: the right secret works on this server, so a refusal is down to the secret.
-    let good = uclient(&server, SECRET, &args, Duration::from_secs(60));
+    let good = uclient_udp(&server, SECRET, &args, Duration::from_secs(60));
     assert!(
         good.success() && uclient_stats(&good.stdout).is_some_and(|s| s.lost == 0),
         "control run with the right secret failed:\n{good}"
     );
-    let out = uclient(&server, "wrong-secret", &args, Duration::from_secs(60));
-    assert!(
-        !out.timed_out,
-        "uclient with a wrong secret hung instead of being refused:\n{out}"
-    );
-    assert_ne!(
-        out.code(),
-        Some(0),
-        "uclient with a wrong secret succeeded:\n{out}"
-    );
-    assert!(
-        out.stdout.contains("Cannot complete Allocation"),
-        "uclient with a wrong secret did not report `Cannot complete Allocation`:\n{out}"
-    );
-    assert!(
-        !out.stdout.contains("Total lost packets"),
-        "uclient with a wrong secret got to send data:\n{out}"
-    );
+    let out = uclient_udp(&server, "wrong-secret", &args, Duration::from_secs(60));
+    let what = "uclient with a wrong secret";
+    assert_refused(&out, what, "Cannot complete Allocation");
+    assert_sent_no_data(&out, what);
 }
 
 #[test]
 fn aiortc_relay_only_pair_exchanges_1mib() {
-    let run_pair = require_run_pair();
     let server = Server::start(&[]);
     let url = format!("turn:{}?transport=udp", server.udp);
-    let out = run_with_timeout(
-        Command::new(run_pair).args([
-            "--", "--turn", &url, "--secret", SECRET, "--policy", "relay",
-        ]),
-        PAIR_TIMEOUT,
-    );
-    assert!(out.success(), "run_pair.sh failed:\n{out}");
-    let results: Vec<serde_json::Value> = out
-        .stdout
-        .lines()
-        .filter(|l| l.trim_start().starts_with('{'))
-        .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("bad result line {l:?}: {e}\n{out}"))
-        })
-        .collect();
-    assert_eq!(results.len(), 2, "expected two result lines:\n{out}");
-    let mut roles = Vec::new();
-    for r in &results {
-        assert_eq!(r["ok"], serde_json::json!(true), "peer failed: {r}\n{out}");
-        assert_eq!(r["local_type"], "relay", "peer not on a relay: {r}\n{out}");
-        assert_eq!(r["bytes"], 1_048_576, "wrong byte count: {r}\n{out}");
-        assert!(
-            r["sha256"].as_str().is_some_and(|s| s.len() == 64),
-            "no sha256: {r}\n{out}"
-        );
-        roles.push(r["role"].as_str().unwrap_or("?").to_string());
-    }
-    roles.sort();
-    assert_eq!(roles, ["answer", "offer"], "roles:\n{out}");
-    assert_eq!(
-        results[0]["sha256"], results[1]["sha256"],
-        "the echoed data differs from what was sent:\n{out}"
-    );
+    assert_relay_only_pair(&url, |_, _| {});
 }
 
 #[test]
@@ -223,45 +105,23 @@ fn uclient_without_allow_peer_cannot_relay_to_loopback() {
     let server = Server::start_raw(&args);
     let common = ["-n", "100", "-m", "4", "-l", "170"];
     // Channels: ChannelBind to the other client's loopback relay address is refused.
-    let out = uclient(&server, SECRET, &common, Duration::from_secs(60));
-    assert!(!out.timed_out, "uclient hung:\n{out}");
-    assert_ne!(out.code(), Some(0), "uclient relayed to loopback:\n{out}");
-    assert!(
-        out.stdout.contains("channel bind: error 403"),
-        "expected `channel bind: error 403` from uclient:\n{out}"
+    let out = uclient_udp(&server, SECRET, &common, Duration::from_secs(60));
+    assert_refused(
+        &out,
+        "uclient to loopback (channels)",
+        "channel bind: error 403",
     );
-    assert!(
-        !out.stdout.contains("Total lost packets"),
-        "uclient got to send data:\n{out}"
-    );
+    assert_sent_no_data(&out, "uclient to loopback (channels)");
     // Send indications: CreatePermission is refused.
     let mut with_send = common.to_vec();
     with_send.push("-s");
-    let out = uclient(&server, SECRET, &with_send, Duration::from_secs(60));
-    assert!(!out.timed_out, "uclient -s hung:\n{out}");
-    assert_ne!(
-        out.code(),
-        Some(0),
-        "uclient -s relayed to loopback:\n{out}"
+    let out = uclient_udp(&server, SECRET, &with_send, Duration::from_secs(60));
+    assert_refused(
+        &out,
+        "uclient -s to loopback",
+        "create permission error 403",
     );
-    assert!(
-        out.stdout.contains("create permission error 403"),
-        "expected `create permission error 403` from uclient -s:\n{out}"
-    );
-    assert!(
-        !out.stdout.contains("Total lost packets"),
-        "uclient -s got to send data:\n{out}"
-    );
-}
-
-/// STUN header: type, length, magic cookie, transaction ID.
-fn stun_header(msg_type: u16, length: u16, txid: [u8; 12]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(20);
-    m.extend_from_slice(&msg_type.to_be_bytes());
-    m.extend_from_slice(&length.to_be_bytes());
-    m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
-    m.extend_from_slice(&txid);
-    m
+    assert_sent_no_data(&out, "uclient -s to loopback");
 }
 
 fn garbage(rng: &mut rand::rngs::StdRng) -> Vec<(&'static str, Vec<u8>)> {

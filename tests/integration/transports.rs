@@ -27,26 +27,16 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use stun_types::attribute::{ErrorCode, Nonce, Realm, Username};
-use stun_types::message::{
-    IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageWrite,
-    MessageWriteExt, MessageWriteVec, Method, TransactionId,
-};
-use turn_types::attribute::{RequestedTransport, XorRelayedAddress};
-use turn_types::message::ALLOCATE;
-
 use crate::harness::{
-    require_run_pair, require_tool, rest_credentials, run_with_timeout, Backend, CmdOutput, Server,
-    REALM, SECRET,
+    assert_relay_only_pair, require_tool, rest_credentials, run_with_timeout, Backend, Server,
+    SECRET,
 };
+use crate::stun_client::{TcpTurn, RESPONSE_TIMEOUT};
+use crate::uclient::{assert_zero_loss, number_after, stunclient, uclient};
 
 const UCLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 const SHORT_UCLIENT_TIMEOUT: Duration = Duration::from_secs(60);
-const STUNCLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-const PAIR_TIMEOUT: Duration = Duration::from_secs(90);
 const OPENSSL_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a response may take on loopback.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The server's deadline for a TLS handshake / a first whole frame on a stream connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Slack on top of `HANDSHAKE_TIMEOUT` for the server to notice and close.
@@ -168,227 +158,8 @@ fn start_tls_server() -> (TempDir, Server) {
 }
 
 // ---------------------------------------------------------------------------------------
-// turnutils_uclient / turnutils_stunclient
+// Raw TCP
 // ---------------------------------------------------------------------------------------
-
-/// `turnutils_uclient -W SECRET -u harness -y EXTRA -p PORT HOST`: `-y` makes its clients
-/// send to each other through their relays.
-fn uclient(extra: &[&str], port: u16, host: &str, timeout: Duration) -> CmdOutput {
-    let tool = require_tool("turnutils_uclient");
-    run_with_timeout(
-        Command::new(tool)
-            .args(["-W", SECRET, "-u", "harness", "-y"])
-            .args(extra)
-            .arg("-p")
-            .arg(port.to_string())
-            .arg(host),
-        timeout,
-    )
-}
-
-#[derive(Debug, PartialEq)]
-struct UclientStats {
-    sent: u64,
-    received: u64,
-    lost: u64,
-}
-
-/// The number following `key` in `line`.
-fn number_after(line: &str, key: &str) -> Option<u64> {
-    let rest = &line[line.find(key)? + key.len()..];
-    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
-}
-
-/// From the final summary: the last `tot_send_msgs=N, tot_recv_msgs=M` line and
-/// `Total lost packets L (...)`.
-fn uclient_stats(output: &str) -> Option<UclientStats> {
-    let totals = output
-        .lines()
-        .rev()
-        .find(|l| l.contains("tot_send_msgs=") && l.contains("tot_recv_msgs="))?;
-    let lost = output
-        .lines()
-        .rev()
-        .find_map(|l| number_after(l, "Total lost packets "))?;
-    Some(UclientStats {
-        sent: number_after(totals, "tot_send_msgs=")?,
-        received: number_after(totals, "tot_recv_msgs=")?,
-        lost,
-    })
-}
-
-/// Asserts: exit 0, a summary, at least `min_sent` messages sent, 0 lost, all received.
-fn assert_zero_loss(out: &CmdOutput, what: &str, min_sent: u64) {
-    assert!(out.success(), "{what}: turnutils_uclient failed:\n{out}");
-    let stats = uclient_stats(&out.stdout).unwrap_or_else(|| {
-        panic!("{what}: no uclient summary (tot_send_msgs / Total lost):\n{out}")
-    });
-    assert!(
-        stats.sent >= min_sent,
-        "{what}: uclient sent only {} messages (expected >= {min_sent}):\n{out}",
-        stats.sent
-    );
-    assert_eq!(stats.lost, 0, "{what}: uclient lost packets:\n{out}");
-    assert_eq!(
-        stats.received, stats.sent,
-        "{what}: uclient received fewer messages than it sent:\n{out}"
-    );
-    eprintln!(
-        "{what}: sent {} received {} lost {} in {:?}",
-        stats.sent, stats.received, stats.lost, out.elapsed
-    );
-}
-
-// ---------------------------------------------------------------------------------------
-// Raw TURN over TCP
-// ---------------------------------------------------------------------------------------
-
-/// An Allocate request (REQUESTED-TRANSPORT UDP), signed for `auth = (username, password,
-/// nonce)` if given, with FINGERPRINT.
-fn allocate_request(auth: Option<(&str, &str, &str)>) -> Vec<u8> {
-    build_request(ALLOCATE, auth)
-}
-
-fn build_request(method: Method, auth: Option<(&str, &str, &str)>) -> Vec<u8> {
-    let mut w = Message::builder_request(method, MessageWriteVec::new());
-    w.add_attribute(&RequestedTransport::new(RequestedTransport::UDP))
-        .unwrap();
-    if let Some((user, pass, nonce)) = auth {
-        w.add_attribute(&Username::new(user).unwrap()).unwrap();
-        w.add_attribute(&Realm::new(REALM).unwrap()).unwrap();
-        w.add_attribute(&Nonce::new(nonce).unwrap()).unwrap();
-        let credentials =
-            LongTermKeyCredentials::new(user.to_string(), pass.to_string(), REALM.to_string());
-        w.add_message_integrity(&credentials.into(), IntegrityAlgorithm::Sha1)
-            .unwrap();
-    }
-    w.add_fingerprint().unwrap();
-    w.finish()
-}
-
-fn txid_of(message: &[u8]) -> TransactionId {
-    let mut full = [0u8; 16];
-    full[4..].copy_from_slice(&message[8..20]);
-    TransactionId::from(u128::from_be_bytes(full))
-}
-
-/// A STUN response, owned.
-struct Resp(Vec<u8>);
-
-impl Resp {
-    fn msg(&self) -> Message<'_> {
-        Message::from_bytes(&self.0).expect("response parses as STUN")
-    }
-
-    fn is_success(&self) -> bool {
-        self.msg().has_class(MessageClass::Success)
-    }
-
-    fn code(&self) -> Option<u16> {
-        let msg = self.msg();
-        if !msg.has_class(MessageClass::Error) {
-            return None;
-        }
-        Some(
-            msg.attribute::<ErrorCode>()
-                .map(|e| e.code())
-                .unwrap_or_else(|e| panic!("error response without a valid ERROR-CODE: {e:?}")),
-        )
-    }
-
-    fn nonce(&self) -> Option<String> {
-        self.msg()
-            .attribute::<Nonce>()
-            .ok()
-            .map(|n| n.nonce().to_string())
-    }
-
-    fn relayed(&self) -> Option<SocketAddr> {
-        let msg = self.msg();
-        msg.attribute::<XorRelayedAddress>()
-            .ok()
-            .map(|a| a.addr(msg.transaction_id()))
-    }
-
-    /// "Allocate success" or "Allocate error 486 (...)", for failure messages.
-    fn describe(&self) -> String {
-        turn_types::debug_init();
-        let msg = self.msg();
-        let method = msg.method();
-        match msg.class() {
-            MessageClass::Error => match msg.attribute::<ErrorCode>() {
-                Ok(e) => format!("{method} error {} ({})", e.code(), e.reason()),
-                Err(e) => format!("{method} error without ERROR-CODE ({e:?})"),
-            },
-            class => format!("{method} {class:?}"),
-        }
-    }
-}
-
-/// A TURN client on one TCP connection to the server.
-struct TcpTurn {
-    stream: TcpStream,
-    username: String,
-    password: String,
-}
-
-impl TcpTurn {
-    fn connect(server: SocketAddr, username: &str, password: &str) -> TcpTurn {
-        let stream = TcpStream::connect_timeout(&server, RESPONSE_TIMEOUT)
-            .unwrap_or_else(|e| panic!("TCP connect to {server}: {e}"));
-        stream.set_read_timeout(Some(RESPONSE_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        TcpTurn {
-            stream,
-            username: username.to_string(),
-            password: password.to_string(),
-        }
-    }
-
-    /// Sends `request` and reads the next STUN message: the 20-byte header, then its length.
-    fn transact(&mut self, request: &[u8]) -> Resp {
-        self.stream
-            .write_all(request)
-            .unwrap_or_else(|e| panic!("writing a request on {:?}: {e}", self.stream));
-        let mut header = [0u8; 20];
-        self.stream
-            .read_exact(&mut header)
-            .unwrap_or_else(|e| panic!("no response header on {:?}: {e}", self.stream));
-        assert!(
-            header[0] & 0xc0 == 0,
-            "a STUN message was expected, got frame header {header:02x?}"
-        );
-        let len = u16::from_be_bytes([header[2], header[3]]) as usize;
-        let mut message = header.to_vec();
-        message.resize(20 + len, 0);
-        self.stream
-            .read_exact(&mut message[20..])
-            .unwrap_or_else(|e| panic!("response body ({len} bytes) on {:?}: {e}", self.stream));
-        assert_eq!(
-            txid_of(&message),
-            txid_of(request),
-            "response to another transaction"
-        );
-        Resp(message)
-    }
-
-    /// Allocate: unauthenticated for the nonce (expects 401), then signed.
-    fn allocate(&mut self) -> Resp {
-        let challenge = self.transact(&allocate_request(None));
-        assert_eq!(
-            challenge.code(),
-            Some(401),
-            "unauthenticated Allocate over TCP: expected 401, got {}",
-            challenge.describe()
-        );
-        let nonce = challenge
-            .nonce()
-            .unwrap_or_else(|| panic!("401 without NONCE: {}", challenge.describe()));
-        let (user, pass) = (self.username.clone(), self.password.clone());
-        self.transact(&allocate_request(Some((&user, &pass, &nonce))))
-    }
-}
 
 /// Reads from `stream` until the peer closes it (EOF or reset) or `deadline`. Returns when
 /// the close was seen, or `None`, and the number of bytes the server sent before.
@@ -423,6 +194,7 @@ fn uclient_over_tcp_zero_loss() {
     let server = Server::start(&[]);
     let tcp = tcp_addr(&server);
     let out = uclient(
+        SECRET,
         &["-t", "-n", "1000", "-m", "10", "-l", "170"],
         tcp.port(),
         &tcp.ip().to_string(),
@@ -436,6 +208,7 @@ fn uclient_over_tls_zero_loss() {
     let (_dir, server) = start_tls_server();
     let tls = ready_addr(&server, "tls");
     let out = uclient(
+        SECRET,
         &["-t", "-S", "-n", "1000", "-m", "10", "-l", "170"],
         tls.port(),
         &tls.ip().to_string(),
@@ -474,65 +247,27 @@ fn uclient_over_tls_zero_loss() {
 
 #[test]
 fn aiortc_relay_only_pair_over_tcp() {
-    let run_pair = require_run_pair();
     let server = Server::start(&[]);
     let url = format!("turn:{}?transport=tcp", tcp_addr(&server));
-    let out = run_with_timeout(
-        Command::new(run_pair).args([
-            "--", "--turn", &url, "--secret", SECRET, "--policy", "relay",
-        ]),
-        PAIR_TIMEOUT,
-    );
-    assert!(out.success(), "run_pair.sh failed:\n{out}");
-    let results: Vec<serde_json::Value> = out
-        .stdout
-        .lines()
-        .filter(|l| l.trim_start().starts_with('{'))
-        .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("bad result line {l:?}: {e}\n{out}"))
-        })
-        .collect();
-    assert_eq!(results.len(), 2, "expected two result lines:\n{out}");
-    let mut roles = Vec::new();
-    for r in &results {
-        assert_eq!(r["ok"], serde_json::json!(true), "peer failed: {r}\n{out}");
-        assert_eq!(r["local_type"], "relay", "peer not on a relay: {r}\n{out}");
+    let out = assert_relay_only_pair(&url, |r, out| {
         assert_eq!(
             r["local_relay_protocol"], "tcp",
             "peer's relay not reached over TCP: {r}\n{out}"
         );
-        assert_eq!(r["bytes"], 1_048_576, "wrong byte count: {r}\n{out}");
-        assert!(
-            r["sha256"].as_str().is_some_and(|s| s.len() == 64),
-            "no sha256: {r}\n{out}"
-        );
-        roles.push(r["role"].as_str().unwrap_or("?").to_string());
-    }
-    roles.sort();
-    assert_eq!(roles, ["answer", "offer"], "roles:\n{out}");
-    assert_eq!(
-        results[0]["sha256"], results[1]["sha256"],
-        "the echoed data differs from what was sent:\n{out}"
-    );
+    });
     eprintln!("aiortc pair over TCP: ok in {:?}", out.elapsed);
 }
 
 #[test]
 fn stunclient_over_ipv6_loopback() {
-    let tool = require_tool("turnutils_stunclient");
+    require_tool("turnutils_stunclient");
     let server = Server::start(IPV6_ARGS);
     assert!(
         server.udp.is_ipv6(),
         "server not listening on IPv6: {}",
         server.ready
     );
-    let out = run_with_timeout(
-        Command::new(tool)
-            .arg("-p")
-            .arg(server.port().to_string())
-            .arg("::1"),
-        STUNCLIENT_TIMEOUT,
-    );
+    let out = stunclient(server.port(), "::1");
     assert!(out.success(), "turnutils_stunclient failed:\n{out}");
     const MARK: &str = "IPv6. UDP reflexive addr: ::1:";
     let port = out
@@ -554,11 +289,11 @@ fn uclient_over_ipv6_loopback_with_ipv4_and_ipv6_relays() {
         server.ready
     );
     let common = ["-n", "200", "-m", "4", "-l", "170"];
-    let out = uclient(&common, server.port(), "::1", UCLIENT_TIMEOUT);
+    let out = uclient(SECRET, &common, server.port(), "::1", UCLIENT_TIMEOUT);
     assert_zero_loss(&out, "uclient over ::1, IPv4 relays", 200);
     let mut with_v6 = common.to_vec();
     with_v6.push("-x");
-    let out = uclient(&with_v6, server.port(), "::1", UCLIENT_TIMEOUT);
+    let out = uclient(SECRET, &with_v6, server.port(), "::1", UCLIENT_TIMEOUT);
     assert_zero_loss(&out, "uclient -x over ::1, IPv6 relays", 200);
 }
 
@@ -590,13 +325,25 @@ fn stalled_tls_handshake_and_tcp_client_are_timed_out_without_affecting_others()
     let tls_run = std::thread::spawn(move || {
         let mut a = vec!["-t", "-S"];
         a.extend_from_slice(&args);
-        let out = uclient(&a, tls.port(), &tls.ip().to_string(), SHORT_UCLIENT_TIMEOUT);
+        let out = uclient(
+            SECRET,
+            &a,
+            tls.port(),
+            &tls.ip().to_string(),
+            SHORT_UCLIENT_TIMEOUT,
+        );
         (out, Instant::now())
     });
     let tcp_run = std::thread::spawn(move || {
         let mut a = vec!["-t"];
         a.extend_from_slice(&args);
-        let out = uclient(&a, tcp.port(), &tcp.ip().to_string(), SHORT_UCLIENT_TIMEOUT);
+        let out = uclient(
+            SECRET,
+            &a,
+            tcp.port(),
+            &tcp.ip().to_string(),
+            SHORT_UCLIENT_TIMEOUT,
+        );
         (out, Instant::now())
     });
     let (tls_out, tls_done) = tls_run.join().expect("TLS uclient thread");
@@ -667,7 +414,7 @@ fn tcp_connection_close_ends_its_allocation() {
     let mut a = TcpTurn::connect(tcp, &username, &password);
     let resp = a.allocate();
     assert!(
-        resp.is_success() && resp.relayed().is_some(),
+        resp.is_success() && resp.try_relayed().is_some(),
         "first Allocate over TCP: expected success with XOR-RELAYED-ADDRESS, got {}",
         resp.describe()
     );
@@ -698,7 +445,7 @@ fn tcp_connection_close_ends_its_allocation() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(
-        last.is_success() && last.relayed().is_some(),
+        last.is_success() && last.try_relayed().is_some(),
         "Allocate on a new connection {:?} after closing the first one ({attempts} \
          attempts): expected success, got {}",
         closed.elapsed(),

@@ -1,0 +1,430 @@
+//! Raw STUN/TURN messages and clients for the tests that speak the protocol themselves:
+//! requests built with `stun-types`/`turn-types` (RFC 8489, RFC 8656), an owned response
+//! (`Resp`), and minimal TURN clients over UDP (`UdpTurn`, one 5-tuple) and TCP (`TcpTurn`,
+//! messages framed by their own header, RFC 8489 §6.2.2).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use stun_types::attribute::{AttributeType, ErrorCode, Nonce, Realm, Username};
+use stun_types::message::{
+    IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageWrite,
+    MessageWriteExt, MessageWriteVec, Method, TransactionId,
+};
+use turn_types::attribute::{
+    ChannelNumber, Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayedAddress,
+};
+use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
+
+use crate::harness::{rest_credentials, Server, REALM, SECRET};
+
+/// How long a response may take on loopback.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+// ---------------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------------
+
+/// Adds a request's own attributes (before USERNAME/REALM/NONCE/MESSAGE-INTEGRITY). Gets the
+/// transaction ID for the XOR-encoded addresses.
+pub type Attrs<'a> = &'a dyn Fn(&mut MessageWriteVec, TransactionId);
+
+/// No attributes of the request's own.
+pub fn no_attrs(_: &mut MessageWriteVec, _: TransactionId) {}
+
+/// REQUESTED-TRANSPORT UDP.
+pub fn udp_transport(w: &mut MessageWriteVec, _: TransactionId) {
+    w.add_attribute(&RequestedTransport::new(RequestedTransport::UDP))
+        .unwrap();
+}
+
+/// A request with `attrs`, signed for `auth = (username, password, nonce)` if given, with
+/// FINGERPRINT.
+pub fn build_request(method: Method, attrs: Attrs, auth: Option<(&str, &str, &str)>) -> Vec<u8> {
+    let mut w = Message::builder_request(method, MessageWriteVec::new());
+    let tid = w.transaction_id();
+    attrs(&mut w, tid);
+    if let Some((user, pass, nonce)) = auth {
+        w.add_attribute(&Username::new(user).unwrap()).unwrap();
+        w.add_attribute(&Realm::new(REALM).unwrap()).unwrap();
+        w.add_attribute(&Nonce::new(nonce).unwrap()).unwrap();
+        let credentials =
+            LongTermKeyCredentials::new(user.to_string(), pass.to_string(), REALM.to_string());
+        w.add_message_integrity(&credentials.into(), IntegrityAlgorithm::Sha1)
+            .unwrap();
+    }
+    w.add_fingerprint().unwrap();
+    w.finish()
+}
+
+/// An Allocate request (REQUESTED-TRANSPORT UDP), signed for `auth = (username, password,
+/// nonce)` if given, with FINGERPRINT.
+pub fn allocate_request(auth: Option<(&str, &str, &str)>) -> Vec<u8> {
+    build_request(ALLOCATE, &udp_transport, auth)
+}
+
+/// The transaction ID of a message, read from its header (the message may be corrupt).
+pub fn txid_of(request: &[u8]) -> TransactionId {
+    let bytes: [u8; 12] = request[8..20]
+        .try_into()
+        .expect("request has a STUN header");
+    let mut full = [0u8; 16];
+    full[4..].copy_from_slice(&bytes);
+    TransactionId::from(u128::from_be_bytes(full))
+}
+
+/// A bare STUN header: type, length, magic cookie, transaction ID (for malformed input).
+pub fn stun_header(msg_type: u16, length: u16, txid: [u8; 12]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(20);
+    m.extend_from_slice(&msg_type.to_be_bytes());
+    m.extend_from_slice(&length.to_be_bytes());
+    m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+    m.extend_from_slice(&txid);
+    m
+}
+
+/// A ChannelData message (RFC 8656 §12.4).
+pub fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&channel.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The next datagram on `sock` within `wait`, with its sender.
+pub fn recv_from(sock: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    sock.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 2048];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(e) => panic!("recv: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Responses
+// ---------------------------------------------------------------------------------------
+
+/// A STUN response, owned.
+pub struct Resp(pub Vec<u8>);
+
+impl Resp {
+    pub fn msg(&self) -> Message<'_> {
+        Message::from_bytes(&self.0).expect("response parses as STUN")
+    }
+
+    pub fn is_success(&self) -> bool {
+        self.msg().has_class(MessageClass::Success)
+    }
+
+    /// The ERROR-CODE of an error response (panics if it has none), `None` otherwise.
+    pub fn code(&self) -> Option<u16> {
+        let msg = self.msg();
+        if !msg.has_class(MessageClass::Error) {
+            return None;
+        }
+        Some(
+            msg.attribute::<ErrorCode>()
+                .map(|e| e.code())
+                .unwrap_or_else(|e| panic!("error response without a valid ERROR-CODE: {e:?}")),
+        )
+    }
+
+    pub fn nonce(&self) -> Option<String> {
+        self.msg()
+            .attribute::<Nonce>()
+            .ok()
+            .map(|n| n.nonce().to_string())
+    }
+
+    pub fn realm(&self) -> Option<String> {
+        self.msg()
+            .attribute::<Realm>()
+            .ok()
+            .map(|r| r.realm().to_string())
+    }
+
+    pub fn has(&self, atype: AttributeType) -> bool {
+        self.msg().has_attribute(atype)
+    }
+
+    /// The XOR-RELAYED-ADDRESS; panics (naming the response) if there is none.
+    pub fn relayed(&self) -> SocketAddr {
+        let msg = self.msg();
+        msg.attribute::<XorRelayedAddress>()
+            .unwrap_or_else(|e| panic!("no XOR-RELAYED-ADDRESS in {}: {e:?}", self.describe()))
+            .addr(msg.transaction_id())
+    }
+
+    /// The XOR-RELAYED-ADDRESS, if present.
+    pub fn try_relayed(&self) -> Option<SocketAddr> {
+        let msg = self.msg();
+        msg.attribute::<XorRelayedAddress>()
+            .ok()
+            .map(|a| a.addr(msg.transaction_id()))
+    }
+
+    /// "Allocate success" or "Allocate error 401 (Unauthorized)", for failure messages.
+    pub fn describe(&self) -> String {
+        // Registers TURN method and attribute names for Display (idempotent).
+        turn_types::debug_init();
+        let msg = self.msg();
+        let method = msg.method();
+        match msg.class() {
+            MessageClass::Error => match msg.attribute::<ErrorCode>() {
+                Ok(e) => format!("{method} error {} ({})", e.code(), e.reason()),
+                Err(e) => format!("{method} error without ERROR-CODE ({e:?})"),
+            },
+            class => format!("{method} {class:?}"),
+        }
+    }
+
+    pub fn expect_success(self, what: &str) -> Resp {
+        assert!(
+            self.is_success(),
+            "{what}: expected success, got {}",
+            self.describe()
+        );
+        self
+    }
+
+    pub fn expect_error(self, code: u16, what: &str) -> Resp {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "{what}: expected error {code}, got {}",
+            self.describe()
+        );
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TURN over UDP
+// ---------------------------------------------------------------------------------------
+
+/// A TURN client on its own 127.0.0.1 UDP socket (one 5-tuple).
+pub struct UdpTurn {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+    username: String,
+    password: String,
+    nonce: Option<String>,
+}
+
+impl UdpTurn {
+    pub fn new(server: SocketAddr, username: &str, password: &str) -> UdpTurn {
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind client socket");
+        UdpTurn {
+            sock,
+            server,
+            username: username.to_string(),
+            password: password.to_string(),
+            nonce: None,
+        }
+    }
+
+    /// A client with valid REST credentials for `user`.
+    pub fn rest(server: &Server, user: &str) -> UdpTurn {
+        let (username, password) = rest_credentials(SECRET, user, 3600);
+        UdpTurn::new(server.udp, &username, &password)
+    }
+
+    pub fn send_raw(&self, data: &[u8]) {
+        self.sock
+            .send_to(data, self.server)
+            .expect("send to server");
+    }
+
+    /// Sends `request` and waits up to `wait` for the response with its transaction ID;
+    /// other datagrams are skipped.
+    pub fn try_transact(&self, request: &[u8], wait: Duration) -> Option<Resp> {
+        let tid = txid_of(request);
+        self.send_raw(request);
+        let deadline = Instant::now() + wait;
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.sock
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    if from != self.server || n < 20 || buf[0] > 0x03 {
+                        continue;
+                    }
+                    if let Ok(msg) = Message::from_bytes(&buf[..n]) {
+                        if msg.transaction_id() == tid && msg.is_response() {
+                            return Some(Resp(buf[..n].to_vec()));
+                        }
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return None
+                }
+                Err(e) => panic!("recv from server: {e}"),
+            }
+        }
+    }
+
+    pub fn transact(&self, request: &[u8]) -> Resp {
+        self.try_transact(request, RESPONSE_TIMEOUT)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no response to request type 0x{:02x}{:02x} within {RESPONSE_TIMEOUT:?}",
+                    request[0], request[1]
+                )
+            })
+    }
+
+    /// The request without any credentials.
+    pub fn unauthenticated(&self, method: Method, attrs: Attrs) -> Resp {
+        self.transact(&build_request(method, attrs, None))
+    }
+
+    /// The request signed with this client's credentials and `nonce`.
+    pub fn signed(&self, method: Method, attrs: Attrs, nonce: &str) -> Resp {
+        self.transact(&build_request(
+            method,
+            attrs,
+            Some((&self.username, &self.password, nonce)),
+        ))
+    }
+
+    /// Gets a nonce from a 401 to an unauthenticated request (RFC 8489 §9.2.4).
+    pub fn fetch_nonce(&mut self) -> String {
+        let resp = self.unauthenticated(ALLOCATE, &udp_transport);
+        let resp = resp.expect_error(401, "Allocate without credentials");
+        let nonce = resp.nonce().expect("401 without NONCE");
+        self.nonce = Some(nonce.clone());
+        nonce
+    }
+
+    /// An authenticated request: gets a nonce first if needed and retries once on 438.
+    pub fn request(&mut self, method: Method, attrs: Attrs) -> Resp {
+        let nonce = match &self.nonce {
+            Some(n) => n.clone(),
+            None => self.fetch_nonce(),
+        };
+        let resp = self.signed(method, attrs, &nonce);
+        if resp.code() == Some(438) {
+            let fresh = resp.nonce().expect("438 without NONCE");
+            self.nonce = Some(fresh.clone());
+            return self.signed(method, attrs, &fresh);
+        }
+        resp
+    }
+
+    pub fn allocate(&mut self) -> Resp {
+        self.request(ALLOCATE, &udp_transport)
+    }
+
+    pub fn refresh(&mut self, lifetime: u32) -> Resp {
+        self.request(REFRESH, &move |w, _| {
+            w.add_attribute(&Lifetime::new(lifetime)).unwrap();
+        })
+    }
+
+    pub fn create_permission(&mut self, peer: SocketAddr) -> Resp {
+        self.request(CREATE_PERMISSION, &move |w, tid| {
+            w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
+        })
+    }
+
+    pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Resp {
+        self.request(CHANNEL_BIND, &move |w, tid| {
+            w.add_attribute(&ChannelNumber::new(channel)).unwrap();
+            w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
+        })
+    }
+
+    /// A Send indication (RFC 8656 §11.1) to `peer`; indications are not signed.
+    pub fn send_indication(&self, peer: SocketAddr, payload: &[u8]) {
+        let mut w = Message::builder_indication(SEND, MessageWriteVec::new());
+        let tid = w.transaction_id();
+        w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
+        w.add_attribute(&Data::new(payload)).unwrap();
+        w.add_fingerprint().unwrap();
+        self.send_raw(&w.finish());
+    }
+
+    pub fn send_channel_data(&self, channel: u16, payload: &[u8]) {
+        self.send_raw(&channel_data(channel, payload));
+    }
+
+    /// Next datagram from the server within `wait`.
+    pub fn recv(&self, wait: Duration) -> Option<Vec<u8>> {
+        recv_from(&self.sock, wait).map(|(data, _)| data)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// TURN over TCP
+// ---------------------------------------------------------------------------------------
+
+/// A TURN client on one TCP connection to the server.
+pub struct TcpTurn {
+    pub stream: TcpStream,
+    username: String,
+    password: String,
+}
+
+impl TcpTurn {
+    pub fn connect(server: SocketAddr, username: &str, password: &str) -> TcpTurn {
+        let stream = TcpStream::connect_timeout(&server, RESPONSE_TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP connect to {server}: {e}"));
+        stream.set_read_timeout(Some(RESPONSE_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        TcpTurn {
+            stream,
+            username: username.to_string(),
+            password: password.to_string(),
+        }
+    }
+
+    /// Sends `request` and reads the next STUN message: the 20-byte header, then its length.
+    pub fn transact(&mut self, request: &[u8]) -> Resp {
+        self.stream
+            .write_all(request)
+            .unwrap_or_else(|e| panic!("writing a request on {:?}: {e}", self.stream));
+        let mut header = [0u8; 20];
+        self.stream
+            .read_exact(&mut header)
+            .unwrap_or_else(|e| panic!("no response header on {:?}: {e}", self.stream));
+        assert!(
+            header[0] & 0xc0 == 0,
+            "a STUN message was expected, got frame header {header:02x?}"
+        );
+        let len = u16::from_be_bytes([header[2], header[3]]) as usize;
+        let mut message = header.to_vec();
+        message.resize(20 + len, 0);
+        self.stream
+            .read_exact(&mut message[20..])
+            .unwrap_or_else(|e| panic!("response body ({len} bytes) on {:?}: {e}", self.stream));
+        assert_eq!(
+            txid_of(&message),
+            txid_of(request),
+            "response to another transaction"
+        );
+        Resp(message)
+    }
+
+    /// Allocate: unauthenticated for the nonce (expects 401), then signed.
+    pub fn allocate(&mut self) -> Resp {
+        let challenge = self.transact(&allocate_request(None));
+        assert_eq!(
+            challenge.code(),
+            Some(401),
+            "unauthenticated Allocate over TCP: expected 401, got {}",
+            challenge.describe()
+        );
+        let nonce = challenge
+            .nonce()
+            .unwrap_or_else(|| panic!("401 without NONCE: {}", challenge.describe()));
+        let (user, pass) = (self.username.clone(), self.password.clone());
+        self.transact(&allocate_request(Some((&user, &pass, &nonce))))
+    }
+}
