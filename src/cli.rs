@@ -31,6 +31,8 @@ pub enum Command {
     Run(RunArgs),
     /// Print a time-limited REST API credential as JSON.
     Credentials(CredentialsArgs),
+    /// Test STUN/TURN servers from this host: Binding, Allocate, relay both ways, verdict.
+    Probe(ProbeArgs),
     /// Validate a config file and print the effective configuration (secrets redacted).
     CheckConfig {
         /// The TOML config file to check.
@@ -151,6 +153,10 @@ pub struct RunArgs {
     /// Browser origin allowed to call the API (repeatable; adds to api.cors_origins).
     #[arg(long, value_name = "ORIGIN")]
     pub api_cors_origin: Vec<String>,
+    /// Serve the ICE test page at /test on the API listener (api.test_page);
+    /// `--api-test-page=false` turns it off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub api_test_page: Option<bool>,
 
     // [tls]
     /// Serve TURN over TLS on this address (repeatable; adds to tls.listen).
@@ -180,6 +186,71 @@ pub struct CredentialsArgs {
     #[arg(long, value_name = "CHAR", default_value_t = DEFAULT_SEPARATOR,
           value_parser = parse_separator_flag)]
     pub separator: char,
+}
+
+/// Flags of `turnpike probe`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "URL: stun:HOST[:PORT], stuns:HOST[:PORT], turn:HOST[:PORT][?transport=udp|tcp], \
+                  turns:HOST[:PORT][?transport=tcp] (default ports 3478 and 5349; IPv6 in brackets).\n\
+                  Exit status: 0 when every URL worked, 1 when one failed, 2 on usage errors."
+)]
+pub struct ProbeArgs {
+    /// Server URIs to test; with --credentials-url and none given, the ones it returns.
+    #[arg(value_name = "URL")]
+    pub urls: Vec<String>,
+    /// REST API shared secret: mints a time-limited credential for --user.
+    #[arg(long, value_name = "SECRET", conflicts_with_all = ["username", "credentials_url"])]
+    pub secret: Option<String>,
+    /// User name embedded in the minted credential (with --secret or --credentials-url).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Separator between expiry and user in the minted username (with --secret).
+    #[arg(long, value_name = "CHAR", default_value_t = DEFAULT_SEPARATOR,
+          value_parser = parse_separator_flag)]
+    pub separator: char,
+    /// Long-term username (with --password).
+    #[arg(
+        long,
+        value_name = "USERNAME",
+        requires = "password",
+        conflicts_with = "credentials_url"
+    )]
+    pub username: Option<String>,
+    /// Long-term password (with --username).
+    #[arg(long, value_name = "PASSWORD", requires = "username")]
+    pub password: Option<String>,
+    /// Fetch the credential (and, without URL arguments, the URIs) from turnpike's
+    /// `/api/v1/ice` endpoint, e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL")]
+    pub credentials_url: Option<String>,
+    /// Bearer token for --credentials-url.
+    #[arg(long, value_name = "TOKEN", requires = "credentials_url")]
+    pub api_token: Option<String>,
+    /// Print one JSON object with every result instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds to wait for each answer.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = parse_timeout)]
+    pub timeout: f64,
+    /// Packets relayed each way per TURN URL.
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub packets: u16,
+    /// Do not verify TLS certificates (turns:, stuns:, https:). Proves nothing about the
+    /// certificate browsers will see.
+    #[arg(long, conflicts_with = "ca_file")]
+    pub insecure: bool,
+    /// Trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.1..=3600.0).contains(&secs) => Ok(secs),
+        _ => Err("expected seconds between 0.1 and 3600".to_owned()),
+    }
 }
 
 fn parse_separator_flag(s: &str) -> Result<char, String> {

@@ -144,6 +144,8 @@ pub struct Config {
     /// Browser origins (`https://app.example.com`) allowed to call the API (CORS); empty =
     /// no CORS headers.
     pub api_cors_origins: Vec<String>,
+    /// Serve the ICE test page at `GET /test` on the API listener.
+    pub api_test_page: bool,
     /// TLS listening addresses; non-empty implies `tls_cert` and `tls_key` are set.
     pub tls_listen: Vec<SocketAddr>,
     /// `tls_cert` and `tls_key` are both set or both unset.
@@ -222,6 +224,8 @@ impl Default for Config {
             api_max_ttl: Duration::from_secs(DEFAULT_CREDENTIAL_TTL_SECS),
             // No browser origin may call the API until the operator names it.
             api_cors_origins: Vec::new(),
+            // The test page hands out credentials to whoever loads it: opt-in.
+            api_test_page: false,
             // TLS needs a certificate, so it is off until one is configured.
             tls_listen: Vec::new(),
             tls_cert: None,
@@ -346,7 +350,14 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ),
     (
         "api",
-        &["listen", "tokens", "uris", "max_ttl_secs", "cors_origins"],
+        &[
+            "listen",
+            "tokens",
+            "uris",
+            "max_ttl_secs",
+            "cors_origins",
+            "test_page",
+        ],
     ),
     ("tls", &["listen", "cert", "key"]),
 ];
@@ -417,6 +428,7 @@ struct ApiFile {
     uris: Vec<String>,
     max_ttl_secs: u64,
     cors_origins: Vec<String>,
+    test_page: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -925,6 +937,7 @@ impl Config {
             api_uris,
             api_max_ttl: Duration::from_secs(api.max_ttl_secs),
             api_cors_origins,
+            api_test_page: api.test_page,
             tls_listen,
             tls_cert: non_empty_path(&tls.cert),
             tls_key: non_empty_path(&tls.key),
@@ -1237,6 +1250,10 @@ impl Config {
             scalar(Some(&secs), "api.max_ttl_secs", "--api-max-ttl-secs", flags);
             self.api_max_ttl = Duration::from_secs(secs);
         }
+        if let Some(on) = args.api_test_page {
+            scalar(Some(&on), "api.test_page", "--api-test-page", flags);
+            self.api_test_page = on;
+        }
 
         // [tls]
         let keep = keep_list("tls.listen");
@@ -1463,6 +1480,7 @@ impl Config {
                 uris: self.api_uris.clone(),
                 max_ttl_secs: self.api_max_ttl.as_secs(),
                 cors_origins: self.api_cors_origins.clone(),
+                test_page: self.api_test_page,
             },
             tls: TlsFile {
                 listen: display_all(&self.tls_listen),

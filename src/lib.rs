@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod net;
+pub mod probe;
 pub mod proto;
 pub mod telemetry;
 

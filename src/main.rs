@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             println!("{json}");
             ExitCode::SUCCESS
         }
+        Command::Probe(args) => turnpike::probe::run(&args),
         Command::CheckConfig { file } => {
             match std::fs::read_to_string(&file)
                 .map_err(|e| format!("{}: {e}", file.display()))

@@ -14,6 +14,7 @@
 
 mod credentials;
 mod metrics;
+mod testpage;
 
 use std::future::IntoFuture;
 use std::io;
@@ -137,6 +138,8 @@ fn app(ctx: Arc<ApiContext>, loopback: bool) -> Router {
     let routes = Router::new()
         .merge(guarded)
         .route("/healthz", get(healthz))
+        .route("/test", get(testpage::page))
+        .route("/test/testpage.js", get(testpage::script))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

@@ -15,6 +15,7 @@ mod daemon;
 mod e2e_webrtc;
 mod harness;
 mod nat_and_redirect;
+mod probe;
 mod real_clients;
 mod stun_client;
 mod systemd_unit;
