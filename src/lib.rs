@@ -124,17 +124,7 @@ pub fn server_config(
         max_permissions_per_allocation: config.max_permissions_per_allocation,
         max_channels_per_allocation: config.max_channels_per_allocation,
         bandwidth_per_allocation: config.bandwidth_per_allocation,
-        // The relay addresses themselves are denied too (relay loops, reaching other users'
-        // allocations through the server) unless allow_peers names them explicitly.
-        peer_filter: PeerFilter::new(
-            config.allow_peers.clone(),
-            config
-                .deny_peers
-                .iter()
-                .copied()
-                .chain(relay_ips.iter().map(|&ip| ipnet::IpNet::from(ip)))
-                .collect(),
-        ),
+        peer_filter: PeerFilter::new(config.allow_peers.clone(), config.deny_peers.clone()),
         own_addresses: listen.to_vec(),
         // Specific mappings first: the core takes the first entry naming the relay IP, else
         // the first catch-all of the same family.
@@ -283,22 +273,4 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         wakers,
         workers: handles,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relay_addresses_are_denied_peers_unless_allowed() {
-        let relay: IpAddr = "8.8.8.8".parse().unwrap();
-        let mut config = config::Config::default();
-        let key = NonceKey::new([0; 32]);
-        let core = server_config(&config, &[], &[relay], &key);
-        assert!(!core.peer_filter.is_allowed(relay));
-        assert!(core.peer_filter.is_allowed("8.8.4.4".parse().unwrap()));
-        config.allow_peers = vec!["8.8.8.8/32".parse().unwrap()];
-        let core = server_config(&config, &[], &[relay], &key);
-        assert!(core.peer_filter.is_allowed(relay));
-    }
 }

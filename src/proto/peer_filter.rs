@@ -64,16 +64,20 @@ impl PeerFilter {
     }
 
     pub fn is_allowed(&self, peer: IpAddr) -> bool {
-        let candidates = [Some(peer), embedded_ipv4(peer).map(IpAddr::V4)];
-        let mut addresses = candidates.iter().flatten();
-        // Explicitly allowed: the address as written, or the IPv4 address it carries.
-        if addresses
-            .clone()
-            .any(|ip| self.allow.iter().any(|n| n.contains(ip)))
-        {
-            return true;
-        }
-        !addresses.any(|ip| self.deny.iter().any(|n| n.contains(ip)))
+        self.explicitly_allows(peer)
+            || !Self::forms(peer).any(|ip| self.deny.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// Whether `allow_peers` names the address as written or the IPv4 address it carries.
+    pub fn explicitly_allows(&self, peer: IpAddr) -> bool {
+        Self::forms(peer).any(|ip| self.allow.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// The address, and the IPv4 address embedded in it if any.
+    fn forms(peer: IpAddr) -> impl Iterator<Item = IpAddr> {
+        [Some(peer), embedded_ipv4(peer).map(IpAddr::V4)]
+            .into_iter()
+            .flatten()
     }
 }
 

@@ -356,6 +356,10 @@ pub struct Server {
     denied_peer_log: LogBudget,
     quota_log: LogBudget,
     challenges: ChallengeLimiter,
+    /// The IPs this server relays from and advertises (learnt as allocations are made; a
+    /// handful): never valid peers unless allow_peers names them, or clients could relay
+    /// into the server's own relays.
+    own_relay_ips: Vec<IpAddr>,
     pub stats: Stats,
 }
 
@@ -371,6 +375,7 @@ impl Server {
             denied_peer_log: LogBudget::default(),
             quota_log: LogBudget::default(),
             challenges: ChallengeLimiter::new(),
+            own_relay_ips: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -921,8 +926,16 @@ impl Server {
             relay = ?relays.iter().map(|r| r.advertised).collect::<Vec<_>>(),
             transport = pending.tuple.transport.as_str(),
             lifetime = pending.lifetime.as_secs(), "allocation created");
+        // The driver completes pending allocations at once, so none can be in the way; if a
+        // driver ever deferred, replace rather than leak the old one's relays and quota.
+        self.remove_allocation(&pending.tuple);
         for relay in &relays {
             self.relays.insert(relay.local, pending.tuple);
+            for ip in [relay.local.ip(), relay.advertised.ip()] {
+                if !self.own_relay_ips.contains(&ip) {
+                    self.own_relay_ips.push(ip);
+                }
+            }
         }
         let allocation = Allocation {
             relays,
@@ -1030,11 +1043,22 @@ impl Server {
     /// Whether the server may relay to `peer`: allowed by the filter and not one of the
     /// server's own listening sockets.
     fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), u16> {
-        let own = self.config.own_addresses.iter().any(|own| {
+        let listener = self.config.own_addresses.iter().any(|own| {
             own.port() == peer.port() && (own.ip() == peer.ip() || own.ip().is_unspecified())
         });
-        if own || !self.config.peer_filter.is_allowed(peer.ip()) {
+        if listener {
             self.deny_peer(now, peer.ip());
+            return Err(ErrorCode::FORBIDDEN);
+        }
+        self.check_peer_ip(now, peer.ip())
+    }
+
+    /// The peer filter, plus the server's own relay IPs unless explicitly allowed.
+    fn check_peer_ip(&mut self, now: Instant, peer: IpAddr) -> Result<(), u16> {
+        let filter = &self.config.peer_filter;
+        let own_relay = self.own_relay_ips.contains(&peer) && !filter.explicitly_allows(peer);
+        if own_relay || !filter.is_allowed(peer) {
+            self.deny_peer(now, peer);
             return Err(ErrorCode::FORBIDDEN);
         }
         Ok(())
@@ -1047,11 +1071,11 @@ impl Server {
         }
     }
 
+    /// Every XOR-PEER-ADDRESS in the request (bounded by the message size).
     fn peer_addresses(&self, msg: &Message<'_>) -> Vec<SocketAddr> {
         (0..)
             .map_while(|n| msg.nth_attribute::<XorPeerAddress>(n).ok())
             .map(|a| a.addr(msg.transaction_id()))
-            .take(self.config.max_permissions_per_allocation + 1)
             .collect()
     }
 
@@ -1076,20 +1100,28 @@ impl Server {
             return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
         }
         for peer in &peers {
-            if !self.config.peer_filter.is_allowed(peer.ip()) {
-                self.deny_peer(now, peer.ip());
-                return Err(ErrorCode::FORBIDDEN);
-            }
+            self.check_peer_ip(now, peer.ip())?;
         }
         let cap = self.config.max_permissions_per_allocation;
         let allocation = self.allocations.get_mut(&tuple).expect("checked above");
-        for peer in &peers {
-            if allocation
-                .permit(peer.ip(), now + PERMISSION_LIFETIME, now, cap)
-                .is_err()
-            {
+        // All or nothing: refuse before installing any if they would not all fit.
+        let mut new_ips: Vec<IpAddr> = peers
+            .iter()
+            .map(SocketAddr::ip)
+            .filter(|ip| !allocation.permissions.iter().any(|p| p.peer == *ip))
+            .collect();
+        new_ips.sort_unstable();
+        new_ips.dedup();
+        if allocation.permissions.len() + new_ips.len() > cap {
+            allocation.permissions.retain(|p| p.expires > now);
+            if allocation.permissions.len() + new_ips.len() > cap {
                 return Err(ErrorCode::INSUFFICIENT_CAPACITY);
             }
+        }
+        for peer in &peers {
+            allocation
+                .permit(peer.ip(), now + PERMISSION_LIFETIME, now, cap)
+                .map_err(|_| ErrorCode::INSUFFICIENT_CAPACITY)?;
             self.stats.permissions_created += 1;
         }
         Ok(None)

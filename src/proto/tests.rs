@@ -1221,3 +1221,66 @@ fn unauthenticated_answers_stay_small() {
     );
     assert!(ratio <= 2.5, "bytes out / bytes in = {ratio:.2}");
 }
+
+#[test]
+fn the_servers_own_relay_addresses_are_denied_peers() {
+    let mut config = config();
+    config.external_ips = vec![(None, "93.184.216.99".parse().unwrap())];
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    let advertised = h.allocate(CLIENT, &user.0, &user.1);
+    let local = addr("192.0.2.10:50000");
+    for own in [advertised, local, addr("93.184.216.99:1")] {
+        let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(own));
+        assert_eq!(reply_code(&reply), Some(403), "{own}");
+        let reply = h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, own));
+        assert_eq!(reply_code(&reply), Some(403), "{own}");
+    }
+    // Named in allow_peers, relay-to-relay is the operator's choice.
+    let mut config = self::config();
+    config.peer_filter = PeerFilter::new(vec!["192.0.2.10/32".parse().unwrap()], vec![]);
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    h.allocate(CLIENT, &user.0, &user.1);
+    let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(local));
+    assert_eq!(
+        Message::from_bytes(&reply).unwrap().class(),
+        MessageClass::Success
+    );
+}
+
+#[test]
+fn create_permission_checks_every_peer_and_installs_all_or_nothing() {
+    let mut h = Harness::new(); // 4 permissions per allocation
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1);
+    let many = |peers: Vec<SocketAddr>| {
+        move |m: &mut MessageWriteVec, t: TransactionId| {
+            for peer in &peers {
+                m.add_attribute(&XorPeerAddress::new(*peer, t)).unwrap();
+            }
+        }
+    };
+    // A denied peer after the cap's worth of good ones is still checked.
+    let mut peers: Vec<SocketAddr> = (1..=5).map(|i| addr(&format!("8.8.8.{i}:1"))).collect();
+    peers.push(addr("10.0.0.1:1"));
+    let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, many(peers));
+    assert_eq!(reply_code(&reply), Some(403));
+    // Five distinct peers do not fit in four: 508, and none is installed.
+    let peers: Vec<SocketAddr> = (1..=5).map(|i| addr(&format!("8.8.8.{i}:1"))).collect();
+    let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, many(peers));
+    assert_eq!(reply_code(&reply), Some(508));
+    let mut buf = [0u8; 16];
+    let mut out = [0u8; 128];
+    let relay = addr("192.0.2.10:50000");
+    let from_peer = h
+        .server
+        .handle_peer(h.now, relay, addr("8.8.8.1:1"), &mut buf, 4, &mut out);
+    assert_eq!(from_peer, None, "a refused request installed a permission");
+    // Repeats of one peer count once.
+    let peers = vec![addr("8.8.8.1:1"); 6];
+    let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, many(peers));
+    assert_eq!(
+        Message::from_bytes(&reply).unwrap().class(),
+        MessageClass::Success
+    );
+}
