@@ -353,8 +353,10 @@ impl Worker {
             match step(self) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                // ICMP errors surface as recv errors on some kernels; the socket lives on.
-                Err(_) => {}
+                // An ICMP error for an earlier send (port or host unreachable) surfaces on the
+                // next receive: count it with the send errors; the socket and its allocation
+                // live on.
+                Err(_) => self.send_errors += 1,
             }
         }
         true
@@ -378,29 +380,31 @@ impl Worker {
                 server: local,
                 transport: Transport::Udp,
             };
-            match self
-                .server
-                .handle_client(now, unix, tuple, &slot[..len], &mut self.out_buf)
-            {
-                ClientAction::Drop => {}
-                ClientAction::Reply(n) => {
-                    self.send_errors += self.send_batch.push(fd, client, &[&self.out_buf[..n]]);
-                }
-                ClientAction::Relay {
-                    relay,
-                    peer,
-                    payload,
-                } => {
-                    if let Some(relay_fd) = self.relay_fd(relay) {
-                        self.send_errors += self.send_batch.push(relay_fd, peer, &[payload]);
+            let reply =
+                match self
+                    .server
+                    .handle_client(now, unix, tuple, &slot[..len], &mut self.out_buf)
+                {
+                    ClientAction::Drop => None,
+                    ClientAction::Reply(n) => Some(n),
+                    ClientAction::Relay {
+                        relay,
+                        peer,
+                        payload,
+                    } => {
+                        if let Some(relay_fd) = self.relay_fd(relay) {
+                            self.send_errors += self.send_batch.push(relay_fd, peer, &[payload]);
+                        }
+                        None
                     }
-                }
-                ClientAction::Allocate(pending) => {
-                    let n = self.allocate(now, pending);
-                    self.send_errors += self.send_batch.push(fd, client, &[&self.out_buf[..n]]);
-                }
-            }
+                    ClientAction::Allocate(pending) => Some(self.allocate(now, pending)),
+                };
+            // Close freed relay sockets before the answer goes out, so a client told its
+            // allocation is gone can have the port again at once.
             self.apply_events();
+            if let Some(n) = reply {
+                self.send_errors += self.send_batch.push(fd, client, &[&self.out_buf[..n]]);
+            }
         }
         self.recv_batch = Some(batch);
         self.flush_sends();
@@ -597,7 +601,15 @@ impl Worker {
             return Err(io::ErrorKind::WouldBlock.into());
         };
         let transport = *transport;
-        let (mut stream, client) = listener.accept()?;
+        let (mut stream, client) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+            // Out of descriptors or similar: leave the rest in the backlog for the next turn.
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        };
         if !self.shared.connections.claim(client.ip()) {
             tracing::debug!(%client, "connection refused: too many connections");
             return Ok(());

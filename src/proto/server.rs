@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,13 +89,15 @@ pub struct ServerConfig {
     pub relay_ipv6: bool,
 }
 
-/// Counts shared by all workers, touched only when an allocation is created or freed.
+/// Counts shared by all workers, touched only when an allocation is created or freed, or an
+/// unauthenticated request is challenged.
 #[derive(Debug)]
 pub struct Quotas {
     max_total: AtomicUsize,
     max_per_user: AtomicUsize,
     total: AtomicUsize,
     per_user: Mutex<HashMap<String, usize>>,
+    challenges: ChallengeLimiter,
 }
 
 impl Quotas {
@@ -105,6 +107,7 @@ impl Quotas {
             max_per_user: AtomicUsize::new(max_per_user),
             total: AtomicUsize::new(0),
             per_user: Mutex::new(HashMap::new()),
+            challenges: ChallengeLimiter::default(),
         }
     }
 
@@ -272,35 +275,48 @@ impl LogBudget {
 
 /// Caps 401/438 challenges per source IP with fixed memory: counters in a table indexed by a
 /// keyed hash of the address, so no unauthenticated source adds state. A collision only makes
-/// two sources share a cap.
+/// two sources share a cap. Shared by all workers (`SO_REUSEPORT` spreads one IP's ports over
+/// them), lock-free: each slot packs `(second, count)` into one atomic word.
 #[derive(Debug)]
-struct ChallengeLimiter {
-    /// `(second, challenges sent in it)` per slot.
-    slots: Box<[(u64, u32)]>,
+pub struct ChallengeLimiter {
+    slots: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for ChallengeLimiter {
+    fn default() -> Self {
+        Self {
+            slots: (0..Self::SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: Default::default(),
+        }
+    }
 }
 
 impl ChallengeLimiter {
     const SLOTS: usize = 4096;
     /// Per source IP and second. A browser needs one per TURN URL it gathers from, and a
     /// nonce is good for every socket of its IP, but many users can share one NAT address.
-    const PER_SECOND: u32 = 100;
+    const PER_SECOND: u64 = 100;
 
-    fn new() -> Self {
-        Self {
-            slots: vec![(0, 0); Self::SLOTS].into_boxed_slice(),
-            hasher: Default::default(),
-        }
-    }
-
-    fn allow(&mut self, source: IpAddr, unix_now: u64) -> bool {
+    fn allow(&self, source: IpAddr, unix_now: u64) -> bool {
         use std::hash::BuildHasher;
-        let slot = &mut self.slots[self.hasher.hash_one(source) as usize % Self::SLOTS];
-        if slot.0 != unix_now {
-            *slot = (unix_now, 0);
-        }
-        slot.1 += 1;
-        slot.1 <= Self::PER_SECOND
+        let slot = &self.slots[self.hasher.hash_one(source) as usize % Self::SLOTS];
+        let second = unix_now & 0xFFFF_FFFF;
+        let previous = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
+            let count = if packed >> 32 == second {
+                packed & 0xFFFF_FFFF
+            } else {
+                0
+            };
+            Some(second << 32 | (count + 1).min(0xFFFF_FFFF))
+        });
+        let packed = previous.unwrap_or_else(|p| p);
+        let before = if packed >> 32 == second {
+            packed & 0xFFFF_FFFF
+        } else {
+            0
+        };
+        before < Self::PER_SECOND
     }
 }
 
@@ -355,7 +371,6 @@ pub struct Server {
     events: VecDeque<Event>,
     denied_peer_log: LogBudget,
     quota_log: LogBudget,
-    challenges: ChallengeLimiter,
     /// The IPs this server relays from and advertises (learnt as allocations are made; a
     /// handful): never valid peers unless allow_peers names them, or clients could relay
     /// into the server's own relays.
@@ -374,7 +389,6 @@ impl Server {
             events: VecDeque::new(),
             denied_peer_log: LogBudget::default(),
             quota_log: LogBudget::default(),
-            challenges: ChallengeLimiter::new(),
             own_relay_ips: Vec::new(),
             stats: Stats::default(),
         }
@@ -636,7 +650,7 @@ impl Server {
         unix_now: u64,
         out: &mut [u8],
     ) -> usize {
-        if !self.challenges.allow(tuple.client.ip(), unix_now) {
+        if !self.quotas.challenges.allow(tuple.client.ip(), unix_now) {
             self.stats.challenges_suppressed += 1;
             return 0;
         }

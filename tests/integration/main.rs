@@ -13,6 +13,7 @@ mod abuse;
 mod api;
 mod daemon;
 mod e2e_webrtc;
+mod hardening;
 mod harness;
 mod nat_and_redirect;
 mod probe;

@@ -7,9 +7,11 @@
 //!   turnpike-bench --server ... --allocations-only 10000 [--hold 2] [--server-pid PID]
 //!   turnpike-bench --raw --server FWD --peer-bind 127.0.0.1:P ...      (against the forwarder)
 //!   turnpike-bench forwarder --listen 127.0.0.1:F --to 127.0.0.1:P
+//!   turnpike-bench churn --server ... --allocations 1000 --duration 600   (soak: scripts/soak.sh)
 //!
 //! Linux only (recvmmsg/sendmmsg, epoll, timerfd, /proc), IPv4 loopback.
 
+mod churn;
 mod forwarder;
 mod load;
 mod setup;
@@ -52,6 +54,38 @@ enum Sub {
         /// Exit after this many seconds at the latest.
         #[arg(long, default_value_t = 3600)]
         max_seconds: u64,
+    },
+    /// Allocation churn for soak runs: each of N slots loops Allocate, CreatePermission,
+    /// ChannelBind, a few ChannelData packets echoed by a loopback peer (the server needs
+    /// --allow-peer 127.0.0.1), Refresh, delete, on a new client socket each time.
+    Churn {
+        #[arg(long, default_value = "127.0.0.1:3478")]
+        server: SocketAddrV4,
+        #[arg(long, default_value = "turnpike-test-secret")]
+        secret: String,
+        #[arg(long, default_value = "churn")]
+        user: String,
+        /// Allocations alive at once (about).
+        #[arg(long, default_value_t = 1000)]
+        allocations: usize,
+        /// Seconds of churn; then every allocation is deleted.
+        #[arg(long, default_value_t = 600.0)]
+        duration: f64,
+        /// Mean allocation life, seconds (uniform in [cycle/2, 3*cycle/2]).
+        #[arg(long, default_value_t = 20.0)]
+        cycle: f64,
+        /// ChannelData packets each allocation sends (500 ms apart).
+        #[arg(long, default_value_t = 4)]
+        packets: u32,
+        /// Payload bytes per packet.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Seconds between progress lines on stderr.
+        #[arg(long, default_value_t = 10.0)]
+        report: f64,
+        /// Print one JSON summary line on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -146,6 +180,32 @@ fn main() -> ExitCode {
             to,
             max_seconds,
         }) => forwarder::run(listen, to, max_seconds).map_err(|e| e.to_string()),
+        Some(Sub::Churn {
+            server,
+            secret,
+            user,
+            allocations,
+            duration,
+            cycle,
+            packets,
+            size,
+            report,
+            json,
+        }) => {
+            sys::raise_nofile();
+            churn::run(&churn::ChurnArgs {
+                server,
+                secret,
+                user,
+                allocations,
+                duration_s: duration,
+                cycle_s: cycle,
+                packets,
+                size,
+                report_s: report,
+                json,
+            })
+        }
         None => {
             sys::raise_nofile();
             if cli.load.allocations_only.is_some() {
