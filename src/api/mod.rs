@@ -14,6 +14,7 @@
 
 mod credentials;
 mod metrics;
+mod signal;
 mod testpage;
 
 use std::future::IntoFuture;
@@ -27,7 +28,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -126,20 +127,37 @@ struct AppState {
     ctx: Arc<ApiContext>,
     /// Whether the listener is reachable from this host only.
     loopback: bool,
+    /// The demo call's signaling rooms (only used with `api.test_page`).
+    rooms: Arc<signal::Rooms>,
 }
 
 fn app(ctx: Arc<ApiContext>, loopback: bool) -> Router {
-    let state = AppState { ctx, loopback };
+    app_with(ctx, loopback, signal::Limits::default())
+}
+
+fn app_with(ctx: Arc<ApiContext>, loopback: bool, limits: signal::Limits) -> Router {
+    let rooms = Arc::new(signal::Rooms::new(limits));
+    let state = AppState {
+        ctx,
+        loopback,
+        rooms,
+    };
     let guarded = Router::new()
         .route("/api/v1/credentials", get(credentials::credentials))
         .route("/api/v1/ice", get(credentials::ice))
         .route("/metrics", get(metrics::metrics))
+        .route("/api/v1/rooms", post(signal::create_room))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let routes = Router::new()
         .merge(guarded)
         .route("/healthz", get(healthz))
         .route("/test", get(testpage::page))
         .route("/test/testpage.js", get(testpage::script))
+        .route("/test/call", get(testpage::call_page))
+        .route("/test/testcall.js", get(testpage::call_script))
+        // Token checked by the handler: browsers cannot set headers on a WebSocket, so it
+        // also takes `?token=`.
+        .route("/api/v1/signal/{room}", get(signal::signal))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -193,6 +211,11 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 }
 
 fn check_token(config: &Config, loopback: bool, headers: &HeaderMap) -> Result<(), ApiError> {
+    check_token_value(config, loopback, bearer_token(headers))
+}
+
+/// [`check_token`] for a token from anywhere (a header, or `?token=` for WebSockets).
+fn check_token_value(config: &Config, loopback: bool, given: Option<&str>) -> Result<(), ApiError> {
     if config.api_tokens.is_empty() {
         return if loopback {
             Ok(())
@@ -203,7 +226,7 @@ fn check_token(config: &Config, loopback: bool, headers: &HeaderMap) -> Result<(
             ))
         };
     }
-    let Some(given) = bearer_token(headers) else {
+    let Some(given) = given.filter(|t| !t.is_empty()) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing bearer token (Authorization: Bearer <token>)",

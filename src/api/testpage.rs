@@ -11,10 +11,15 @@ use super::{ApiError, AppState};
 
 const PAGE: &str = include_str!("assets/testpage.html");
 const SCRIPT: &str = include_str!("assets/testpage.js");
+const CALL_PAGE: &str = include_str!("assets/testcall.html");
+const CALL_SCRIPT: &str = include_str!("assets/testcall.js");
 
-/// Only our own script, no inline code, no other origins; fetches go to this origin.
+/// Only our own script, no inline code, no other origins; fetches and the signaling
+/// WebSocket go to this origin; the call page shows local media streams (`media-src blob:`
+/// is not needed for `srcObject`).
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
-                   connect-src 'self'; base-uri 'none'; frame-ancestors 'none'";
+                   connect-src 'self'; media-src 'self'; base-uri 'none'; \
+                   frame-ancestors 'none'";
 
 pub(super) async fn page(State(state): State<AppState>) -> Response {
     asset(&state, PAGE, "text/html; charset=utf-8")
@@ -22,6 +27,15 @@ pub(super) async fn page(State(state): State<AppState>) -> Response {
 
 pub(super) async fn script(State(state): State<AppState>) -> Response {
     asset(&state, SCRIPT, "text/javascript; charset=utf-8")
+}
+
+/// `GET /test/call`: the demo call (two browsers, one room; see `signal.rs`).
+pub(super) async fn call_page(State(state): State<AppState>) -> Response {
+    asset(&state, CALL_PAGE, "text/html; charset=utf-8")
+}
+
+pub(super) async fn call_script(State(state): State<AppState>) -> Response {
+    asset(&state, CALL_SCRIPT, "text/javascript; charset=utf-8")
 }
 
 fn asset(state: &AppState, body: &'static str, content_type: &'static str) -> Response {

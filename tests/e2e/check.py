@@ -2,7 +2,7 @@
 """check.py - verdict for one e2e case from its peers' JSON result lines (stdin).
 
   check.py KIND NAME RC [key=value ...]
-    KIND  stun-fails | stun-srflx | relay | browser
+    KIND  stun-fails | stun-srflx | relay | browser | testpage | call
     NAME  the case name printed on the PASS/FAIL line
     RC    the exit status of the command that produced the lines
     relay: proto=udp|tcp (the client<->turnpike transport aiortc reports; TLS is "tcp"),
@@ -140,6 +140,38 @@ def main():
         if opts.get("relay_proto") and (b.get("pair") or {}).get("local", {}).get("relayProtocol") != opts["relay_proto"]:
             problems.append(f"browser reaches turnpike over "
                             f"{(b.get('pair') or {}).get('local', {}).get('relayProtocol')}, not {opts['relay_proto']}")
+    elif kind == "testpage":  # testpage_peer.mjs --case testpage (turnpike's /test page)
+        b = lines[0] if lines else {}
+        relay = [c for c in b.get("candidates", []) if c.get("type") == "relay"]
+        pair = "none (gathering only)"
+        timing = ", ".join(f"{v['url']}: first relay candidate after {v.get('first_relay_ms')} ms"
+                           for v in b.get("verdicts", []) if v.get("first_relay_ms") is not None) or "none"
+        details.append(f"browser: {b.get('browser')}, page status: {b.get('status')!r}")
+        for v in b.get("verdicts", []):
+            details.append(f"verdict {v['url']}: {v['verdict']}")
+        details += [f"relay candidate {c['address']} ({c['protocol']}) from {c['url']}" for c in relay]
+        if rc != 0 or not b.get("ok"):
+            problems.append(f"browser: {b.get('error') or 'no result line'}")
+    elif kind == "call":  # two testpage_peer.mjs --case call lines: sender and receiver
+        by_role = {r.get("role"): r for r in lines}
+        s, r = by_role.get("sender", {}), by_role.get("receiver", {})
+        pair = f"sender {s.get('selected_pair', 'none')}; receiver {r.get('selected_pair', 'none')}"
+        sent, recv = s.get("sent") or {}, r.get("received") or {}
+        timing = (f"connected {s.get('connected_ms')}/{r.get('connected_ms')} ms, first frame decoded "
+                  f"{s.get('frames_ms')}/{r.get('frames_ms')} ms after page load (sender/receiver); "
+                  f"{(sent.get('bytes') or 0) / 1048576:g} MiB file sent in {sent.get('ms')} ms, "
+                  f"received in {recv.get('ms')} ms, SHA-256 {str(recv.get('sha256'))[:16]}... "
+                  f"{'==' if recv.get('ok') and sent.get('ok') else '!='} sender's")
+        for who, x in (("sender", s), ("receiver", r)):
+            v = x.get("inbound_video") or {}
+            details.append(f"{who}: {x.get('browser')} media={x.get('media')} policy={x.get('policy')} "
+                           f"inbound-rtp video framesDecoded={v.get('framesDecoded')} "
+                           f"{v.get('frameWidth')}x{v.get('frameHeight')} error={x.get('error')}")
+            if x.get("policy") != "relay":
+                problems.append(f"{who}: iceTransportPolicy {x.get('policy')}, not relay")
+        if rc != 0 or not (s.get("ok") and r.get("ok")):
+            problems.append(f"sender: {s.get('error') or ('no result line' if not s else 'ok')}; "
+                            f"receiver: {r.get('error') or ('no result line' if not r else 'ok')}")
     else:
         print(f"check.py: unknown kind {kind}", file=sys.stderr)
         return 2

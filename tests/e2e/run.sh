@@ -19,13 +19,19 @@
 #   browser-credential-lifecycle  an expired credential from /api/v1/ice gathers no relay
 #                                 candidate (401); a fresh one in the same page connects
 #   verify-oneliner               tests/e2e/verify.sh --api ... from a client namespace
+#   browser-testpage              Chromium in te-c1 loads turnpike's own /test page (served
+#                                 by turnpike, --api-test-page): relay candidates, OK verdicts
+#   browser-call                  two Chromiums (te-c1, te-c2) join one room of turnpike's
+#                                 /test/call page, relay only: video decoded on both sides,
+#                                 1 MiB file over the data channel with matching SHA-256
 # Each case prints "PASS|FAIL NAME: pair: <selected candidate pair> | time: <transfer time>".
 #
 # The lab (../shared/harness/natlab.sh, prefix $E2E_PREFIX, default "te") is built at the
 # start and torn down on exit, also on failure or SIGINT/SIGTERM; nothing leaves the lab's
 # namespaces (the browser's page is served on the client namespace's own loopback).
 # Env: TURNPIKE_BIN (default target/debug/turnpike), TURNPIKE_HARNESS_DIR
-# (default ../shared/harness), HARNESS_HOME, E2E_PREFIX, E2E_KEEP_LOGS=1 (keep the work dir).
+# (default ../shared/harness), HARNESS_HOME, E2E_PREFIX, E2E_KEEP_LOGS=1 (keep the work dir),
+# E2E_SCREENSHOTS=DIR (browser-testpage/browser-call save testpage.png/testcall.png there).
 # Needs: the harness's setup.sh (aiortc venv, nftables), chromium, node + `npm ci` here.
 set -euo pipefail
 
@@ -43,7 +49,8 @@ API=http://$SRV:8080
 PAGE_PORT=8000
 ORIGIN=http://127.0.0.1:$PAGE_PORT
 ALL_CASES=(control-symmetric-stun-fails control-cone-stun-srflx relay-udp relay-tcp relay-tls
-  browser-relay-video browser-relay-tls browser-credential-lifecycle verify-oneliner)
+  browser-relay-video browser-relay-tls browser-credential-lifecycle verify-oneliner
+  browser-testpage browser-call)
 DOWN_ONLY=0
 [ "${1:-}" = --down ] && { DOWN_ONLY=1; shift; }
 CASES=("$@")
@@ -109,7 +116,7 @@ ip netns exec "$NATLAB_SRV_NS" "$BIN" run \
   --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" \
   --relay-ip "$SRV" --allow-peer 203.0.113.0/24 \
   --auth-secret "$SECRET" --realm "$REALM" \
-  --api-listen "$SRV:8080" --api-token "$TOKEN" --api-cors-origin "$ORIGIN" \
+  --api-listen "$SRV:8080" --api-token "$TOKEN" --api-cors-origin "$ORIGIN" --api-test-page \
   >"$WORK/turnpike.out" 2>"$WORK/turnpike.err" &
 SERVER_PID=$!
 for _ in $(seq 100); do
@@ -173,6 +180,37 @@ browser() {
   return "$rc"
 }
 
+# shot NAME: --screenshot argument for testpage_peer.mjs when E2E_SCREENSHOTS is set.
+shot() { [ -n "${E2E_SCREENSHOTS:-}" ] && printf -- '--screenshot\n%s\n' "$E2E_SCREENSHOTS/$1" || true; }
+
+# call_case: a room from POST /api/v1/rooms, then two Chromiums (te-c2 receiver in the
+# background, te-c1 sender with the fake camera) on turnpike's /test/call page.
+call_case() {
+  local dir; dir=$(mktemp -d "$WORK/call.XXXX")
+  head -c 1048576 /dev/urandom >"$dir/file.bin"
+  local sha; sha=$(sha256sum "$dir/file.bin" | cut -d' ' -f1)
+  local room; room=$(ip netns exec "$C1" python3 -c '
+import json, sys, urllib.request
+api, token = sys.argv[1:3]
+req = urllib.request.Request(api + "/api/v1/rooms", method="POST", headers={"Authorization": "Bearer " + token})
+print(json.load(urllib.request.urlopen(req, timeout=5))["room"])' "$API" "$TOKEN") ||
+    { echo "    problem: POST /api/v1/rooms failed" >&2; return 1; }
+  local url="$API/test/call#room=$room&token=$TOKEN" rc=0
+  ip netns exec "$C2" node "$HERE/testpage_peer.mjs" --case call --role receiver --url "$url" \
+    --expect-sha256 "$sha" --timeout 60 >"$dir/receiver.out" 2>"$dir/receiver.err" &
+  local receiver=$!
+  # shellcheck disable=SC2046
+  ip netns exec "$C1" node "$HERE/testpage_peer.mjs" --case call --role sender --url "$url" \
+    --file "$dir/file.bin" --camera --timeout 60 $(shot testcall.png) >"$dir/sender.out" 2>"$dir/sender.err" || rc=$?
+  wait "$receiver" || rc=$?
+  cat "$dir/sender.out" "$dir/receiver.out"
+  if [ "$rc" != 0 ]; then
+    sed 's/^/    [sender stderr] /' "$dir/sender.err" | tail -10 >&2
+    sed 's/^/    [receiver stderr] /' "$dir/receiver.err" | tail -10 >&2
+  fi
+  return "$rc"
+}
+
 run_case() {
   local name=$1 t0=$SECONDS out rc=0 ok=0
   echo "== $name"
@@ -219,6 +257,16 @@ run_case() {
       # what a user runs from a client machine; here from behind NAT 1
       ip netns exec "$C1" env TURNPIKE_HARNESS_DIR="$H" HARNESS_HOME="$HARNESS_HOME" \
         bash "$HERE/verify.sh" --api "$API" --token "$TOKEN" --ca "$WORK/cert.pem" && ok=1 ;;
+    browser-testpage)
+      local before; before=$(metric 'turnpike_allocations_total{transport="udp"}')
+      # shellcheck disable=SC2046
+      out=$(ip netns exec "$C1" node "$HERE/testpage_peer.mjs" --case testpage \
+        --url "$API/test#token=$TOKEN" --timeout 40 $(shot testpage.png) 2>"$WORK/pair.err") || rc=$?
+      python3 "$HERE/check.py" testpage "$name" "$rc" <<<"$out" &&
+        grew 'turnpike_allocations_total{transport="udp"}' "$before" 1 && ok=1 ;;
+    browser-call)
+      out=$(call_case) || rc=$?
+      python3 "$HERE/check.py" call "$name" "$rc" <<<"$out" && ok=1 ;;
   esac
   if [ "$ok" = 1 ]; then PASSED+=("$name"); else
     FAILED+=("$name")

@@ -9,9 +9,12 @@
 //!   `/api/v1/ice`, a file in 16 KiB chunks and the fake camera against an aiortc peer,
 //!   checking the hash and inbound-rtp frames decoded; the same restricted to `turns:`;
 //! * credential lifecycle: an expired credential allocates nothing (401), a fresh one works;
-//! * the "verify a deployment" one-liner (`tests/e2e/verify.sh`).
+//! * the "verify a deployment" one-liner (`tests/e2e/verify.sh`);
+//! * turnpike's own pages (`--api-test-page`): Chromium loads `/test` and sees relay
+//!   candidates; two Chromiums join one room of `/test/call` relay-only, decode each other's
+//!   video and move a 1 MiB file with matching SHA-256.
 //!
-//! One test runs the whole suite (about a minute): the cases share one lab and one server.
+//! One test runs the whole suite (one to two minutes): the cases share one lab and one server.
 //! Needs root, `../shared/harness/setup.sh`, Debian's `chromium`, Node.js and `npm ci` in
 //! `tests/e2e` (all done by `.ci/run`); a missing tool fails the test with a hint. The lab is
 //! removed by `run.sh` itself (trap) and once more by a drop guard here, so a timeout or a
@@ -76,7 +79,7 @@ fn webrtc_peers_and_chromium_behind_nats_connect_through_turnpike() {
     println!("{}", out.stdout);
     assert!(out.success(), "e2e suite failed:\n{out}");
     assert!(
-        out.stdout.contains("e2e: 9 passed, 0 failed"),
+        out.stdout.contains("e2e: 11 passed, 0 failed"),
         "e2e suite did not run every case:\n{out}"
     );
 }
