@@ -93,6 +93,18 @@ impl Alloc {
         self.req = b.auth(auth).finish();
     }
 
+    /// Starts with a realm and nonce another allocation of this run was given, so the first
+    /// Allocate is already authenticated. A server binds nonces to the client IP (turnpike)
+    /// or answers 438 with a fresh one (coturn); either way no 401 per allocation, which a
+    /// server's per-source challenge cap would otherwise throttle.
+    fn prime(&mut self, realm: &str, nonce: &[u8]) {
+        if self.nonce.is_empty() {
+            self.key = Some(stun::long_term_key(&self.username, realm, &self.password));
+            self.realm = Some(realm.to_owned());
+            self.nonce = nonce.to_vec();
+        }
+    }
+
     fn transmit(&mut self, now: u64) {
         let _ = self.sock.send(&self.req);
         self.deadline = now + (RTO_NS << self.tries.min(5));
@@ -181,11 +193,16 @@ fn drive(allocs: &mut [Alloc], first: Step, plan: &Plan, window: usize) -> io::R
     let mut active: Vec<usize> = Vec::new();
     let mut ready = Vec::new();
     let mut buf = [0u8; 2048];
+    // The first realm and nonce any allocation learns, handed to the ones not started yet.
+    let mut shared: Option<(String, Vec<u8>)> = None;
     loop {
         let now = sys::now_ns();
         while active.len() < window.max(1) {
             let Some(i) = queue.next() else { break };
             let a = &mut allocs[i];
+            if let Some((realm, nonce)) = &shared {
+                a.prime(realm, nonce);
+            }
             a.step = first;
             a.tries = 0;
             a.auth_retries = 0;
@@ -208,6 +225,9 @@ fn drive(allocs: &mut [Alloc], first: Step, plan: &Plan, window: usize) -> io::R
             let a = &mut allocs[t as usize];
             while let Ok(n) = a.sock.recv(&mut buf) {
                 a.on_datagram(&buf[..n], plan, now);
+            }
+            if shared.is_none() && !a.nonce.is_empty() {
+                shared = a.realm.clone().map(|realm| (realm, a.nonce.clone()));
             }
         }
         for &i in &active {
