@@ -380,25 +380,7 @@ impl Worker {
                 server: local,
                 transport: Transport::Udp,
             };
-            let reply =
-                match self
-                    .server
-                    .handle_client(now, unix, tuple, &slot[..len], &mut self.out_buf)
-                {
-                    ClientAction::Drop => None,
-                    ClientAction::Reply(n) => Some(n),
-                    ClientAction::Relay {
-                        relay,
-                        peer,
-                        payload,
-                    } => {
-                        if let Some(relay_fd) = self.relay_fd(relay) {
-                            self.send_errors += self.send_batch.push(relay_fd, peer, &[payload]);
-                        }
-                        None
-                    }
-                    ClientAction::Allocate(pending) => Some(self.allocate(now, pending)),
-                };
+            let reply = self.handle_client_message(now, unix, tuple, &slot[..len]);
             // Close freed relay sockets before the answer goes out, so a client told its
             // allocation is gone can have the port again at once.
             self.apply_events();
@@ -412,6 +394,35 @@ impl Worker {
             Ok(n) if n == BATCH => Ok(()),
             Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Runs one message from a client through the core: data for a peer joins the send batch,
+    /// an Allocate gets its relay sockets. Returns the length of the answer in `out_buf`.
+    fn handle_client_message(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        tuple: FiveTuple,
+        data: &[u8],
+    ) -> Option<usize> {
+        match self
+            .server
+            .handle_client(now, unix, tuple, data, &mut self.out_buf)
+        {
+            ClientAction::Drop => None,
+            ClientAction::Reply(n) => Some(n),
+            ClientAction::Relay {
+                relay,
+                peer,
+                payload,
+            } => {
+                if let Some(relay_fd) = self.relay_fd(relay) {
+                    self.send_errors += self.send_batch.push(relay_fd, peer, &[payload]);
+                }
+                None
+            }
+            ClientAction::Allocate(pending) => Some(self.allocate(now, pending)),
         }
     }
 
@@ -721,25 +732,7 @@ impl Worker {
             };
             let now = Instant::now();
             let data = &framer.data()[range];
-            let reply =
-                match self
-                    .server
-                    .handle_client(now, unix_now(), tuple, data, &mut self.out_buf)
-                {
-                    ClientAction::Drop => None,
-                    ClientAction::Reply(n) => Some(n),
-                    ClientAction::Relay {
-                        relay,
-                        peer,
-                        payload,
-                    } => {
-                        if let Some(relay_fd) = self.relay_fd(relay) {
-                            self.send_errors += self.send_batch.push(relay_fd, peer, &[payload]);
-                        }
-                        None
-                    }
-                    ClientAction::Allocate(pending) => Some(self.allocate(now, pending)),
-                };
+            let reply = self.handle_client_message(now, unix_now(), tuple, data);
             self.apply_events();
             if let Some(connection) = self.connections[slot].as_mut() {
                 connection.established = true;

@@ -230,10 +230,15 @@ fn spoofed_source_allocate_flood_creates_no_state() {
         after < before + 2 * 1024,
         "server RSS grew from {before} KiB to {after} KiB (>= 2 MiB) under a spoofed flood"
     );
-    // Still serving.
+    // Still serving: another source at once, and the flooding address once its challenge
+    // budget for the second has renewed.
+    UdpTurn::rest_from(Ipv4Addr::new(127, 0, 0, 2), &server, "alice")
+        .allocate()
+        .expect_success("Allocate from another source right after the flood");
+    std::thread::sleep(Duration::from_millis(1100));
     UdpTurn::rest(&server, "alice")
         .allocate()
-        .expect_success("Allocate after the flood");
+        .expect_success("Allocate from the flooding address a second later");
 }
 
 // ---- 2. challenge rate limit ----

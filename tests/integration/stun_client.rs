@@ -217,7 +217,12 @@ pub struct UdpTurn {
 
 impl UdpTurn {
     pub fn new(server: SocketAddr, username: &str, password: &str) -> UdpTurn {
-        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind client socket");
+        UdpTurn::new_from(Ipv4Addr::LOCALHOST, server, username, password)
+    }
+
+    /// A client whose socket is bound to `ip` (another loopback address, as another source).
+    pub fn new_from(ip: Ipv4Addr, server: SocketAddr, username: &str, password: &str) -> UdpTurn {
+        let sock = UdpSocket::bind((ip, 0)).expect("bind client socket");
         UdpTurn {
             sock,
             server,
@@ -229,8 +234,13 @@ impl UdpTurn {
 
     /// A client with valid REST credentials for `user`.
     pub fn rest(server: &Server, user: &str) -> UdpTurn {
+        UdpTurn::rest_from(Ipv4Addr::LOCALHOST, server, user)
+    }
+
+    /// [`UdpTurn::rest`] from another source address.
+    pub fn rest_from(ip: Ipv4Addr, server: &Server, user: &str) -> UdpTurn {
         let (username, password) = rest_credentials(SECRET, user, 3600);
-        UdpTurn::new(server.udp, &username, &password)
+        UdpTurn::new_from(ip, server.udp, &username, &password)
     }
 
     pub fn send_raw(&self, data: &[u8]) {
