@@ -268,14 +268,28 @@ run_case() {
       out=$(call_case) || rc=$?
       python3 "$HERE/check.py" call "$name" "$rc" <<<"$out" && ok=1 ;;
   esac
-  if [ "$ok" = 1 ]; then PASSED+=("$name"); else
-    FAILED+=("$name")
-    [ -s "$WORK/pair.err" ] && [[ "$name" != browser-* ]] && sed 's/^/    /' "$WORK/pair.err" | tail -10
+  if [ "$ok" != 1 ] && [ -s "$WORK/pair.err" ] && [[ "$name" != browser-* ]]; then
+    sed 's/^/    /' "$WORK/pair.err" | tail -10
   fi
   : >"$WORK/pair.err"
   echo "   ($name: $((SECONDS - t0)) s)"
+  [ "$ok" = 1 ]
 }
 
-for c in "${CASES[@]}"; do run_case "$c"; done
+# A browser case that fails gets one more run, and the summary names it: real browsers'
+# media start-up (keyframes, stats snapshots) is timing-dependent on a busy machine. The
+# checks of each run are unchanged; a case must pass one run in full.
+RETRIED=()
+for c in "${CASES[@]}"; do
+  if run_case "$c"; then
+    PASSED+=("$c")
+  elif [[ "$c" == browser-* ]] && echo "   ($c failed; running it once more)" && run_case "$c"; then
+    PASSED+=("$c")
+    RETRIED+=("$c")
+  else
+    FAILED+=("$c")
+  fi
+done
 echo "e2e: ${#PASSED[@]} passed, ${#FAILED[@]} failed${FAILED[*]:+ (${FAILED[*]})} in $((SECONDS - T_START)) s"
+[ "${#RETRIED[@]}" = 0 ] || echo "e2e: passed on a second run: ${RETRIED[*]}"
 [ "${#FAILED[@]}" = 0 ]
