@@ -43,14 +43,14 @@ pub fn render(report: &WorkerReport) -> String {
         "turnpike_allocations_active",
         "Allocations now, by client transport",
         "transport",
-        Transport::ALL.map(|t| (transport_name(t), gauges.allocations[t as usize])),
+        Transport::ALL.map(|t| (t.as_str(), gauges.allocations[t as usize])),
     );
     counter_family(
         r,
         "turnpike_allocations",
         "Allocations created, by client transport",
         "transport",
-        Transport::ALL.map(|t| (transport_name(t), stats.allocations_created[t as usize])),
+        Transport::ALL.map(|t| (t.as_str(), stats.allocations_created[t as usize])),
     );
     counter_family(
         r,
@@ -126,6 +126,12 @@ pub fn render(report: &WorkerReport) -> String {
     );
     counter(
         r,
+        "turnpike_challenges_suppressed",
+        "401/438 challenges not sent because the source IP exceeded its rate",
+        stats.challenges_suppressed,
+    );
+    counter(
+        r,
         "turnpike_denied_peers",
         "Permissions or channels refused because the peer address is denied",
         stats.denied_peers,
@@ -170,14 +176,6 @@ pub fn render(report: &WorkerReport) -> String {
     // Writing to a String cannot fail.
     let _ = encode(&mut text, &registry);
     text
-}
-
-fn transport_name(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-        Transport::Tls => "tls",
-    }
 }
 
 fn clamp(n: u64) -> i64 {
