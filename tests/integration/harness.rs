@@ -864,3 +864,65 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> CmdOutput {
         elapsed,
     }
 }
+
+static NEXT_TEMP_DIR: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "turnpike-{what}-{}-{}",
+            std::process::id(),
+            NEXT_TEMP_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A self-signed leaf certificate for `localhost` and 127.0.0.1 in a fresh temporary
+/// directory: `(dir, cert path, key path)`. Keep `dir` alive while the files are used.
+pub fn self_signed_cert() -> (TempDir, String, String) {
+    let dir = TempDir::new("tls");
+    let cert = dir.path().join("cert.pem").to_string_lossy().into_owned();
+    let key = dir.path().join("key.pem").to_string_lossy().into_owned();
+    let out = run_with_timeout(
+        Command::new(require_tool("openssl")).args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            // A leaf, not a CA: webpki refuses a CA certificate as the server's own.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "openssl req failed:\n{out}");
+    (dir, cert, key)
+}

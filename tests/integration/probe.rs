@@ -6,76 +6,15 @@
 //! against coturn.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::harness::{
-    against_coturn, default_args_without, require_tool, run_with_timeout, CmdOutput, Server, REALM,
-    SECRET,
+    against_coturn, default_args_without, run_with_timeout, self_signed_cert, CmdOutput, Server,
+    REALM, SECRET,
 };
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
-
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "turnpike-probe-{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A self-signed leaf certificate for 127.0.0.1: `(cert, key)` paths in `dir`.
-fn certificate(dir: &TempDir) -> (String, String) {
-    let cert = dir.path().join("cert.pem").to_string_lossy().into_owned();
-    let key = dir.path().join("key.pem").to_string_lossy().into_owned();
-    let out = run_with_timeout(
-        Command::new(require_tool("openssl")).args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &cert,
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            // A leaf, not a CA: webpki refuses a CA certificate as the server's own.
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ]),
-        Duration::from_secs(60),
-    );
-    assert!(out.success(), "openssl req failed:\n{out}");
-    (cert, key)
-}
 
 fn ready_addrs(server: &Server, key: &str) -> Vec<SocketAddr> {
     server.ready[key]
@@ -106,8 +45,7 @@ fn probe_passes_over_udp_tcp_and_tls() {
     if against_coturn() {
         return;
     }
-    let dir = TempDir::new();
-    let (cert, key) = certificate(&dir);
+    let (_dir, cert, key) = self_signed_cert();
     let server = Server::start(&[
         "--listen",
         "127.0.0.1:0",

@@ -22,14 +22,12 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    assert_relay_only_pair, require_tool, rest_credentials, run_with_timeout, Backend, Server,
-    SECRET,
+    assert_relay_only_pair, require_tool, rest_credentials, run_with_timeout, self_signed_cert,
+    Backend, Server, TempDir, SECRET,
 };
 use crate::stun_client::{TcpTurn, RESPONSE_TIMEOUT};
 use crate::uclient::{assert_zero_loss, number_after, stunclient, uclient};
@@ -83,63 +81,6 @@ fn tcp_addr(server: &Server) -> SocketAddr {
         Backend::Turnpike => ready_addr(server, "tcp"),
         Backend::Coturn => server.udp,
     }
-}
-
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "turnpike-{what}-{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A self-signed certificate for `localhost`: `(dir, cert path, key path)`.
-fn self_signed_cert() -> (TempDir, String, String) {
-    let openssl = require_tool("openssl");
-    let dir = TempDir::new("tls");
-    let cert = dir.path().join("cert.pem").to_string_lossy().into_owned();
-    let key = dir.path().join("key.pem").to_string_lossy().into_owned();
-    let out = run_with_timeout(
-        Command::new(openssl).args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &cert,
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ]),
-        Duration::from_secs(60),
-    );
-    assert!(out.success(), "openssl req failed:\n{out}");
-    (dir, cert, key)
 }
 
 /// A server with the defaults plus a TLS listener on 127.0.0.1 with a fresh certificate.
