@@ -24,33 +24,29 @@ import { readFile, writeFile, rename, unlink } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { join, extname, basename, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseArgs as parseCliArgs } from 'node:util';
 import { chromium } from 'playwright-core';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const PAGE_DIR = join(HERE, 'page');
 
 function parseArgs(argv) {
-  const args = { case: 'call', port: 8000, timeout: 60, video: false, prefer: '', token: '' };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const next = () => {
-      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
-      return argv[++i];
-    };
-    switch (a) {
-      case '--case': args.case = next(); break;
-      case '--api': args.api = next(); break;
-      case '--token': args.token = next(); break;
-      case '--signal-dir': args.signalDir = next(); break;
-      case '--file': args.file = next(); break;
-      case '--prefer': args.prefer = next(); break;
-      case '--port': args.port = Number(next()); break;
-      case '--timeout': args.timeout = Number(next()); break;
-      case '--video': args.video = true; break;
-      case '--chromium': args.chromium = next(); break;
-      default: throw new Error(`unknown argument ${a}`);
-    }
-  }
+  const { values: v } = parseCliArgs({
+    args: argv,
+    options: {
+      case: { type: 'string', default: 'call' },
+      api: { type: 'string' },
+      token: { type: 'string', default: '' },
+      'signal-dir': { type: 'string' },
+      file: { type: 'string' },
+      prefer: { type: 'string', default: '' },
+      port: { type: 'string', default: '8000' },
+      timeout: { type: 'string', default: '60' },
+      video: { type: 'boolean', default: false },
+      chromium: { type: 'string' },
+    },
+  });
+  const args = { ...v, signalDir: v['signal-dir'], port: Number(v.port), timeout: Number(v.timeout) };
   if (!args.api) throw new Error('--api is required');
   if (args.case !== 'expired' && (!args.signalDir || !args.file)) throw new Error(`--case ${args.case} needs --signal-dir and --file`);
   return args;

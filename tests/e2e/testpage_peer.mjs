@@ -15,29 +15,25 @@
 // as secure; without it the page sends its canvas test pattern), --screenshot PNG (1000 px
 // wide), --timeout SECONDS, --chromium PATH.
 // Prints one JSON line {"ok":...}; exit 0 only if ok.
+import { parseArgs as parseCliArgs } from 'node:util';
 import { chromium } from 'playwright-core';
 
 function parseArgs(argv) {
-  const args = { timeout: 60, camera: false };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const next = () => {
-      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
-      return argv[++i];
-    };
-    switch (a) {
-      case '--case': args.case = next(); break;
-      case '--url': args.url = next(); break;
-      case '--role': args.role = next(); break;
-      case '--file': args.file = next(); break;
-      case '--expect-sha256': args.expect = next(); break;
-      case '--screenshot': args.screenshot = next(); break;
-      case '--timeout': args.timeout = Number(next()); break;
-      case '--camera': args.camera = true; break;
-      case '--chromium': args.chromium = next(); break;
-      default: throw new Error(`unknown argument ${a}`);
-    }
-  }
+  const { values: v } = parseCliArgs({
+    args: argv,
+    options: {
+      case: { type: 'string' },
+      url: { type: 'string' },
+      role: { type: 'string' },
+      file: { type: 'string' },
+      'expect-sha256': { type: 'string' },
+      screenshot: { type: 'string' },
+      timeout: { type: 'string', default: '60' },
+      camera: { type: 'boolean', default: false },
+      chromium: { type: 'string' },
+    },
+  });
+  const args = { ...v, expect: v['expect-sha256'], timeout: Number(v.timeout) };
   if (!args.url || !['testpage', 'call'].includes(args.case)) throw new Error('--case testpage|call and --url are required');
   if (args.case === 'call' && !['sender', 'receiver'].includes(args.role)) throw new Error('--role sender|receiver');
   if (args.role === 'sender' && !args.file) throw new Error('the sender needs --file');
