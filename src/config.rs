@@ -32,6 +32,32 @@ pub const DEFAULT_CREDENTIAL_TTL_SECS: u64 = 86_400;
 /// Shown instead of secrets by [`Config::render_effective`] and `Debug`.
 const REDACTED: &str = "<redacted>";
 
+// Bounds of the numeric keys, checked at load (file, flags and reload alike) so that no
+// value can overflow a timer, truncate an attribute or ask for absurd resources.
+
+const DAY_SECS: u64 = 86_400;
+/// Longest allocation lifetime (`limits.default_lifetime_secs`, `max_lifetime_secs`): a
+/// week. RFC 8656 §7.2 recommends an hour; past a week a vanished client holds its port and
+/// quota longer than anyone wants. Far inside `Instant` and the 32-bit LIFETIME attribute.
+pub const MAX_ALLOCATION_LIFETIME_SECS: u64 = 7 * DAY_SECS;
+/// Longest nonce lifetime: a day. The nonce is what limits replay of a captured request.
+pub const MAX_NONCE_LIFETIME_SECS: u64 = DAY_SECS;
+/// Longest credential ttl (`auth.credential_ttl_secs`, `api.max_ttl_secs`): a year; a
+/// credential that should never expire is a static user.
+pub const MAX_CREDENTIAL_TTL_SECS: u64 = 365 * DAY_SECS;
+/// Most worker threads (`server.workers`): each binds its own sockets, and more than a large
+/// host has cores only adds threads.
+pub const MAX_WORKERS: usize = 1024;
+/// Most allocations or TCP/TLS connections, in total or per user or source: each holds a
+/// socket, and a million is past what a host's file descriptors allow.
+pub const MAX_COUNT: usize = 1_000_000;
+/// Most permissions or channels per allocation: the 16,384 channel numbers turnpike accepts
+/// (0x4000–0x7FFF); permissions are scanned per packet, so the same bound.
+pub const MAX_PER_ALLOCATION: usize = 16_384;
+/// `limits.bandwidth_per_allocation` in bytes per second when not 0 (unlimited): below
+/// 1,000 not even a voice call fits; 12.5 GB/s is 100 Gbit/s.
+pub const BANDWIDTH_RANGE: RangeInclusive<u64> = 1_000..=12_500_000_000;
+
 // ---------------------------------------------------------------------------------
 // Runtime model
 // ---------------------------------------------------------------------------------
@@ -234,12 +260,12 @@ impl Default for Config {
     }
 }
 
-/// `0` means one worker per CPU core.
+/// `0` means one worker per CPU core (at most [`MAX_WORKERS`]).
 fn resolve_workers(workers: usize) -> usize {
     if workers != 0 {
         return workers;
     }
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
 }
 
 // ---------------------------------------------------------------------------------
@@ -1320,15 +1346,7 @@ impl Config {
             };
             return Err(src.error(&key, "user names and passwords must not be empty"));
         }
-        if self.nonce_lifetime.is_zero() {
-            return Err(src.error("auth.nonce_lifetime_secs", "must be at least 1"));
-        }
-        if self.credential_ttl.is_zero() {
-            return Err(src.error("auth.credential_ttl_secs", "must be at least 1"));
-        }
-        if self.api_max_ttl.is_zero() {
-            return Err(src.error("api.max_ttl_secs", "must be at least 1"));
-        }
+        self.check_ranges(src)?;
         if self.credential_ttl > self.api_max_ttl {
             let (c, m) = (self.credential_ttl.as_secs(), self.api_max_ttl.as_secs());
             return Err(
@@ -1346,9 +1364,6 @@ impl Config {
         }
 
         let (min, max) = (*self.port_range.start(), *self.port_range.end());
-        if min == 0 {
-            return Err(src.error("relay.min_port", "must be at least 1"));
-        }
         if min > max {
             return Err(match src.blame("relay.min_port", "relay.max_port") {
                 "relay.min_port" => src.error(
@@ -1362,9 +1377,6 @@ impl Config {
             });
         }
 
-        if self.default_lifetime.is_zero() {
-            return Err(src.error("limits.default_lifetime_secs", "must be at least 1"));
-        }
         if self.default_lifetime > self.max_lifetime {
             let (d, m) = (self.default_lifetime.as_secs(), self.max_lifetime.as_secs());
             return Err(
@@ -1379,13 +1391,6 @@ impl Config {
                     ),
                 },
             );
-        }
-
-        if self.max_connections == 0 {
-            return Err(src.error("limits.max_connections", "must be at least 1"));
-        }
-        if self.max_connections_per_source == 0 {
-            return Err(src.error("limits.max_connections_per_source", "must be at least 1"));
         }
 
         if let Some(own) = self
@@ -1417,6 +1422,111 @@ impl Config {
                 ))
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Every numeric key within its bounds (the constants at the top of this file).
+    fn check_ranges(&self, src: &Sources<'_>) -> Result<(), ConfigError> {
+        const SECONDS: &str = " seconds";
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let (min_port, max_port) = (*self.port_range.start(), *self.port_range.end());
+        let checks: [(&str, u64, RangeInclusive<u64>, &str); 14] = [
+            (
+                "server.workers",
+                count(self.workers),
+                1..=count(MAX_WORKERS),
+                "",
+            ),
+            (
+                "auth.nonce_lifetime_secs",
+                self.nonce_lifetime.as_secs(),
+                1..=MAX_NONCE_LIFETIME_SECS,
+                SECONDS,
+            ),
+            (
+                "auth.credential_ttl_secs",
+                self.credential_ttl.as_secs(),
+                1..=MAX_CREDENTIAL_TTL_SECS,
+                SECONDS,
+            ),
+            (
+                "api.max_ttl_secs",
+                self.api_max_ttl.as_secs(),
+                1..=MAX_CREDENTIAL_TTL_SECS,
+                SECONDS,
+            ),
+            ("relay.min_port", min_port.into(), 1..=65_535, ""),
+            ("relay.max_port", max_port.into(), 1..=65_535, ""),
+            (
+                "limits.default_lifetime_secs",
+                self.default_lifetime.as_secs(),
+                1..=MAX_ALLOCATION_LIFETIME_SECS,
+                SECONDS,
+            ),
+            (
+                "limits.max_lifetime_secs",
+                self.max_lifetime.as_secs(),
+                1..=MAX_ALLOCATION_LIFETIME_SECS,
+                SECONDS,
+            ),
+            (
+                "limits.max_allocations",
+                count(self.max_allocations),
+                1..=count(MAX_COUNT),
+                "",
+            ),
+            (
+                "limits.max_allocations_per_user",
+                count(self.max_allocations_per_user),
+                1..=count(MAX_COUNT),
+                "",
+            ),
+            (
+                "limits.max_permissions_per_allocation",
+                count(self.max_permissions_per_allocation),
+                1..=count(MAX_PER_ALLOCATION),
+                "",
+            ),
+            (
+                "limits.max_channels_per_allocation",
+                count(self.max_channels_per_allocation),
+                1..=count(MAX_PER_ALLOCATION),
+                "",
+            ),
+            (
+                "limits.max_connections",
+                count(self.max_connections),
+                1..=count(MAX_COUNT),
+                "",
+            ),
+            (
+                "limits.max_connections_per_source",
+                count(self.max_connections_per_source),
+                1..=count(MAX_COUNT),
+                "",
+            ),
+        ];
+        for (key, value, range, unit) in checks {
+            if !range.contains(&value) {
+                let (lo, hi) = (range.start(), range.end());
+                // 0 never reaches here for workers: it was resolved to the core count.
+                let lo = if key == "server.workers" {
+                    "0 (one per CPU core)".to_owned()
+                } else {
+                    lo.to_string()
+                };
+                return Err(src.error(key, format!("must be {lo} to {hi}{unit} (got {value})")));
+            }
+        }
+        if let Some(rate) = self.bandwidth_per_allocation {
+            if !BANDWIDTH_RANGE.contains(&rate) {
+                let (lo, hi) = (BANDWIDTH_RANGE.start(), BANDWIDTH_RANGE.end());
+                return Err(src.error(
+                    "limits.bandwidth_per_allocation",
+                    format!("must be 0 (unlimited) or {lo} to {hi} bytes per second (got {rate})"),
+                ));
+            }
         }
         Ok(())
     }
@@ -1513,6 +1623,18 @@ impl Config {
                 }
             }
         }
+        // The core treats such a name as a REST credential (`auth::rest_expiry`), so the
+        // static password is never looked at while a secret is set, nor after that time.
+        for (name, _) in &self.static_users {
+            if let Some(expiry) = crate::proto::auth::rest_expiry(name, self.separator) {
+                out.push(format!(
+                    "auth.users: `{name}` parses as a REST username (expiry {expiry}, separator \
+                     `{sep}`), so it is checked as a REST credential and its static password is \
+                     refused whenever auth.secrets is set, and always after that time; rename it",
+                    sep = self.separator
+                ));
+            }
+        }
         if !self.api_listen.ip().is_loopback() && self.api_tokens.is_empty() {
             out.push(format!(
                 "api.listen {} is not loopback and api.tokens is empty: anyone who can reach \
@@ -1521,6 +1643,31 @@ impl Config {
             ));
         }
         out
+    }
+
+    /// The keys that differ between this (running) configuration and `fresh` but only take
+    /// effect at restart: a reload keeps the sockets, threads and logger it started with.
+    pub fn changes_needing_restart(&self, fresh: &Config) -> Vec<&'static str> {
+        let changed = [
+            ("server.listen", self.listen != fresh.listen),
+            ("server.workers", self.workers != fresh.workers),
+            ("server.log_format", self.log_format != fresh.log_format),
+            ("relay.ips", self.relay_ips != fresh.relay_ips),
+            (
+                "limits.max_connections",
+                self.max_connections != fresh.max_connections,
+            ),
+            (
+                "limits.max_connections_per_source",
+                self.max_connections_per_source != fresh.max_connections_per_source,
+            ),
+            ("api.listen", self.api_listen != fresh.api_listen),
+            ("tls.listen", self.tls_listen != fresh.tls_listen),
+        ];
+        changed
+            .into_iter()
+            .filter_map(|(key, changed)| changed.then_some(key))
+            .collect()
     }
 }
 
@@ -1952,10 +2099,7 @@ mod tests {
         let e = err("[api]\ncors_origins = [\"https://a.example/path\"]\n");
         assert!(e.contains("api.cors_origins (line 2)"), "{e}");
         let e = err("[api]\nmax_ttl_secs = 0\n");
-        assert!(
-            e.contains("api.max_ttl_secs (line 2): must be at least 1"),
-            "{e}"
-        );
+        assert!(e.contains("api.max_ttl_secs (line 2): must be 1 to"), "{e}");
         let e = err("[api]\nmax_ttl_secs = 60\n");
         assert!(
             e.contains("api.max_ttl_secs (line 2): must be >= auth.credential_ttl_secs"),
@@ -2121,12 +2265,12 @@ mod tests {
         assert_eq!(load(&c.render_effective()).unwrap(), c);
         let e = err("[limits]\nmax_connections = 0\n");
         assert!(
-            e.contains("limits.max_connections (line 2): must be at least 1"),
+            e.contains("limits.max_connections (line 2): must be 1 to"),
             "{e}"
         );
         let e = err("[limits]\n\nmax_connections_per_source = 0\n");
         assert!(
-            e.contains("limits.max_connections_per_source (line 3): must be at least 1"),
+            e.contains("limits.max_connections_per_source (line 3): must be 1 to"),
             "{e}"
         );
         let e = err("[limits]\nmax_connections = -1\n");
@@ -2149,8 +2293,111 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.starts_with("--max-connections-per-source 0: must be at least 1"),
+            e.starts_with("--max-connections-per-source 0: must be 1 to"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn numeric_keys_are_bounded_in_files_and_flags() {
+        for (text, wanted) in [
+            (
+                "[limits]\nmax_lifetime_secs = 18446744073709551615\n",
+                "limits.max_lifetime_secs (line 2): must be 1 to 604800 seconds (got 18446744073709551615)",
+            ),
+            (
+                "[limits]\ndefault_lifetime_secs = 4294967296\nmax_lifetime_secs = 4294967296\n",
+                "limits.default_lifetime_secs (line 2): must be 1 to 604800 seconds",
+            ),
+            (
+                "[server]\nworkers = 1025\n",
+                "server.workers (line 2): must be 0 (one per CPU core) to 1024 (got 1025)",
+            ),
+            (
+                "[limits]\nbandwidth_per_allocation = 999\n",
+                "limits.bandwidth_per_allocation (line 2): must be 0 (unlimited) or 1000",
+            ),
+            (
+                "[relay]\nmin_port = 0\n",
+                "relay.min_port (line 2): must be 1 to 65535 (got 0)",
+            ),
+            (
+                "[limits]\nmax_channels_per_allocation = 16385\n",
+                "limits.max_channels_per_allocation (line 2): must be 1 to 16384",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains(wanted), "{e}");
+        }
+        assert_eq!(
+            load("[limits]\ndefault_lifetime_secs = 604800\nmax_lifetime_secs = 604800\n")
+                .unwrap()
+                .max_lifetime,
+            Duration::from_secs(MAX_ALLOCATION_LIFETIME_SECS)
+        );
+        let bad = |args: RunArgs| Config::load(None, &args).unwrap_err().to_string();
+        let e = bad(RunArgs {
+            max_lifetime_secs: Some(u64::MAX),
+            ..RunArgs::default()
+        });
+        assert!(
+            e.starts_with("--max-lifetime-secs 18446744073709551615: must be 1 to 604800"),
+            "{e}"
+        );
+        let e = bad(RunArgs {
+            workers: Some(usize::MAX),
+            ..RunArgs::default()
+        });
+        assert!(e.starts_with("--workers "), "{e}");
+        // apply_flags checks the flags it applies too.
+        let mut c = Config::default();
+        let e = c
+            .apply_flags(&RunArgs {
+                nonce_lifetime_secs: Some(86_401),
+                ..RunArgs::default()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--nonce-lifetime-secs 86401: must be 1 to 86400"),
+            "{e}"
+        );
+        assert!(Config::default().check_ranges(&Sources::default()).is_ok());
+    }
+
+    #[test]
+    fn rest_shaped_static_users_warn() {
+        let c = load(
+            "[auth.users]\n\"4102444800:bob\" = \"pw\"\n\"carol:4102444800\" = \"pw\"\n\
+             alice = \"pw\"\n\"dave:x\" = \"pw\"\n",
+        )
+        .unwrap();
+        let warnings = c.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("auth.users: `4102444800:bob` parses as a REST username"));
+        assert!(warnings[1].starts_with("auth.users: `carol:4102444800` parses"));
+        // The separator decides: with `|`, `4102444800:bob` is an ordinary name.
+        let c =
+            load("[auth]\nseparator = \"|\"\n[auth.users]\n\"4102444800:bob\" = \"pw\"\n").unwrap();
+        assert!(c.warnings().is_empty());
+    }
+
+    #[test]
+    fn changes_needing_restart_are_listed() {
+        let running = Config::default();
+        assert!(running.changes_needing_restart(&running.clone()).is_empty());
+        let fresh = Config {
+            listen: vec!["127.0.0.1:3479".parse().unwrap()],
+            workers: running.workers + 1,
+            api_listen: "127.0.0.1:8081".parse().unwrap(),
+            // Reloadable: not listed.
+            max_allocations: 5,
+            secrets: vec![Secret::from("new")],
+            ..running.clone()
+        };
+        assert_eq!(
+            running.changes_needing_restart(&fresh),
+            ["server.listen", "server.workers", "api.listen"]
         );
     }
 

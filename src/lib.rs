@@ -13,9 +13,13 @@ pub mod probe;
 pub mod proto;
 pub mod telemetry;
 
+use std::any::Any;
+use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::Ordering;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
@@ -38,6 +42,75 @@ pub struct Running {
     nonce_key: NonceKey,
     wakers: Vec<Arc<mio::Waker>>,
     workers: Vec<JoinHandle<io::Result<()>>>,
+    deaths: Option<mpsc::Receiver<WorkerDeath>>,
+}
+
+/// A worker thread that ended while the server was meant to be serving: its sockets and
+/// allocations are gone, so the daemon must not go on half alive.
+#[derive(Debug)]
+pub struct WorkerDeath {
+    pub index: usize,
+    pub cause: DeathCause,
+}
+
+#[derive(Debug)]
+pub enum DeathCause {
+    /// The panic message.
+    Panicked(String),
+    Failed(io::Error),
+    /// `run` returned without the shutdown flag set.
+    Stopped,
+}
+
+impl fmt::Display for WorkerDeath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let index = self.index;
+        match &self.cause {
+            DeathCause::Panicked(message) => write!(f, "worker {index} panicked: {message}"),
+            DeathCause::Failed(e) => write!(f, "worker {index} failed: {e}"),
+            DeathCause::Stopped => write!(f, "worker {index} stopped unexpectedly"),
+        }
+    }
+}
+
+/// Runs a worker's loop on this thread. If it ends in any way, a panic included, while
+/// `shutdown` is unset, that is reported on `deaths`; a panic becomes an error here.
+fn supervise(
+    index: usize,
+    shutdown: &AtomicBool,
+    deaths: &mpsc::Sender<WorkerDeath>,
+    body: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    // Nothing of the worker is used after a panic: its state is dropped with the closure.
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(body));
+    let (result, cause) = match outcome {
+        Ok(Ok(())) => (Ok(()), DeathCause::Stopped),
+        Ok(Err(e)) => (
+            Err(io::Error::new(e.kind(), e.to_string())),
+            DeathCause::Failed(e),
+        ),
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            (
+                Err(io::Error::other(format!("worker panicked: {message}"))),
+                DeathCause::Panicked(message),
+            )
+        }
+    };
+    if !shutdown.load(Ordering::Relaxed) {
+        let _ = deaths.send(WorkerDeath { index, cause });
+    }
+    result
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
 }
 
 impl Running {
@@ -47,6 +120,12 @@ impl Running {
 
     pub fn telemetry(&self) -> Arc<telemetry::Telemetry> {
         self.shared.telemetry.clone()
+    }
+
+    /// Reports of workers that ended before [`Running::stop`]; `None` after the first call.
+    /// The channel closes once every worker has ended.
+    pub fn take_worker_deaths(&mut self) -> Option<mpsc::Receiver<WorkerDeath>> {
+        self.deaths.take()
     }
 
     /// Applies a new configuration's secrets, users, peer lists, limits, relay port range and
@@ -236,19 +315,21 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
     });
     let mut wakers = Vec::new();
     let mut handles = Vec::new();
+    let (death_tx, deaths) = mpsc::channel();
     for index in 0..workers {
         let listeners = groups.iter_mut().map(|g| g.remove(0)).collect();
         let (quotas, shared) = (quotas.clone(), shared.clone());
+        let death_tx = death_tx.clone();
         // The worker is built on its own thread: its batched-I/O buffers hold raw pointers
         // and never leave it. It hands back the waker that stops it.
         let (ready, waker) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name(format!("turnpike-worker-{index}"))
             .spawn(
-                move || match Worker::new(index, listeners, quotas, shared) {
+                move || match Worker::new(index, listeners, quotas, shared.clone()) {
                     Ok((worker, waker)) => {
                         let _ = ready.send(Ok(waker));
-                        worker.run()
+                        supervise(index, &shared.shutdown, &death_tx, || worker.run())
                     }
                     Err(e) => {
                         let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
@@ -272,5 +353,51 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         nonce_key,
         wakers,
         workers: handles,
+        deaths: Some(deaths),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Runs `body` under [`supervise`] on its own thread, as `start` does.
+    fn supervised(
+        shutdown: bool,
+        body: impl FnOnce() -> io::Result<()> + Send + 'static,
+    ) -> (io::Result<()>, Option<WorkerDeath>) {
+        let (tx, rx) = mpsc::channel();
+        let flag = Arc::new(AtomicBool::new(shutdown));
+        let handle = std::thread::spawn(move || supervise(7, &flag, &tx, body));
+        let result = handle.join().expect("supervise catches the panic");
+        (result, rx.recv_timeout(Duration::from_secs(5)).ok())
+    }
+
+    #[test]
+    fn a_panicking_worker_is_reported_with_its_message() {
+        let (result, death) = supervised(false, || panic!("overflow when adding {}", "duration"));
+        assert!(result.is_err());
+        let death = death.expect("reported");
+        assert_eq!(death.index, 7);
+        assert_eq!(
+            death.to_string(),
+            "worker 7 panicked: overflow when adding duration"
+        );
+        let (_, death) = supervised(false, || panic!("plain"));
+        assert_eq!(death.unwrap().to_string(), "worker 7 panicked: plain");
+    }
+
+    #[test]
+    fn a_failing_or_returning_worker_is_reported_unless_shutting_down() {
+        let (_, death) = supervised(false, || Err(io::Error::other("epoll gone")));
+        assert_eq!(death.unwrap().to_string(), "worker 7 failed: epoll gone");
+        let (_, death) = supervised(false, || Ok(()));
+        assert_eq!(death.unwrap().to_string(), "worker 7 stopped unexpectedly");
+        // After the shutdown flag, ending is the plan: nothing is reported.
+        let (result, death) = supervised(true, || Ok(()));
+        assert!(result.is_ok() && death.is_none());
+        let (result, death) = supervised(true, || panic!("late"));
+        assert!(result.is_err() && death.is_none());
+    }
 }

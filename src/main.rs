@@ -96,7 +96,10 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
     let generated = ensure_secret(&mut config, None);
     // Before binding, so a SIGHUP sent as soon as the server is up cannot kill it.
     let mut signals = Signals::new([SIGHUP, SIGINT, SIGTERM])?;
-    let running = turnpike::start(&config)?;
+    let mut running = turnpike::start(&config)?;
+    if let Some(deaths) = running.take_worker_deaths() {
+        watch_workers(deaths)?;
+    }
     let api_listener = std::net::TcpListener::bind(config.api_listen).map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -150,6 +153,10 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
                 }
                 match running.reload(&fresh) {
                     Ok(()) => {
+                        // Against the startup config: these keep what the process started with.
+                        for key in config.changes_needing_restart(&fresh) {
+                            tracing::warn!("{key} changed; restart to apply");
+                        }
                         *api.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
                         tracing::info!("configuration reloaded");
                     }
@@ -186,6 +193,26 @@ fn ensure_secret(config: &mut Config, generated: Option<&Secret>) -> Option<Secr
     });
     config.secrets.push(secret.clone());
     Some(secret)
+}
+
+/// Exit status when a worker dies: EX_SOFTWARE (sysexits.h). Non-zero, so systemd's
+/// `Restart=on-failure` starts a fresh process.
+const WORKER_DIED: i32 = 70;
+
+/// Exits the process, logging why, as soon as a worker thread ends before shutdown: a daemon
+/// that still holds its sockets but no longer serves on some of them is worse than a restart.
+fn watch_workers(deaths: std::sync::mpsc::Receiver<turnpike::WorkerDeath>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("turnpike-monitor".into())
+        .spawn(move || {
+            // Closed (Err) once every worker has ended after a normal shutdown.
+            if let Ok(death) = deaths.recv() {
+                tracing::error!("{death}; exiting with status {WORKER_DIED} so the service manager restarts turnpike");
+                notify(&[NotifyState::Stopping]);
+                std::process::exit(WORKER_DIED);
+            }
+        })?;
+    Ok(())
 }
 
 /// Pings the systemd watchdog at half its interval while every worker is alive; a stuck

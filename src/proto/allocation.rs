@@ -196,7 +196,7 @@ impl TokenBucket {
         let elapsed = now.saturating_duration_since(self.last);
         let refill = (elapsed.as_micros() as u64).saturating_mul(self.rate) / 1_000_000;
         if refill > 0 {
-            self.tokens = (self.tokens + refill).min(self.rate);
+            self.tokens = self.tokens.saturating_add(refill).min(self.rate);
             self.last = now;
         }
         if self.tokens >= bytes {

@@ -22,6 +22,13 @@ use super::wire::{self, *};
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 /// RFC 8656 §12: channel bindings last 600 s.
 pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// The longest lifetime the LIFETIME attribute (32-bit seconds, RFC 8656 §18.2) can state.
+const MAX_WIRE_LIFETIME: Duration = Duration::from_secs(u32::MAX as u64);
+
+/// A lifetime as LIFETIME seconds, saturating rather than truncating.
+fn wire_lifetime(lifetime: Duration) -> u32 {
+    u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX)
+}
 
 /// How a client reached the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -767,7 +774,7 @@ impl Server {
             Ok(lifetime) => {
                 let mut response = Response::success(method, msg.transaction_id(), out);
                 if let Some(lifetime) = lifetime {
-                    response.add(&Lifetime::new(lifetime.as_secs() as u32));
+                    response.add(&Lifetime::new(wire_lifetime(lifetime)));
                 }
                 response.add_software(self.config.software.as_deref());
                 response.finish_signed(&auth.credentials, auth.algorithm)
@@ -904,12 +911,16 @@ impl Server {
         })
     }
 
-    /// RFC 8656 §7.2: the requested lifetime, clamped to [default, max].
+    /// RFC 8656 §7.2: the requested lifetime, clamped to [default, max]. Whatever the config
+    /// says, the result fits the 32-bit LIFETIME attribute and `now + lifetime` cannot
+    /// overflow (and `clamp` cannot panic on default > max).
     fn clamp_lifetime(&self, msg: &Message<'_>) -> Duration {
+        let max = self.config.max_lifetime.min(MAX_WIRE_LIFETIME);
+        let default = self.config.default_lifetime.min(max);
         msg.attribute::<Lifetime>()
             .map(|l| Duration::from_secs(l.seconds().into()))
-            .unwrap_or(self.config.default_lifetime)
-            .clamp(self.config.default_lifetime, self.config.max_lifetime)
+            .unwrap_or(default)
+            .clamp(default, max)
     }
 
     /// Completes an Allocate once the driver has bound a relay socket for each of
@@ -1016,7 +1027,7 @@ impl Server {
                 response.add(&AddressErrorCode::new(family, code));
             }
         }
-        response.add(&Lifetime::new(allocation.lifetime.as_secs() as u32));
+        response.add(&Lifetime::new(wire_lifetime(allocation.lifetime)));
         if let Some(token) = allocation.reservation_token {
             response.add(&ReservationToken::new(token));
         }

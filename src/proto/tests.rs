@@ -697,6 +697,42 @@ fn refresh_extends_and_zero_lifetime_deletes() {
     assert_eq!(reply_code(&reply), Some(437));
 }
 
+/// Config bounds stop these at load; the core still must not panic or truncate LIFETIME if
+/// handed them (`now + lifetime` used to panic with "overflow when adding duration to instant").
+#[test]
+fn absurd_configured_lifetimes_saturate_instead_of_panicking() {
+    let lifetime_of = |reply: &[u8]| {
+        let msg = Message::from_bytes(reply).unwrap();
+        assert_eq!(msg.class(), MessageClass::Success, "{:?}", code(&msg));
+        msg.attribute::<Lifetime>().unwrap().seconds()
+    };
+    for (default, max) in [
+        (u64::MAX, u64::MAX),
+        (600, u64::MAX),
+        (u64::from(u32::MAX) + 1, u64::from(u32::MAX) + 1),
+        // default above max: clamped, not an `Ord::clamp` panic.
+        (7200, 3600),
+    ] {
+        let mut config = config();
+        config.default_lifetime = Duration::from_secs(default);
+        config.max_lifetime = Duration::from_secs(max);
+        let mut h = Harness::with(config, Quotas::new(100, 10));
+        let user = rest_user("bob");
+        let expected = max.min(u64::from(u32::MAX)) as u32;
+        let reply = h.authed(CLIENT, &user, ALLOCATE, |m, t| {
+            udp_transport(m, t);
+            m.add_attribute(&Lifetime::new(u32::MAX)).unwrap();
+        });
+        assert_eq!(lifetime_of(&reply), expected, "Allocate, {default}/{max}");
+        let reply = h.authed(CLIENT, &user, REFRESH, |m, _| {
+            m.add_attribute(&Lifetime::new(u32::MAX)).unwrap()
+        });
+        assert_eq!(lifetime_of(&reply), expected, "Refresh, {default}/{max}");
+        h.advance(Duration::from_secs(1));
+        assert_eq!(h.server.allocation_count(), 1);
+    }
+}
+
 #[test]
 fn quotas_per_user_and_total() {
     let mut h = Harness::with(config(), Quotas::new(3, 2));

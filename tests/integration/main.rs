@@ -7,10 +7,12 @@
 //! * `webrtc_rs` uses the webrtc-rs `turn`/`stun` client crates.
 //! * `abuse` checks quotas, limits and hostile input.
 //! * `daemon` checks systemd notifications, SIGHUP reload and SIGTERM.
+//! * `config_bounds` checks that out-of-range config values are refused at load and reload.
 //! * `nat_and_redirect` checks 300 Try Alternate and relaying behind a 1:1 NAT (netns lab).
 
 mod abuse;
 mod api;
+mod config_bounds;
 mod daemon;
 mod e2e_webrtc;
 mod hardening;
