@@ -369,7 +369,7 @@ impl Worker {
         };
         let (fd, local) = (socket.as_raw_fd(), *local);
         let mut batch = self.recv_batch.take().expect("returned after every batch");
-        let received = batch.recv(fd, 0);
+        let received = batch.recv(fd, local, 0);
         let count = *received.as_ref().unwrap_or(&0);
         let (now, unix) = (Instant::now(), unix_now());
         for i in 0..count {
@@ -433,7 +433,7 @@ impl Worker {
         };
         let (fd, relay_addr) = (relay.socket.as_raw_fd(), relay.addr);
         let mut batch = self.recv_batch.take().expect("returned after every batch");
-        let received = batch.recv(fd, CHANNEL_HEADER_LEN);
+        let received = batch.recv(fd, relay_addr, CHANNEL_HEADER_LEN);
         let count = *received.as_ref().unwrap_or(&0);
         let now = Instant::now();
         for i in 0..count {

@@ -487,6 +487,11 @@ impl Server {
             self.stats.peer_without_permission += 1;
             return None;
         }
+        let channel = allocation.channel_for_peer(peer, now);
+        if channel.is_none() && !wire::data_indication_fits(peer, len) {
+            self.stats.too_large_dropped += 1;
+            return None;
+        }
         if !allocation.take_bandwidth(Direction::ToClient, len, now) {
             self.stats.bandwidth_dropped += 1;
             return None;
@@ -494,7 +499,7 @@ impl Server {
         self.stats.from_peer_packets += 1;
         self.stats.from_peer_bytes += len as u64;
         let payload_end = CHANNEL_HEADER_LEN + len;
-        if let Some(channel) = allocation.channel_for_peer(peer, now) {
+        if let Some(channel) = channel {
             wire::write_channel_header(buf, channel, len);
             return Some(PeerAction::ChannelData {
                 tuple,
