@@ -64,6 +64,12 @@ pub fn render(report: &WorkerReport) -> String {
     );
     gauge(
         r,
+        "turnpike_stream_buffer_bytes",
+        "Bytes held in userspace for TCP/TLS clients: partial frames and unsent answers",
+        report.stream_buffer_bytes,
+    );
+    gauge(
+        r,
         "turnpike_permissions_active",
         "Unexpired permissions",
         gauges.permissions,

@@ -254,7 +254,7 @@ fn draft_additional_family(msg: &Message<'_>) -> Option<AddressFamily> {
 /// Lets one warning of a kind through per interval and counts the ones it holds back, so a
 /// flood of bad requests cannot flood the log.
 #[derive(Debug, Default)]
-struct LogBudget {
+pub struct LogBudget {
     next: Option<Instant>,
     suppressed: u64,
 }
@@ -263,7 +263,7 @@ impl LogBudget {
     const INTERVAL: Duration = Duration::from_secs(10);
 
     /// `Some(suppressed since the last line)` when a line may be logged now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
         if self.next.is_some_and(|next| now < next) {
             self.suppressed += 1;
             return None;

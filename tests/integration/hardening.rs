@@ -31,7 +31,7 @@ const SILENCE: Duration = Duration::from_millis(300);
 // ---- helpers ----
 
 /// VmRSS of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
+pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
     status
