@@ -1046,3 +1046,31 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_64_is_one_source_and_mapped_ipv4_is_ipv4() {
+        let limits = ConnectionLimits::new(100, 2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(limits.claim(ip("2001:db8:1:2::1")), Ok(()));
+        assert_eq!(limits.claim(ip("2001:db8:1:2:ffff::9")), Ok(()));
+        assert_eq!(
+            limits.claim(ip("2001:db8:1:2:abcd::1")),
+            Err(Refusal::Source),
+            "a third address in the same /64"
+        );
+        assert_eq!(limits.claim(ip("2001:db8:1:3::1")), Ok(()), "the next /64");
+        assert_eq!(limits.claim(ip("192.0.2.1")), Ok(()));
+        assert_eq!(limits.claim(ip("::ffff:192.0.2.1")), Ok(()));
+        assert_eq!(limits.claim(ip("192.0.2.1")), Err(Refusal::Source));
+        assert_eq!(limits.held([ip("2001:db8:1:2::7")].into_iter()), [2]);
+        limits.release(ip("2001:db8:1:2::1"));
+        assert_eq!(limits.claim(ip("2001:db8:1:2::5")), Ok(()));
+        let full = ConnectionLimits::new(1, 10);
+        assert_eq!(full.claim(ip("192.0.2.1")), Ok(()));
+        assert_eq!(full.claim(ip("192.0.2.2")), Err(Refusal::Total));
+    }
+}
