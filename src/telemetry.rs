@@ -16,6 +16,8 @@ pub struct WorkerReport {
     pub gauges: Gauges,
     /// Datagrams the kernel refused to send (buffer full, unreachable, denied).
     pub send_errors: u64,
+    /// Bytes allocated for stream clients' receive and send buffers.
+    pub stream_buffer_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -74,5 +76,6 @@ impl WorkerReport {
         self.gauges.permissions += other.gauges.permissions;
         self.gauges.channels += other.gauges.channels;
         self.send_errors += other.send_errors;
+        self.stream_buffer_bytes += other.stream_buffer_bytes;
     }
 }

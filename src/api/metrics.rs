@@ -64,6 +64,12 @@ pub fn render(report: &WorkerReport) -> String {
     );
     gauge(
         r,
+        "turnpike_stream_buffer_bytes",
+        "Bytes held in userspace for TCP/TLS clients: partial frames and unsent answers",
+        report.stream_buffer_bytes,
+    );
+    gauge(
+        r,
         "turnpike_permissions_active",
         "Unexpired permissions",
         gauges.permissions,
@@ -158,6 +164,7 @@ pub fn render(report: &WorkerReport) -> String {
             ("no_route", stats.dropped),
             ("no_permission", stats.peer_without_permission),
             ("bandwidth", stats.bandwidth_dropped),
+            ("too_large", stats.too_large_dropped),
         ],
     );
     counter(

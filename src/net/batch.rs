@@ -18,7 +18,12 @@ pub const SLOT: usize = 4 + 65_535;
 /// Receive buffers for one `recvmmsg` call.
 pub struct RecvBatch {
     buf: Vec<u8>,
-    headers: MultiHeaders<SockaddrStorage>,
+    /// One set of headers per address family of the receiving socket, indexed by
+    /// [`family_index`]. nix's `recvmmsg` never resets a header's address length, and the
+    /// kernel shrinks it to the size of the address it wrote: headers that an IPv4 socket
+    /// used (16 bytes) would truncate a later IPv6 source (28 bytes). A socket of one family
+    /// always writes addresses of one size, so per-family headers never shrink below it.
+    headers: [MultiHeaders<SockaddrStorage>; 2],
     received: [(usize, Option<SocketAddr>); BATCH],
 }
 
@@ -26,16 +31,20 @@ impl Default for RecvBatch {
     fn default() -> Self {
         Self {
             buf: vec![0; BATCH * SLOT],
-            headers: MultiHeaders::preallocate(BATCH, None),
+            headers: std::array::from_fn(|_| MultiHeaders::preallocate(BATCH, None)),
             received: [(0, None); BATCH],
         }
     }
 }
 
+fn family_index(local: SocketAddr) -> usize {
+    usize::from(local.is_ipv6())
+}
+
 impl RecvBatch {
-    /// Receives up to [`BATCH`] datagrams from `fd`, each placed `offset` bytes into its slot;
-    /// returns how many. `WouldBlock` when there were none.
-    pub fn recv(&mut self, fd: RawFd, offset: usize) -> io::Result<usize> {
+    /// Receives up to [`BATCH`] datagrams from `fd`, the socket bound to `local`, each placed
+    /// `offset` bytes into its slot; returns how many. `WouldBlock` when there were none.
+    pub fn recv(&mut self, fd: RawFd, local: SocketAddr, offset: usize) -> io::Result<usize> {
         let mut slots = self.buf.chunks_exact_mut(SLOT);
         let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
             let slot = slots.next().expect("BATCH slots");
@@ -43,7 +52,7 @@ impl RecvBatch {
         });
         let results = recvmmsg(
             fd,
-            &mut self.headers,
+            &mut self.headers[family_index(local)],
             iovs.iter_mut(),
             MsgFlags::MSG_DONTWAIT,
             None,
@@ -189,16 +198,56 @@ mod tests {
         }
         assert_eq!(out.flush(), 0);
         let mut batch = RecvBatch::default();
-        let n = batch.recv(a.as_raw_fd(), 4).unwrap();
+        let n = batch
+            .recv(a.as_raw_fd(), a.local_addr().unwrap(), 4)
+            .unwrap();
         assert_eq!(n, 20);
         let (slot, len, from) = batch.get(1);
         assert_eq!((len, from), (4, Some(sender.local_addr().unwrap())));
         assert_eq!(&slot[4..8], &[2, 2, 2, 2]);
-        assert_eq!(batch.recv(b.as_raw_fd(), 0).unwrap(), 20);
+        assert_eq!(
+            batch
+                .recv(b.as_raw_fd(), b.local_addr().unwrap(), 0)
+                .unwrap(),
+            20
+        );
         a.set_nonblocking(true).unwrap();
         assert_eq!(
-            batch.recv(a.as_raw_fd(), 0).unwrap_err().kind(),
+            batch
+                .recv(a.as_raw_fd(), a.local_addr().unwrap(), 0)
+                .unwrap_err()
+                .kind(),
             io::ErrorKind::WouldBlock
         );
+    }
+
+    /// One batch serves sockets of both families in turn (a worker's listeners and relays):
+    /// every source address comes back whole, whichever family used the slots before.
+    #[test]
+    fn ipv6_sources_survive_ipv4_traffic_in_the_same_slots() {
+        let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let v6 = UdpSocket::bind("[::1]:0").unwrap();
+        let from_v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let from_v6 = UdpSocket::bind("[::1]:0").unwrap();
+        let mut batch = RecvBatch::default();
+        for round in 0..3u8 {
+            for (socket, sender) in [(&v4, &from_v4), (&v6, &from_v6)] {
+                let local = socket.local_addr().unwrap();
+                for i in 0..3u8 {
+                    sender.send_to(&[round, i], local).unwrap();
+                }
+                let n = batch.recv(socket.as_raw_fd(), local, 0).unwrap();
+                assert_eq!(n, 3, "round {round} on {local}");
+                for i in 0..n {
+                    let (slot, len, from) = batch.get(i);
+                    assert_eq!(&slot[..len], &[round, i as u8]);
+                    assert_eq!(
+                        from,
+                        Some(sender.local_addr().unwrap()),
+                        "slot {i} on {local}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -79,10 +79,14 @@ impl Framer {
                 Ok(Some(range))
             }
             None => {
-                // Keep only the partial frame, at the front.
+                // Keep only the partial frame, at the front; give back what a burst grew the
+                // buffer to once it is drained.
                 if self.start > 0 {
                     self.buf.drain(..self.start);
                     self.start = 0;
+                }
+                if self.buf.capacity() > MAX_FRAME {
+                    self.buf.shrink_to(self.buf.len());
                 }
                 Ok(None)
             }
@@ -96,6 +100,11 @@ impl Framer {
     /// Bytes held that are not yet part of a complete frame.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.start
+    }
+
+    /// Bytes allocated for input.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 }
 

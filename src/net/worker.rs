@@ -15,8 +15,9 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::batch::{RecvBatch, SendBatch, BATCH};
-use super::stream::{channel_padding, Framer};
+use super::stream::{channel_padding, Framer, MAX_FRAME};
 use super::udp::{self, Reservations};
+use crate::proto::server::LogBudget;
 use crate::proto::wire::{AddressFamily, ErrorCode, CHANNEL_HEADER_LEN};
 use crate::proto::{
     ClientAction, Event, FiveTuple, PeerAction, PendingAllocation, Server, ServerConfig, Transport,
@@ -40,14 +41,22 @@ const MAX_SLEEP: Duration = Duration::from_millis(250);
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 /// How often connections are checked for timeouts.
 const CONNECTION_SWEEP: Duration = Duration::from_secs(1);
-/// A TCP client must send a whole message, and a TLS client finish its handshake, within this;
-/// a stalled or slow client cannot pin a connection slot for longer.
+/// A TCP client must send a whole message, and a TLS client finish its handshake, within this,
+/// and every frame must arrive whole within this of its first byte: a stalled or trickling
+/// client cannot pin a connection slot for longer.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection without an allocation that sends nothing for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bytes queued towards one stream client before further data for it is dropped: a client
-/// that stops reading cannot make the server buffer without bound.
-const MAX_QUEUED: usize = 1 << 20;
+/// A connection without an allocation is closed this long after it opened or its last
+/// allocation ended, whatever it sends: Bindings cannot keep an unauthenticated slot forever.
+pub const UNALLOCATED_LIFETIME: Duration = Duration::from_secs(60);
+/// Bytes queued towards one stream client with an allocation before further data for it is
+/// dropped, and before its requests are no longer read: a client that stops reading cannot
+/// make the server buffer without bound. About 1 s of a 2 Mbit/s call.
+const MAX_QUEUED: usize = 256 * 1024;
+/// The same for a connection without an allocation: it only gets small answers.
+const MAX_QUEUED_UNALLOCATED: usize = 16 * 1024;
+/// After `accept` fails for want of descriptors (or any reason but `WouldBlock`), try again
+/// this much later: the backlog is not announced again by an edge-triggered poll.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Plaintext handed to rustls at a time.
 const TLS_CHUNK: usize = 16 * 1024;
 
@@ -99,21 +108,31 @@ impl ConnectionLimits {
         }
     }
 
-    fn claim(&self, source: IpAddr) -> bool {
+    fn claim(&self, client: IpAddr) -> Result<(), Refusal> {
+        let source = source_of(client);
         let mut per_source = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
-        let count = per_source.entry(source).or_insert(0);
-        if *count >= self.max_per_source || self.total.load(Ordering::Relaxed) >= self.max_total {
-            if *count == 0 {
-                per_source.remove(&source);
-            }
-            return false;
+        let count = per_source.get(&source).copied().unwrap_or(0);
+        if count >= self.max_per_source {
+            return Err(Refusal::Source);
         }
-        *count += 1;
+        if self.total.load(Ordering::Relaxed) >= self.max_total {
+            return Err(Refusal::Total);
+        }
+        per_source.insert(source, count + 1);
         self.total.fetch_add(1, Ordering::Relaxed);
-        true
+        Ok(())
     }
 
-    fn release(&self, source: IpAddr) {
+    /// How many connections each client's source holds.
+    fn held(&self, clients: impl Iterator<Item = IpAddr>) -> Vec<usize> {
+        let per_source = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .map(|client| per_source.get(&source_of(client)).copied().unwrap_or(0))
+            .collect()
+    }
+
+    fn release(&self, client: IpAddr) {
+        let source = source_of(client);
         let mut per_source = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = per_source.get_mut(&source) {
             *count -= 1;
@@ -122,6 +141,22 @@ impl ConnectionLimits {
             }
             self.total.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Source,
+    Total,
+}
+
+/// The unit the per-source cap counts: an IPv4 address, or an IPv6 /64 (one subscriber's
+/// prefix: a host picks any address in it). IPv4-mapped addresses count as IPv4.
+fn source_of(client: IpAddr) -> IpAddr {
+    match client.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
     }
 }
 
@@ -151,9 +186,24 @@ struct Connection {
     /// Plaintext waiting to be written (or handed to rustls).
     queued: Vec<u8>,
     opened: Instant,
-    last_received: Instant,
+    /// When the frame now partly received began to arrive.
+    frame_started: Option<Instant>,
+    /// Since when the connection has had no allocation (it opened, or its allocation ended).
+    unallocated_since: Instant,
+    /// Whether it had an allocation at the last sweep: its queue limit.
+    allocated: bool,
     /// A whole message arrived (TCP) or the handshake finished (TLS).
     established: bool,
+}
+
+impl Connection {
+    fn queue_limit(&self) -> usize {
+        if self.allocated {
+            MAX_QUEUED
+        } else {
+            MAX_QUEUED_UNALLOCATED
+        }
+    }
 }
 
 pub struct Worker {
@@ -183,6 +233,10 @@ pub struct Worker {
     send_batch: SendBatch,
     out_buf: Vec<u8>,
     send_errors: u64,
+    /// Listeners whose `accept` failed, to be tried again at the instant given.
+    accept_retry: Option<(Instant, Vec<Token>)>,
+    accept_log: LogBudget,
+    relay_log: LogBudget,
 }
 
 impl Worker {
@@ -248,6 +302,9 @@ impl Worker {
             send_batch: SendBatch::default(),
             out_buf: vec![0; MAX_DATAGRAM + 1024],
             send_errors: 0,
+            accept_retry: None,
+            accept_log: LogBudget::default(),
+            relay_log: LogBudget::default(),
         };
         Ok((worker, waker))
     }
@@ -259,10 +316,12 @@ impl Worker {
         while !self.shared.shutdown.load(Ordering::Relaxed) {
             let timeout = if self.ready.is_empty() {
                 let now = Instant::now();
-                let until_timer = self
-                    .server
-                    .poll_timeout()
-                    .map_or(MAX_SLEEP, |at| at.saturating_duration_since(now));
+                let next_timer = [self.server.poll_timeout(), self.accept_retry_at()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                let until_timer =
+                    next_timer.map_or(MAX_SLEEP, |at| at.saturating_duration_since(now));
                 Some(until_timer.min(MAX_SLEEP))
             } else {
                 Some(Duration::ZERO)
@@ -287,6 +346,10 @@ impl Worker {
                 }
             }
             let now = Instant::now();
+            if self.accept_retry_at().is_some_and(|at| now >= at) {
+                let (_, tokens) = self.accept_retry.take().expect("checked above");
+                self.ready.extend(tokens);
+            }
             self.server.handle_timeout(now);
             self.apply_events();
             self.reload_if_changed();
@@ -305,6 +368,10 @@ impl Worker {
         self.apply_events();
         self.publish(Instant::now());
         Ok(())
+    }
+
+    fn accept_retry_at(&self) -> Option<Instant> {
+        self.accept_retry.as_ref().map(|(at, _)| *at)
     }
 
     fn reload_if_changed(&mut self) {
@@ -328,6 +395,12 @@ impl Worker {
             stats: self.server.stats.clone(),
             gauges: self.server.gauges(now),
             send_errors: self.send_errors,
+            stream_buffer_bytes: self
+                .connections
+                .iter()
+                .flatten()
+                .map(|c| c.queued.capacity() + c.framer.capacity())
+                .sum::<usize>() as u64,
         };
         self.shared.telemetry.publish(self.index, &report, now);
     }
@@ -369,7 +442,7 @@ impl Worker {
         };
         let (fd, local) = (socket.as_raw_fd(), *local);
         let mut batch = self.recv_batch.take().expect("returned after every batch");
-        let received = batch.recv(fd, 0);
+        let received = batch.recv(fd, local, 0);
         let count = *received.as_ref().unwrap_or(&0);
         let (now, unix) = (Instant::now(), unix_now());
         for i in 0..count {
@@ -433,7 +506,7 @@ impl Worker {
         };
         let (fd, relay_addr) = (relay.socket.as_raw_fd(), relay.addr);
         let mut batch = self.recv_batch.take().expect("returned after every batch");
-        let received = batch.recv(fd, CHANNEL_HEADER_LEN);
+        let received = batch.recv(fd, relay_addr, CHANNEL_HEADER_LEN);
         let count = *received.as_ref().unwrap_or(&0);
         let now = Instant::now();
         for i in 0..count {
@@ -507,7 +580,9 @@ impl Worker {
                     .accept_allocation(now, pending, &relays, token, &mut self.out_buf)
             }
             Err(code) => {
-                tracing::warn!(code, "no relay socket for allocation");
+                if let Some(suppressed) = self.relay_log.allow(now) {
+                    tracing::warn!(code, suppressed, "no relay socket for allocation");
+                }
                 self.server
                     .reject_allocation(pending, code, &mut self.out_buf)
             }
@@ -615,14 +690,28 @@ impl Worker {
         let (mut stream, client) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
-            // Out of descriptors or similar: leave the rest in the backlog for the next turn.
+            // Out of descriptors or similar: leave the rest in the backlog and come back to
+            // it soon (no new readiness event would announce it).
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                let now = Instant::now();
+                if let Some(suppressed) = self.accept_log.allow(now) {
+                    tracing::warn!(error = %e, suppressed, "accept failed; retrying");
+                }
+                let (_, tokens) = self
+                    .accept_retry
+                    .get_or_insert_with(|| (now + ACCEPT_RETRY, Vec::new()));
+                if !tokens.contains(&Token(index)) {
+                    tokens.push(Token(index));
+                }
                 return Err(io::ErrorKind::WouldBlock.into());
             }
         };
-        if !self.shared.connections.claim(client.ip()) {
-            tracing::debug!(%client, "connection refused: too many connections");
+        let mut admitted = self.shared.connections.claim(client.ip());
+        if admitted == Err(Refusal::Total) && self.evict_unallocated() {
+            admitted = self.shared.connections.claim(client.ip());
+        }
+        if let Err(refusal) = admitted {
+            tracing::debug!(%client, ?refusal, "connection refused: too many connections");
             return Ok(());
         }
         let opened = self.open_connection(&mut stream, client, transport);
@@ -650,7 +739,9 @@ impl Worker {
                     framer: Framer::new(),
                     queued: Vec::new(),
                     opened: now,
-                    last_received: now,
+                    frame_started: None,
+                    unallocated_since: now,
+                    allocated: false,
                     established: false,
                 });
                 self.connection_slots.insert(tuple, slot);
@@ -661,6 +752,37 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// At the total cap, makes room by closing one of this worker's connections without an
+    /// allocation: one from the source holding the most connections, the oldest among
+    /// those. A few sources opening connections they never use cannot lock everyone else
+    /// out, and connections with an allocation are never closed for a newcomer.
+    fn evict_unallocated(&mut self) -> bool {
+        let candidates: Vec<(usize, IpAddr, Instant)> = self
+            .connections
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| c.as_ref().map(|c| (slot, c)))
+            .filter(|(_, c)| !self.server.has_allocation(&c.tuple))
+            .map(|(slot, c)| (slot, c.tuple.client.ip(), c.opened))
+            .collect();
+        let held = self
+            .shared
+            .connections
+            .held(candidates.iter().map(|(_, ip, _)| *ip));
+        let victim = candidates
+            .iter()
+            .zip(held)
+            .max_by_key(|((_, _, opened), held)| (*held, std::cmp::Reverse(*opened)))
+            .map(|((slot, ..), _)| *slot);
+        match victim {
+            Some(slot) => {
+                self.close_connection(slot, "evicted: connection limit reached");
+                true
+            }
+            None => false,
+        }
     }
 
     fn open_connection(
@@ -689,6 +811,15 @@ impl Worker {
         let Some(connection) = self.connections.get_mut(slot).and_then(Option::as_mut) else {
             return false;
         };
+        if flush(connection).is_err() {
+            self.close_connection(slot, "write failed");
+            return false;
+        }
+        // A client that does not read its answers is not read from either, until its queue
+        // drains (a writable event brings it back here).
+        if connection.queued.len() >= connection.queue_limit() {
+            return false;
+        }
         let (more, closed) = match read_connection(connection, &mut self.recv_buf) {
             Ok(progress) => progress,
             Err(e) => {
@@ -724,18 +855,26 @@ impl Worker {
         };
         let tuple = connection.tuple;
         let mut framer = std::mem::take(&mut connection.framer);
+        let mut completed = false;
         let result = loop {
             let range = match framer.next_frame() {
                 Ok(Some(range)) => range,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e.to_string()),
             };
+            completed = true;
             let now = Instant::now();
             let data = &framer.data()[range];
+            let is_stun = data[0] < 0x40;
             let reply = self.handle_client_message(now, unix_now(), tuple, data);
             self.apply_events();
+            // Requests can create or end the allocation, which sets the queue limit.
+            let allocated = is_stun && self.server.has_allocation(&tuple);
             if let Some(connection) = self.connections[slot].as_mut() {
                 connection.established = true;
+                if is_stun {
+                    connection.allocated = allocated;
+                }
                 if let Some(n) = reply {
                     if !queue(connection, &[&self.out_buf[..n]]) {
                         self.send_errors += 1;
@@ -744,6 +883,11 @@ impl Worker {
             }
         };
         if let Some(connection) = self.connections[slot].as_mut() {
+            if framer.pending() == 0 {
+                connection.frame_started = None;
+            } else if completed || connection.frame_started.is_none() {
+                connection.frame_started = Some(Instant::now());
+            }
             connection.framer = framer;
         }
         self.flush_sends();
@@ -765,25 +909,31 @@ impl Worker {
         self.apply_events();
     }
 
-    /// Closes connections whose handshake stalled, and idle ones without an allocation.
+    /// Closes connections whose handshake or current frame stalled, and ones that have gone
+    /// without an allocation for too long.
     fn sweep_connections(&mut self, now: Instant) {
         self.last_sweep = now;
         let mut expired = Vec::new();
-        for (slot, connection) in self.connections.iter().enumerate() {
+        for (slot, connection) in self.connections.iter_mut().enumerate() {
             let Some(connection) = connection else {
                 continue;
             };
+            connection.allocated = self.server.has_allocation(&connection.tuple);
+            if connection.allocated {
+                connection.unallocated_since = now;
+            }
             let handshake_done = connection.established
                 && connection
                     .tls
                     .as_ref()
                     .is_none_or(|tls| !tls.is_handshaking());
-            if !handshake_done && now.duration_since(connection.opened) >= HANDSHAKE_TIMEOUT {
+            let stalled = |since: Instant| now.duration_since(since) >= HANDSHAKE_TIMEOUT;
+            if !handshake_done && stalled(connection.opened) {
                 expired.push((slot, "handshake timeout"));
-            } else if now.duration_since(connection.last_received) >= IDLE_TIMEOUT
-                && !self.server.has_allocation(&connection.tuple)
-            {
-                expired.push((slot, "idle timeout"));
+            } else if connection.frame_started.is_some_and(stalled) {
+                expired.push((slot, "frame timeout"));
+            } else if now.duration_since(connection.unallocated_since) >= UNALLOCATED_LIFETIME {
+                expired.push((slot, "no allocation"));
             }
         }
         for (slot, reason) in expired {
@@ -796,7 +946,11 @@ impl Worker {
 /// waiting, the client closed its side)`.
 fn read_connection(connection: &mut Connection, buf: &mut [u8]) -> io::Result<(bool, bool)> {
     for _ in 0..READS_PER_TURN {
-        let received = match &mut connection.tls {
+        // Never more than a whole frame ahead of what has been handled.
+        if connection.framer.pending() >= MAX_FRAME {
+            return Ok((true, false));
+        }
+        match &mut connection.tls {
             Some(tls) => match tls.read_tls(&mut connection.stream) {
                 Ok(0) => return Ok((false, true)),
                 Ok(_) => {
@@ -812,23 +966,16 @@ fn read_connection(connection: &mut Connection, buf: &mut [u8]) -> io::Result<(b
                         connection.framer.extend(&buf[..n]);
                         available -= n;
                     }
-                    true
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, false)),
                 Err(e) => return Err(e),
             },
             None => match connection.stream.read(buf) {
                 Ok(0) => return Ok((false, true)),
-                Ok(n) => {
-                    connection.framer.extend(&buf[..n]);
-                    true
-                }
+                Ok(n) => connection.framer.extend(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, false)),
                 Err(e) => return Err(e),
             },
-        };
-        if received {
-            connection.last_received = Instant::now();
         }
     }
     Ok((true, false))
@@ -837,7 +984,7 @@ fn read_connection(connection: &mut Connection, buf: &mut [u8]) -> io::Result<(b
 /// Queues bytes for a stream client; false (and nothing queued) when its queue is full.
 fn queue(connection: &mut Connection, parts: &[&[u8]]) -> bool {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    if connection.queued.len() + len > MAX_QUEUED {
+    if connection.queued.len() + len > connection.queue_limit() {
         return false;
     }
     for part in parts {
@@ -864,6 +1011,7 @@ fn flush(connection: &mut Connection) -> io::Result<()> {
                 }
             }
             if queued.is_empty() || tls.is_handshaking() {
+                release_idle(queued);
                 return Ok(());
             }
             let n = tls.writer().write(&queued[..queued.len().min(TLS_CHUNK)])?;
@@ -879,8 +1027,17 @@ fn flush(connection: &mut Connection) -> io::Result<()> {
                     Err(e) => return Err(e),
                 }
             }
+            release_idle(queued);
             Ok(())
         }
+    }
+}
+
+/// Gives back what an emptied send queue grew to in a burst, so an idle connection does not
+/// keep it.
+fn release_idle(queued: &mut Vec<u8>) {
+    if queued.is_empty() && queued.capacity() > 16 * 1024 {
+        *queued = Vec::new();
     }
 }
 
@@ -888,4 +1045,32 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_64_is_one_source_and_mapped_ipv4_is_ipv4() {
+        let limits = ConnectionLimits::new(100, 2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(limits.claim(ip("2001:db8:1:2::1")), Ok(()));
+        assert_eq!(limits.claim(ip("2001:db8:1:2:ffff::9")), Ok(()));
+        assert_eq!(
+            limits.claim(ip("2001:db8:1:2:abcd::1")),
+            Err(Refusal::Source),
+            "a third address in the same /64"
+        );
+        assert_eq!(limits.claim(ip("2001:db8:1:3::1")), Ok(()), "the next /64");
+        assert_eq!(limits.claim(ip("192.0.2.1")), Ok(()));
+        assert_eq!(limits.claim(ip("::ffff:192.0.2.1")), Ok(()));
+        assert_eq!(limits.claim(ip("192.0.2.1")), Err(Refusal::Source));
+        assert_eq!(limits.held([ip("2001:db8:1:2::7")].into_iter()), [2]);
+        limits.release(ip("2001:db8:1:2::1"));
+        assert_eq!(limits.claim(ip("2001:db8:1:2::5")), Ok(()));
+        let full = ConnectionLimits::new(1, 10);
+        assert_eq!(full.claim(ip("192.0.2.1")), Ok(()));
+        assert_eq!(full.claim(ip("192.0.2.2")), Err(Refusal::Total));
+    }
 }

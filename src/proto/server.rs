@@ -261,7 +261,7 @@ fn draft_additional_family(msg: &Message<'_>) -> Option<AddressFamily> {
 /// Lets one warning of a kind through per interval and counts the ones it holds back, so a
 /// flood of bad requests cannot flood the log.
 #[derive(Debug, Default)]
-struct LogBudget {
+pub struct LogBudget {
     next: Option<Instant>,
     suppressed: u64,
 }
@@ -270,7 +270,7 @@ impl LogBudget {
     const INTERVAL: Duration = Duration::from_secs(10);
 
     /// `Some(suppressed since the last line)` when a line may be logged now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
         if self.next.is_some_and(|next| now < next) {
             self.suppressed += 1;
             return None;
@@ -494,6 +494,11 @@ impl Server {
             self.stats.peer_without_permission += 1;
             return None;
         }
+        let channel = allocation.channel_for_peer(peer, now);
+        if channel.is_none() && !wire::data_indication_fits(peer, len) {
+            self.stats.too_large_dropped += 1;
+            return None;
+        }
         if !allocation.take_bandwidth(Direction::ToClient, len, now) {
             self.stats.bandwidth_dropped += 1;
             return None;
@@ -501,7 +506,7 @@ impl Server {
         self.stats.from_peer_packets += 1;
         self.stats.from_peer_bytes += len as u64;
         let payload_end = CHANNEL_HEADER_LEN + len;
-        if let Some(channel) = allocation.channel_for_peer(peer, now) {
+        if let Some(channel) = channel {
             wire::write_channel_header(buf, channel, len);
             return Some(PeerAction::ChannelData {
                 tuple,

@@ -27,6 +27,8 @@ pub struct Stats {
     pub quota_total: u64,
     pub peer_without_permission: u64,
     pub bandwidth_dropped: u64,
+    /// Peer datagrams too large for a Data indication (no channel bound): never truncated.
+    pub too_large_dropped: u64,
     pub to_peer_packets: u64,
     pub to_peer_bytes: u64,
     pub from_peer_packets: u64,
@@ -58,6 +60,7 @@ impl Stats {
             quota_total,
             peer_without_permission,
             bandwidth_dropped,
+            too_large_dropped,
             to_peer_packets,
             to_peer_bytes,
             from_peer_packets,
@@ -85,6 +88,7 @@ impl Stats {
         self.quota_total += quota_total;
         self.peer_without_permission += peer_without_permission;
         self.bandwidth_dropped += bandwidth_dropped;
+        self.too_large_dropped += too_large_dropped;
         self.to_peer_packets += to_peer_packets;
         self.to_peer_bytes += to_peer_bytes;
         self.from_peer_packets += from_peer_packets;

@@ -80,6 +80,16 @@ pub fn write_channel_header(buf: &mut [u8], channel: u16, len: usize) {
     buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
 }
 
+/// Whether a Data indication (XOR-PEER-ADDRESS, DATA, FINGERPRINT) carrying `payload_len`
+/// bytes from `peer` fits the 16-bit STUN message length. A peer datagram of up to 65,527
+/// bytes (IPv6) does not always fit; a length that wrapped would let the peer's payload be
+/// read as further frames on a stream connection.
+pub fn data_indication_fits(peer: SocketAddr, payload_len: usize) -> bool {
+    let address = if peer.is_ipv4() { 8 } else { 20 };
+    let attributes = (4 + address) + (4 + payload_len.next_multiple_of(4)) + 8;
+    attributes <= usize::from(u16::MAX)
+}
+
 /// Parses a whole STUN message. Over UDP the datagram must be exactly one message
 /// (RFC 8489 §6.3: "the message length MUST contain the size of the message in bytes").
 pub fn parse_stun(data: &[u8]) -> Result<Message<'_>, StunParseError> {
@@ -169,6 +179,39 @@ impl<'b> Response<'b> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_indication_size_limit_matches_what_the_writer_builds() {
+        let peers: [SocketAddr; 2] = [
+            "192.0.2.1:9".parse().unwrap(),
+            "[2001:db8::1]:9".parse().unwrap(),
+        ];
+        let mut out = vec![0u8; 70_000];
+        for peer in peers {
+            let payload = vec![7u8; 65_535];
+            // The largest payload that fits, exactly: one more byte and the length wraps.
+            let largest = (0..=65_535)
+                .rev()
+                .find(|&n| data_indication_fits(peer, n))
+                .unwrap();
+            let mut indication = Response::indication(turn_types::message::DATA, &mut out);
+            indication.add(&turn_types::attribute::XorPeerAddress::new(
+                peer,
+                indication.transaction_id(),
+            ));
+            indication.add(&turn_types::attribute::Data::new(&payload[..largest]));
+            let len = indication.finish();
+            assert_eq!(
+                usize::from(u16::from_be_bytes([out[2], out[3]])),
+                len - HEADER_LEN
+            );
+            assert!(
+                len - HEADER_LEN > 65_535 - 4,
+                "{peer}: {largest} bytes leave room"
+            );
+            assert!(!data_indication_fits(peer, largest + 1));
+        }
+    }
 
     #[test]
     fn classifies_by_first_byte() {

@@ -31,7 +31,7 @@ const SILENCE: Duration = Duration::from_millis(300);
 // ---- helpers ----
 
 /// VmRSS of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
+pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
     status
@@ -42,7 +42,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The body of `GET /metrics` from the server's API.
-fn metrics(server: &Server) -> String {
+pub fn metrics(server: &Server) -> String {
     let api = server
         .api
         .unwrap_or_else(|| panic!("the ready line has no `api` address: {}", server.ready));
@@ -64,7 +64,7 @@ fn metrics(server: &Server) -> String {
 }
 
 /// The sum of every sample of metric `name` (all label sets; a counter's `_total` too).
-fn metric_sum(text: &str, name: &str) -> f64 {
+pub fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| {
             l.strip_prefix(name).is_some_and(|rest| {
@@ -77,7 +77,7 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 }
 
 /// Polls `/metrics` until `name` sums to `want` or `limit` passes; returns the last sum.
-fn wait_for_metric(server: &Server, name: &str, want: f64, limit: Duration) -> f64 {
+pub fn wait_for_metric(server: &Server, name: &str, want: f64, limit: Duration) -> f64 {
     let deadline = Instant::now() + limit;
     loop {
         let value = metric_sum(&metrics(server), name);

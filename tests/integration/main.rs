@@ -8,12 +8,15 @@
 //! * `abuse` checks quotas, limits and hostile input.
 //! * `daemon` checks systemd notifications, SIGHUP reload and SIGTERM.
 //! * `config_bounds` checks that out-of-range config values are refused at load and reload.
+//! * `drivers` attacks the I/O drivers: mixed address families on one worker, the largest
+//!   datagrams on every path, peer data that cannot be framed for a stream client.
 //! * `nat_and_redirect` checks 300 Try Alternate and relaying behind a 1:1 NAT (netns lab).
 
 mod abuse;
 mod api;
 mod config_bounds;
 mod daemon;
+mod drivers;
 mod e2e_webrtc;
 mod hardening;
 mod harness;

@@ -4,7 +4,7 @@
 //! messages framed by their own header, RFC 8489 §6.2.2).
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use stun_types::attribute::{AttributeType, ErrorCode, Nonce, Realm, Username};
@@ -96,7 +96,7 @@ pub fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
 /// The next datagram on `sock` within `wait`, with its sender.
 pub fn recv_from(sock: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
     sock.set_read_timeout(Some(wait)).unwrap();
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65_536];
     match sock.recv_from(&mut buf) {
         Ok((n, from)) => Some((buf[..n].to_vec(), from)),
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
@@ -220,9 +220,15 @@ impl UdpTurn {
         UdpTurn::new_from(Ipv4Addr::LOCALHOST, server, username, password)
     }
 
-    /// A client whose socket is bound to `ip` (another loopback address, as another source).
-    pub fn new_from(ip: Ipv4Addr, server: SocketAddr, username: &str, password: &str) -> UdpTurn {
-        let sock = UdpSocket::bind((ip, 0)).expect("bind client socket");
+    /// A client whose socket is bound to `ip` (another loopback address, as another source,
+    /// or `::1`).
+    pub fn new_from(
+        ip: impl Into<IpAddr>,
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> UdpTurn {
+        let sock = UdpSocket::bind((ip.into(), 0)).expect("bind client socket");
         UdpTurn {
             sock,
             server,
@@ -380,6 +386,7 @@ pub struct TcpTurn {
     pub stream: TcpStream,
     username: String,
     password: String,
+    nonce: Option<String>,
 }
 
 impl TcpTurn {
@@ -392,7 +399,14 @@ impl TcpTurn {
             stream,
             username: username.to_string(),
             password: password.to_string(),
+            nonce: None,
         }
+    }
+
+    /// A client with valid REST credentials for `user`, connected to `server`.
+    pub fn rest(server: SocketAddr, user: &str) -> TcpTurn {
+        let (username, password) = rest_credentials(SECRET, user, 3600);
+        TcpTurn::connect(server, &username, &password)
     }
 
     /// Sends `request` and reads the next STUN message: the 20-byte header, then its length.
@@ -400,20 +414,14 @@ impl TcpTurn {
         self.stream
             .write_all(request)
             .unwrap_or_else(|e| panic!("writing a request on {:?}: {e}", self.stream));
-        let mut header = [0u8; 20];
-        self.stream
-            .read_exact(&mut header)
-            .unwrap_or_else(|e| panic!("no response header on {:?}: {e}", self.stream));
+        let message = self
+            .read_frame()
+            .unwrap_or_else(|e| panic!("no response on {:?}: {e}", self.stream));
         assert!(
-            header[0] & 0xc0 == 0,
-            "a STUN message was expected, got frame header {header:02x?}"
+            message[0] & 0xc0 == 0,
+            "a STUN message was expected, got frame header {:02x?}",
+            &message[..4]
         );
-        let len = u16::from_be_bytes([header[2], header[3]]) as usize;
-        let mut message = header.to_vec();
-        message.resize(20 + len, 0);
-        self.stream
-            .read_exact(&mut message[20..])
-            .unwrap_or_else(|e| panic!("response body ({len} bytes) on {:?}: {e}", self.stream));
         assert_eq!(
             txid_of(&message),
             txid_of(request),
@@ -422,19 +430,61 @@ impl TcpTurn {
         Resp(message)
     }
 
+    /// The next frame on the stream, framed by its own header (RFC 8656 §12.5): a STUN
+    /// message, or a ChannelData message with its padding to a multiple of four stripped.
+    pub fn read_frame(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut header = [0u8; 4];
+        self.stream.read_exact(&mut header)?;
+        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        let (body, padded) = if header[0] & 0xc0 == 0 {
+            (16 + len, 16 + len)
+        } else {
+            (len, len.next_multiple_of(4))
+        };
+        let mut frame = header.to_vec();
+        frame.resize(4 + padded, 0);
+        self.stream.read_exact(&mut frame[4..])?;
+        frame.truncate(4 + body);
+        Ok(frame)
+    }
+
     /// Allocate: unauthenticated for the nonce (expects 401), then signed.
     pub fn allocate(&mut self) -> Resp {
-        let challenge = self.transact(&allocate_request(None));
-        assert_eq!(
-            challenge.code(),
-            Some(401),
-            "unauthenticated Allocate over TCP: expected 401, got {}",
-            challenge.describe()
-        );
-        let nonce = challenge
-            .nonce()
-            .unwrap_or_else(|| panic!("401 without NONCE: {}", challenge.describe()));
+        self.request(ALLOCATE, &udp_transport)
+    }
+
+    /// An authenticated request: gets a nonce first if needed (asserting the 401), retries
+    /// once on 438.
+    pub fn request(&mut self, method: Method, attrs: Attrs) -> Resp {
+        let nonce = match self.nonce.clone() {
+            Some(nonce) => nonce,
+            None => {
+                let challenge = self.transact(&allocate_request(None));
+                assert_eq!(
+                    challenge.code(),
+                    Some(401),
+                    "unauthenticated Allocate over TCP: expected 401, got {}",
+                    challenge.describe()
+                );
+                challenge
+                    .nonce()
+                    .unwrap_or_else(|| panic!("401 without NONCE: {}", challenge.describe()))
+            }
+        };
+        self.nonce = Some(nonce.clone());
         let (user, pass) = (self.username.clone(), self.password.clone());
-        self.transact(&allocate_request(Some((&user, &pass, &nonce))))
+        let resp = self.transact(&build_request(method, attrs, Some((&user, &pass, &nonce))));
+        if resp.code() == Some(438) {
+            let fresh = resp.nonce().expect("438 without NONCE");
+            self.nonce = Some(fresh.clone());
+            return self.transact(&build_request(method, attrs, Some((&user, &pass, &fresh))));
+        }
+        resp
+    }
+
+    pub fn create_permission(&mut self, peer: SocketAddr) -> Resp {
+        self.request(CREATE_PERMISSION, &move |w, tid| {
+            w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
+        })
     }
 }

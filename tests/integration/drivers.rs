@@ -1,0 +1,525 @@
+//! The I/O drivers under attack, over real sockets: one worker serving both address families
+//! through its batched receive path, the largest datagrams on every path, and peer data that
+//! cannot be framed for a stream client.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use stun_types::attribute::XorMappedAddress;
+use stun_types::message::{Message, MessageWriteExt, BINDING};
+use turn_types::attribute::{Data, RequestedAddressFamily, XorPeerAddress};
+use turn_types::message::{ALLOCATE, DATA};
+use turn_types::AddressFamily;
+
+use crate::hardening::metrics;
+use crate::harness::{rest_credentials, Server, SECRET};
+use crate::stun_client::{
+    channel_data, no_attrs, recv_from, stun_header, udp_transport, Resp, TcpTurn, UdpTurn,
+};
+
+/// One worker listening on IPv4 and IPv6 loopback, relaying on both, loopback peers allowed.
+const DUAL_STACK_ONE_WORKER: &[&str] = &[
+    "--workers",
+    "1",
+    "--listen",
+    "127.0.0.1:0",
+    "--listen",
+    "[::1]:0",
+    "--relay-ip",
+    "127.0.0.1",
+    "--relay-ip",
+    "::1",
+    "--allow-peer",
+    "127.0.0.0/8",
+    "--allow-peer",
+    "::1",
+];
+
+const WAIT: Duration = Duration::from_secs(2);
+
+fn listener(server: &Server, ipv6: bool) -> SocketAddr {
+    *server
+        .udp_addrs
+        .iter()
+        .find(|a| a.is_ipv6() == ipv6)
+        .unwrap_or_else(|| panic!("no UDP listener of that family: {:?}", server.udp_addrs))
+}
+
+fn mapped_address(resp: &Resp) -> SocketAddr {
+    let msg = resp.msg();
+    msg.attribute::<XorMappedAddress>()
+        .unwrap_or_else(|e| panic!("no XOR-MAPPED-ADDRESS ({e:?}): {}", resp.describe()))
+        .addr(msg.transaction_id())
+}
+
+fn binding(client: &UdpTurn) -> SocketAddr {
+    let resp = client.unauthenticated(BINDING, &no_attrs);
+    assert!(resp.is_success(), "Binding: {}", resp.describe());
+    mapped_address(&resp)
+}
+
+/// Allocates with REQUESTED-ADDRESS-FAMILY IPv6 (RFC 6156): an IPv6 relay.
+fn allocate_ipv6_relay(client: &mut UdpTurn) -> SocketAddr {
+    let relay = client
+        .request(ALLOCATE, &|w, tid| {
+            udp_transport(w, tid);
+            w.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV6))
+                .unwrap();
+        })
+        .expect_success("Allocate with REQUESTED-ADDRESS-FAMILY IPv6")
+        .relayed();
+    assert!(relay.is_ipv6(), "asked for an IPv6 relay, got {relay}");
+    relay
+}
+
+/// `turnpike_dropped_packets_total{reason="..."}`, polled until it reaches `want` (workers
+/// publish their counters every 100 ms) or `WAIT` passes; returns the last value.
+fn wait_for_dropped(server: &Server, reason: &str, want: f64) -> f64 {
+    let label = format!("reason=\"{reason}\"");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = metrics(server)
+            .lines()
+            .find(|l| l.starts_with("turnpike_dropped_packets_total") && l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no turnpike_dropped_packets_total{{{label}}}"));
+        if value == want || Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An IPv6 client's Binding right after IPv4 ones, on the same worker: the mapped address is
+/// the client's whole address (it was `[::]` when the receive slots kept IPv4's address
+/// length).
+#[test]
+fn ipv6_binding_after_ipv4_traffic_on_one_worker_maps_the_whole_address() {
+    let server = Server::start(DUAL_STACK_ONE_WORKER);
+    let v4 = UdpTurn::new(listener(&server, false), "", "");
+    let v6 = UdpTurn::new_from(Ipv6Addr::LOCALHOST, listener(&server, true), "", "");
+    for round in 0..5 {
+        assert_eq!(binding(&v4), v4.sock.local_addr().unwrap(), "round {round}");
+        assert_eq!(binding(&v6), v6.sock.local_addr().unwrap(), "round {round}");
+    }
+}
+
+/// An IPv6 client's authenticated retry after IPv4 traffic: the nonce it got is bound to its
+/// real address, so the signed request succeeds (it got 438 when the 401 went to a truncated
+/// address).
+#[test]
+fn ipv6_client_authenticates_between_ipv4_requests() {
+    let server = Server::start(DUAL_STACK_ONE_WORKER);
+    let v4 = UdpTurn::new(listener(&server, false), "", "");
+    let (username, password) = rest_credentials(SECRET, "v6-user", 3600);
+    // IPv4 traffic before the challenge, then before the signed request.
+    for v4_before_challenge in [true, false] {
+        let mut v6 = UdpTurn::new_from(
+            Ipv6Addr::LOCALHOST,
+            listener(&server, true),
+            &username,
+            &password,
+        );
+        if v4_before_challenge {
+            binding(&v4);
+        }
+        let nonce = v6.fetch_nonce();
+        if !v4_before_challenge {
+            binding(&v4);
+        }
+        let resp = v6.signed(ALLOCATE, &udp_transport, &nonce);
+        assert!(
+            resp.is_success(),
+            "IPv6 Allocate signed with the nonce from its 401 (IPv4 traffic before the \
+             challenge: {v4_before_challenge}): {}",
+            resp.describe()
+        );
+    }
+}
+
+/// An IPv4 client with an IPv6 relay (RFC 6156), its own IPv4 requests interleaved with the
+/// peer's datagrams: every datagram from the IPv6 peer reaches it (0 of 5 did when the relay
+/// socket's source addresses were cut to IPv4's length and failed the permission check).
+#[test]
+fn ipv4_client_with_ipv6_relay_gets_every_peer_datagram_amid_its_own_traffic() {
+    let server = Server::start(DUAL_STACK_ONE_WORKER);
+    let mut client = UdpTurn::rest(&server, "mixed");
+    let relay = allocate_ipv6_relay(&mut client);
+    let peer = UdpSocket::bind("[::1]:0").unwrap();
+    client
+        .create_permission(peer.local_addr().unwrap())
+        .expect_success("CreatePermission for the IPv6 peer");
+    let bystander = UdpTurn::new(server.udp, "", "");
+    let mut delivered = 0;
+    for i in 0..5u8 {
+        binding(&bystander);
+        peer.send_to(&[b'p', i], relay).unwrap();
+        let Some(frame) = client.recv(WAIT) else {
+            continue;
+        };
+        let msg = Message::from_bytes(&frame).expect("a STUN message from the server");
+        assert_eq!(msg.method(), DATA);
+        let data = msg.attribute::<Data>().expect("DATA");
+        let from = msg
+            .attribute::<XorPeerAddress>()
+            .expect("XOR-PEER-ADDRESS")
+            .addr(msg.transaction_id());
+        assert_eq!(
+            (data.data(), from),
+            (&[b'p', i][..], peer.local_addr().unwrap())
+        );
+        delivered += 1;
+    }
+    assert_eq!(delivered, 5, "peer datagrams delivered to the client");
+}
+
+/// A peer datagram too large for a Data indication towards a TCP client (no channel) is
+/// dropped and counted, never sent with a 16-bit length that wrapped: the client's next frame
+/// is the small datagram after it, whole. Before, the wrapped length made the rest of the
+/// peer's payload parse as frames, so a peer could inject, e.g., ChannelData for a channel
+/// bound to another peer.
+#[test]
+fn oversized_peer_datagram_to_a_stream_client_is_dropped_not_wrapped() {
+    let server = Server::start(&["--relay-ip", "::1", "--allow-peer", "::1"]);
+    let tcp = server.ready["tcp"][0].as_str().unwrap().parse().unwrap();
+    let mut client = TcpTurn::rest(tcp, "stream");
+    let relay = client
+        .request(ALLOCATE, &|w, tid| {
+            udp_transport(w, tid);
+            w.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV6))
+                .unwrap();
+        })
+        .expect_success("Allocate over TCP with an IPv6 relay")
+        .relayed();
+    let peer = UdpSocket::bind("[::1]:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    client
+        .create_permission(peer_addr)
+        .expect_success("CreatePermission");
+    // The largest UDP payload over IPv6, filled with forged ChannelData frames.
+    let forged = channel_data(0x4000, b"forged");
+    let big: Vec<u8> = forged.iter().copied().cycle().take(65_527).collect();
+    assert_eq!(peer.send_to(&big, relay).unwrap(), big.len());
+    peer.send_to(b"after", relay).unwrap();
+
+    let frame = client
+        .read_frame()
+        .expect("a frame after the peer's datagrams");
+    let msg = Message::from_bytes(&frame)
+        .unwrap_or_else(|e| panic!("not a valid STUN message ({e:?}): {:02x?}", &frame[..20]));
+    assert_eq!(msg.method(), DATA);
+    assert_eq!(msg.attribute::<Data>().expect("DATA").data(), b"after");
+    assert_eq!(
+        msg.attribute::<XorPeerAddress>()
+            .expect("XOR-PEER-ADDRESS")
+            .addr(msg.transaction_id()),
+        peer_addr
+    );
+    assert_eq!(wait_for_dropped(&server, "too_large", 1.0), 1.0);
+}
+
+/// The largest datagrams on each UDP path are relayed whole, and the ones that cannot fit
+/// the next hop are dropped and counted while the allocation keeps working.
+#[test]
+fn largest_datagrams_on_every_udp_path_are_relayed_whole_or_counted() {
+    let server = Server::start(&[]);
+    let mut client = UdpTurn::rest(&server, "big");
+    let relay = client.allocate().expect_success("Allocate").relayed();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    client
+        .channel_bind(0x4000, peer_addr)
+        .expect_success("ChannelBind");
+    // The largest IPv4 UDP payload is 65,507 bytes; ChannelData takes 4 of them.
+    let largest = 65_507 - 4;
+    let payload: Vec<u8> = (0..largest).map(|i| i as u8).collect();
+
+    client.send_channel_data(0x4000, &payload);
+    let (got, from) = recv_from(&peer, WAIT).expect("the peer gets the largest ChannelData");
+    assert_eq!((got.len(), from), (largest, relay));
+    assert!(got == payload, "payload changed on the way to the peer");
+
+    peer.send_to(&payload, relay).unwrap();
+    let got = client
+        .recv(WAIT)
+        .expect("the client gets the largest peer datagram");
+    assert_eq!(got, channel_data(0x4000, &payload));
+
+    // Too big for ChannelData to an IPv4 client: the kernel refuses the send, which is
+    // counted; the allocation lives on.
+    let before = crate::hardening::metric_sum(&metrics(&server), "turnpike_send_errors");
+    peer.send_to(&vec![1u8; 65_507], relay).unwrap();
+    assert!(client.recv(Duration::from_millis(500)).is_none());
+    let after =
+        crate::hardening::wait_for_metric(&server, "turnpike_send_errors", before + 1.0, WAIT);
+    assert_eq!(after, before + 1.0, "an oversized relay send is counted");
+    peer.send_to(b"still here", relay).unwrap();
+    assert_eq!(
+        client
+            .recv(WAIT)
+            .expect("relaying after the oversized datagram"),
+        channel_data(0x4000, b"still here")
+    );
+    // Oversized on the way in: a 65,507-byte datagram that is neither STUN nor ChannelData.
+    client.send_raw(&vec![0xffu8; 65_507]);
+    assert_eq!(binding(&client), client.sock.local_addr().unwrap());
+}
+
+// ---------------------------------------------------------------------------------------
+// Stream clients that misbehave
+// ---------------------------------------------------------------------------------------
+
+/// The server's first TCP listening address.
+fn tcp_listener(server: &Server) -> SocketAddr {
+    server.ready["tcp"][0]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no TCP address in the ready line: {}", server.ready))
+}
+
+/// A TCP connection from `ip` that has had one Binding answered (so the server accepted it
+/// and counts it as established).
+fn bound_connection(server: SocketAddr, ip: Ipv4Addr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(ip.into(), 0).into()).unwrap();
+    socket.connect_timeout(&server.into(), WAIT).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    tcp_binding(&mut stream).unwrap_or_else(|e| panic!("Binding on a connection from {ip}: {e}"));
+    stream
+}
+
+/// One Binding over a stream; the mapped address.
+fn tcp_binding(stream: &mut TcpStream) -> std::io::Result<SocketAddr> {
+    let request = stun_header(0x0001, 0, [9; 12]);
+    stream.write_all(&request)?;
+    let mut header = [0u8; 20];
+    stream.read_exact(&mut header)?;
+    let mut message = header.to_vec();
+    message.resize(
+        20 + usize::from(u16::from_be_bytes([header[2], header[3]])),
+        0,
+    );
+    stream.read_exact(&mut message[20..])?;
+    Ok(mapped_address(&Resp(message)))
+}
+
+/// Waits up to `limit` for the server to close `stream` (EOF or reset); how long it took.
+fn wait_for_close(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+/// A connection that never authenticates is closed one minute after it opened however often
+/// it sends a Binding (a Binding every 30 s kept one open forever).
+#[test]
+fn bindings_do_not_keep_an_unauthenticated_connection_open() {
+    let server = Server::start(&[]);
+    let mut stream = bound_connection(tcp_listener(&server), Ipv4Addr::LOCALHOST);
+    let opened = Instant::now();
+    let mut last_answer = opened;
+    while opened.elapsed() < Duration::from_secs(75) {
+        std::thread::sleep(Duration::from_secs(4));
+        match tcp_binding(&mut stream) {
+            Ok(_) => last_answer = Instant::now(),
+            Err(_) => break,
+        }
+    }
+    let lifetime = last_answer.duration_since(opened);
+    assert!(
+        lifetime < Duration::from_secs(64),
+        "Bindings were still answered {lifetime:?} after the connection opened"
+    );
+    assert!(
+        lifetime >= Duration::from_secs(55),
+        "closed after only {lifetime:?}, before the 60 s allowed without an allocation"
+    );
+    // It was closed for lack of an allocation; a new connection is welcome.
+    bound_connection(tcp_listener(&server), Ipv4Addr::LOCALHOST);
+}
+
+/// A frame trickled a byte at a time, after a first whole message, is cut off 10 s after its
+/// first byte (a byte every 10 s kept a connection open indefinitely).
+#[test]
+fn a_trickled_frame_is_cut_off_at_the_frame_deadline() {
+    let server = Server::start(&[]);
+    let mut stream = bound_connection(tcp_listener(&server), Ipv4Addr::LOCALHOST);
+    let request = stun_header(0x0001, 0, [7; 12]);
+    let started = Instant::now();
+    let mut closed_after = None;
+    for byte in request.iter().cycle().take(40) {
+        if stream.write_all(&[*byte]).is_err() {
+            break;
+        }
+        if let Some(after) = wait_for_close(&mut stream, Duration::from_millis(800)) {
+            closed_after = Some(started.elapsed().max(after));
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the trickling connection was never closed");
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(14)).contains(&closed_after),
+        "trickled frame cut off after {closed_after:?}, expected about 10 s"
+    );
+}
+
+/// A client that pipelines requests and never reads its answers is no longer read from once
+/// a small queue is full: the server's memory stays flat (each held up to 1 MiB before), it
+/// keeps answering others, and the answers that were queued are whole messages.
+#[test]
+fn clients_that_never_read_pin_little_memory() {
+    let server = Server::start(&["--max-connections-per-source", "64"]);
+    let tcp = tcp_listener(&server);
+    let pid = server.child.id();
+    let rss_before = crate::hardening::rss_kib(pid);
+    let request = stun_header(0x0001, 0, [5; 12]);
+    let burst: Vec<u8> = request.iter().copied().cycle().take(64 * 1024).collect();
+    let mut hoarders = Vec::new();
+    let mut written = 0usize;
+    for _ in 0..16 {
+        let mut stream = TcpStream::connect_timeout(&tcp, WAIT).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        // Bounded: at most 4 MiB of requests per connection, for at most 1 s.
+        let until = Instant::now() + Duration::from_secs(1);
+        for _ in 0..64 {
+            match stream.write(&burst) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if Instant::now() > until {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("writing requests: {e}"),
+            }
+        }
+        hoarders.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_after = crate::hardening::rss_kib(pid);
+    let buffered = crate::hardening::metric_sum(&metrics(&server), "turnpike_stream_buffer_bytes");
+    eprintln!(
+        "16 clients that never read wrote {} KiB of Bindings (most of it sits in kernel socket \
+         buffers); turnpike holds {:.0} KiB for them; RSS {rss_before} -> {rss_after} KiB",
+        written / 1024,
+        buffered / 1024.0
+    );
+    // Per connection: a 16 KiB answer queue (grown by doubling: up to 32 KiB allocated) and
+    // the partial request left after the rest were handled. Before, 1 MiB of answers each.
+    assert!(
+        buffered <= 16.0 * 64.0 * 1024.0,
+        "{:.0} KiB held in userspace for 16 clients that never read",
+        buffered / 1024.0
+    );
+    let mut other = bound_connection(tcp, Ipv4Addr::new(127, 0, 0, 2));
+    tcp_binding(&mut other).expect("another client is still answered");
+    // What was queued for a hoarder is a run of whole Binding responses.
+    let hoarder = &mut hoarders[0];
+    hoarder.set_nonblocking(false).unwrap();
+    hoarder.set_read_timeout(Some(WAIT)).unwrap();
+    for i in 0..100 {
+        let mut header = [0u8; 20];
+        hoarder.read_exact(&mut header).unwrap();
+        let mut message = header.to_vec();
+        message.resize(
+            20 + usize::from(u16::from_be_bytes([header[2], header[3]])),
+            0,
+        );
+        hoarder.read_exact(&mut message[20..]).unwrap();
+        let resp = Resp(message);
+        assert!(resp.is_success(), "answer {i}: {}", resp.describe());
+    }
+}
+
+/// Four sources holding every slot of the total cap with connections they never use do not
+/// lock out a fifth: its connection takes the place of one of theirs and allocates; an
+/// allocated connection is never the one evicted.
+#[test]
+fn a_few_sources_cannot_hold_every_connection_slot() {
+    let server = Server::start(&[
+        "--max-connections",
+        "200",
+        "--max-connections-per-source",
+        "64",
+    ]);
+    let tcp = tcp_listener(&server);
+    let mut held = Vec::new();
+    for source in 2..6u8 {
+        for _ in 0..50 {
+            held.push(bound_connection(tcp, Ipv4Addr::new(127, 0, 0, source)));
+        }
+    }
+    let mut client = TcpTurn::rest(tcp, "late");
+    client
+        .allocate()
+        .expect_success("Allocate with every slot held by four sources");
+    // More unused connections: each evicts another unused one, never the allocated client.
+    for _ in 0..20 {
+        held.push(bound_connection(tcp, Ipv4Addr::new(127, 0, 0, 2)));
+    }
+    client
+        .create_permission("127.0.0.1:9".parse().unwrap())
+        .expect_success("CreatePermission on the allocated connection after more floods");
+}
+
+/// `accept` failing for want of descriptors does not strand the connections waiting in the
+/// backlog: once descriptors are free again they are accepted without a new connection
+/// arriving to wake the listener (before, they waited for the next one).
+#[test]
+fn connections_waiting_through_descriptor_exhaustion_are_accepted_afterwards() {
+    let server = Server::start(&["--workers", "1", "--max-connections-per-source", "1000"]);
+    let tcp = tcp_listener(&server);
+    let pid = server.child.id();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = open_fds + 20;
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success(), "prlimit failed");
+    let mut answered = Vec::new();
+    let stranded = loop {
+        assert!(answered.len() < 40, "{limit} descriptors never ran out");
+        let mut stream = TcpStream::connect_timeout(&tcp, WAIT).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        match tcp_binding(&mut stream) {
+            Ok(_) => answered.push(stream),
+            Err(_) => break stream,
+        }
+    };
+    eprintln!(
+        "descriptors ran out after {} connections (limit {limit})",
+        answered.len()
+    );
+    drop(answered.drain(..5));
+    let mut stranded = stranded;
+    stranded
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut header = [0u8; 20];
+    stranded
+        .read_exact(&mut header)
+        .expect("the connection left in the backlog is answered once descriptors are free");
+    assert_eq!(&header[..2], &[0x01, 0x01], "a Binding success response");
+}
