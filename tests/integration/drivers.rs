@@ -523,3 +523,150 @@ fn connections_waiting_through_descriptor_exhaustion_are_accepted_afterwards() {
         .expect("the connection left in the backlog is answered once descriptors are free");
     assert_eq!(&header[..2], &[0x01, 0x01], "a Binding success response");
 }
+
+// ---------------------------------------------------------------------------------------
+// Generated traffic through the whole worker loop
+// ---------------------------------------------------------------------------------------
+
+/// Property test over the real daemon: one worker gets bursts of generated datagrams from
+/// IPv4 and IPv6 sources interleaved (so each `recvmmsg` batch mixes them): Bindings with
+/// random transaction IDs and attributes, truncated and corrupted STUN, ChannelData on
+/// random channels, random bytes of random lengths up to the largest datagram. Every
+/// well-formed Binding must be answered with its own transaction ID and its sender's whole
+/// address, nothing else may be answered, and the worker must keep serving.
+/// `TURNPIKE_FUZZ_SEED` replays a run; `TURNPIKE_FUZZ_ROUNDS` makes it longer.
+#[test]
+fn generated_mixed_family_datagrams_through_the_worker_loop() {
+    use rand::{Rng, RngCore, SeedableRng};
+    let seed: u64 = std::env::var("TURNPIKE_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let rounds: usize = std::env::var("TURNPIKE_FUZZ_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    eprintln!("TURNPIKE_FUZZ_SEED={seed} TURNPIKE_FUZZ_ROUNDS={rounds}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let server = Server::start(DUAL_STACK_ONE_WORKER);
+    let (v4_server, v6_server) = (listener(&server, false), listener(&server, true));
+    let mut senders: Vec<UdpSocket> = (1..=4u8)
+        .map(|i| UdpSocket::bind((Ipv4Addr::new(127, 0, 0, i), 0)).unwrap())
+        .collect();
+    senders.extend((0..3).map(|_| UdpSocket::bind("[::1]:0").unwrap()));
+    for s in &senders {
+        s.set_nonblocking(true).unwrap();
+    }
+    let mut expected = std::collections::HashMap::new();
+    let mut unexpected = Vec::new();
+    let mut sent = 0;
+    for round in 0..rounds {
+        for _ in 0..48 {
+            let which = rng.random_range(0..senders.len());
+            let sender = &senders[which];
+            let to = if sender.local_addr().unwrap().is_ipv6() {
+                v6_server
+            } else {
+                v4_server
+            };
+            let mut txid = [0u8; 12];
+            rng.fill_bytes(&mut txid);
+            let datagram = match rng.random_range(0..6) {
+                // A well-formed Binding, maybe with an unknown comprehension-optional
+                // attribute: must be answered.
+                0 | 1 => {
+                    let mut m = stun_header(0x0001, 0, txid);
+                    if rng.random_bool(0.5) {
+                        let len = rng.random_range(0..64u16);
+                        m.extend_from_slice(&0x8123u16.to_be_bytes());
+                        m.extend_from_slice(&len.to_be_bytes());
+                        m.extend((0..len.next_multiple_of(4)).map(|_| rng.random::<u8>()));
+                        let body = (m.len() - 20) as u16;
+                        m[2..4].copy_from_slice(&body.to_be_bytes());
+                    }
+                    expected.insert(txid, sender.local_addr().unwrap());
+                    m
+                }
+                // A Binding whose length lies or is cut short.
+                2 => {
+                    let mut m = stun_header(0x0001, rng.random_range(1..2000), txid);
+                    m.truncate(rng.random_range(0..=20));
+                    m
+                }
+                // ChannelData on some channel, with no allocation behind it.
+                3 => {
+                    let len = rng.random_range(0..1500);
+                    let payload: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                    channel_data(rng.random_range(0x4000..=0x7fff), &payload)
+                }
+                // Random bytes, now and then as large as a datagram can be.
+                4 => {
+                    let len = if rng.random_bool(0.1) {
+                        rng.random_range(60_000..=65_507)
+                    } else {
+                        rng.random_range(0..600)
+                    };
+                    (0..len).map(|_| rng.random()).collect()
+                }
+                // A STUN header with random type and attributes (never a Binding request).
+                _ => {
+                    let mut m = stun_header(rng.random::<u16>() & 0x3eee | 0x0010, 0, txid);
+                    let len = rng.random_range(0..200u16) & !3;
+                    m.extend((0..len).map(|_| rng.random::<u8>()));
+                    m[2..4].copy_from_slice(&len.to_be_bytes());
+                    m
+                }
+            };
+            if to.is_ipv6() && datagram.len() > 65_507 {
+                continue;
+            }
+            sender.send_to(&datagram, to).unwrap();
+            sent += 1;
+        }
+        // Collect the answers to this burst.
+        let quiet_until =
+            Instant::now() + Duration::from_millis(if round % 8 == 7 { 300 } else { 60 });
+        let mut buf = vec![0u8; 65_536];
+        while Instant::now() < quiet_until {
+            let mut got_any = false;
+            for sender in &senders {
+                while let Ok((n, _)) = sender.recv_from(&mut buf) {
+                    got_any = true;
+                    let resp = Resp(buf[..n].to_vec());
+                    let txid: [u8; 12] = buf[8..20].try_into().unwrap();
+                    match expected.remove(&txid) {
+                        Some(from) if resp.is_success() => {
+                            assert_eq!(
+                                mapped_address(&resp),
+                                from,
+                                "seed {seed}: Binding answered with another address"
+                            );
+                            assert_eq!(sender.local_addr().unwrap(), from, "seed {seed}");
+                        }
+                        _ => unexpected.push(resp.describe()),
+                    }
+                }
+            }
+            if !got_any {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    eprintln!(
+        "{sent} datagrams sent; {} Bindings unanswered",
+        expected.len()
+    );
+    assert!(
+        unexpected.is_empty(),
+        "seed {seed}: answers to datagrams that should have been dropped: {unexpected:?}"
+    );
+    assert!(
+        expected.is_empty(),
+        "seed {seed}: {} well-formed Bindings were not answered",
+        expected.len()
+    );
+    let mut client = UdpTurn::rest(&server, "after-fuzz");
+    client
+        .allocate()
+        .expect_success("Allocate after the generated traffic");
+}
