@@ -146,6 +146,13 @@ pub struct Config {
     pub api_cors_origins: Vec<String>,
     /// Serve the ICE test page at `GET /test` on the API listener.
     pub api_test_page: bool,
+    /// Bound on receiving a request head, on a keep-alive connection's idle time, on a
+    /// request's handling (body included) and on a stalled response write; `>= 1 s`.
+    pub api_request_timeout: Duration,
+    /// HTTP API connections in total (>= 1), WebSockets included.
+    pub api_max_connections: usize,
+    /// HTTP API connections from one source IP (>= 1).
+    pub api_max_connections_per_source: usize,
     /// TLS listening addresses; non-empty implies `tls_cert` and `tls_key` are set.
     pub tls_listen: Vec<SocketAddr>,
     /// `tls_cert` and `tls_key` are both set or both unset.
@@ -226,6 +233,16 @@ impl Default for Config {
             api_cors_origins: Vec::new(),
             // The test page hands out credentials to whoever loads it: opt-in.
             api_test_page: false,
+            // A client on any real network sends a request head in well under a second;
+            // 10 s is the stream clients' first-message bound too (worker.rs).
+            api_request_timeout: Duration::from_secs(10),
+            // Management traffic is a few clients; 256 sockets are a small share of the
+            // descriptors TURN needs (LimitNOFILE=65536 in the unit), so an API flood
+            // cannot starve relay sockets and TCP/TLS accepts.
+            api_max_connections: 256,
+            // A quarter of the total: one host cannot hold every slot. A reverse proxy in
+            // front of the API is one source, so raise this with one.
+            api_max_connections_per_source: 64,
             // TLS needs a certificate, so it is off until one is configured.
             tls_listen: Vec::new(),
             tls_cert: None,
@@ -357,6 +374,9 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "max_ttl_secs",
             "cors_origins",
             "test_page",
+            "request_timeout_secs",
+            "max_connections",
+            "max_connections_per_source",
         ],
     ),
     ("tls", &["listen", "cert", "key"]),
@@ -429,6 +449,9 @@ struct ApiFile {
     max_ttl_secs: u64,
     cors_origins: Vec<String>,
     test_page: bool,
+    request_timeout_secs: u64,
+    max_connections: usize,
+    max_connections_per_source: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -938,6 +961,9 @@ impl Config {
             api_max_ttl: Duration::from_secs(api.max_ttl_secs),
             api_cors_origins,
             api_test_page: api.test_page,
+            api_request_timeout: Duration::from_secs(api.request_timeout_secs),
+            api_max_connections: api.max_connections,
+            api_max_connections_per_source: api.max_connections_per_source,
             tls_listen,
             tls_cert: non_empty_path(&tls.cert),
             tls_key: non_empty_path(&tls.key),
@@ -1254,6 +1280,34 @@ impl Config {
             scalar(Some(&on), "api.test_page", "--api-test-page", flags);
             self.api_test_page = on;
         }
+        if let Some(secs) = args.api_request_timeout_secs {
+            scalar(
+                Some(&secs),
+                "api.request_timeout_secs",
+                "--api-request-timeout-secs",
+                flags,
+            );
+            self.api_request_timeout = Duration::from_secs(secs);
+        }
+        for (value, target, key, flag) in [
+            (
+                args.api_max_connections,
+                &mut self.api_max_connections,
+                "api.max_connections",
+                "--api-max-connections",
+            ),
+            (
+                args.api_max_connections_per_source,
+                &mut self.api_max_connections_per_source,
+                "api.max_connections_per_source",
+                "--api-max-connections-per-source",
+            ),
+        ] {
+            if let Some(value) = value {
+                scalar(Some(&value), key, flag, flags);
+                *target = value;
+            }
+        }
 
         // [tls]
         let keep = keep_list("tls.listen");
@@ -1387,6 +1441,15 @@ impl Config {
         if self.max_connections_per_source == 0 {
             return Err(src.error("limits.max_connections_per_source", "must be at least 1"));
         }
+        if self.api_request_timeout.is_zero() {
+            return Err(src.error("api.request_timeout_secs", "must be at least 1"));
+        }
+        if self.api_max_connections == 0 {
+            return Err(src.error("api.max_connections", "must be at least 1"));
+        }
+        if self.api_max_connections_per_source == 0 {
+            return Err(src.error("api.max_connections_per_source", "must be at least 1"));
+        }
 
         if let Some(own) = self
             .alternate_servers
@@ -1481,6 +1544,9 @@ impl Config {
                 max_ttl_secs: self.api_max_ttl.as_secs(),
                 cors_origins: self.api_cors_origins.clone(),
                 test_page: self.api_test_page,
+                request_timeout_secs: self.api_request_timeout.as_secs(),
+                max_connections: self.api_max_connections,
+                max_connections_per_source: self.api_max_connections_per_source,
             },
             tls: TlsFile {
                 listen: display_all(&self.tls_listen),
@@ -2150,6 +2216,63 @@ mod tests {
         .to_string();
         assert!(
             e.starts_with("--max-connections-per-source 0: must be at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn api_connection_bounds_key_and_flag() {
+        let c = load(
+            "[api]\nrequest_timeout_secs = 3\nmax_connections = 40\nmax_connections_per_source = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.api_request_timeout, Duration::from_secs(3));
+        assert_eq!(
+            (c.api_max_connections, c.api_max_connections_per_source),
+            (40, 5)
+        );
+        assert_eq!(load(&c.render_effective()).unwrap(), c);
+        for (text, expected) in [
+            (
+                "[api]\nrequest_timeout_secs = 0\n",
+                "api.request_timeout_secs (line 2): must be at least 1",
+            ),
+            (
+                "[api]\n\nmax_connections = 0\n",
+                "api.max_connections (line 3): must be at least 1",
+            ),
+            (
+                "[api]\nmax_connections_per_source = 0\n",
+                "api.max_connections_per_source (line 2): must be at least 1",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains(expected), "{e}");
+        }
+
+        let args = RunArgs {
+            api_request_timeout_secs: Some(2),
+            api_max_connections: Some(16),
+            api_max_connections_per_source: Some(4),
+            ..RunArgs::default()
+        };
+        let c = Config::load(None, &args).unwrap();
+        assert_eq!(c.api_request_timeout, Duration::from_secs(2));
+        assert_eq!(
+            (c.api_max_connections, c.api_max_connections_per_source),
+            (16, 4)
+        );
+        let e = Config::load(
+            None,
+            &RunArgs {
+                api_request_timeout_secs: Some(0),
+                ..RunArgs::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--api-request-timeout-secs 0: must be at least 1"),
             "{e}"
         );
     }
