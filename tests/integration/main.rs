@@ -6,11 +6,13 @@
 //!   `../shared/harness`, installed by its `setup.sh`).
 //! * `webrtc_rs` uses the webrtc-rs `turn`/`stun` client crates.
 //! * `abuse` checks quotas, limits and hostile input.
+//! * `api_abuse` checks the HTTP API's timeouts and connection caps against hostile clients.
 //! * `daemon` checks systemd notifications, SIGHUP reload and SIGTERM.
 //! * `nat_and_redirect` checks 300 Try Alternate and relaying behind a 1:1 NAT (netns lab).
 
 mod abuse;
 mod api;
+mod api_abuse;
 mod daemon;
 mod e2e_webrtc;
 mod hardening;
