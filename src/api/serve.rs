@@ -42,7 +42,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Pause after a failed accept. Short, so the API answers again soon after descriptors
 /// free up; long enough that a pending connection the process cannot take costs nothing.
-pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// At most one warning about refused connections per this interval.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
