@@ -29,6 +29,10 @@ pub const DEFAULT_SEPARATOR: char = ':';
 /// recommends one day.
 pub const DEFAULT_CREDENTIAL_TTL_SECS: u64 = 86_400;
 
+/// Longest `api.request_timeout_secs`: an hour is already far past any real client, and a
+/// bound keeps the deadline from overflowing `Instant`.
+pub const MAX_API_REQUEST_TIMEOUT_SECS: u64 = 3600;
+
 /// Shown instead of secrets by [`Config::render_effective`] and `Debug`.
 const REDACTED: &str = "<redacted>";
 
@@ -1441,8 +1445,12 @@ impl Config {
         if self.max_connections_per_source == 0 {
             return Err(src.error("limits.max_connections_per_source", "must be at least 1"));
         }
-        if self.api_request_timeout.is_zero() {
-            return Err(src.error("api.request_timeout_secs", "must be at least 1"));
+        let timeout = self.api_request_timeout.as_secs();
+        if !(1..=MAX_API_REQUEST_TIMEOUT_SECS).contains(&timeout) {
+            return Err(src.error(
+                "api.request_timeout_secs",
+                format!("must be 1 to {MAX_API_REQUEST_TIMEOUT_SECS} seconds (got {timeout})"),
+            ));
         }
         if self.api_max_connections == 0 {
             return Err(src.error("api.max_connections", "must be at least 1"));
@@ -2235,7 +2243,11 @@ mod tests {
         for (text, expected) in [
             (
                 "[api]\nrequest_timeout_secs = 0\n",
-                "api.request_timeout_secs (line 2): must be at least 1",
+                "api.request_timeout_secs (line 2): must be 1 to 3600 seconds (got 0)",
+            ),
+            (
+                "[api]\nrequest_timeout_secs = 3601\n",
+                "api.request_timeout_secs (line 2): must be 1 to 3600 seconds (got 3601)",
             ),
             (
                 "[api]\n\nmax_connections = 0\n",
@@ -2272,7 +2284,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.starts_with("--api-request-timeout-secs 0: must be at least 1"),
+            e.starts_with("--api-request-timeout-secs 0: must be 1 to 3600 seconds"),
             "{e}"
         );
     }
