@@ -157,6 +157,17 @@ pub struct RunArgs {
     /// `--api-test-page=false` turns it off.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub api_test_page: Option<bool>,
+    /// Seconds a client gets to send a request head, to keep an idle keep-alive
+    /// connection, for a request to be handled and for a stalled response write
+    /// (api.request_timeout_secs).
+    #[arg(long, value_name = "SECONDS")]
+    pub api_request_timeout_secs: Option<u64>,
+    /// HTTP API connections in total (api.max_connections).
+    #[arg(long, value_name = "N")]
+    pub api_max_connections: Option<usize>,
+    /// HTTP API connections per source IP (api.max_connections_per_source).
+    #[arg(long, value_name = "N")]
+    pub api_max_connections_per_source: Option<usize>,
 
     // [tls]
     /// Serve TURN over TLS on this address (repeatable; adds to tls.listen).

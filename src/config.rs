@@ -29,6 +29,10 @@ pub const DEFAULT_SEPARATOR: char = ':';
 /// recommends one day.
 pub const DEFAULT_CREDENTIAL_TTL_SECS: u64 = 86_400;
 
+/// Longest `api.request_timeout_secs`: an hour is already far past any real client, and a
+/// bound keeps the deadline from overflowing `Instant`.
+pub const MAX_API_REQUEST_TIMEOUT_SECS: u64 = 3600;
+
 /// Shown instead of secrets by [`Config::render_effective`] and `Debug`.
 const REDACTED: &str = "<redacted>";
 
@@ -172,6 +176,13 @@ pub struct Config {
     pub api_cors_origins: Vec<String>,
     /// Serve the ICE test page at `GET /test` on the API listener.
     pub api_test_page: bool,
+    /// Bound on receiving a request head, on a keep-alive connection's idle time, on a
+    /// request's handling (body included) and on a stalled response write; `>= 1 s`.
+    pub api_request_timeout: Duration,
+    /// HTTP API connections in total (>= 1), WebSockets included.
+    pub api_max_connections: usize,
+    /// HTTP API connections from one source IP (>= 1).
+    pub api_max_connections_per_source: usize,
     /// TLS listening addresses; non-empty implies `tls_cert` and `tls_key` are set.
     pub tls_listen: Vec<SocketAddr>,
     /// `tls_cert` and `tls_key` are both set or both unset.
@@ -252,6 +263,16 @@ impl Default for Config {
             api_cors_origins: Vec::new(),
             // The test page hands out credentials to whoever loads it: opt-in.
             api_test_page: false,
+            // A client on any real network sends a request head in well under a second;
+            // 10 s is the stream clients' first-message bound too (worker.rs).
+            api_request_timeout: Duration::from_secs(10),
+            // Management traffic is a few clients; 256 sockets are a small share of the
+            // descriptors TURN needs (LimitNOFILE=65536 in the unit), so an API flood
+            // cannot starve relay sockets and TCP/TLS accepts.
+            api_max_connections: 256,
+            // A quarter of the total: one host cannot hold every slot. A reverse proxy in
+            // front of the API is one source, so raise this with one.
+            api_max_connections_per_source: 64,
             // TLS needs a certificate, so it is off until one is configured.
             tls_listen: Vec::new(),
             tls_cert: None,
@@ -383,6 +404,9 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "max_ttl_secs",
             "cors_origins",
             "test_page",
+            "request_timeout_secs",
+            "max_connections",
+            "max_connections_per_source",
         ],
     ),
     ("tls", &["listen", "cert", "key"]),
@@ -455,6 +479,9 @@ struct ApiFile {
     max_ttl_secs: u64,
     cors_origins: Vec<String>,
     test_page: bool,
+    request_timeout_secs: u64,
+    max_connections: usize,
+    max_connections_per_source: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -964,6 +991,9 @@ impl Config {
             api_max_ttl: Duration::from_secs(api.max_ttl_secs),
             api_cors_origins,
             api_test_page: api.test_page,
+            api_request_timeout: Duration::from_secs(api.request_timeout_secs),
+            api_max_connections: api.max_connections,
+            api_max_connections_per_source: api.max_connections_per_source,
             tls_listen,
             tls_cert: non_empty_path(&tls.cert),
             tls_key: non_empty_path(&tls.key),
@@ -1280,6 +1310,34 @@ impl Config {
             scalar(Some(&on), "api.test_page", "--api-test-page", flags);
             self.api_test_page = on;
         }
+        if let Some(secs) = args.api_request_timeout_secs {
+            scalar(
+                Some(&secs),
+                "api.request_timeout_secs",
+                "--api-request-timeout-secs",
+                flags,
+            );
+            self.api_request_timeout = Duration::from_secs(secs);
+        }
+        for (value, target, key, flag) in [
+            (
+                args.api_max_connections,
+                &mut self.api_max_connections,
+                "api.max_connections",
+                "--api-max-connections",
+            ),
+            (
+                args.api_max_connections_per_source,
+                &mut self.api_max_connections_per_source,
+                "api.max_connections_per_source",
+                "--api-max-connections-per-source",
+            ),
+        ] {
+            if let Some(value) = value {
+                scalar(Some(&value), key, flag, flags);
+                *target = value;
+            }
+        }
 
         // [tls]
         let keep = keep_list("tls.listen");
@@ -1431,7 +1489,7 @@ impl Config {
         const SECONDS: &str = " seconds";
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         let (min_port, max_port) = (*self.port_range.start(), *self.port_range.end());
-        let checks: [(&str, u64, RangeInclusive<u64>, &str); 14] = [
+        let checks: [(&str, u64, RangeInclusive<u64>, &str); 17] = [
             (
                 "server.workers",
                 count(self.workers),
@@ -1503,6 +1561,24 @@ impl Config {
             (
                 "limits.max_connections_per_source",
                 count(self.max_connections_per_source),
+                1..=count(MAX_COUNT),
+                "",
+            ),
+            (
+                "api.request_timeout_secs",
+                self.api_request_timeout.as_secs(),
+                1..=MAX_API_REQUEST_TIMEOUT_SECS,
+                SECONDS,
+            ),
+            (
+                "api.max_connections",
+                count(self.api_max_connections),
+                1..=count(MAX_COUNT),
+                "",
+            ),
+            (
+                "api.max_connections_per_source",
+                count(self.api_max_connections_per_source),
                 1..=count(MAX_COUNT),
                 "",
             ),
@@ -1591,6 +1667,9 @@ impl Config {
                 max_ttl_secs: self.api_max_ttl.as_secs(),
                 cors_origins: self.api_cors_origins.clone(),
                 test_page: self.api_test_page,
+                request_timeout_secs: self.api_request_timeout.as_secs(),
+                max_connections: self.api_max_connections,
+                max_connections_per_source: self.api_max_connections_per_source,
             },
             tls: TlsFile {
                 listen: display_all(&self.tls_listen),
@@ -1662,6 +1741,18 @@ impl Config {
                 self.max_connections_per_source != fresh.max_connections_per_source,
             ),
             ("api.listen", self.api_listen != fresh.api_listen),
+            (
+                "api.request_timeout_secs",
+                self.api_request_timeout != fresh.api_request_timeout,
+            ),
+            (
+                "api.max_connections",
+                self.api_max_connections != fresh.api_max_connections,
+            ),
+            (
+                "api.max_connections_per_source",
+                self.api_max_connections_per_source != fresh.api_max_connections_per_source,
+            ),
             ("tls.listen", self.tls_listen != fresh.tls_listen),
         ];
         changed
@@ -2398,6 +2489,67 @@ mod tests {
         assert_eq!(
             running.changes_needing_restart(&fresh),
             ["server.listen", "server.workers", "api.listen"]
+        );
+    }
+
+    #[test]
+    fn api_connection_bounds_key_and_flag() {
+        let c = load(
+            "[api]\nrequest_timeout_secs = 3\nmax_connections = 40\nmax_connections_per_source = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.api_request_timeout, Duration::from_secs(3));
+        assert_eq!(
+            (c.api_max_connections, c.api_max_connections_per_source),
+            (40, 5)
+        );
+        assert_eq!(load(&c.render_effective()).unwrap(), c);
+        for (text, expected) in [
+            (
+                "[api]\nrequest_timeout_secs = 0\n",
+                "api.request_timeout_secs (line 2): must be 1 to 3600 seconds (got 0)",
+            ),
+            (
+                "[api]\nrequest_timeout_secs = 3601\n",
+                "api.request_timeout_secs (line 2): must be 1 to 3600 seconds (got 3601)",
+            ),
+            (
+                "[api]\n\nmax_connections = 0\n",
+                "api.max_connections (line 3): must be 1 to 1000000 (got 0)",
+            ),
+            (
+                "[api]\nmax_connections_per_source = 0\n",
+                "api.max_connections_per_source (line 2): must be 1 to 1000000 (got 0)",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains(expected), "{e}");
+        }
+
+        let args = RunArgs {
+            api_request_timeout_secs: Some(2),
+            api_max_connections: Some(16),
+            api_max_connections_per_source: Some(4),
+            ..RunArgs::default()
+        };
+        let c = Config::load(None, &args).unwrap();
+        assert_eq!(c.api_request_timeout, Duration::from_secs(2));
+        assert_eq!(
+            (c.api_max_connections, c.api_max_connections_per_source),
+            (16, 4)
+        );
+        let e = Config::load(
+            None,
+            &RunArgs {
+                api_request_timeout_secs: Some(0),
+                ..RunArgs::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--api-request-timeout-secs 0: must be 1 to 3600 seconds"),
+            "{e}"
         );
     }
 

@@ -4,6 +4,8 @@
 //! It runs on its own small tokio runtime and thread, on a listener it is handed (hickory's
 //! `prometheus_server.rs`, STYLE §6), and reads the workers only through
 //! [`Telemetry`](crate::telemetry::Telemetry) snapshots: nothing here touches the packet path.
+//! Its connections are capped and timed out ([`serve`]), so it cannot take the file
+//! descriptors the packet path needs.
 //!
 //! Access rules, checked on every request except `/healthz` and CORS preflights:
 //! * tokens configured → a matching `Authorization: Bearer` token is required (401 without
@@ -14,10 +16,10 @@
 
 mod credentials;
 mod metrics;
+mod serve;
 mod signal;
 mod testpage;
 
-use std::future::IntoFuture;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -61,9 +63,6 @@ impl ApiContext {
     }
 }
 
-/// How long in-flight requests may take to finish once shutdown is asked for.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-
 /// A worker that has not published for this long makes `/healthz` fail. Workers publish
 /// several times a second, so this is many missed reports, not one slow one.
 const HEALTH_MAX_AGE: Duration = Duration::from_secs(2);
@@ -73,7 +72,7 @@ const HEALTH_MAX_AGE: Duration = Duration::from_secs(2);
 pub fn spawn(
     listener: std::net::TcpListener,
     ctx: Arc<ApiContext>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> io::Result<JoinHandle<()>> {
     let loopback = is_loopback(listener.local_addr()?.ip());
     listener.set_nonblocking(true)?;
@@ -84,30 +83,11 @@ pub fn spawn(
         let _entered = runtime.enter();
         tokio::net::TcpListener::from_std(listener)?
     };
+    let bounds = serve::Bounds::from_config(&ctx.config());
     let app = app(ctx, loopback);
     std::thread::Builder::new()
         .name("turnpike-api".to_owned())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let mut signal = shutdown.clone();
-                let server = tokio::spawn(
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = signal.wait_for(|stop| *stop).await;
-                        })
-                        .into_future(),
-                );
-                let _ = shutdown.wait_for(|stop| *stop).await;
-                match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-                    Ok(Ok(Ok(()))) => {}
-                    Ok(Ok(Err(e))) => tracing::error!("HTTP API stopped: {e}"),
-                    Ok(Err(e)) => tracing::error!("HTTP API task failed: {e}"),
-                    Err(_) => tracing::warn!(
-                        "HTTP API requests still running after {SHUTDOWN_GRACE:?}; dropped"
-                    ),
-                }
-            });
-        })
+        .spawn(move || runtime.block_on(serve::run(listener, app, bounds, shutdown)))
 }
 
 /// The API's routes, with the token rule decided by `ctx.config`'s `api_listen` (see
@@ -136,6 +116,7 @@ fn app(ctx: Arc<ApiContext>, loopback: bool) -> Router {
 }
 
 fn app_with(ctx: Arc<ApiContext>, loopback: bool, limits: signal::Limits) -> Router {
+    let request_timeout = ctx.config().api_request_timeout;
     let rooms = Arc::new(signal::Rooms::new(limits));
     let state = AppState {
         ctx,
@@ -168,6 +149,23 @@ fn app_with(ctx: Arc<ApiContext>, loopback: bool, limits: signal::Limits) -> Rou
     Router::new()
         .fallback_service(routes)
         .layer(middleware::from_fn_with_state(state, cors))
+        .layer(middleware::from_fn_with_state(request_timeout, deadline))
+}
+
+/// 408 for a request not handled, its body read included, within `api.request_timeout_secs`
+/// (a client trickling a body would otherwise hold its connection and slot).
+async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request not completed within {} s (api.request_timeout_secs)",
+                limit.as_secs()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// A 4xx or 5xx answer with body `{"error": "<reason>"}`.

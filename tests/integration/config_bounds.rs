@@ -74,6 +74,19 @@ fn check_config_rejects_out_of_range_numbers_naming_key_and_line() {
             &["0", U64_MAX],
             "1 to 31536000 seconds",
         ),
+        (
+            "api",
+            "request_timeout_secs",
+            &["0", "3601", U64_MAX],
+            "1 to 3600 seconds",
+        ),
+        ("api", "max_connections", &["0", U64_MAX], "1 to 1000000"),
+        (
+            "api",
+            "max_connections_per_source",
+            &["0", U64_MAX],
+            "1 to 1000000",
+        ),
         ("relay", "min_port", &["0"], "1 to 65535"),
         ("relay", "max_port", &["0"], "1 to 65535"),
         (
@@ -193,7 +206,8 @@ fn check_config_accepts_the_edges_of_every_range() {
         &path,
         "[server]\nworkers = 1024\n\
          [auth]\nnonce_lifetime_secs = 86400\ncredential_ttl_secs = 31536000\n\
-         [api]\nmax_ttl_secs = 31536000\n\
+         [api]\nmax_ttl_secs = 31536000\nrequest_timeout_secs = 3600\n\
+         max_connections = 1000000\nmax_connections_per_source = 1000000\n\
          [relay]\nmin_port = 1\nmax_port = 65535\n\
          [limits]\ndefault_lifetime_secs = 604800\nmax_lifetime_secs = 604800\n\
          max_allocations = 1000000\nmax_allocations_per_user = 1000000\n\

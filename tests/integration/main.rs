@@ -6,6 +6,7 @@
 //!   `../shared/harness`, installed by its `setup.sh`).
 //! * `webrtc_rs` uses the webrtc-rs `turn`/`stun` client crates.
 //! * `abuse` checks quotas, limits and hostile input.
+//! * `api_abuse` checks the HTTP API's timeouts and connection caps against hostile clients.
 //! * `daemon` checks systemd notifications, SIGHUP reload and SIGTERM.
 //! * `config_bounds` checks that out-of-range config values are refused at load and reload.
 //! * `drivers` attacks the I/O drivers: mixed address families on one worker, the largest
@@ -14,6 +15,7 @@
 
 mod abuse;
 mod api;
+mod api_abuse;
 mod config_bounds;
 mod daemon;
 mod drivers;
