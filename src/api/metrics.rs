@@ -158,6 +158,7 @@ pub fn render(report: &WorkerReport) -> String {
             ("no_route", stats.dropped),
             ("no_permission", stats.peer_without_permission),
             ("bandwidth", stats.bandwidth_dropped),
+            ("unknown_attribute", stats.unknown_attribute_dropped),
         ],
     );
     counter(

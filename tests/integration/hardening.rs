@@ -42,7 +42,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The body of `GET /metrics` from the server's API.
-fn metrics(server: &Server) -> String {
+pub(crate) fn metrics(server: &Server) -> String {
     let api = server
         .api
         .unwrap_or_else(|| panic!("the ready line has no `api` address: {}", server.ready));
@@ -64,7 +64,7 @@ fn metrics(server: &Server) -> String {
 }
 
 /// The sum of every sample of metric `name` (all label sets; a counter's `_total` too).
-fn metric_sum(text: &str, name: &str) -> f64 {
+pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| {
             l.strip_prefix(name).is_some_and(|rest| {

@@ -7,6 +7,7 @@
 //! * `webrtc_rs` uses the webrtc-rs `turn`/`stun` client crates.
 //! * `abuse` checks quotas, limits and hostile input.
 //! * `daemon` checks systemd notifications, SIGHUP reload and SIGTERM.
+//! * `rfc_attributes` checks request attributes against RFC 8656/8489 and the peer deny list.
 //! * `nat_and_redirect` checks 300 Try Alternate and relaying behind a 1:1 NAT (netns lab).
 
 mod abuse;
@@ -18,6 +19,7 @@ mod harness;
 mod nat_and_redirect;
 mod probe;
 mod real_clients;
+mod rfc_attributes;
 mod stun_client;
 mod systemd_unit;
 mod transports;
