@@ -1068,8 +1068,10 @@ impl Server {
     /// Whether the server may relay to `peer`: allowed by the filter and not one of the
     /// server's own listening sockets.
     fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), u16> {
+        let filter = &self.config.peer_filter;
         let listener = self.config.own_addresses.iter().any(|own| {
-            own.port() == peer.port() && (own.ip() == peer.ip() || own.ip().is_unspecified())
+            own.port() == peer.port()
+                && (own.ip().is_unspecified() || filter.forms(peer.ip()).any(|ip| ip == own.ip()))
         });
         if listener {
             self.deny_peer(now, peer.ip());
@@ -1078,10 +1080,14 @@ impl Server {
         self.check_peer_ip(now, peer.ip())
     }
 
-    /// The peer filter, plus the server's own relay IPs unless explicitly allowed.
+    /// The peer filter, plus the server's own relay IPs (as written or carried in an IPv6
+    /// form, e.g. NAT64) unless explicitly allowed.
     fn check_peer_ip(&mut self, now: Instant, peer: IpAddr) -> Result<(), u16> {
         let filter = &self.config.peer_filter;
-        let own_relay = self.own_relay_ips.contains(&peer) && !filter.explicitly_allows(peer);
+        let own_relay = filter
+            .forms(peer)
+            .any(|ip| self.own_relay_ips.contains(&ip))
+            && !filter.explicitly_allows(peer);
         if own_relay || !filter.is_allowed(peer) {
             self.deny_peer(now, peer);
             return Err(ErrorCode::FORBIDDEN);

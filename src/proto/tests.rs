@@ -1620,3 +1620,38 @@ fn send_with_an_unknown_required_or_invalid_attribute_is_discarded() {
     assert_eq!(h.server.stats.malformed, malformed_before + 2);
     assert_eq!(h.server.stats.to_peer_packets, 3);
 }
+
+#[test]
+fn own_relay_addresses_carried_in_ipv6_forms_are_denied_peers() {
+    let mut config = config();
+    config.relay_ipv6 = true;
+    config.external_ips = vec![(None, "93.184.216.99".parse().unwrap())];
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1);
+    let other = "198.51.100.8:40000";
+    let reply = h.authed(other, &user, ALLOCATE, |m, t| {
+        udp_transport(m, t);
+        m.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV6))
+            .unwrap();
+    });
+    assert_eq!(
+        Message::from_bytes(&reply).unwrap().class(),
+        MessageClass::Success
+    );
+    for own in ["[64:ff9b::5db8:d863]:50000", "[::ffff:93.184.216.99]:50000"] {
+        let reply = h.authed(other, &user, CREATE_PERMISSION, peer_attr(addr(own)));
+        assert_eq!(reply_code(&reply), Some(403), "{own}");
+    }
+    let reply = h.authed(
+        other,
+        &user,
+        CREATE_PERMISSION,
+        peer_attr(addr("[64:ff9b::808:808]:1")),
+    );
+    assert_eq!(
+        Message::from_bytes(&reply).unwrap().class(),
+        MessageClass::Success,
+        "NAT64 to a public IPv4 address"
+    );
+}

@@ -1,7 +1,7 @@
 //! Issue 12, request attributes: what the daemon answers when an attribute of Allocate,
 //! Refresh, CreatePermission, ChannelBind or Send is absent, malformed, repeated or holds a
 //! value its RFC does not allow (RFC 8656 §7.2, §8.2, §10.2, §11.2, §12.2; RFC 8489 §6.3,
-//! §14).
+//! §14), and which peers the relay refuses (docs/SECURITY.md "Peer deny list").
 //!
 //! The attribute tests are standard behaviour and run against coturn too
 //! (`TURNPIKE_TEST_AGAINST=coturn`); a case where coturn answers otherwise is marked
@@ -10,7 +10,7 @@
 //! (or, for public addresses, in a CreatePermission) are never sent anything: every packet
 //! stays on loopback.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use stun_types::attribute::{AttributeType, RawAttribute};
@@ -22,7 +22,7 @@ use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SE
 use turn_types::AddressFamily;
 
 use crate::hardening::{metric_sum, metrics};
-use crate::harness::{against_coturn, Server};
+use crate::harness::{against_coturn, default_args_without, Server};
 use crate::stun_client::{recv_from, udp_transport, Resp, UdpTurn, RESPONSE_TIMEOUT};
 
 const REQUESTED_TRANSPORT: u16 = 0x0019;
@@ -419,4 +419,128 @@ fn send_with_an_unknown_comprehension_required_attribute_is_not_relayed() {
         };
         assert_eq!(counted, 1.0, "{metric}");
     }
+}
+
+/// The default deny list over the real daemon (no `--allow-peer`): a CreatePermission
+/// naming one address of every row of docs/SECURITY.md "Peer deny list" gets 403, and
+/// IPv6 forms carrying a public IPv4 address (NAT64 `64:ff9b::8.8.8.8`, 6to4, Teredo,
+/// ISATAP) succeed. Nothing is sent to any of them.
+#[test]
+fn peer_deny_list_covers_special_purpose_ranges_and_ipv6_forms() {
+    if against_coturn() {
+        eprintln!("turnpike's deny-list policy: not compared with coturn");
+        return;
+    }
+    let mut args = default_args_without(&["--allow-peer"]);
+    args.extend(["--relay-ip".to_string(), "::1".to_string()]);
+    let server = Server::start_raw(&args);
+    let mut v4 = UdpTurn::rest(&server, "alice");
+    v4.allocate().expect_success("IPv4 Allocate");
+    let mut v6 = UdpTurn::rest(&server, "bob");
+    v6.request(ALLOCATE, &|w, t| {
+        udp_transport(w, t);
+        w.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV6))
+            .unwrap();
+    })
+    .expect_success("IPv6 Allocate");
+
+    let denied = [
+        "0.1.2.3",
+        "0.0.0.0",
+        "10.1.2.3",
+        "100.64.0.1",
+        "127.0.0.1",
+        "169.254.169.254",
+        "172.16.0.1",
+        "192.0.0.1",
+        "192.0.0.8",
+        "192.0.0.9",
+        "192.0.0.10",
+        "192.0.0.170",
+        "192.0.0.171",
+        "192.0.2.1",
+        "192.31.196.1",
+        "192.52.193.1",
+        "192.88.99.1",
+        "192.88.99.2",
+        "192.168.1.1",
+        "192.175.48.1",
+        "198.18.0.1",
+        "198.51.100.1",
+        "203.0.113.1",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::",
+        "::1",
+        "::8.8.8.8",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "::ffff:0:808:808",
+        "64:ff9b::7f00:1",
+        "64:ff9b::a00:1",
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b:1::808:808",
+        "100::1",
+        "100:0:0:1::1",
+        "2001:1::1",
+        "2001:1::2",
+        "2001:1::3",
+        "2001:2::1",
+        "2001:3::1",
+        "2001:4:112::1",
+        "2001:10::1",
+        "2001:20::1",
+        "2001:30::1",
+        "2001:100::1",
+        // Teredo: RFC 4380's example (client 192.0.2.45), client 10.0.0.1, server 10.0.0.1.
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe",
+        "2001:0:a00:1:8000:63bf:f7f7:f7f7",
+        "2001:db8::1",
+        "2002:7f00:1::1",
+        "2002:a00:1::1",
+        "2002:c0a8:101::1",
+        "2620:4f:8000::1",
+        "3fff::1",
+        "5f00::1",
+        "fc00::1",
+        "fd00::1",
+        "fe80::1",
+        "fec0::1",
+        "ff02::1",
+        "1000::1",
+        "4000::1",
+        "8000::1",
+        // ISATAP interface identifiers carrying 10.0.0.1 and 127.0.0.1 under a public prefix.
+        "2606:4700::5efe:a00:1",
+        "2606:4700::200:5efe:7f00:1",
+    ];
+    for ip in denied {
+        let ip: IpAddr = ip.parse().unwrap();
+        let client = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
+        let resp = client.create_permission(SocketAddr::new(ip, 3478));
+        resp.expect_error(403, &format!("CreatePermission naming {ip}"));
+    }
+    let allowed = [
+        "8.8.8.8",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",
+        "2002:808:808::1",
+        "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+        "2606:4700::200:5efe:808:808",
+        "2001:4860::8888",
+    ];
+    for ip in allowed {
+        let ip: IpAddr = ip.parse().unwrap();
+        let client = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
+        client
+            .create_permission(SocketAddr::new(ip, 3478))
+            .expect_success(&format!("CreatePermission naming {ip}"));
+    }
+    eprintln!(
+        "{} peers refused with 403, {} accepted (named only, nothing sent)",
+        denied.len(),
+        allowed.len()
+    );
 }
