@@ -165,6 +165,7 @@ pub fn render(report: &WorkerReport) -> String {
             ("no_permission", stats.peer_without_permission),
             ("bandwidth", stats.bandwidth_dropped),
             ("too_large", stats.too_large_dropped),
+            ("unknown_attribute", stats.unknown_attribute_dropped),
         ],
     );
     counter(

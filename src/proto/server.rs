@@ -247,15 +247,14 @@ fn forward_to_peer<'a>(
     }
 }
 
-/// ADDITIONAL-ADDRESS-FAMILY under its pre-RFC codepoint, which coturn's clients still send
-/// (`turnutils_uclient -Z`).
-fn draft_additional_family(msg: &Message<'_>) -> Option<AddressFamily> {
-    let raw = msg.raw_attribute(wire::DRAFT_ADDITIONAL_ADDRESS_FAMILY)?;
-    match raw.value.first() {
-        Some(0x01) => Some(AddressFamily::IPV4),
-        Some(0x02) => Some(AddressFamily::IPV6),
-        _ => None,
-    }
+/// The comprehension-required attributes of `msg` outside `known` (RFC 8489 §6.3).
+fn unknown_required<'m>(
+    msg: &'m Message<'_>,
+    known: &'m [AttributeType],
+) -> impl Iterator<Item = AttributeType> + 'm {
+    msg.iter_attributes()
+        .map(|(_, attr)| attr.get_type())
+        .filter(|t| t.comprehension_required() && !known.contains(t))
 }
 
 /// Lets one warning of a kind through per interval and counts the ones it holds back, so a
@@ -601,11 +600,7 @@ impl Server {
         auth: Option<&Authenticated>,
         out: &mut [u8],
     ) -> Option<usize> {
-        let mut unknown: Vec<AttributeType> = msg
-            .iter_attributes()
-            .map(|(_, attr)| attr.get_type())
-            .filter(|t| t.comprehension_required() && !known.contains(t))
-            .collect();
+        let mut unknown: Vec<AttributeType> = unknown_required(msg, known).collect();
         if let Some(change) = msg.raw_attribute(wire::CHANGE_REQUEST) {
             if change.value.iter().any(|&b| b != 0) {
                 unknown.push(wire::CHANGE_REQUEST);
@@ -839,7 +834,8 @@ impl Server {
         Some(servers[(hash % servers.len() as u128) as usize])
     }
 
-    /// RFC 8656 §7.2 steps 2–8, ending with the quota slot claimed.
+    /// RFC 8656 §7.2 steps 3–9, ending with the quota slot claimed. Every attribute is read
+    /// through [`wire::attribute`]: a malformed one is 400 wherever it is.
     fn check_allocate(
         &mut self,
         now: Instant,
@@ -847,35 +843,41 @@ impl Server {
         msg: &Message<'_>,
         auth: &Authenticated,
     ) -> Result<PendingAllocation, u16> {
-        let transport = msg
-            .attribute::<RequestedTransport>()
-            .map_err(|_| ErrorCode::BAD_REQUEST)?;
+        let bad = ErrorCode::BAD_REQUEST;
+        // Step 3: absent or malformed is 400, another protocol 442.
+        let transport = wire::required::<RequestedTransport>(msg, bad)?;
         if transport.protocol() != wire::PROTOCOL_UDP {
             return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL);
         }
-        let even_port = msg.attribute::<EvenPort>().ok().map(|e| e.requested());
-        let reservation_token = msg.attribute::<ReservationToken>().ok().map(|t| t.token());
-        let requested_family = msg
-            .attribute::<RequestedAddressFamily>()
-            .ok()
-            .map(|f| f.family());
-        let additional_family = msg
-            .attribute::<AdditionalAddressFamily>()
-            .ok()
-            .map(|f| f.family())
-            .or_else(|| draft_additional_family(msg));
-        if reservation_token.is_some() && (even_port.is_some() || requested_family.is_some()) {
-            return Err(ErrorCode::BAD_REQUEST);
-        }
-        // RFC 8656 §7.2: ADDITIONAL-ADDRESS-FAMILY asks for IPv6 beside the default IPv4 and
-        // cannot be combined with REQUESTED-ADDRESS-FAMILY or a reservation.
-        if additional_family.is_some()
-            && (additional_family != Some(AddressFamily::IPV6)
-                || requested_family.is_some()
-                || reservation_token.is_some())
+        // Step 4: DONT-FRAGMENT is accepted (relay sockets keep Linux's path-MTU discovery).
+        wire::attribute::<DontFragment>(msg, bad)?;
+        let even_port = wire::attribute::<EvenPort>(msg, bad)?.map(|e| e.requested());
+        let reservation_token = wire::attribute::<ReservationToken>(msg, bad)?.map(|t| t.token());
+        // ADDITIONAL-ADDRESS-FAMILY other than IPv6 is 400 (step 9) whenever it is checked.
+        let additional_family = wire::additional_address_family(msg)?;
+        let requested_present = msg.has_attribute(RequestedAddressFamily::TYPE);
+        // Step 5: a reservation fixes the relay, so nothing may ask for another.
+        if reservation_token.is_some()
+            && (even_port.is_some() || requested_present || additional_family.is_some())
         {
-            return Err(ErrorCode::BAD_REQUEST);
+            return Err(bad);
         }
+        // Step 6.
+        if requested_present && additional_family.is_some() {
+            return Err(bad);
+        }
+        // Step 7: a family the server cannot relay in, or one RFC 8656 §18.6 does not define,
+        // is 440.
+        let requested_family = wire::attribute::<RequestedAddressFamily>(
+            msg,
+            ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
+        )?
+        .map(|f| f.family());
+        // Step 8: the port reserved beside an even one would have to be in both families.
+        if even_port == Some(true) && additional_family.is_some() {
+            return Err(bad);
+        }
+        let lifetime = self.lifetime(wire::attribute::<Lifetime>(msg, bad)?);
         let family = requested_family.unwrap_or(AddressFamily::IPV4);
         let available = |family| match family {
             AddressFamily::IPV4 => self.config.relay_ipv4,
@@ -912,17 +914,17 @@ impl Server {
             reservation_token,
             transaction: msg.transaction_id(),
             auth: auth.clone(),
-            lifetime: self.clamp_lifetime(msg),
+            lifetime,
         })
     }
 
-    /// RFC 8656 §7.2: the requested lifetime, clamped to [default, max]. Whatever the config
-    /// says, the result fits the 32-bit LIFETIME attribute and `now + lifetime` cannot
+    /// RFC 8656 §7.2, §8.2: the requested lifetime, clamped to [default, max]. Whatever the
+    /// config says, the result fits the 32-bit LIFETIME attribute and `now + lifetime` cannot
     /// overflow (and `clamp` cannot panic on default > max).
-    fn clamp_lifetime(&self, msg: &Message<'_>) -> Duration {
+    fn lifetime(&self, requested: Option<Lifetime>) -> Duration {
         let max = self.config.max_lifetime.min(MAX_WIRE_LIFETIME);
         let default = self.config.default_lifetime.min(max);
-        msg.attribute::<Lifetime>()
+        requested
             .map(|l| Duration::from_secs(l.seconds().into()))
             .unwrap_or(default)
             .clamp(default, max)
@@ -1041,18 +1043,27 @@ impl Server {
         response.finish_signed(&auth.credentials, auth.algorithm)
     }
 
-    /// RFC 8656 §8: Refresh; a zero lifetime deletes the allocation.
+    /// RFC 8656 §8.2: Refresh; a zero lifetime deletes the allocation.
     fn refresh(
         &mut self,
         now: Instant,
         tuple: FiveTuple,
         msg: &Message<'_>,
     ) -> Result<Option<Duration>, u16> {
-        if !self.allocations.contains_key(&tuple) {
+        let Some(allocation) = self.allocations.get(&tuple) else {
             return Err(ErrorCode::ALLOCATION_MISMATCH);
+        };
+        // "does not match the address family of the allocation": 443, and the allocation is
+        // left as it was. A family byte RFC 8656 §18.6 does not define matches none.
+        let mismatch = ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH;
+        if let Some(family) = wire::attribute::<RequestedAddressFamily>(msg, mismatch)? {
+            let ipv4 = family.family() == AddressFamily::IPV4;
+            if !allocation.relays.iter().any(|r| r.local.is_ipv4() == ipv4) {
+                return Err(mismatch);
+            }
         }
-        let requested = msg.attribute::<Lifetime>().map(|l| l.seconds()).ok();
-        if requested == Some(0) {
+        let requested = wire::attribute::<Lifetime>(msg, ErrorCode::BAD_REQUEST)?;
+        if requested.as_ref().map(Lifetime::seconds) == Some(0) {
             if let Some(allocation) = self.allocations.get(&tuple) {
                 tracing::info!(user = %allocation.quota_key, client = %tuple.client,
                     relay = %allocation.relays[0].advertised, "allocation deleted");
@@ -1061,7 +1072,7 @@ impl Server {
             self.remove_allocation(&tuple);
             return Ok(Some(Duration::ZERO));
         }
-        let lifetime = self.clamp_lifetime(msg);
+        let lifetime = self.lifetime(requested);
         let allocation = self.allocations.get_mut(&tuple).expect("checked above");
         self.expiries.remove(&(allocation.expires, tuple));
         allocation.expires = now + lifetime;
@@ -1073,8 +1084,10 @@ impl Server {
     /// Whether the server may relay to `peer`: allowed by the filter and not one of the
     /// server's own listening sockets.
     fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), u16> {
+        let filter = &self.config.peer_filter;
         let listener = self.config.own_addresses.iter().any(|own| {
-            own.port() == peer.port() && (own.ip() == peer.ip() || own.ip().is_unspecified())
+            own.port() == peer.port()
+                && (own.ip().is_unspecified() || filter.forms(peer.ip()).any(|ip| ip == own.ip()))
         });
         if listener {
             self.deny_peer(now, peer.ip());
@@ -1083,10 +1096,14 @@ impl Server {
         self.check_peer_ip(now, peer.ip())
     }
 
-    /// The peer filter, plus the server's own relay IPs unless explicitly allowed.
+    /// The peer filter, plus the server's own relay IPs (as written or carried in an IPv6
+    /// form, e.g. NAT64) unless explicitly allowed.
     fn check_peer_ip(&mut self, now: Instant, peer: IpAddr) -> Result<(), u16> {
         let filter = &self.config.peer_filter;
-        let own_relay = self.own_relay_ips.contains(&peer) && !filter.explicitly_allows(peer);
+        let own_relay = filter
+            .forms(peer)
+            .any(|ip| self.own_relay_ips.contains(&ip))
+            && !filter.explicitly_allows(peer);
         if own_relay || !filter.is_allowed(peer) {
             self.deny_peer(now, peer);
             return Err(ErrorCode::FORBIDDEN);
@@ -1101,15 +1118,8 @@ impl Server {
         }
     }
 
-    /// Every XOR-PEER-ADDRESS in the request (bounded by the message size).
-    fn peer_addresses(&self, msg: &Message<'_>) -> Vec<SocketAddr> {
-        (0..)
-            .map_while(|n| msg.nth_attribute::<XorPeerAddress>(n).ok())
-            .map(|a| a.addr(msg.transaction_id()))
-            .collect()
-    }
-
-    /// RFC 8656 §9: CreatePermission with one or more XOR-PEER-ADDRESS; all or nothing.
+    /// RFC 8656 §10.2: CreatePermission with one or more XOR-PEER-ADDRESS; all or nothing.
+    /// None, or any that is invalid (an unknown family included), is 400.
     fn create_permission(
         &mut self,
         now: Instant,
@@ -1119,7 +1129,10 @@ impl Server {
         let Some(allocation) = self.allocations.get(&tuple) else {
             return Err(ErrorCode::ALLOCATION_MISMATCH);
         };
-        let peers = self.peer_addresses(msg);
+        let peers: Vec<SocketAddr> = wire::every::<XorPeerAddress>(msg, ErrorCode::BAD_REQUEST)?
+            .iter()
+            .map(|a| a.addr(msg.transaction_id()))
+            .collect();
         if peers.is_empty() {
             return Err(ErrorCode::BAD_REQUEST);
         }
@@ -1157,7 +1170,8 @@ impl Server {
         Ok(None)
     }
 
-    /// RFC 8656 §11.2: ChannelBind, which also installs a permission for the peer.
+    /// RFC 8656 §12.2: ChannelBind, which also installs a permission for the peer. Both
+    /// attributes are required; absent, malformed or out of range is 400.
     fn channel_bind(
         &mut self,
         now: Instant,
@@ -1167,17 +1181,12 @@ impl Server {
         if !self.allocations.contains_key(&tuple) {
             return Err(ErrorCode::ALLOCATION_MISMATCH);
         }
-        let number = msg
-            .attribute::<ChannelNumber>()
-            .map_err(|_| ErrorCode::BAD_REQUEST)?
-            .channel();
+        let bad = ErrorCode::BAD_REQUEST;
+        let number = wire::required::<ChannelNumber>(msg, bad)?.channel();
         if !wire::CHANNEL_RANGE.contains(&number) {
-            return Err(ErrorCode::BAD_REQUEST);
+            return Err(bad);
         }
-        let peer = msg
-            .attribute::<XorPeerAddress>()
-            .map_err(|_| ErrorCode::BAD_REQUEST)?
-            .addr(msg.transaction_id());
+        let peer = wire::required::<XorPeerAddress>(msg, bad)?.addr(msg.transaction_id());
         if self.allocations[&tuple].relay_for(peer).is_none() {
             return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
         }
@@ -1199,8 +1208,10 @@ impl Server {
         Ok(None)
     }
 
-    /// RFC 8656 §10.2: a Send indication is relayed only with an allocation and a permission;
-    /// anything else is silently dropped (indications get no answer).
+    /// RFC 8656 §11.2: a Send indication is relayed only with an allocation and a permission;
+    /// anything else is silently dropped (indications get no answer). So is one with an
+    /// unknown comprehension-required attribute (RFC 8489 §6.3.2), and one whose
+    /// XOR-PEER-ADDRESS, DATA or DONT-FRAGMENT is absent or invalid ([`wire::attribute`]).
     fn send_indication<'a>(
         &mut self,
         now: Instant,
@@ -1208,11 +1219,17 @@ impl Server {
         msg: &Message<'_>,
         data: &'a [u8],
     ) -> ClientAction<'a> {
-        let (Ok(peer), Some((offset, data_attr))) = (
-            msg.attribute::<XorPeerAddress>(),
+        if unknown_required(msg, &TURN_ATTRIBUTES).next().is_some() {
+            self.stats.unknown_attribute_dropped += 1;
+            return ClientAction::Drop;
+        }
+        let bad = ErrorCode::BAD_REQUEST;
+        let (Ok(Some(peer)), Ok(_), Some((offset, data_attr))) = (
+            wire::attribute::<XorPeerAddress>(msg, bad),
+            wire::attribute::<DontFragment>(msg, bad),
             msg.raw_attribute_and_offset(Data::TYPE),
         ) else {
-            self.stats.dropped += 1;
+            self.stats.malformed += 1;
             return ClientAction::Drop;
         };
         let peer = peer.addr(msg.transaction_id());

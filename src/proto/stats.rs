@@ -15,6 +15,9 @@ pub struct Stats {
     /// Well-formed messages with nowhere to go: responses, unknown indications, ChannelData
     /// on an unbound channel, Send without allocation or permission.
     pub dropped: u64,
+    /// Indications discarded for an unknown comprehension-required attribute (RFC 8489
+    /// §6.3.2).
+    pub unknown_attribute_dropped: u64,
     pub auth_missing: u64,
     /// 401/438 challenges not sent because the source exceeded its rate.
     pub challenges_suppressed: u64,
@@ -49,6 +52,7 @@ impl Stats {
             channels_bound,
             malformed,
             dropped,
+            unknown_attribute_dropped,
             auth_missing,
             challenges_suppressed,
             auth_stale_nonce,
@@ -77,6 +81,7 @@ impl Stats {
         self.channels_bound += channels_bound;
         self.malformed += malformed;
         self.dropped += dropped;
+        self.unknown_attribute_dropped += unknown_attribute_dropped;
         self.auth_missing += auth_missing;
         self.challenges_suppressed += challenges_suppressed;
         self.auth_stale_nonce += auth_stale_nonce;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stun_types::attribute::AttributeStaticType;
+use stun_types::attribute::{AttributeStaticType, RawAttribute};
 use stun_types::message::{MessageWriteVec, ShortTermCredentials};
 
 use super::auth::{rest_password, Credentials, NonceKey, Password};
@@ -1318,5 +1318,376 @@ fn create_permission_checks_every_peer_and_installs_all_or_nothing() {
     assert_eq!(
         Message::from_bytes(&reply).unwrap().class(),
         MessageClass::Success
+    );
+}
+
+/// An attribute with exactly these value bytes, malformed or not.
+fn raw(atype: u16, value: &[u8]) -> impl Fn(&mut MessageWriteVec, TransactionId) {
+    let value = value.to_vec();
+    move |m, _| {
+        m.add_attribute(&RawAttribute::new(AttributeType::new(atype), &value))
+            .unwrap()
+    }
+}
+
+const REQUESTED_TRANSPORT: u16 = 0x0019;
+const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
+const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+const EVEN_PORT: u16 = 0x0018;
+const RESERVATION_TOKEN: u16 = 0x0022;
+const LIFETIME: u16 = 0x000D;
+const DONT_FRAGMENT: u16 = 0x001A;
+const XOR_PEER_ADDRESS: u16 = 0x0012;
+const CHANNEL_NUMBER: u16 = 0x000C;
+
+/// Raw attributes, in order: `(type, value)`.
+type RawAttrs<'a> = &'a [(u16, &'a [u8])];
+
+fn raws(list: RawAttrs<'_>) -> impl FnOnce(&mut MessageWriteVec, TransactionId) + '_ {
+    move |m, t| {
+        list.iter()
+            .for_each(|&(atype, value)| raw(atype, value)(m, t))
+    }
+}
+
+#[test]
+fn allocate_attribute_faults_get_the_rfc_8656_codes() {
+    const UDP: (u16, &[u8]) = (REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    const TOKEN: (u16, &[u8]) = (RESERVATION_TOKEN, &[1; 8]);
+    const IPV6_TOO: (u16, &[u8]) = (ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+    let cases: &[(&str, RawAttrs<'_>, u16)] = &[
+        ("REQUESTED-TRANSPORT missing", &[], 400),
+        (
+            "REQUESTED-TRANSPORT 3 bytes",
+            &[(REQUESTED_TRANSPORT, &[17, 0, 0])],
+            400,
+        ),
+        (
+            "REQUESTED-TRANSPORT 8 bytes",
+            &[(REQUESTED_TRANSPORT, &[17, 0, 0, 0, 0, 0, 0, 0])],
+            400,
+        ),
+        (
+            "REQUESTED-TRANSPORT TCP",
+            &[(REQUESTED_TRANSPORT, &[6, 0, 0, 0])],
+            442,
+        ),
+        // RFC 8489 §14: only the first occurrence counts.
+        (
+            "TCP, then UDP",
+            &[(REQUESTED_TRANSPORT, &[6, 0, 0, 0]), UDP],
+            442,
+        ),
+        (
+            "REQUESTED-ADDRESS-FAMILY 0x03",
+            &[UDP, (REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0])],
+            440,
+        ),
+        (
+            "REQUESTED-ADDRESS-FAMILY 0x00",
+            &[UDP, (REQUESTED_ADDRESS_FAMILY, &[0, 0, 0, 0])],
+            440,
+        ),
+        (
+            "IPv6, no IPv6 relay",
+            &[UDP, (REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])],
+            440,
+        ),
+        (
+            "REQUESTED-ADDRESS-FAMILY 1 byte",
+            &[UDP, (REQUESTED_ADDRESS_FAMILY, &[1])],
+            400,
+        ),
+        (
+            "REQUESTED-ADDRESS-FAMILY 8 bytes",
+            &[UDP, (REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0, 0, 0, 0, 0])],
+            400,
+        ),
+        (
+            "ADDITIONAL-ADDRESS-FAMILY IPv4",
+            &[UDP, (ADDITIONAL_ADDRESS_FAMILY, &[1, 0, 0, 0])],
+            400,
+        ),
+        (
+            "ADDITIONAL-ADDRESS-FAMILY 0x03",
+            &[UDP, (ADDITIONAL_ADDRESS_FAMILY, &[3, 0, 0, 0])],
+            400,
+        ),
+        (
+            "ADDITIONAL-ADDRESS-FAMILY 2 bytes",
+            &[UDP, (ADDITIONAL_ADDRESS_FAMILY, &[2, 0])],
+            400,
+        ),
+        (
+            "draft ADDITIONAL-ADDRESS-FAMILY IPv4",
+            &[UDP, (0x8032, &[1, 0, 0, 0])],
+            400,
+        ),
+        (
+            "both family attributes",
+            &[UDP, (REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0]), IPV6_TOO],
+            400,
+        ),
+        (
+            "RESERVATION-TOKEN and EVEN-PORT",
+            &[UDP, TOKEN, (EVEN_PORT, &[0])],
+            400,
+        ),
+        // Step 5 comes before step 7: the family's value does not matter.
+        (
+            "RESERVATION-TOKEN and family 0x03",
+            &[UDP, TOKEN, (REQUESTED_ADDRESS_FAMILY, &[3, 0, 0, 0])],
+            400,
+        ),
+        (
+            "RESERVATION-TOKEN and ADDITIONAL-ADDRESS-FAMILY",
+            &[UDP, TOKEN, IPV6_TOO],
+            400,
+        ),
+        (
+            "RESERVATION-TOKEN 4 bytes",
+            &[UDP, (RESERVATION_TOKEN, &[1; 4])],
+            400,
+        ),
+        (
+            "EVEN-PORT 4 bytes",
+            &[UDP, (EVEN_PORT, &[0x80, 0, 0, 0])],
+            400,
+        ),
+        (
+            "EVEN-PORT R and ADDITIONAL-ADDRESS-FAMILY",
+            &[UDP, (EVEN_PORT, &[0x80]), IPV6_TOO],
+            400,
+        ),
+        ("LIFETIME 2 bytes", &[UDP, (LIFETIME, &[0, 60])], 400),
+        (
+            "DONT-FRAGMENT with a value",
+            &[UDP, (DONT_FRAGMENT, &[0, 0, 0, 0])],
+            400,
+        ),
+    ];
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    for &(what, list, code) in cases {
+        let reply = h.authed(CLIENT, &user, ALLOCATE, raws(list));
+        assert_eq!(reply_code(&reply), Some(code), "{what}");
+    }
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.quotas.total(), 0, "refused requests hold no quota");
+}
+
+#[test]
+fn allocate_takes_the_first_of_duplicate_attributes_and_accepts_well_formed_ones() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    let reply = h.authed(CLIENT, &user, ALLOCATE, |m, t| {
+        udp_transport(m, t);
+        m.add_attribute(&RequestedTransport::new(6)).unwrap();
+        m.add_attribute(&Lifetime::new(1200)).unwrap();
+        m.add_attribute(&Lifetime::new(0)).unwrap();
+        m.add_attribute(&DontFragment::new()).unwrap();
+        m.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV4))
+            .unwrap();
+        // A later, malformed duplicate is ignored like any duplicate.
+        raw(REQUESTED_ADDRESS_FAMILY, &[3])(m, t);
+    });
+    let msg = Message::from_bytes(&reply).unwrap();
+    assert_eq!(msg.class(), MessageClass::Success, "{:?}", code(&msg));
+    assert_eq!(msg.attribute::<Lifetime>().unwrap().seconds(), 1200);
+}
+
+fn refresh_ok(h: &mut Harness, user: &(String, String)) -> bool {
+    let reply = h.authed(CLIENT, user, REFRESH, |_, _| {});
+    Message::from_bytes(&reply).unwrap().class() == MessageClass::Success
+}
+
+#[test]
+fn refresh_with_another_family_is_443_and_the_allocation_stays() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1);
+    let expiry = h.server.poll_timeout();
+    for (what, family, code) in [
+        ("IPv6 on an IPv4 allocation", &[2u8, 0, 0, 0][..], 443),
+        ("family 0x03", &[3, 0, 0, 0], 443),
+        ("family 1 byte", &[1], 400),
+    ] {
+        // With LIFETIME 0 too: the mismatch is checked first and nothing is deleted.
+        let reply = h.authed(CLIENT, &user, REFRESH, |m, t| {
+            raw(REQUESTED_ADDRESS_FAMILY, family)(m, t);
+            m.add_attribute(&Lifetime::new(0)).unwrap();
+        });
+        assert_eq!(reply_code(&reply), Some(code), "{what}");
+        assert_eq!(h.server.allocation_count(), 1, "{what}");
+        assert_eq!(h.server.poll_timeout(), expiry, "{what}: lifetime changed");
+        assert!(h.server.poll_event().is_none(), "{what}: relay freed");
+    }
+    // A malformed LIFETIME is 400, not "no LIFETIME".
+    let reply = h.authed(CLIENT, &user, REFRESH, raw(LIFETIME, &[0, 0]));
+    assert_eq!(reply_code(&reply), Some(400));
+    assert_eq!(h.server.poll_timeout(), expiry);
+    // The matching family refreshes.
+    let reply = h.authed(CLIENT, &user, REFRESH, |m, _| {
+        m.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV4))
+            .unwrap();
+    });
+    let msg = Message::from_bytes(&reply).unwrap();
+    assert_eq!(msg.class(), MessageClass::Success);
+    assert!(refresh_ok(&mut h, &user));
+}
+
+#[test]
+fn refresh_of_a_dual_allocation_accepts_either_family() {
+    let mut config = config();
+    config.relay_ipv6 = true;
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    h.authed(CLIENT, &user, ALLOCATE, additional_ipv6);
+    for family in [AddressFamily::IPV4, AddressFamily::IPV6] {
+        let reply = h.authed(CLIENT, &user, REFRESH, move |m, _| {
+            m.add_attribute(&RequestedAddressFamily::new(family))
+                .unwrap();
+        });
+        assert_eq!(
+            Message::from_bytes(&reply).unwrap().class(),
+            MessageClass::Success,
+            "{family:?}"
+        );
+    }
+}
+
+#[test]
+fn create_permission_with_any_invalid_peer_address_is_400() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1);
+    let good = addr("8.8.8.8:1");
+    for (what, bad) in [
+        ("family 0x03", &[0u8, 3, 0, 1, 1, 2, 3, 4][..]),
+        ("IPv4 in 4 bytes", &[0, 1, 0, 1]),
+        ("IPv4 with 12 bytes", &[0, 1, 0, 1, 1, 2, 3, 4, 0, 0, 0, 0]),
+    ] {
+        let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, |m, t| {
+            m.add_attribute(&XorPeerAddress::new(good, t)).unwrap();
+            raw(XOR_PEER_ADDRESS, bad)(m, t);
+        });
+        assert_eq!(reply_code(&reply), Some(400), "{what}");
+    }
+    let mut buf = [0u8; 16];
+    let mut out = [0u8; 128];
+    let relay = addr("192.0.2.10:50000");
+    let from_peer = h
+        .server
+        .handle_peer(h.now, relay, good, &mut buf, 4, &mut out);
+    assert_eq!(from_peer, None, "a refused request installed a permission");
+}
+
+#[test]
+fn channel_bind_with_malformed_attributes_is_400() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1);
+    let peer = addr(PEER);
+    let reply = h.authed(CLIENT, &user, CHANNEL_BIND, |m, t| {
+        raw(CHANNEL_NUMBER, &[0x40, 0x00])(m, t);
+        m.add_attribute(&XorPeerAddress::new(peer, t)).unwrap();
+    });
+    assert_eq!(reply_code(&reply), Some(400), "CHANNEL-NUMBER 2 bytes");
+    let reply = h.authed(CLIENT, &user, CHANNEL_BIND, |m, _| {
+        m.add_attribute(&ChannelNumber::new(0x4000)).unwrap();
+    });
+    assert_eq!(reply_code(&reply), Some(400), "no XOR-PEER-ADDRESS");
+    let reply = h.authed(CLIENT, &user, CHANNEL_BIND, |m, t| {
+        m.add_attribute(&ChannelNumber::new(0x4000)).unwrap();
+        raw(XOR_PEER_ADDRESS, &[0, 3, 0, 1, 1, 2, 3, 4])(m, t);
+    });
+    assert_eq!(
+        reply_code(&reply),
+        Some(400),
+        "XOR-PEER-ADDRESS family 0x03"
+    );
+    let reply = h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x3FFF, peer));
+    assert_eq!(reply_code(&reply), Some(400), "channel below the range");
+}
+
+#[test]
+fn send_with_an_unknown_required_or_invalid_attribute_is_discarded() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1);
+    let peer = addr(PEER);
+    h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(peer));
+    let send = |h: &mut Harness, extra: &dyn Fn(&mut MessageWriteVec, TransactionId)| {
+        let mut msg = Message::builder_indication(SEND, MessageWriteVec::new());
+        let transaction = msg.transaction_id();
+        msg.add_attribute(&XorPeerAddress::new(peer, transaction))
+            .unwrap();
+        msg.add_attribute(&Data::new(b"hello")).unwrap();
+        extra(&mut msg, transaction);
+        h.send(CLIENT, &msg.finish())
+    };
+    assert!(matches!(send(&mut h, &|_, _| {}), Outcome::Relay(..)));
+    let unknown_optional = raw(0x8031, &[1, 2, 3, 4]);
+    assert!(
+        matches!(send(&mut h, &unknown_optional), Outcome::Relay(..)),
+        "unknown comprehension-optional attributes are ignored"
+    );
+    let dont_fragment = |m: &mut MessageWriteVec, _: TransactionId| {
+        m.add_attribute(&DontFragment::new()).unwrap();
+    };
+    assert!(matches!(send(&mut h, &dont_fragment), Outcome::Relay(..)));
+
+    let unknown_required = raw(0x0031, &[1, 2, 3, 4]);
+    assert!(matches!(send(&mut h, &unknown_required), Outcome::Drop));
+    assert_eq!(h.server.stats.unknown_attribute_dropped, 1);
+    let malformed_before = h.server.stats.malformed;
+    assert!(matches!(
+        send(&mut h, &raw(DONT_FRAGMENT, &[0, 0, 0, 0])),
+        Outcome::Drop
+    ));
+    // An invalid XOR-PEER-ADDRESS first: the valid one after it is a duplicate.
+    let mut msg = Message::builder_indication(SEND, MessageWriteVec::new());
+    let transaction = msg.transaction_id();
+    raw(XOR_PEER_ADDRESS, &[0, 3, 0, 1, 1, 2, 3, 4])(&mut msg, transaction);
+    msg.add_attribute(&XorPeerAddress::new(peer, transaction))
+        .unwrap();
+    msg.add_attribute(&Data::new(b"hello")).unwrap();
+    assert!(matches!(h.send(CLIENT, &msg.finish()), Outcome::Drop));
+    assert_eq!(h.server.stats.malformed, malformed_before + 2);
+    assert_eq!(h.server.stats.to_peer_packets, 3);
+}
+
+#[test]
+fn own_relay_addresses_carried_in_ipv6_forms_are_denied_peers() {
+    let mut config = config();
+    config.relay_ipv6 = true;
+    config.external_ips = vec![(None, "93.184.216.99".parse().unwrap())];
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1);
+    let other = "198.51.100.8:40000";
+    let reply = h.authed(other, &user, ALLOCATE, |m, t| {
+        udp_transport(m, t);
+        m.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV6))
+            .unwrap();
+    });
+    assert_eq!(
+        Message::from_bytes(&reply).unwrap().class(),
+        MessageClass::Success
+    );
+    for own in ["[64:ff9b::5db8:d863]:50000", "[::ffff:93.184.216.99]:50000"] {
+        let reply = h.authed(other, &user, CREATE_PERMISSION, peer_attr(addr(own)));
+        assert_eq!(reply_code(&reply), Some(403), "{own}");
+    }
+    let reply = h.authed(
+        other,
+        &user,
+        CREATE_PERMISSION,
+        peer_attr(addr("[64:ff9b::808:808]:1")),
+    );
+    assert_eq!(
+        Message::from_bytes(&reply).unwrap().class(),
+        MessageClass::Success,
+        "NAT64 to a public IPv4 address"
     );
 }

@@ -24,7 +24,9 @@ pub use turn_types::attribute::{
 pub use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
 pub use turn_types::AddressFamily;
 
-use stun_types::attribute::{MappedSocketAddr, RawAttribute};
+use stun_types::attribute::{
+    Attribute, AttributeFromRaw, AttributeStaticType, MappedSocketAddr, RawAttribute,
+};
 
 /// MAPPED-ADDRESS (RFC 8489 §14.1), sent beside XOR-MAPPED-ADDRESS for RFC 3489-era clients.
 pub const MAPPED_ADDRESS: AttributeType = AttributeType::new(0x0001);
@@ -104,6 +106,76 @@ pub fn parse_stun(data: &[u8]) -> Result<Message<'_>, StunParseError> {
         return Err(StunParseError::DataMismatch);
     }
     Message::from_bytes(data)
+}
+
+/// Reads the first attribute `A` of a request and says what to answer when it is unusable.
+/// Only the first occurrence counts (RFC 8489 §14: "only the first occurrence needs to be
+/// processed by a receiver, and any duplicates MAY be ignored"); attributes after
+/// MESSAGE-INTEGRITY are never seen (the codec stops there).
+///
+/// * absent: `Ok(None)`;
+/// * malformed, i.e. a length the attribute cannot have: `Err(400)` (RFC 8489 §14.8: "the
+///   request was malformed");
+/// * well-formed but holding a value the attribute does not define, such as address family
+///   0x03: `Err(bad_value)`, the code the method's section of RFC 8656 names for it.
+///
+/// The codecs tell the two failures apart (stun-types 2.0.4, turn-types 0.7.3): a length
+/// outside the attribute's size is `Truncated`/`TooLarge` and is checked first; a family byte
+/// other than 1 or 2 (or 1 in ADDITIONAL-ADDRESS-FAMILY) is `InvalidAttributeData`. Reserved
+/// bits are ignored, as RFC 8656 §18 asks of servers.
+pub fn attribute<'a, A>(msg: &'a Message<'a>, bad_value: u16) -> Result<Option<A>, u16>
+where
+    A: AttributeFromRaw<'a> + AttributeStaticType,
+{
+    match msg.attribute::<A>() {
+        Ok(attribute) => Ok(Some(attribute)),
+        Err(StunParseError::MissingAttribute(_)) => Ok(None),
+        Err(e) => Err(fault_code(e, bad_value)),
+    }
+}
+
+/// [`attribute`] for one the request must carry: absent is 400 as well.
+pub fn required<'a, A>(msg: &'a Message<'a>, bad_value: u16) -> Result<A, u16>
+where
+    A: AttributeFromRaw<'a> + AttributeStaticType,
+{
+    attribute(msg, bad_value)?.ok_or(ErrorCode::BAD_REQUEST)
+}
+
+/// Every `A` in the request, for the attributes a method lets repeat (XOR-PEER-ADDRESS in
+/// CreatePermission, RFC 8656 §10.2); one unusable occurrence fails them all.
+pub fn every<'a, A>(msg: &'a Message<'a>, bad_value: u16) -> Result<Vec<A>, u16>
+where
+    A: AttributeFromRaw<'a> + AttributeStaticType,
+{
+    msg.iter_attributes()
+        .filter(|(_, raw)| raw.get_type() == A::TYPE)
+        .map(|(_, raw)| A::from_raw(raw).map_err(|e| fault_code(e, bad_value)))
+        .collect()
+}
+
+/// ADDITIONAL-ADDRESS-FAMILY under its RFC 8656 codepoint, else under the draft one
+/// coturn's clients send (`turnutils_uclient -Z`), read the same way by [`attribute`]. Any
+/// unusable value is 400 (RFC 8656 §7.2 step 9: IPv6 is the only valid one).
+pub fn additional_address_family(msg: &Message<'_>) -> Result<Option<AddressFamily>, u16> {
+    let bad = ErrorCode::BAD_REQUEST;
+    if let Some(family) = attribute::<AdditionalAddressFamily>(msg, bad)? {
+        return Ok(Some(family.family()));
+    }
+    let Some(draft) = msg.raw_attribute(DRAFT_ADDITIONAL_ADDRESS_FAMILY) else {
+        return Ok(None);
+    };
+    let renumbered = RawAttribute::new(AdditionalAddressFamily::TYPE, &draft.value[..]);
+    AdditionalAddressFamily::from_raw_ref(&renumbered)
+        .map(|family| Some(family.family()))
+        .map_err(|e| fault_code(e, bad))
+}
+
+fn fault_code(error: StunParseError, bad_value: u16) -> u16 {
+    match error {
+        StunParseError::InvalidAttributeData => bad_value,
+        _ => ErrorCode::BAD_REQUEST,
+    }
 }
 
 /// A response being written into a caller-owned buffer.

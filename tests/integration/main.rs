@@ -11,6 +11,7 @@
 //! * `config_bounds` checks that out-of-range config values are refused at load and reload.
 //! * `drivers` attacks the I/O drivers: mixed address families on one worker, the largest
 //!   datagrams on every path, peer data that cannot be framed for a stream client.
+//! * `rfc_attributes` checks request attributes against RFC 8656/8489 and the peer deny list.
 //! * `nat_and_redirect` checks 300 Try Alternate and relaying behind a 1:1 NAT (netns lab).
 
 mod abuse;
@@ -25,6 +26,7 @@ mod harness;
 mod nat_and_redirect;
 mod probe;
 mod real_clients;
+mod rfc_attributes;
 mod stun_client;
 mod systemd_unit;
 mod transports;
