@@ -50,7 +50,7 @@ pub struct Credentials {
 
 impl Credentials {
     /// Candidate passwords for `username` at `unix_now`: one per REST secret, or the static
-    /// user's password. REST usernames are `expiry<sep>user` or `user<sep>expiry`.
+    /// user's password. REST usernames are `expiry`, `expiry<sep>user` or `user<sep>expiry`.
     pub fn passwords(&self, username: &str, unix_now: u64) -> Result<Vec<String>, AuthError> {
         if let Some(expiry) = rest_expiry(username, self.separator) {
             if expiry <= unix_now {
@@ -72,13 +72,24 @@ impl Credentials {
             .ok_or(AuthError::UnknownUser)
     }
 
-    /// The user name to count quotas against: the user part of a REST username.
+    /// The user name to count quotas against: the user part of a REST username, or the whole
+    /// username when it has none (`expiry` alone: every holder of that credential shares it).
     pub fn quota_key<'a>(&self, username: &'a str) -> &'a str {
-        match username.split_once(self.separator) {
+        let user = match username.split_once(self.separator) {
             Some((a, b)) if is_digits(a) => b,
             Some((a, b)) if is_digits(b) => a,
             _ => username,
+        };
+        if user.is_empty() {
+            username
+        } else {
+            user
         }
+    }
+
+    /// Whether `username` has the REST form for this server's separator.
+    pub fn is_rest_username(&self, username: &str) -> bool {
+        is_rest_username(username, self.separator)
     }
 }
 
@@ -86,17 +97,27 @@ fn is_digits(s: &str) -> bool {
     !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The expiry of a REST username, accepting both `expiry:user` and `user:expiry`.
+/// The expiry of a REST username: `expiry` alone (the user part is optional in
+/// draft-uberti-behave-turn-rest-00 §2.2; `turnutils_uclient -W` without `-u` and the pion and
+/// webrtc-rs credential helpers send it), `expiry<sep>user` or `user<sep>expiry`. Only
+/// `separator` separates: unlike coturn, whose `atol()` also reads `1767225600_bob` as
+/// expiry 1767225600 when the separator is `:`, turnpike takes that for a static user name.
 pub fn rest_expiry(username: &str, separator: char) -> Option<u64> {
-    let (a, b) = username.split_once(separator)?;
-    let field = if is_digits(a) {
-        a
-    } else if is_digits(b) {
-        b
-    } else {
-        return None;
+    let field = match username.split_once(separator) {
+        None => username,
+        Some((a, _)) if is_digits(a) => a,
+        Some((_, b)) => b,
     };
+    if !is_digits(field) {
+        return None;
+    }
     field.parse().ok()
+}
+
+/// Whether `username` has the form of a REST username (see [`rest_expiry`]). Such a name is
+/// never looked up as a static user while a REST secret is configured.
+pub fn is_rest_username(username: &str, separator: char) -> bool {
+    rest_expiry(username, separator).is_some()
 }
 
 /// `base64(HMAC-SHA1(secret, username))`, the REST API password.
@@ -107,7 +128,8 @@ pub fn rest_password(secret: &str, username: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// A REST username and password valid for `ttl_secs` from `unix_now`.
+/// A REST username and password valid for `ttl_secs` from `unix_now`; an empty `user` gives
+/// the timestamp-only form.
 pub fn mint_rest_credential(
     secret: &str,
     user: &str,
@@ -115,7 +137,12 @@ pub fn mint_rest_credential(
     unix_now: u64,
     ttl_secs: u64,
 ) -> (String, String) {
-    let username = format!("{}{separator}{user}", unix_now.saturating_add(ttl_secs));
+    let expiry = unix_now.saturating_add(ttl_secs);
+    let username = if user.is_empty() {
+        expiry.to_string()
+    } else {
+        format!("{expiry}{separator}{user}")
+    };
     let password = rest_password(secret, &username);
     (username, password)
 }
@@ -216,15 +243,44 @@ mod tests {
     }
 
     #[test]
-    fn rest_username_accepts_both_orders() {
+    fn rest_username_accepts_both_orders_and_the_timestamp_alone() {
         assert_eq!(rest_expiry("1266890800:alice", ':'), Some(1266890800));
         assert_eq!(rest_expiry("alice:1266890800", ':'), Some(1266890800));
         assert_eq!(rest_expiry("alice|1266890800", '|'), Some(1266890800));
+        assert_eq!(rest_expiry("1266890800", ':'), Some(1266890800));
+        assert_eq!(rest_expiry("1266890800:", ':'), Some(1266890800));
+        assert_eq!(rest_expiry(":1266890800", ':'), Some(1266890800));
         assert_eq!(rest_expiry("alice:bob", ':'), None);
         assert_eq!(rest_expiry("alice", ':'), None);
+        assert_eq!(rest_expiry("", ':'), None);
+        assert_eq!(rest_expiry(":", ':'), None);
+        // Only the configured separator separates (coturn's atol() would read 1266890800).
+        assert_eq!(rest_expiry("1266890800_alice", ':'), None);
+        assert_eq!(rest_expiry("1266890800alice", ':'), None);
+        // More digits than any u64 holds is not a timestamp.
+        assert_eq!(rest_expiry("123456789012345678901", ':'), None);
+        assert!(is_rest_username("1266890800", ':'));
+        assert!(!is_rest_username("alice", ':'));
         let creds = rest(&["s"]);
+        assert!(creds.is_rest_username("alice:1266890800"));
         assert_eq!(creds.quota_key("1266890800:alice"), "alice");
         assert_eq!(creds.quota_key("alice:1266890800"), "alice");
+        // No user part: the credential itself is the quota key.
+        assert_eq!(creds.quota_key("1266890800"), "1266890800");
+        assert_eq!(creds.quota_key(":1266890800"), ":1266890800");
+    }
+
+    #[test]
+    fn timestamp_only_username_verifies_with_the_rest_password_and_expires() {
+        let creds = rest(&["north"]);
+        assert_eq!(
+            creds.passwords("2000", 1999).unwrap(),
+            vec![rest_password("north", "2000")]
+        );
+        assert_eq!(creds.passwords("2000", 2000), Err(AuthError::Expired));
+        let (username, password) = mint_rest_credential("north", "", ':', 1000, 600);
+        assert_eq!(username, "1600");
+        assert_eq!(password, rest_password("north", "1600"));
     }
 
     #[test]

@@ -42,7 +42,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The body of `GET /metrics` from the server's API.
-fn metrics(server: &Server) -> String {
+pub(crate) fn metrics(server: &Server) -> String {
     let api = server
         .api
         .unwrap_or_else(|| panic!("the ready line has no `api` address: {}", server.ready));
@@ -77,7 +77,7 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 }
 
 /// Polls `/metrics` until `name` sums to `want` or `limit` passes; returns the last sum.
-fn wait_for_metric(server: &Server, name: &str, want: f64, limit: Duration) -> f64 {
+pub(crate) fn wait_for_metric(server: &Server, name: &str, want: f64, limit: Duration) -> f64 {
     let deadline = Instant::now() + limit;
     loop {
         let value = metric_sum(&metrics(server), name);
