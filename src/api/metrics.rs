@@ -122,6 +122,7 @@ pub fn render(report: &WorkerReport) -> String {
             ("expired", stats.auth_expired),
             ("unknown_user", stats.auth_unknown_user),
             ("bad_integrity", stats.auth_bad_integrity),
+            ("bad_password_algorithm", stats.auth_bad_algorithm),
         ],
     );
     counter(

@@ -22,6 +22,9 @@ pub struct Stats {
     pub auth_expired: u64,
     pub auth_unknown_user: u64,
     pub auth_bad_integrity: u64,
+    /// 400s for a PASSWORD-ALGORITHM that is unknown or not with the offered list (RFC 8489
+    /// §9.2.4).
+    pub auth_bad_algorithm: u64,
     pub denied_peers: u64,
     pub quota_user: u64,
     pub quota_total: u64,
@@ -53,6 +56,7 @@ impl Stats {
             auth_expired,
             auth_unknown_user,
             auth_bad_integrity,
+            auth_bad_algorithm,
             denied_peers,
             quota_user,
             quota_total,
@@ -80,6 +84,7 @@ impl Stats {
         self.auth_expired += auth_expired;
         self.auth_unknown_user += auth_unknown_user;
         self.auth_bad_integrity += auth_bad_integrity;
+        self.auth_bad_algorithm += auth_bad_algorithm;
         self.denied_peers += denied_peers;
         self.quota_user += quota_user;
         self.quota_total += quota_total;

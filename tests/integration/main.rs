@@ -6,7 +6,7 @@
 //!   `../shared/harness`, installed by its `setup.sh`).
 //! * `webrtc_rs` uses the webrtc-rs `turn`/`stun` client crates.
 //! * `abuse` checks quotas, limits and hostile input.
-//! * `rfc_auth` checks REST usernames (issue 12).
+//! * `rfc_auth` checks REST usernames and RFC 8489 password algorithms (issue 12).
 //! * `daemon` checks systemd notifications, SIGHUP reload and SIGTERM.
 //! * `nat_and_redirect` checks 300 Try Alternate and relaying behind a 1:1 NAT (netns lab).
 
