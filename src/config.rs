@@ -132,6 +132,9 @@ pub struct Config {
     pub max_connections: usize,
     /// TCP and TLS client connections from one source IP (>= 1).
     pub max_connections_per_source: usize,
+    /// 401/438 challenges per second for the whole server (>= 1), beside the fixed 100 per
+    /// source IP.
+    pub max_challenges_per_sec: usize,
     pub api_listen: SocketAddr,
     /// Bearer tokens for the HTTP API; empty = no token required on loopback (and the
     /// API refuses to serve credentials beyond loopback).
@@ -213,6 +216,9 @@ impl Default for Config {
             // Enough for the clients behind one NAT (an office, a carrier-grade NAT pool);
             // low enough that one host cannot use up the whole server.
             max_connections_per_source: 64,
+            // Challenges go to unverified source addresses, so this bounds what a spoofed
+            // flood can reflect; see `DEFAULT_MAX_CHALLENGES_PER_SEC` for the numbers.
+            max_challenges_per_sec: crate::proto::server::DEFAULT_MAX_CHALLENGES_PER_SEC as usize,
             // DESIGN "Management plane": loopback, so no token is needed by default.
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_tokens: Vec::new(),
@@ -346,6 +352,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "bandwidth_per_allocation",
             "max_connections",
             "max_connections_per_source",
+            "max_challenges_per_sec",
         ],
     ),
     (
@@ -418,6 +425,7 @@ struct LimitsFile {
     bandwidth_per_allocation: u64,
     max_connections: usize,
     max_connections_per_source: usize,
+    max_challenges_per_sec: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -932,6 +940,7 @@ impl Config {
                 .then_some(limits.bandwidth_per_allocation),
             max_connections: limits.max_connections,
             max_connections_per_source: limits.max_connections_per_source,
+            max_challenges_per_sec: limits.max_challenges_per_sec,
             api_listen,
             api_tokens: unique_secrets(api.tokens),
             api_uris,
@@ -1199,6 +1208,12 @@ impl Config {
                 "limits.max_connections_per_source",
                 "--max-connections-per-source",
             ),
+            (
+                args.max_challenges_per_sec,
+                &mut self.max_challenges_per_sec,
+                "limits.max_challenges_per_sec",
+                "--max-challenges-per-sec",
+            ),
         ] {
             if let Some(value) = value {
                 scalar(Some(&value), key, flag, flags);
@@ -1387,6 +1402,12 @@ impl Config {
         if self.max_connections_per_source == 0 {
             return Err(src.error("limits.max_connections_per_source", "must be at least 1"));
         }
+        if self.max_challenges_per_sec == 0 {
+            return Err(src.error(
+                "limits.max_challenges_per_sec",
+                "must be at least 1 (clients cannot authenticate without a challenge)",
+            ));
+        }
 
         if let Some(own) = self
             .alternate_servers
@@ -1473,6 +1494,7 @@ impl Config {
                 bandwidth_per_allocation: self.bandwidth_per_allocation.unwrap_or(0),
                 max_connections: self.max_connections,
                 max_connections_per_source: self.max_connections_per_source,
+                max_challenges_per_sec: self.max_challenges_per_sec,
             },
             api: ApiFile {
                 listen: self.api_listen.to_string(),
@@ -2150,6 +2172,37 @@ mod tests {
         .to_string();
         assert!(
             e.starts_with("--max-connections-per-source 0: must be at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn challenge_cap_key_and_flag() {
+        assert_eq!(Config::default().max_challenges_per_sec, 5_000);
+        let c = load("[limits]\nmax_challenges_per_sec = 200\n").unwrap();
+        assert_eq!(c.max_challenges_per_sec, 200);
+        assert_eq!(load(&c.render_effective()).unwrap(), c);
+        let e = err("[limits]\n\nmax_challenges_per_sec = 0\n");
+        assert!(
+            e.contains("limits.max_challenges_per_sec (line 3): must be at least 1"),
+            "{e}"
+        );
+        let args = RunArgs {
+            max_challenges_per_sec: Some(7),
+            ..RunArgs::default()
+        };
+        assert_eq!(Config::load(None, &args).unwrap().max_challenges_per_sec, 7);
+        let e = Config::load(
+            None,
+            &RunArgs {
+                max_challenges_per_sec: Some(0),
+                ..RunArgs::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--max-challenges-per-sec 0: must be at least 1"),
             "{e}"
         );
     }

@@ -128,7 +128,7 @@ pub fn render(report: &WorkerReport) -> String {
     counter(
         r,
         "turnpike_challenges_suppressed",
-        "401/438 challenges not sent because the source IP exceeded its rate",
+        "401/438 challenges not sent because the source IP or the whole server exceeded its rate",
         stats.challenges_suppressed,
     );
     counter(

@@ -123,6 +123,11 @@ impl Quotas {
         self.max_per_user.store(max_per_user, Ordering::Relaxed);
     }
 
+    /// `limits.max_challenges_per_sec`: 401/438 answers per second for the whole server.
+    pub fn set_max_challenges_per_sec(&self, max: u64) {
+        self.challenges.set_max_per_second(max);
+    }
+
     /// Reserves one allocation for `user`: Err(486) over the user's quota, Err(508) over the
     /// server's.
     fn claim(&self, user: &str) -> Result<(), u16> {
@@ -300,14 +305,25 @@ impl LogBudget {
     }
 }
 
+/// Default of `limits.max_challenges_per_sec`: 401/438 answers per second for the whole
+/// server. Far above what clients need (one per new allocation, one per client every nonce
+/// lifetime: 10,000 allocations make about 17 per second), and it holds what a flood from
+/// many spoofed sources can reflect at about 5,000 × 88 bytes = 440 KB/s.
+pub const DEFAULT_MAX_CHALLENGES_PER_SEC: u64 = 5_000;
+
 /// Caps 401/438 challenges per source IP with fixed memory: counters in a table indexed by a
 /// keyed hash of the address, so no unauthenticated source adds state. A collision only makes
-/// two sources share a cap. Shared by all workers (`SO_REUSEPORT` spreads one IP's ports over
-/// them), lock-free: each slot packs `(second, count)` into one atomic word.
+/// two sources share a cap. A second counter caps them for the whole server, whatever the
+/// source. Shared by all workers (`SO_REUSEPORT` spreads one IP's ports over them), lock-free:
+/// each counter packs `(second, count)` into one atomic word.
 #[derive(Debug)]
 pub struct ChallengeLimiter {
     slots: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
+    /// Challenges this second from every source.
+    total: AtomicU64,
+    /// `limits.max_challenges_per_sec`.
+    max_total: AtomicU64,
 }
 
 impl Default for ChallengeLimiter {
@@ -315,6 +331,8 @@ impl Default for ChallengeLimiter {
         Self {
             slots: (0..Self::SLOTS).map(|_| AtomicU64::new(0)).collect(),
             hasher: Default::default(),
+            total: AtomicU64::new(0),
+            max_total: AtomicU64::new(DEFAULT_MAX_CHALLENGES_PER_SEC),
         }
     }
 }
@@ -325,11 +343,24 @@ impl ChallengeLimiter {
     /// nonce is good for every socket of its IP, but many users can share one NAT address.
     const PER_SECOND: u64 = 100;
 
+    /// A new cap for the whole server (reload).
+    pub fn set_max_per_second(&self, max: u64) {
+        self.max_total.store(max, Ordering::Relaxed);
+    }
+
+    /// Whether one more challenge to `source` fits in this second. The server-wide count is
+    /// taken only once the source's own cap let the challenge through.
     fn allow(&self, source: IpAddr, unix_now: u64) -> bool {
         use std::hash::BuildHasher;
         let slot = &self.slots[self.hasher.hash_one(source) as usize % Self::SLOTS];
         let second = unix_now & 0xFFFF_FFFF;
-        let previous = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
+        Self::take(slot, second) < Self::PER_SECOND
+            && Self::take(&self.total, second) < self.max_total.load(Ordering::Relaxed)
+    }
+
+    /// Counts one in `counter` for `second` and returns the count before it.
+    fn take(counter: &AtomicU64, second: u64) -> u64 {
+        let previous = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
             let count = if packed >> 32 == second {
                 packed & 0xFFFF_FFFF
             } else {
@@ -338,12 +369,11 @@ impl ChallengeLimiter {
             Some(second << 32 | (count + 1).min(0xFFFF_FFFF))
         });
         let packed = previous.unwrap_or_else(|p| p);
-        let before = if packed >> 32 == second {
+        if packed >> 32 == second {
             packed & 0xFFFF_FFFF
         } else {
             0
-        };
-        before < Self::PER_SECOND
+        }
     }
 }
 
@@ -680,8 +710,8 @@ impl Server {
     /// A 401 or 438 challenge, never signed, with only what RFC 8489 §9.2.4 asks for: REALM, a
     /// fresh NONCE and PASSWORD-ALGORITHMS (which the nonce cookie promises), and an ERROR-CODE
     /// without reason phrase; no FINGERPRINT or SOFTWARE. Every byte here is a byte a spoofed
-    /// request can reflect. Challenges are capped per source address; over the cap the
-    /// request is dropped (the length is 0).
+    /// request can reflect. Challenges are capped per source address and for the whole
+    /// server; over a cap the request is dropped (the length is 0).
     fn challenge(
         &mut self,
         msg: &Message<'_>,

@@ -16,7 +16,7 @@ pub struct Stats {
     /// on an unbound channel, Send without allocation or permission.
     pub dropped: u64,
     pub auth_missing: u64,
-    /// 401/438 challenges not sent because the source exceeded its rate.
+    /// 401/438 challenges not sent because the source, or the whole server, exceeded its rate.
     pub challenges_suppressed: u64,
     pub auth_stale_nonce: u64,
     pub auth_expired: u64,

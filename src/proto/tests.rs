@@ -901,6 +901,26 @@ fn password_algorithm_without_the_offered_list_or_unknown_gets_400() {
 }
 
 #[test]
+fn challenges_are_capped_for_the_whole_server() {
+    let mut h = Harness::new();
+    h.quotas.set_max_challenges_per_sec(5);
+    let allocate = request(ALLOCATE, None, udp_transport);
+    let answered = (0..20)
+        .filter(|i| {
+            let from = format!("198.51.100.{}:1", 20 + i);
+            matches!(h.send(&from, &allocate), Outcome::Reply(_))
+        })
+        .count();
+    assert_eq!(answered, 5, "20 sources, each under its own cap");
+    assert_eq!(h.server.stats.challenges_suppressed, 15);
+    h.advance(Duration::from_secs(1));
+    assert!(matches!(
+        h.send("198.51.100.99:1", &allocate),
+        Outcome::Reply(_)
+    ));
+}
+
+#[test]
 fn allocate_checks_transport_and_5tuple() {
     let mut h = Harness::new();
     let user = rest_user("bob");
