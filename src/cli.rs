@@ -136,6 +136,9 @@ pub struct RunArgs {
     /// TCP and TLS client connections per source IP (limits.max_connections_per_source).
     #[arg(long, value_name = "N")]
     pub max_connections_per_source: Option<usize>,
+    /// 401/438 challenges per second for the whole server (limits.max_challenges_per_sec).
+    #[arg(long, value_name = "N")]
+    pub max_challenges_per_sec: Option<usize>,
 
     // [api]
     /// HTTP management API address (api.listen).

@@ -162,6 +162,9 @@ pub struct Config {
     pub max_connections: usize,
     /// TCP and TLS client connections from one source IP (>= 1).
     pub max_connections_per_source: usize,
+    /// 401/438 challenges per second for the whole server (>= 1), beside the fixed 100 per
+    /// source IP.
+    pub max_challenges_per_sec: usize,
     pub api_listen: SocketAddr,
     /// Bearer tokens for the HTTP API; empty = no token required on loopback (and the
     /// API refuses to serve credentials beyond loopback).
@@ -250,6 +253,9 @@ impl Default for Config {
             // Enough for the clients behind one NAT (an office, a carrier-grade NAT pool);
             // low enough that one host cannot use up the whole server.
             max_connections_per_source: 64,
+            // Challenges go to unverified source addresses, so this bounds what a spoofed
+            // flood can reflect; see `DEFAULT_MAX_CHALLENGES_PER_SEC` for the numbers.
+            max_challenges_per_sec: crate::proto::server::DEFAULT_MAX_CHALLENGES_PER_SEC as usize,
             // DESIGN "Management plane": loopback, so no token is needed by default.
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_tokens: Vec::new(),
@@ -393,6 +399,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "bandwidth_per_allocation",
             "max_connections",
             "max_connections_per_source",
+            "max_challenges_per_sec",
         ],
     ),
     (
@@ -468,6 +475,7 @@ struct LimitsFile {
     bandwidth_per_allocation: u64,
     max_connections: usize,
     max_connections_per_source: usize,
+    max_challenges_per_sec: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -985,6 +993,7 @@ impl Config {
                 .then_some(limits.bandwidth_per_allocation),
             max_connections: limits.max_connections,
             max_connections_per_source: limits.max_connections_per_source,
+            max_challenges_per_sec: limits.max_challenges_per_sec,
             api_listen,
             api_tokens: unique_secrets(api.tokens),
             api_uris,
@@ -1255,6 +1264,12 @@ impl Config {
                 "limits.max_connections_per_source",
                 "--max-connections-per-source",
             ),
+            (
+                args.max_challenges_per_sec,
+                &mut self.max_challenges_per_sec,
+                "limits.max_challenges_per_sec",
+                "--max-challenges-per-sec",
+            ),
         ] {
             if let Some(value) = value {
                 scalar(Some(&value), key, flag, flags);
@@ -1489,7 +1504,7 @@ impl Config {
         const SECONDS: &str = " seconds";
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         let (min_port, max_port) = (*self.port_range.start(), *self.port_range.end());
-        let checks: [(&str, u64, RangeInclusive<u64>, &str); 17] = [
+        let checks: [(&str, u64, RangeInclusive<u64>, &str); 18] = [
             (
                 "server.workers",
                 count(self.workers),
@@ -1561,6 +1576,12 @@ impl Config {
             (
                 "limits.max_connections_per_source",
                 count(self.max_connections_per_source),
+                1..=count(MAX_COUNT),
+                "",
+            ),
+            (
+                "limits.max_challenges_per_sec",
+                count(self.max_challenges_per_sec),
                 1..=count(MAX_COUNT),
                 "",
             ),
@@ -1659,6 +1680,7 @@ impl Config {
                 bandwidth_per_allocation: self.bandwidth_per_allocation.unwrap_or(0),
                 max_connections: self.max_connections,
                 max_connections_per_source: self.max_connections_per_source,
+                max_challenges_per_sec: self.max_challenges_per_sec,
             },
             api: ApiFile {
                 listen: self.api_listen.to_string(),
@@ -2549,6 +2571,37 @@ mod tests {
         .to_string();
         assert!(
             e.starts_with("--api-request-timeout-secs 0: must be 1 to 3600 seconds"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn challenge_cap_key_and_flag() {
+        assert_eq!(Config::default().max_challenges_per_sec, 5_000);
+        let c = load("[limits]\nmax_challenges_per_sec = 200\n").unwrap();
+        assert_eq!(c.max_challenges_per_sec, 200);
+        assert_eq!(load(&c.render_effective()).unwrap(), c);
+        let e = err("[limits]\n\nmax_challenges_per_sec = 0\n");
+        assert!(
+            e.contains("limits.max_challenges_per_sec (line 3): must be 1 to 1000000 (got 0)"),
+            "{e}"
+        );
+        let args = RunArgs {
+            max_challenges_per_sec: Some(7),
+            ..RunArgs::default()
+        };
+        assert_eq!(Config::load(None, &args).unwrap().max_challenges_per_sec, 7);
+        let e = Config::load(
+            None,
+            &RunArgs {
+                max_challenges_per_sec: Some(0),
+                ..RunArgs::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--max-challenges-per-sec 0: must be 1 to 1000000"),
             "{e}"
         );
     }

@@ -148,6 +148,8 @@ impl Running {
         };
         self.quotas
             .set_limits(config.max_allocations, config.max_allocations_per_user);
+        self.quotas
+            .set_max_challenges_per_sec(config.max_challenges_per_sec as u64);
         *self
             .shared
             .settings
@@ -301,6 +303,7 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         config.max_allocations,
         config.max_allocations_per_user,
     ));
+    quotas.set_max_challenges_per_sec(config.max_challenges_per_sec as u64);
     let shared = Arc::new(WorkerShared {
         shutdown: Default::default(),
         reservations: Default::default(),

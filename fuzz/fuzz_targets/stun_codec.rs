@@ -11,6 +11,7 @@ use stun_types::attribute::{
 };
 use stun_types::message::ShortTermCredentials;
 use turn_types::attribute::{AddressErrorCode, ConnectionId, Icmp};
+use turnpike::proto::auth::{self, LongTermKey};
 use turnpike::proto::wire::{self, *};
 
 /// Calls every getter of every attribute type we know; the values are discarded.
@@ -146,6 +147,16 @@ fuzz_target!(|data: &[u8]| {
     let _ = msg.validate_integrity(&long);
     let short: MessageIntegrityCredentials = ShortTermCredentials::new("secret".into()).into();
     let _ = msg.validate_integrity(&short);
+    // And turnpike's own check with both long-term keys (RFC 8489 §9.2.2, §18.5.1).
+    let md5 = LongTermKey::new(auth::PasswordAlgorithm::Md5, "alice", "turnpike", "wonderland");
+    let sha256 = LongTermKey::new(
+        auth::PasswordAlgorithm::Sha256,
+        "alice",
+        "turnpike",
+        "wonderland",
+    );
+    let _ = wire::verify_integrity(&msg, md5.as_ref());
+    let _ = wire::verify_integrity(&msg, sha256.as_ref());
     // Every reply is written with `wire::Response` into a buffer of len + 512 bytes.
     let mut out = vec![0u8; data.len() + 512];
     let code = 300 + u16::from(data[data.len() - 1]) % 300;
@@ -160,11 +171,24 @@ fuzz_target!(|data: &[u8]| {
         response.add(&UnknownAttributes::new(&unknown));
     }
     response.add_software(Some("turnpike"));
-    let len = response.finish_signed(&long, IntegrityAlgorithm::Sha1);
+    // Signed as the server signs: MESSAGE-INTEGRITY with the MD5 key, or (a negotiated
+    // algorithm) MESSAGE-INTEGRITY-SHA256.
+    let sign_sha256 = data[0] & 1 == 1;
+    let (key, algorithm) = if sign_sha256 {
+        (&sha256, IntegrityAlgorithm::Sha256)
+    } else {
+        (&md5, IntegrityAlgorithm::Sha1)
+    };
+    let len = response.finish_signed(key, algorithm);
     let reply = wire::parse_stun(&out[..len]).expect("our own reply parses");
     assert_eq!(reply.transaction_id(), msg.transaction_id());
-    assert!(
-        reply.validate_integrity(&long).is_ok(),
+    assert_eq!(
+        wire::verify_integrity(&reply, key.as_ref()),
+        Some(algorithm),
         "our own reply validates"
     );
+    if !sign_sha256 {
+        // The MD5-keyed MESSAGE-INTEGRITY is what stun-types computes too.
+        assert!(reply.validate_integrity(&long).is_ok(), "stun-types validates it");
+    }
 });

@@ -128,12 +128,13 @@ pub fn render(report: &WorkerReport) -> String {
             ("expired", stats.auth_expired),
             ("unknown_user", stats.auth_unknown_user),
             ("bad_integrity", stats.auth_bad_integrity),
+            ("bad_password_algorithm", stats.auth_bad_algorithm),
         ],
     );
     counter(
         r,
         "turnpike_challenges_suppressed",
-        "401/438 challenges not sent because the source IP exceeded its rate",
+        "401/438 challenges not sent because the source IP or the whole server exceeded its rate",
         stats.challenges_suppressed,
     );
     counter(

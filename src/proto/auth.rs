@@ -1,5 +1,6 @@
-//! Long-term credentials (RFC 8489 §9.2), TURN REST API time-limited credentials
-//! (draft-uberti-behave-turn-rest-00) and stateless nonces.
+//! Long-term credentials (RFC 8489 §9.2) with the MD5 and SHA-256 password algorithms
+//! (§9.2.2, §18.5.1), TURN REST API time-limited credentials
+//! (draft-uberti-behave-turn-rest-00) and stateless nonces carrying the nonce cookie (§9.2).
 //!
 //! Nothing here reads the clock: the current Unix time is passed in. Nothing here keeps
 //! per-client state: a nonce carries its own issue time and a MAC over the client address, so
@@ -9,8 +10,9 @@ use std::net::SocketAddr;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use md5::Md5;
 use sha1::Sha1;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// A shared secret or password whose `Debug` output never shows the value.
@@ -50,7 +52,7 @@ pub struct Credentials {
 
 impl Credentials {
     /// Candidate passwords for `username` at `unix_now`: one per REST secret, or the static
-    /// user's password. REST usernames are `expiry<sep>user` or `user<sep>expiry`.
+    /// user's password. REST usernames are `expiry`, `expiry<sep>user` or `user<sep>expiry`.
     pub fn passwords(&self, username: &str, unix_now: u64) -> Result<Vec<String>, AuthError> {
         if let Some(expiry) = rest_expiry(username, self.separator) {
             if expiry <= unix_now {
@@ -72,13 +74,24 @@ impl Credentials {
             .ok_or(AuthError::UnknownUser)
     }
 
-    /// The user name to count quotas against: the user part of a REST username.
+    /// The user name to count quotas against: the user part of a REST username, or the whole
+    /// username when it has none (`expiry` alone: every holder of that credential shares it).
     pub fn quota_key<'a>(&self, username: &'a str) -> &'a str {
-        match username.split_once(self.separator) {
+        let user = match username.split_once(self.separator) {
             Some((a, b)) if is_digits(a) => b,
             Some((a, b)) if is_digits(b) => a,
             _ => username,
+        };
+        if user.is_empty() {
+            username
+        } else {
+            user
         }
+    }
+
+    /// Whether `username` has the REST form for this server's separator.
+    pub fn is_rest_username(&self, username: &str) -> bool {
+        is_rest_username(username, self.separator)
     }
 }
 
@@ -86,17 +99,27 @@ fn is_digits(s: &str) -> bool {
     !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The expiry of a REST username, accepting both `expiry:user` and `user:expiry`.
+/// The expiry of a REST username: `expiry` alone (the user part is optional in
+/// draft-uberti-behave-turn-rest-00 §2.2; `turnutils_uclient -W` without `-u` and the pion and
+/// webrtc-rs credential helpers send it), `expiry<sep>user` or `user<sep>expiry`. Only
+/// `separator` separates: unlike coturn, whose `atol()` also reads `1767225600_bob` as
+/// expiry 1767225600 when the separator is `:`, turnpike takes that for a static user name.
 pub fn rest_expiry(username: &str, separator: char) -> Option<u64> {
-    let (a, b) = username.split_once(separator)?;
-    let field = if is_digits(a) {
-        a
-    } else if is_digits(b) {
-        b
-    } else {
-        return None;
+    let field = match username.split_once(separator) {
+        None => username,
+        Some((a, _)) if is_digits(a) => a,
+        Some((_, b)) => b,
     };
+    if !is_digits(field) {
+        return None;
+    }
     field.parse().ok()
+}
+
+/// Whether `username` has the form of a REST username (see [`rest_expiry`]). Such a name is
+/// never looked up as a static user while a REST secret is configured.
+pub fn is_rest_username(username: &str, separator: char) -> bool {
+    rest_expiry(username, separator).is_some()
 }
 
 /// `base64(HMAC-SHA1(secret, username))`, the REST API password.
@@ -107,7 +130,8 @@ pub fn rest_password(secret: &str, username: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// A REST username and password valid for `ttl_secs` from `unix_now`.
+/// A REST username and password valid for `ttl_secs` from `unix_now`; an empty `user` gives
+/// the timestamp-only form.
 pub fn mint_rest_credential(
     secret: &str,
     user: &str,
@@ -115,14 +139,100 @@ pub fn mint_rest_credential(
     unix_now: u64,
     ttl_secs: u64,
 ) -> (String, String) {
-    let username = format!("{}{separator}{user}", unix_now.saturating_add(ttl_secs));
+    let expiry = unix_now.saturating_add(ttl_secs);
+    let username = if user.is_empty() {
+        expiry.to_string()
+    } else {
+        format!("{expiry}{separator}{user}")
+    };
     let password = rest_password(secret, &username);
     (username, password)
 }
 
-/// Issues and checks stateless nonces: base64url of the issue time (4 bytes, Unix seconds)
-/// followed by 8 bytes of HMAC-SHA256(key, time || client IP), 16 characters in all,
-/// kept short because every 401 carries one to an unauthenticated source.
+/// A password algorithm (RFC 8489 §18.5): how the long-term key is derived from the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordAlgorithm {
+    /// 0x0001, and the algorithm of a request that names none (§9.2.2).
+    Md5,
+    /// 0x0002 (§18.5.1.2).
+    Sha256,
+}
+
+impl PasswordAlgorithm {
+    /// What turnpike lists in PASSWORD-ALGORITHMS, in its order of preference (§9.2.4).
+    pub const OFFERED: [PasswordAlgorithm; 2] = [PasswordAlgorithm::Sha256, PasswordAlgorithm::Md5];
+
+    /// The number in the STUN Password Algorithms registry.
+    pub const fn number(self) -> u16 {
+        match self {
+            PasswordAlgorithm::Md5 => 0x0001,
+            PasswordAlgorithm::Sha256 => 0x0002,
+        }
+    }
+
+    pub fn from_number(number: u16) -> Option<Self> {
+        Self::OFFERED.into_iter().find(|a| a.number() == number)
+    }
+}
+
+/// The long-term credential key (RFC 8489 §9.2.2, §18.5.1): the hash of
+/// `username ":" realm ":" password`, 16 bytes with MD5, 32 with SHA-256. OpaqueString (RFC
+/// 8265) is not applied: names and passwords are hashed as the UTF-8 bytes configured or
+/// received, as coturn does, which is the same thing for ASCII.
+#[derive(Clone, PartialEq, Eq)]
+pub enum LongTermKey {
+    Md5([u8; 16]),
+    Sha256([u8; 32]),
+}
+
+impl LongTermKey {
+    pub fn new(algorithm: PasswordAlgorithm, username: &str, realm: &str, password: &str) -> Self {
+        fn hash<D: Digest>(username: &str, realm: &str, password: &str) -> D {
+            let mut digest = D::new();
+            for part in [username, ":", realm, ":", password] {
+                digest.update(part.as_bytes());
+            }
+            digest
+        }
+        match algorithm {
+            PasswordAlgorithm::Md5 => {
+                LongTermKey::Md5(hash::<Md5>(username, realm, password).finalize().into())
+            }
+            PasswordAlgorithm::Sha256 => {
+                LongTermKey::Sha256(hash::<Sha256>(username, realm, password).finalize().into())
+            }
+        }
+    }
+}
+
+impl AsRef<[u8]> for LongTermKey {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            LongTermKey::Md5(key) => key,
+            LongTermKey::Sha256(key) => key,
+        }
+    }
+}
+
+impl std::fmt::Debug for LongTermKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LongTermKey(<redacted>)")
+    }
+}
+
+/// The nonce cookie every nonce starts with (RFC 8489 §9.2): "obMatJos2" and the base64 of
+/// the 24 STUN Security Feature bits. turnpike sets only "Password algorithms" (bit 0, §18.1),
+/// so every 401 and 438 must carry PASSWORD-ALGORITHMS (§9.2.5). Bit 0 is the least
+/// significant bit of the three bytes (verified erratum 6290 to §18.1; §9.2's own text says
+/// the most significant), which gives 00 00 01, "AAAB", as libjuice sends it. "Username
+/// anonymity" (USERHASH) is not offered.
+pub const NONCE_COOKIE: &str = "obMatJos2AAAB";
+
+/// Issues and checks stateless nonces: [`NONCE_COOKIE`], then base64url of the issue time
+/// (4 bytes, Unix seconds) and 4 bytes of HMAC-SHA256(key, time || client IP), 24 characters
+/// in all, kept short because every 401 carries one to an unauthenticated source. Four MAC
+/// bytes are enough: a forged nonce gets nothing a real one would not (anyone can ask for
+/// one), and the answer to a guess sent from a spoofed address goes to that address.
 #[derive(Clone)]
 pub struct NonceKey {
     key: [u8; 32],
@@ -142,12 +252,17 @@ pub enum NonceCheck {
     Stale,
 }
 
+const NONCE_MAC_LEN: usize = 4;
+const NONCE_RAW_LEN: usize = 4 + NONCE_MAC_LEN;
+/// Base64 without padding of [`NONCE_RAW_LEN`] bytes.
+const NONCE_TAIL_LEN: usize = (NONCE_RAW_LEN * 4).div_ceil(3);
+
 impl NonceKey {
     pub fn new(key: [u8; 32]) -> Self {
         Self { key }
     }
 
-    fn mac(&self, issued: u32, client: SocketAddr) -> [u8; 8] {
+    fn mac(&self, issued: u32, client: SocketAddr) -> [u8; NONCE_MAC_LEN] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
             .expect("HMAC accepts keys of any length");
         mac.update(&issued.to_be_bytes());
@@ -156,17 +271,20 @@ impl NonceKey {
             SocketAddr::V6(a) => mac.update(&a.ip().octets()),
         }
         let full = mac.finalize().into_bytes();
-        let mut out = [0; 8];
-        out.copy_from_slice(&full[..8]);
+        let mut out = [0; NONCE_MAC_LEN];
+        out.copy_from_slice(&full[..NONCE_MAC_LEN]);
         out
     }
 
     pub fn issue(&self, client: SocketAddr, unix_now: u64) -> String {
         let issued = unix_now as u32;
-        let mut raw = [0u8; 12];
+        let mut raw = [0u8; NONCE_RAW_LEN];
         raw[..4].copy_from_slice(&issued.to_be_bytes());
         raw[4..].copy_from_slice(&self.mac(issued, client));
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        let mut nonce = String::with_capacity(NONCE_COOKIE.len() + NONCE_TAIL_LEN);
+        nonce.push_str(NONCE_COOKIE);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(raw, &mut nonce);
+        nonce
     }
 
     pub fn check(
@@ -176,13 +294,21 @@ impl NonceKey {
         unix_now: u64,
         lifetime_secs: u64,
     ) -> NonceCheck {
-        let mut raw = [0u8; 12];
+        // One byte of room: the decoder wants space for a whole final 3-byte group.
+        let mut raw = [0u8; NONCE_RAW_LEN + 1];
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        if nonce.len() != 16 || engine.decode_slice(nonce, &mut raw) != Ok(12) {
+        let Some(tail) = nonce.strip_prefix(NONCE_COOKIE) else {
+            return NonceCheck::Stale;
+        };
+        if tail.len() != NONCE_TAIL_LEN || engine.decode_slice(tail, &mut raw) != Ok(NONCE_RAW_LEN)
+        {
             return NonceCheck::Stale;
         }
         let issued = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
-        let genuine: bool = self.mac(issued, client).ct_eq(&raw[4..]).into();
+        let genuine: bool = self
+            .mac(issued, client)
+            .ct_eq(&raw[4..NONCE_RAW_LEN])
+            .into();
         // A nonce from the future is forged or from a clock that jumped; either way refresh it.
         let issued = u64::from(issued);
         let fresh = issued <= unix_now && unix_now - issued < lifetime_secs;
@@ -216,15 +342,72 @@ mod tests {
     }
 
     #[test]
-    fn rest_username_accepts_both_orders() {
+    fn rest_username_accepts_both_orders_and_the_timestamp_alone() {
         assert_eq!(rest_expiry("1266890800:alice", ':'), Some(1266890800));
         assert_eq!(rest_expiry("alice:1266890800", ':'), Some(1266890800));
         assert_eq!(rest_expiry("alice|1266890800", '|'), Some(1266890800));
+        assert_eq!(rest_expiry("1266890800", ':'), Some(1266890800));
+        assert_eq!(rest_expiry("1266890800:", ':'), Some(1266890800));
+        assert_eq!(rest_expiry(":1266890800", ':'), Some(1266890800));
         assert_eq!(rest_expiry("alice:bob", ':'), None);
         assert_eq!(rest_expiry("alice", ':'), None);
+        assert_eq!(rest_expiry("", ':'), None);
+        assert_eq!(rest_expiry(":", ':'), None);
+        // Only the configured separator separates (coturn's atol() would read 1266890800).
+        assert_eq!(rest_expiry("1266890800_alice", ':'), None);
+        assert_eq!(rest_expiry("1266890800alice", ':'), None);
+        // More digits than any u64 holds is not a timestamp.
+        assert_eq!(rest_expiry("123456789012345678901", ':'), None);
+        assert!(is_rest_username("1266890800", ':'));
+        assert!(!is_rest_username("alice", ':'));
         let creds = rest(&["s"]);
+        assert!(creds.is_rest_username("alice:1266890800"));
         assert_eq!(creds.quota_key("1266890800:alice"), "alice");
         assert_eq!(creds.quota_key("alice:1266890800"), "alice");
+        // No user part: the credential itself is the quota key.
+        assert_eq!(creds.quota_key("1266890800"), "1266890800");
+        assert_eq!(creds.quota_key(":1266890800"), ":1266890800");
+    }
+
+    #[test]
+    fn timestamp_only_username_verifies_with_the_rest_password_and_expires() {
+        let creds = rest(&["north"]);
+        assert_eq!(
+            creds.passwords("2000", 1999).unwrap(),
+            vec![rest_password("north", "2000")]
+        );
+        assert_eq!(creds.passwords("2000", 2000), Err(AuthError::Expired));
+        let (username, password) = mint_rest_credential("north", "", ':', 1000, 600);
+        assert_eq!(username, "1600");
+        assert_eq!(password, rest_password("north", "1600"));
+    }
+
+    #[test]
+    fn long_term_keys_match_rfc_8489() {
+        // RFC 8489 §9.2.2: MD5("user:realm:pass").
+        let md5 = LongTermKey::new(PasswordAlgorithm::Md5, "user", "realm", "pass");
+        assert_eq!(
+            md5.as_ref(),
+            [
+                0x84, 0x93, 0xfb, 0xc5, 0x3b, 0xa5, 0x82, 0xfb, 0x4c, 0x04, 0x4c, 0x45, 0x6b, 0xdc,
+                0x40, 0xeb
+            ]
+        );
+        let sha256 = LongTermKey::new(PasswordAlgorithm::Sha256, "user", "realm", "pass");
+        assert_eq!(
+            sha256.as_ref(),
+            Sha256::digest(b"user:realm:pass").as_slice()
+        );
+        assert_eq!(format!("{md5:?}"), "LongTermKey(<redacted>)");
+        assert_eq!(
+            PasswordAlgorithm::from_number(1),
+            Some(PasswordAlgorithm::Md5)
+        );
+        assert_eq!(
+            PasswordAlgorithm::from_number(2),
+            Some(PasswordAlgorithm::Sha256)
+        );
+        assert_eq!(PasswordAlgorithm::from_number(3), None);
     }
 
     #[test]
@@ -262,7 +445,8 @@ mod tests {
         let same_ip: SocketAddr = "192.0.2.1:1001".parse().unwrap();
         let b: SocketAddr = "192.0.2.2:1000".parse().unwrap();
         let nonce = key.issue(a, 5000);
-        assert_eq!(nonce.len(), 16);
+        assert_eq!(nonce.len(), 24);
+        assert!(nonce.starts_with("obMatJos2AAAB"), "{nonce}");
         assert_eq!(key.check(&nonce, a, 5000, 600), NonceCheck::Valid);
         assert_eq!(key.check(&nonce, a, 5599, 600), NonceCheck::Valid);
         assert_eq!(key.check(&nonce, a, 5600, 600), NonceCheck::Stale);
@@ -271,8 +455,12 @@ mod tests {
         assert_eq!(key.check(&nonce, same_ip, 5000, 600), NonceCheck::Valid);
         assert_eq!(key.check(&nonce, a, 4999, 600), NonceCheck::Stale);
         assert_eq!(key.check("garbage", a, 5000, 600), NonceCheck::Stale);
-        let forged = format!("{}AAAAAAAAAA", &nonce[..6]);
+        let forged = format!("{}AAAAAA", &nonce[..18]);
         assert_eq!(key.check(&forged, a, 5000, 600), NonceCheck::Stale);
+        // The same time and MAC without the cookie, or behind another cookie, are not ours.
+        assert_eq!(key.check(&nonce[13..], a, 5000, 600), NonceCheck::Stale);
+        let other_cookie = format!("obMatJos2AAAA{}", &nonce[13..]);
+        assert_eq!(key.check(&other_cookie, a, 5000, 600), NonceCheck::Stale);
         assert_eq!(
             NonceKey::new([8; 32]).check(&nonce, a, 5000, 600),
             NonceCheck::Stale

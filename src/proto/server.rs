@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::allocation::{Allocation, BindError, Direction, RelayAddress, TokenBucket};
-use super::auth::{AuthError, Credentials, NonceCheck, NonceKey};
+use super::auth::{
+    AuthError, Credentials, LongTermKey, NonceCheck, NonceKey, PasswordAlgorithm, NONCE_COOKIE,
+};
 use super::peer_filter::PeerFilter;
 use super::stats::Stats;
 use super::wire::{self, *};
@@ -126,6 +128,11 @@ impl Quotas {
     pub fn set_limits(&self, max_total: usize, max_per_user: usize) {
         self.max_total.store(max_total, Ordering::Relaxed);
         self.max_per_user.store(max_per_user, Ordering::Relaxed);
+    }
+
+    /// `limits.max_challenges_per_sec`: 401/438 answers per second for the whole server.
+    pub fn set_max_challenges_per_sec(&self, max: u64) {
+        self.challenges.set_max_per_second(max);
     }
 
     /// Reserves one allocation for `user`: Err(486) over the user's quota, Err(508) over the
@@ -257,6 +264,31 @@ fn unknown_required<'m>(
         .filter(|t| t.comprehension_required() && !known.contains(t))
 }
 
+/// The password algorithm a request negotiated (RFC 8489 §9.2.4). Our nonces carry the
+/// "Password algorithms" bit, so a request that names one must also echo PASSWORD-ALGORITHMS
+/// exactly as the challenge listed them (the bid-down protection of §9.2.1) and pick one of
+/// them; `Err` means 400. `Ok(None)`: neither attribute, so MD5. A nonce without our cookie
+/// is not ours and will be stale; its attributes are not looked at.
+fn negotiated_algorithm(msg: &Message<'_>, nonce: &str) -> Result<Option<PasswordAlgorithm>, ()> {
+    if !nonce.starts_with(NONCE_COOKIE) {
+        return Ok(None);
+    }
+    let offered = wire::password_algorithms_value(PasswordAlgorithm::OFFERED.map(|a| a.number()));
+    match (
+        msg.raw_attribute(wire::PASSWORD_ALGORITHMS),
+        msg.raw_attribute(wire::PASSWORD_ALGORITHM),
+    ) {
+        (None, None) => Ok(None),
+        (Some(list), Some(chosen)) if list.value.as_ref() == offered.as_flattened() => {
+            wire::password_algorithm_number(&chosen.value)
+                .and_then(PasswordAlgorithm::from_number)
+                .map(Some)
+                .ok_or(())
+        }
+        _ => Err(()),
+    }
+}
+
 /// Lets one warning of a kind through per interval and counts the ones it holds back, so a
 /// flood of bad requests cannot flood the log.
 #[derive(Debug, Default)]
@@ -279,14 +311,25 @@ impl LogBudget {
     }
 }
 
+/// Default of `limits.max_challenges_per_sec`: 401/438 answers per second for the whole
+/// server. Far above what clients need (one per new allocation, one per client every nonce
+/// lifetime: 10,000 allocations make about 17 per second), and it holds what a flood from
+/// many spoofed sources can reflect at about 5,000 × 88 bytes = 440 KB/s.
+pub const DEFAULT_MAX_CHALLENGES_PER_SEC: u64 = 5_000;
+
 /// Caps 401/438 challenges per source IP with fixed memory: counters in a table indexed by a
 /// keyed hash of the address, so no unauthenticated source adds state. A collision only makes
-/// two sources share a cap. Shared by all workers (`SO_REUSEPORT` spreads one IP's ports over
-/// them), lock-free: each slot packs `(second, count)` into one atomic word.
+/// two sources share a cap. A second counter caps them for the whole server, whatever the
+/// source. Shared by all workers (`SO_REUSEPORT` spreads one IP's ports over them), lock-free:
+/// each counter packs `(second, count)` into one atomic word.
 #[derive(Debug)]
 pub struct ChallengeLimiter {
     slots: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
+    /// Challenges this second from every source.
+    total: AtomicU64,
+    /// `limits.max_challenges_per_sec`.
+    max_total: AtomicU64,
 }
 
 impl Default for ChallengeLimiter {
@@ -294,6 +337,8 @@ impl Default for ChallengeLimiter {
         Self {
             slots: (0..Self::SLOTS).map(|_| AtomicU64::new(0)).collect(),
             hasher: Default::default(),
+            total: AtomicU64::new(0),
+            max_total: AtomicU64::new(DEFAULT_MAX_CHALLENGES_PER_SEC),
         }
     }
 }
@@ -304,11 +349,24 @@ impl ChallengeLimiter {
     /// nonce is good for every socket of its IP, but many users can share one NAT address.
     const PER_SECOND: u64 = 100;
 
+    /// A new cap for the whole server (reload).
+    pub fn set_max_per_second(&self, max: u64) {
+        self.max_total.store(max, Ordering::Relaxed);
+    }
+
+    /// Whether one more challenge to `source` fits in this second. The server-wide count is
+    /// taken only once the source's own cap let the challenge through.
     fn allow(&self, source: IpAddr, unix_now: u64) -> bool {
         use std::hash::BuildHasher;
         let slot = &self.slots[self.hasher.hash_one(source) as usize % Self::SLOTS];
         let second = unix_now & 0xFFFF_FFFF;
-        let previous = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
+        Self::take(slot, second) < Self::PER_SECOND
+            && Self::take(&self.total, second) < self.max_total.load(Ordering::Relaxed)
+    }
+
+    /// Counts one in `counter` for `second` and returns the count before it.
+    fn take(counter: &AtomicU64, second: u64) -> u64 {
+        let previous = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
             let count = if packed >> 32 == second {
                 packed & 0xFFFF_FFFF
             } else {
@@ -317,29 +375,31 @@ impl ChallengeLimiter {
             Some(second << 32 | (count + 1).min(0xFFFF_FFFF))
         });
         let packed = previous.unwrap_or_else(|p| p);
-        let before = if packed >> 32 == second {
+        if packed >> 32 == second {
             packed & 0xFFFF_FFFF
         } else {
             0
-        };
-        before < Self::PER_SECOND
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 struct Authenticated {
     username: String,
-    credentials: MessageIntegrityCredentials,
+    /// The key the request verified with; responses are signed with it.
+    credentials: LongTermKey,
+    /// The integrity attribute responses carry (RFC 8489 §9.2.4).
     algorithm: IntegrityAlgorithm,
 }
 
 /// Attributes a TURN request may carry without a 420 (RFC 8656 §18, RFC 8489 §14).
-const TURN_ATTRIBUTES: [AttributeType; 16] = [
+const TURN_ATTRIBUTES: [AttributeType; 17] = [
     Username::TYPE,
     Realm::TYPE,
     Nonce::TYPE,
     MessageIntegrity::TYPE,
     MessageIntegritySha256::TYPE,
+    wire::PASSWORD_ALGORITHM,
     Fingerprint::TYPE,
     Lifetime::TYPE,
     RequestedTransport::TYPE,
@@ -354,19 +414,20 @@ const TURN_ATTRIBUTES: [AttributeType; 16] = [
 ];
 
 /// Attributes a Binding request may carry without a 420.
-const BINDING_ATTRIBUTES: [AttributeType; 9] = [
+const BINDING_ATTRIBUTES: [AttributeType; 10] = [
     Username::TYPE,
     Realm::TYPE,
     Nonce::TYPE,
     MessageIntegrity::TYPE,
     MessageIntegritySha256::TYPE,
+    wire::PASSWORD_ALGORITHM,
     Fingerprint::TYPE,
     wire::PRIORITY,
     wire::USE_CANDIDATE,
     wire::CHANGE_REQUEST,
 ];
 
-use stun_types::attribute::{Attribute, AttributeStaticType};
+use stun_types::attribute::{Attribute, AttributeStaticType, RawAttribute};
 
 pub struct Server {
     config: Arc<ServerConfig>,
@@ -586,9 +647,10 @@ impl Server {
         let mut response = Response::success(BINDING, msg.transaction_id(), out);
         response.add(&XorMappedAddress::new(tuple.client, msg.transaction_id()));
         response.add_mapped_address(tuple.client);
-        // No SOFTWARE here or in other unauthenticated answers: it would only make the
-        // server a better reflector (DESIGN "no response much larger than the request").
-        ClientAction::Reply(response.finish())
+        // No SOFTWARE here or in other unauthenticated answers, and FINGERPRINT only for a
+        // request that has one: they would only make the server a better reflector (DESIGN
+        // "no response much larger than the request").
+        ClientAction::Reply(response.finish_with_fingerprint(msg.has_attribute(Fingerprint::TYPE)))
     }
 
     /// 420 with UNKNOWN-ATTRIBUTES if the request carries comprehension-required attributes
@@ -618,7 +680,7 @@ impl Server {
             out,
         );
         response.add(&UnknownAttributes::new(&unknown));
-        Some(self.finish(response, auth))
+        Some(self.finish(msg, response, auth))
     }
 
     /// An error response, signed when the request authenticated (RFC 8489 §9.2.4).
@@ -632,23 +694,31 @@ impl Server {
         self.stats.errors.record(code);
         tracing::debug!(method = %msg.method(), code, "error response");
         let response = Response::error(msg.method(), msg.transaction_id(), code, out);
-        self.finish(response, auth)
+        self.finish(msg, response, auth)
     }
 
     /// Signs a response to an authenticated request (adding SOFTWARE, which only
-    /// authenticated clients get); otherwise just adds FINGERPRINT.
-    fn finish(&self, mut response: Response<'_>, auth: Option<&Authenticated>) -> usize {
+    /// authenticated clients get); otherwise adds FINGERPRINT if the request has one.
+    fn finish(
+        &self,
+        msg: &Message<'_>,
+        mut response: Response<'_>,
+        auth: Option<&Authenticated>,
+    ) -> usize {
         match auth {
             Some(auth) => {
                 response.add_software(self.config.software.as_deref());
                 response.finish_signed(&auth.credentials, auth.algorithm)
             }
-            None => response.finish(),
+            None => response.finish_with_fingerprint(msg.has_attribute(Fingerprint::TYPE)),
         }
     }
 
-    /// A 401 or 438 challenge carrying REALM and a fresh NONCE, never signed. Challenges are
-    /// capped per source address; over the cap the request is dropped (the length is 0).
+    /// A 401 or 438 challenge, never signed, with only what RFC 8489 §9.2.4 asks for: REALM, a
+    /// fresh NONCE and PASSWORD-ALGORITHMS (which the nonce cookie promises), and an ERROR-CODE
+    /// without reason phrase; no FINGERPRINT or SOFTWARE. Every byte here is a byte a spoofed
+    /// request can reflect. Challenges are capped per source address and for the whole
+    /// server; over a cap the request is dropped (the length is 0).
     fn challenge(
         &mut self,
         msg: &Message<'_>,
@@ -662,7 +732,8 @@ impl Server {
             return 0;
         }
         self.stats.errors.record(code);
-        let mut response = Response::error(msg.method(), msg.transaction_id(), code, out);
+        let mut response =
+            Response::error_with_reason(msg.method(), msg.transaction_id(), code, Some(""), out);
         if let Ok(realm) = Realm::new(&self.config.realm) {
             response.add(&realm);
         }
@@ -670,10 +741,18 @@ impl Server {
         if let Ok(nonce) = Nonce::new(&nonce) {
             response.add(&nonce);
         }
-        response.finish()
+        let offered =
+            wire::password_algorithms_value(PasswordAlgorithm::OFFERED.map(|a| a.number()));
+        response.add(&RawAttribute::new(
+            wire::PASSWORD_ALGORITHMS,
+            offered.as_flattened(),
+        ));
+        response.finish_with_fingerprint(false)
     }
 
-    /// RFC 8489 §9.2.4 steps, in order. On failure returns the length of the reply to send.
+    /// RFC 8489 §9.2.4 steps, in order, except that the nonce is checked before the username
+    /// and integrity (as RFC 5389 ordered them): a stale or forged nonce costs no HMAC. On
+    /// failure returns the length of the reply to send.
     fn authenticate(
         &mut self,
         msg: &Message<'_>,
@@ -692,6 +771,11 @@ impl Server {
             msg.attribute::<Realm>(),
             msg.attribute::<Nonce>(),
         ) else {
+            return Err(self.error(msg, ErrorCode::BAD_REQUEST, None, out));
+        };
+        let Ok(password_algorithm) = negotiated_algorithm(msg, nonce.nonce()) else {
+            self.stats.auth_bad_algorithm += 1;
+            tracing::debug!(client = %tuple.client, "password algorithm negotiation failed (400)");
             return Err(self.error(msg, ErrorCode::BAD_REQUEST, None, out));
         };
         let lifetime = self.config.nonce_lifetime.as_secs();
@@ -720,11 +804,17 @@ impl Server {
                 return Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out));
             }
         };
+        // §9.2.4: without PASSWORD-ALGORITHM the key is MD5's, whichever integrity attribute
+        // carries it, and responses carry MESSAGE-INTEGRITY; once an algorithm was negotiated
+        // they carry MESSAGE-INTEGRITY-SHA256.
+        let (key_algorithm, algorithm) = match password_algorithm {
+            None => (PasswordAlgorithm::Md5, IntegrityAlgorithm::Sha1),
+            Some(negotiated) => (negotiated, IntegrityAlgorithm::Sha256),
+        };
         for password in passwords {
-            let credentials: MessageIntegrityCredentials =
-                LongTermKeyCredentials::new(username.clone(), password, self.config.realm.clone())
-                    .into();
-            if let Ok(algorithm) = msg.validate_integrity(&credentials) {
+            let credentials =
+                LongTermKey::new(key_algorithm, &username, &self.config.realm, &password);
+            if wire::verify_integrity(msg, credentials.as_ref()).is_some() {
                 return Ok(Authenticated {
                     username,
                     credentials,

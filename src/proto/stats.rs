@@ -19,12 +19,15 @@ pub struct Stats {
     /// §6.3.2).
     pub unknown_attribute_dropped: u64,
     pub auth_missing: u64,
-    /// 401/438 challenges not sent because the source exceeded its rate.
+    /// 401/438 challenges not sent because the source, or the whole server, exceeded its rate.
     pub challenges_suppressed: u64,
     pub auth_stale_nonce: u64,
     pub auth_expired: u64,
     pub auth_unknown_user: u64,
     pub auth_bad_integrity: u64,
+    /// 400s for a PASSWORD-ALGORITHM that is unknown or not with the offered list (RFC 8489
+    /// §9.2.4).
+    pub auth_bad_algorithm: u64,
     pub denied_peers: u64,
     pub quota_user: u64,
     pub quota_total: u64,
@@ -59,6 +62,7 @@ impl Stats {
             auth_expired,
             auth_unknown_user,
             auth_bad_integrity,
+            auth_bad_algorithm,
             denied_peers,
             quota_user,
             quota_total,
@@ -88,6 +92,7 @@ impl Stats {
         self.auth_expired += auth_expired;
         self.auth_unknown_user += auth_unknown_user;
         self.auth_bad_integrity += auth_bad_integrity;
+        self.auth_bad_algorithm += auth_bad_algorithm;
         self.denied_peers += denied_peers;
         self.quota_user += quota_user;
         self.quota_total += quota_total;

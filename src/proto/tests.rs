@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stun_types::attribute::{AttributeStaticType, RawAttribute};
+use stun_types::attribute::{Attribute, AttributeStaticType, RawAttribute};
 use stun_types::message::{MessageWriteVec, ShortTermCredentials};
 
-use super::auth::{rest_password, Credentials, NonceKey, Password};
+use super::auth::{rest_password, Credentials, LongTermKey, NonceKey, Password, PasswordAlgorithm};
 use super::peer_filter::PeerFilter;
 use super::server::{CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 use super::wire::*;
@@ -346,7 +346,8 @@ fn rfc5769_responses_are_reproduced() {
         let mut response = Response::success(BINDING, transaction, &mut out);
         response.add_software(Some("test vector"));
         response.add(&XorMappedAddress::new(addr(mapped), transaction));
-        let len = response.finish_signed(&credentials, IntegrityAlgorithm::Sha1);
+        // Short-term credentials (RFC 8489 §9.1.1): the key is the password itself.
+        let len = response.finish_signed(&RFC5769_SHORT_TERM_PASSWORD, IntegrityAlgorithm::Sha1);
         assert_eq!(len, vector.len());
         let mut ours = out[..len].to_vec();
         ours[35] = 0x20; // SOFTWARE padding
@@ -377,6 +378,15 @@ fn rfc5769_long_term_integrity_verifies() {
     )
     .into();
     assert!(msg.validate_integrity(&bad).is_err());
+    // The same with turnpike's own check: no PASSWORD-ALGORITHM, so the MD5 key (§9.2.2).
+    let user = "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}";
+    let md5 = LongTermKey::new(PasswordAlgorithm::Md5, user, "example.org", "TheMatrIX");
+    assert_eq!(
+        verify_integrity(&msg, md5.as_ref()),
+        Some(IntegrityAlgorithm::Sha1)
+    );
+    let sha256 = LongTermKey::new(PasswordAlgorithm::Sha256, user, "example.org", "TheMatrIX");
+    assert_eq!(verify_integrity(&msg, sha256.as_ref()), None);
 }
 
 #[test]
@@ -579,6 +589,335 @@ fn nonce_from_another_client_ip_is_stale() {
     };
     let reply = h.reply(CLIENT, &request(ALLOCATE, Some(&auth), udp_transport));
     assert_eq!(reply_code(&reply), Some(438));
+}
+
+// ---- RFC 8489 §9.2: password algorithms, MESSAGE-INTEGRITY-SHA256 keys, challenges ----
+
+/// How a test request is signed.
+enum Signing<'a> {
+    /// MESSAGE-INTEGRITY-SHA256 with this raw key.
+    Sha256(&'a [u8]),
+    /// MESSAGE-INTEGRITY (HMAC-SHA1) with this raw key.
+    Sha1(&'a [u8]),
+}
+
+/// An Allocate (REQUESTED-TRANSPORT UDP) with USERNAME, REALM, NONCE, then `extra`
+/// attributes, signed as `signing` says: computed here, independently of `wire`.
+fn allocate_signed(
+    username: &str,
+    nonce: &str,
+    extra: &[(AttributeType, &[u8])],
+    signing: Signing<'_>,
+) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let mut msg = Message::builder_request(ALLOCATE, MessageWriteVec::new());
+    let transaction = msg.transaction_id();
+    udp_transport(&mut msg, transaction);
+    msg.add_attribute(&Username::new(username).unwrap())
+        .unwrap();
+    msg.add_attribute(&Realm::new(REALM).unwrap()).unwrap();
+    msg.add_attribute(&Nonce::new(nonce).unwrap()).unwrap();
+    for (atype, value) in extra {
+        msg.add_attribute(&RawAttribute::new(*atype, value))
+            .unwrap();
+    }
+    let zeros = [0u8; 32];
+    let (atype, key, len) = match signing {
+        Signing::Sha256(key) => (MessageIntegritySha256::TYPE, key, 32),
+        Signing::Sha1(key) => (MessageIntegrity::TYPE, key, 20),
+    };
+    msg.push_attribute_unchecked(&RawAttribute::new(atype, &zeros[..len]));
+    let total = msg.len();
+    let data = msg.mut_data();
+    let mac = if len == 32 {
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).unwrap();
+        mac.update(&data[..total - 36]);
+        mac.finalize().into_bytes().to_vec()
+    } else {
+        let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(key).unwrap();
+        mac.update(&data[..total - 24]);
+        mac.finalize().into_bytes().to_vec()
+    };
+    data[total - len..].copy_from_slice(&mac);
+    msg.add_fingerprint().unwrap();
+    msg.finish()
+}
+
+fn key(algorithm: PasswordAlgorithm, user: &(String, String)) -> LongTermKey {
+    LongTermKey::new(algorithm, &user.0, REALM, &user.1)
+}
+
+/// PASSWORD-ALGORITHMS as turnpike offers it: SHA-256, then MD5.
+const OFFERED: [u8; 8] = [0, 2, 0, 0, 0, 1, 0, 0];
+const PA_MD5: [u8; 4] = [0, 1, 0, 0];
+const PA_SHA256: [u8; 4] = [0, 2, 0, 0];
+
+// RFC 8489 Appendix B.1 as corrected by verified erratum 6268 (which added PASSWORD-ALGORITHM
+// SHA-256): a Binding request with USERHASH, NONCE, REALM, PASSWORD-ALGORITHM and
+// MESSAGE-INTEGRITY-SHA256; user "マトリックス", password "TheMatrIX" (after OpaqueString),
+// realm "example.org".
+const RFC8489_B1: [u8; 164] = [
+    0x00, 0x01, 0x00, 0x90, 0x21, 0x12, 0xa4, 0x42, 0x78, 0xad, 0x34, 0x33, 0xc6, 0xad, 0x72, 0xc0,
+    0x29, 0xda, 0x41, 0x2e, 0x00, 0x1e, 0x00, 0x20, 0x4a, 0x3c, 0xf3, 0x8f, 0xef, 0x69, 0x92, 0xbd,
+    0xa9, 0x52, 0xc6, 0x78, 0x04, 0x17, 0xda, 0x0f, 0x24, 0x81, 0x94, 0x15, 0x56, 0x9e, 0x60, 0xb2,
+    0x05, 0xc4, 0x6e, 0x41, 0x40, 0x7f, 0x17, 0x04, 0x00, 0x15, 0x00, 0x29, 0x6f, 0x62, 0x4d, 0x61,
+    0x74, 0x4a, 0x6f, 0x73, 0x32, 0x41, 0x41, 0x41, 0x43, 0x66, 0x2f, 0x2f, 0x34, 0x39, 0x39, 0x6b,
+    0x39, 0x35, 0x34, 0x64, 0x36, 0x4f, 0x4c, 0x33, 0x34, 0x6f, 0x4c, 0x39, 0x46, 0x53, 0x54, 0x76,
+    0x79, 0x36, 0x34, 0x73, 0x41, 0x00, 0x00, 0x00, 0x00, 0x14, 0x00, 0x0b, 0x65, 0x78, 0x61, 0x6d,
+    0x70, 0x6c, 0x65, 0x2e, 0x6f, 0x72, 0x67, 0x00, 0x00, 0x1d, 0x00, 0x04, 0x00, 0x02, 0x00, 0x00,
+    0x00, 0x1c, 0x00, 0x20, 0xb5, 0xc7, 0xbf, 0x00, 0x5b, 0x6c, 0x52, 0xa2, 0x1c, 0x51, 0xc5, 0xe8,
+    0x92, 0xf8, 0x19, 0x24, 0x13, 0x62, 0x96, 0xcb, 0x92, 0x7c, 0x43, 0x14, 0x93, 0x09, 0x27, 0x8c,
+    0xc6, 0x51, 0x8e, 0x65,
+];
+
+#[test]
+fn rfc8489_b1_vector_verifies_with_the_sha256_key_its_password_algorithm_names() {
+    let msg = parse_stun(&RFC8489_B1).unwrap();
+    let number = msg
+        .raw_attribute(PASSWORD_ALGORITHM)
+        .and_then(|pa| password_algorithm_number(&pa.value));
+    let algorithm = number.and_then(PasswordAlgorithm::from_number);
+    assert_eq!(algorithm, Some(PasswordAlgorithm::Sha256));
+    let user = "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}";
+    let sha256 = LongTermKey::new(PasswordAlgorithm::Sha256, user, "example.org", "TheMatrIX");
+    assert_eq!(
+        verify_integrity(&msg, sha256.as_ref()),
+        Some(IntegrityAlgorithm::Sha256)
+    );
+    // The MD5 key (what a request without PASSWORD-ALGORITHM would use) does not verify it.
+    let md5 = LongTermKey::new(PasswordAlgorithm::Md5, user, "example.org", "TheMatrIX");
+    assert_eq!(verify_integrity(&msg, md5.as_ref()), None);
+    // USERHASH (username anonymity) is not supported: the vector's nonce cookie asks for it,
+    // and turnpike's never offers it.
+    assert!(RFC8489_B1[60..73] == *b"obMatJos2AAAC");
+}
+
+#[test]
+fn challenges_carry_realm_cookie_nonce_and_password_algorithms_and_nothing_else() {
+    let mut h = Harness::new();
+    let reply = h.reply(CLIENT, &request(ALLOCATE, None, udp_transport));
+    let msg = Message::from_bytes(&reply).unwrap();
+    let error = msg.attribute::<ErrorCode>().unwrap();
+    assert_eq!((error.code(), error.reason()), (401, ""));
+    assert_eq!(msg.attribute::<Realm>().unwrap().realm(), REALM);
+    let nonce = msg.attribute::<Nonce>().unwrap();
+    assert!(
+        nonce.nonce().starts_with("obMatJos2AAAB"),
+        "{}",
+        nonce.nonce()
+    );
+    assert_eq!(
+        &msg.raw_attribute(PASSWORD_ALGORITHMS).unwrap().value[..],
+        &OFFERED
+    );
+    let kinds: Vec<AttributeType> = msg.iter_attributes().map(|(_, a)| a.get_type()).collect();
+    assert_eq!(
+        kinds,
+        [
+            ErrorCode::TYPE,
+            Realm::TYPE,
+            Nonce::TYPE,
+            PASSWORD_ALGORITHMS
+        ],
+        "no FINGERPRINT, SOFTWARE or MESSAGE-INTEGRITY in a challenge"
+    );
+    // 20 header + 8 ERROR-CODE + 20 REALM + 28 NONCE + 12 PASSWORD-ALGORITHMS.
+    assert_eq!(reply.len(), 88);
+
+    // A 438 is built the same way.
+    let user = rest_user("bob");
+    let old = h.nonce(CLIENT);
+    h.advance(Duration::from_secs(600));
+    let md5 = key(PasswordAlgorithm::Md5, &user);
+    let reply = h.reply(
+        CLIENT,
+        &allocate_signed(&user.0, &old, &[], Signing::Sha1(md5.as_ref())),
+    );
+    let msg = Message::from_bytes(&reply).unwrap();
+    assert_eq!(code(&msg), Some(438));
+    assert_eq!(
+        &msg.raw_attribute(PASSWORD_ALGORITHMS).unwrap().value[..],
+        &OFFERED
+    );
+    assert!(!msg.has_attribute(Fingerprint::TYPE));
+}
+
+#[test]
+fn unauthenticated_answers_carry_fingerprint_only_when_the_request_does() {
+    let mut h = Harness::new();
+    let mut bare = request(BINDING, None, |_, _| {});
+    bare.truncate(20);
+    bare[2..4].copy_from_slice(&[0, 0]);
+    let reply = h.reply(CLIENT, &bare);
+    let msg = parse_stun(&reply).unwrap();
+    assert_eq!(msg.class(), MessageClass::Success);
+    assert!(!msg.has_attribute(Fingerprint::TYPE));
+    assert_eq!(reply.len(), 44);
+    let with = h.reply(CLIENT, &request(BINDING, None, |_, _| {}));
+    assert!(parse_stun(&with).unwrap().has_attribute(Fingerprint::TYPE));
+}
+
+#[test]
+fn sha256_integrity_without_password_algorithm_is_keyed_with_md5() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    // RFC 8489 §9.2.2: no PASSWORD-ALGORITHM, so the key is MD5(user:realm:pass) even for
+    // MESSAGE-INTEGRITY-SHA256; the answer carries MESSAGE-INTEGRITY (§9.2.4).
+    let md5 = key(PasswordAlgorithm::Md5, &user);
+    let nonce = h.nonce(CLIENT);
+    let reply = h.reply(
+        CLIENT,
+        &allocate_signed(&user.0, &nonce, &[], Signing::Sha256(md5.as_ref())),
+    );
+    let msg = Message::from_bytes(&reply).unwrap();
+    assert_eq!(msg.class(), MessageClass::Success, "{:?}", code(&msg));
+    assert!(!msg.has_attribute(MessageIntegritySha256::TYPE));
+    assert_eq!(
+        verify_integrity(&msg, md5.as_ref()),
+        Some(IntegrityAlgorithm::Sha1)
+    );
+    // What stun-types (and turnpike before) keyed it with, SHA-256 of the credentials: 401.
+    let sha256 = key(PasswordAlgorithm::Sha256, &user);
+    let other = "198.51.100.8:40000";
+    let nonce = h.nonce(other);
+    let reply = h.reply(
+        other,
+        &allocate_signed(&user.0, &nonce, &[], Signing::Sha256(sha256.as_ref())),
+    );
+    assert_eq!(reply_code(&reply), Some(401));
+    assert_eq!(h.server.stats.auth_bad_integrity, 1);
+}
+
+#[test]
+fn negotiated_password_algorithm_keys_the_request_and_every_answer() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    let cases: [(&str, &[u8], PasswordAlgorithm, bool); 3] = [
+        (
+            "198.51.100.11:1",
+            &PA_SHA256,
+            PasswordAlgorithm::Sha256,
+            true,
+        ),
+        ("198.51.100.12:1", &PA_MD5, PasswordAlgorithm::Md5, true),
+        // MESSAGE-INTEGRITY with the negotiated key is accepted too.
+        (
+            "198.51.100.13:1",
+            &PA_SHA256,
+            PasswordAlgorithm::Sha256,
+            false,
+        ),
+    ];
+    for (client, chosen, algorithm, sha256_attr) in cases {
+        let key = key(algorithm, &user);
+        let nonce = h.nonce(client);
+        let extra = [
+            (PASSWORD_ALGORITHMS, &OFFERED[..]),
+            (PASSWORD_ALGORITHM, chosen),
+        ];
+        let signing = if sha256_attr {
+            Signing::Sha256(key.as_ref())
+        } else {
+            Signing::Sha1(key.as_ref())
+        };
+        let reply = h.reply(client, &allocate_signed(&user.0, &nonce, &extra, signing));
+        let msg = Message::from_bytes(&reply).unwrap();
+        assert_eq!(
+            msg.class(),
+            MessageClass::Success,
+            "{client}: {:?}",
+            code(&msg)
+        );
+        // §9.2.4: MESSAGE-INTEGRITY-SHA256 once an algorithm is negotiated.
+        assert!(!msg.has_attribute(MessageIntegrity::TYPE), "{client}");
+        assert_eq!(
+            verify_integrity(&msg, key.as_ref()),
+            Some(IntegrityAlgorithm::Sha256),
+            "{client}"
+        );
+    }
+    // Negotiating SHA-256 but keying with MD5: 401.
+    let client = "198.51.100.14:1";
+    let md5 = key(PasswordAlgorithm::Md5, &user);
+    let nonce = h.nonce(client);
+    let extra = [
+        (PASSWORD_ALGORITHMS, &OFFERED[..]),
+        (PASSWORD_ALGORITHM, &PA_SHA256[..]),
+    ];
+    let reply = h.reply(
+        client,
+        &allocate_signed(&user.0, &nonce, &extra, Signing::Sha256(md5.as_ref())),
+    );
+    assert_eq!(reply_code(&reply), Some(401));
+}
+
+#[test]
+fn password_algorithm_without_the_offered_list_or_unknown_gets_400() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    let sha256 = key(PasswordAlgorithm::Sha256, &user);
+    let md5_only = [0u8, 1, 0, 0];
+    let reversed = [0u8, 1, 0, 0, 0, 2, 0, 0];
+    let bad: [&[(AttributeType, &[u8])]; 6] = [
+        // PASSWORD-ALGORITHM without PASSWORD-ALGORITHMS, and the reverse.
+        &[(PASSWORD_ALGORITHM, &PA_SHA256)],
+        &[(PASSWORD_ALGORITHMS, &OFFERED)],
+        // A list that is not the one offered (a bid-down by someone on the path).
+        &[
+            (PASSWORD_ALGORITHMS, &md5_only),
+            (PASSWORD_ALGORITHM, &PA_MD5),
+        ],
+        &[
+            (PASSWORD_ALGORITHMS, &reversed),
+            (PASSWORD_ALGORITHM, &PA_SHA256),
+        ],
+        // An algorithm not in the registry, and one with parameters.
+        &[
+            (PASSWORD_ALGORITHMS, &OFFERED),
+            (PASSWORD_ALGORITHM, &[0, 3, 0, 0]),
+        ],
+        &[
+            (PASSWORD_ALGORITHMS, &OFFERED),
+            (PASSWORD_ALGORITHM, &[0, 2, 0, 4, 1, 2, 3, 4]),
+        ],
+    ];
+    for (i, extra) in bad.into_iter().enumerate() {
+        let nonce = h.nonce(CLIENT);
+        let reply = h.reply(
+            CLIENT,
+            &allocate_signed(&user.0, &nonce, extra, Signing::Sha256(sha256.as_ref())),
+        );
+        let msg = Message::from_bytes(&reply).unwrap();
+        assert_eq!(code(&msg), Some(400), "case {i}");
+        // §9.2.4: no NONCE, REALM or integrity in that 400.
+        assert!(
+            !msg.has_attribute(Nonce::TYPE) && !msg.has_attribute(Realm::TYPE),
+            "case {i}"
+        );
+        assert!(!msg.has_attribute(MessageIntegrity::TYPE), "case {i}");
+    }
+    assert_eq!(h.server.stats.auth_bad_algorithm, 6);
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn challenges_are_capped_for_the_whole_server() {
+    let mut h = Harness::new();
+    h.quotas.set_max_challenges_per_sec(5);
+    let allocate = request(ALLOCATE, None, udp_transport);
+    let answered = (0..20)
+        .filter(|i| {
+            let from = format!("198.51.100.{}:1", 20 + i);
+            matches!(h.send(&from, &allocate), Outcome::Reply(_))
+        })
+        .count();
+    assert_eq!(answered, 5, "20 sources, each under its own cap");
+    assert_eq!(h.server.stats.challenges_suppressed, 15);
+    h.advance(Duration::from_secs(1));
+    assert!(matches!(
+        h.send("198.51.100.99:1", &allocate),
+        Outcome::Reply(_)
+    ));
 }
 
 #[test]

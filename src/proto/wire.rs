@@ -24,12 +24,20 @@ pub use turn_types::attribute::{
 pub use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
 pub use turn_types::AddressFamily;
 
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use sha2::Sha256;
 use stun_types::attribute::{
     Attribute, AttributeFromRaw, AttributeStaticType, MappedSocketAddr, RawAttribute,
 };
+use subtle::ConstantTimeEq;
 
 /// MAPPED-ADDRESS (RFC 8489 §14.1), sent beside XOR-MAPPED-ADDRESS for RFC 3489-era clients.
 pub const MAPPED_ADDRESS: AttributeType = AttributeType::new(0x0001);
+/// PASSWORD-ALGORITHM (RFC 8489 §14.11): the algorithm a request's key was derived with.
+pub const PASSWORD_ALGORITHM: AttributeType = stun_types::attribute::PasswordAlgorithm::TYPE;
+/// PASSWORD-ALGORITHMS (RFC 8489 §14.12): the algorithms a challenge offers.
+pub const PASSWORD_ALGORITHMS: AttributeType = stun_types::attribute::PasswordAlgorithms::TYPE;
 /// CHANGE-REQUEST (RFC 5780 §7.2); accepted only when it asks for no change.
 pub const CHANGE_REQUEST: AttributeType = AttributeType::new(0x0003);
 /// ICE attributes a Binding request may carry (RFC 8445 §16.1).
@@ -48,6 +56,64 @@ pub const CHANNEL_HEADER_LEN: usize = 4;
 /// clients (coturn's own `turnutils_uclient` among them) still pick from 0x4000–0x7FFF, and
 /// nothing else is defined for those first bytes, so turnpike keeps accepting the old range.
 pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
+
+/// The value of a PASSWORD-ALGORITHM attribute (RFC 8489 §14.11): the algorithm number and a
+/// zero parameter length (neither MD5 nor SHA-256 has parameters). `None` for anything else.
+pub fn password_algorithm_number(value: &[u8]) -> Option<u16> {
+    match value {
+        [a, b, 0, 0] => Some(u16::from_be_bytes([*a, *b])),
+        _ => None,
+    }
+}
+
+/// Writes a PASSWORD-ALGORITHMS value (RFC 8489 §14.12) listing `numbers` in order.
+pub fn password_algorithms_value<const N: usize>(numbers: [u16; N]) -> [[u8; 4]; N] {
+    numbers.map(|n| {
+        let [a, b] = n.to_be_bytes();
+        [a, b, 0, 0]
+    })
+}
+
+/// Checks a request's message integrity with a long-term `key` (RFC 8489 §9.2.4): the
+/// MESSAGE-INTEGRITY-SHA256 (§14.6, possibly truncated to 16..32 bytes) when there is one,
+/// else the MESSAGE-INTEGRITY (§14.5). Returns which one verified. Computed here rather than by
+/// `stun-types`, whose keys for MESSAGE-INTEGRITY-SHA256 are always SHA-256 of the credentials,
+/// whatever PASSWORD-ALGORITHM says.
+pub fn verify_integrity(msg: &Message<'_>, key: &[u8]) -> Option<IntegrityAlgorithm> {
+    let data = msg.as_bytes();
+    if let Some((offset, attr)) = msg.raw_attribute_and_offset(MessageIntegritySha256::TYPE) {
+        let expected = attr.value.as_ref();
+        if !(16..=32).contains(&expected.len()) || expected.len() % 4 != 0 {
+            return None;
+        }
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
+        hmac_input(data, offset, 4 + expected.len(), |part| mac.update(part));
+        let computed = mac.finalize().into_bytes();
+        let ok: bool = computed[..expected.len()].ct_eq(expected).into();
+        return ok.then_some(IntegrityAlgorithm::Sha256);
+    }
+    let (offset, attr) = msg.raw_attribute_and_offset(MessageIntegrity::TYPE)?;
+    if attr.value.len() != 20 {
+        return None;
+    }
+    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(key).ok()?;
+    hmac_input(data, offset, 24, |part| mac.update(part));
+    let ok: bool = mac
+        .finalize()
+        .into_bytes()
+        .ct_eq(attr.value.as_ref())
+        .into();
+    ok.then_some(IntegrityAlgorithm::Sha1)
+}
+
+/// Feeds the HMAC input for an integrity attribute of `attr_len` bytes at `offset` (RFC 8489
+/// §14.5): the message before it, with the header length counting up to the attribute's end.
+fn hmac_input(data: &[u8], offset: usize, attr_len: usize, mut update: impl FnMut(&[u8])) {
+    let length = (offset + attr_len - HEADER_LEN) as u16;
+    update(&data[..2]);
+    update(&length.to_be_bytes());
+    update(&data[4..offset]);
+}
 
 /// What a datagram from a client is, decided from its first byte (RFC 8656 §12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,11 +258,26 @@ impl<'b> Response<'b> {
     }
 
     pub fn error(method: Method, transaction: TransactionId, code: u16, out: &'b mut [u8]) -> Self {
+        Self::error_with_reason(method, transaction, code, None, out)
+    }
+
+    /// An error with the given reason phrase (`Some("")` for none), or the usual one for `code`.
+    pub fn error_with_reason(
+        method: Method,
+        transaction: TransactionId,
+        code: u16,
+        reason: Option<&str>,
+        out: &'b mut [u8],
+    ) -> Self {
         let kind = MessageType::from_class_method(MessageClass::Error, method);
         let mut response = Self {
             writer: Message::builder(kind, transaction, MessageWriteMutSlice::new(out)),
         };
-        if let Ok(error) = ErrorCode::builder(code).build() {
+        let mut error = ErrorCode::builder(code);
+        if let Some(reason) = reason {
+            error = error.reason(reason);
+        }
+        if let Ok(error) = error.build() {
             response.add(&error);
         }
         response
@@ -230,20 +311,62 @@ impl<'b> Response<'b> {
         }
     }
 
-    /// Signs with the key the request was verified with, then adds FINGERPRINT; returns the
-    /// length written.
-    pub fn finish_signed(
-        mut self,
-        credentials: &MessageIntegrityCredentials,
-        algorithm: IntegrityAlgorithm,
-    ) -> usize {
-        let _ = self.writer.add_message_integrity(credentials, algorithm);
+    /// Adds MESSAGE-INTEGRITY (`Sha1`) or MESSAGE-INTEGRITY-SHA256 (`Sha256`) computed with
+    /// the key the request was verified with, then FINGERPRINT; returns the length written.
+    pub fn finish_signed(mut self, key: &impl AsRef<[u8]>, algorithm: IntegrityAlgorithm) -> usize {
+        let key = key.as_ref();
+        let mac_len = match algorithm {
+            IntegrityAlgorithm::Sha1 => 20,
+            IntegrityAlgorithm::Sha256 => 32,
+        };
+        // Written with a zero value (which sets the header length to count it), then computed
+        // over everything before it and filled in (RFC 8489 §14.5, §14.6).
+        let fits = self
+            .writer
+            .max_size()
+            .is_some_and(|max| self.writer.len() + 4 + mac_len <= max);
+        if fits {
+            let zeros = [0u8; 32];
+            let placeholder = match algorithm {
+                IntegrityAlgorithm::Sha1 => RawAttribute::new(MessageIntegrity::TYPE, &zeros[..20]),
+                IntegrityAlgorithm::Sha256 => {
+                    RawAttribute::new(MessageIntegritySha256::TYPE, &zeros)
+                }
+            };
+            self.writer.push_attribute_unchecked(&placeholder);
+            let len = self.writer.len();
+            let data = self.writer.mut_data();
+            let (signed, value) = data.split_at_mut(len - mac_len);
+            let signed = &signed[..len - mac_len - 4];
+            match algorithm {
+                IntegrityAlgorithm::Sha1 => {
+                    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(key)
+                        .expect("HMAC accepts keys of any length");
+                    mac.update(signed);
+                    value.copy_from_slice(&mac.finalize().into_bytes());
+                }
+                IntegrityAlgorithm::Sha256 => {
+                    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+                        .expect("HMAC accepts keys of any length");
+                    mac.update(signed);
+                    value.copy_from_slice(&mac.finalize().into_bytes());
+                }
+            }
+        }
         self.finish()
     }
 
     /// Adds FINGERPRINT and returns the length written.
-    pub fn finish(mut self) -> usize {
-        let _ = self.writer.add_fingerprint();
+    pub fn finish(self) -> usize {
+        self.finish_with_fingerprint(true)
+    }
+
+    /// Adds FINGERPRINT if `fingerprint` (RFC 8489 §14.7 leaves it to the usage) and returns
+    /// the length written.
+    pub fn finish_with_fingerprint(mut self, fingerprint: bool) -> usize {
+        if fingerprint {
+            let _ = self.writer.add_fingerprint();
+        }
         self.writer.finish()
     }
 }

@@ -134,6 +134,12 @@ fn check_config_rejects_out_of_range_numbers_naming_key_and_line() {
         ("limits", "max_connections", &["0", U64_MAX], "1 to 1000000"),
         (
             "limits",
+            "max_challenges_per_sec",
+            &["0", "1000001", U64_MAX],
+            "1 to 1000000",
+        ),
+        (
+            "limits",
             "max_connections_per_source",
             &["0", U64_MAX],
             "1 to 1000000",
@@ -213,7 +219,7 @@ fn check_config_accepts_the_edges_of_every_range() {
          max_allocations = 1000000\nmax_allocations_per_user = 1000000\n\
          max_permissions_per_allocation = 16384\nmax_channels_per_allocation = 16384\n\
          bandwidth_per_allocation = 12500000000\nmax_connections = 1000000\n\
-         max_connections_per_source = 1000000\n",
+         max_connections_per_source = 1000000\nmax_challenges_per_sec = 1000000\n",
     )
     .unwrap();
     let out = check_config(&path);

@@ -348,13 +348,95 @@ fn challenge_cap_is_per_source_ip_across_workers() {
     );
 }
 
+/// `limits.max_challenges_per_sec` caps 401/438 answers for the whole server, across source
+/// IPs and workers (issue 12: the cap was per source IP only). 50 source IPs on 127.0.2.0/24
+/// send 20 unauthenticated Allocates per second each for 2 s (1,000/s in all, each IP far
+/// under its own cap of 100/s); with the global cap at 50/s the answers stay within 50 per
+/// second the flood touched, and the rest are counted as suppressed.
+#[test]
+fn challenges_are_capped_for_the_whole_server() {
+    const CAP: u64 = 50;
+    const IPS: u8 = 50;
+    const ROUNDS: u32 = 40;
+    const ROUND_GAP: Duration = Duration::from_millis(50);
+    let server = Server::start(&["--workers", "2", "--max-challenges-per-sec", "50"]);
+    let socks: Vec<UdpSocket> = (1..=IPS)
+        .map(|i| {
+            let ip = Ipv4Addr::new(127, 0, 2, i);
+            let sock = UdpSocket::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+            sock.set_nonblocking(true).unwrap();
+            sock
+        })
+        .collect();
+    let request = allocate_request(None);
+    let mut buf = [0u8; 2048];
+    let (mut sent, mut answers) = (0u64, 0u64);
+    let mut count_answers = |answers: &mut u64| {
+        for sock in &socks {
+            while let Ok(n) = sock.recv(&mut buf) {
+                *answers += u64::from(is_error(&buf[..n], 401));
+            }
+        }
+    };
+    align_to_second_start();
+    let first_second = crate::harness::unix_now();
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        for sock in &socks {
+            sock.send_to(&request, server.udp).unwrap();
+            sent += 1;
+        }
+        count_answers(&mut answers);
+        // Paced against the start, so a slow round does not stretch the flood.
+        let next = started + ROUND_GAP * (round + 1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let last_second = crate::harness::unix_now();
+    let flood = started.elapsed();
+    std::thread::sleep(SILENCE);
+    count_answers(&mut answers);
+    let seconds = last_second - first_second + 1;
+    let suppressed = wait_for_metric(
+        &server,
+        "turnpike_challenges_suppressed",
+        (sent - answers) as f64,
+        Duration::from_secs(5),
+    );
+    eprintln!(
+        "global challenge cap {CAP}/s: {sent} unauthenticated Allocates from {IPS} IPs in \
+         {:?} ({seconds} wall-clock seconds): {answers} 401s ({:.0}/s), {suppressed} suppressed",
+        flood,
+        answers as f64 / flood.as_secs_f64()
+    );
+    assert!(
+        answers <= CAP * seconds,
+        "{answers} 401s in {seconds} s with a global cap of {CAP}/s"
+    );
+    assert!(
+        answers >= CAP,
+        "only {answers} 401s: the cap should let {CAP}/s through"
+    );
+    assert_eq!(
+        suppressed,
+        (sent - answers) as f64,
+        "every request not answered is counted as suppressed (none lost)"
+    );
+    // Once the second renews, a new source is answered again.
+    std::thread::sleep(Duration::from_millis(1100));
+    let other = UdpTurn::new_from(Ipv4Addr::new(127, 0, 2, 200), server.udp, "", "");
+    other
+        .unauthenticated(ALLOCATE, &udp_transport)
+        .expect_error(401, "an unauthenticated Allocate after the flood");
+}
+
 // ---- 3. amplification ----
 
 /// DESIGN "No response to an unauthenticated source is much larger than what it sent":
 /// bytes out / bytes in at most 2.5 over a mix of Binding requests as real clients send
-/// them and unauthenticated Allocates (uclient's first request), all answered (the mix
-/// stays under the challenge cap, so the ratio is not flattered by drops). Also runs
-/// against coturn with `TURNPIKE_TEST_AGAINST=coturn` to print its ratio.
+/// them, unauthenticated Allocates as uclient sends its first one, and the bare 20-byte
+/// Allocate an attacker would pick (issue 12), all answered (the mix stays under the
+/// challenge caps, so the ratio is not flattered by drops). Also runs against coturn with
+/// `TURNPIKE_TEST_AGAINST=coturn` to print its ratio.
 #[test]
 fn unauthenticated_amplification_ratio_is_at_most_2_5() {
     let server = Server::start(&[]);
@@ -391,6 +473,15 @@ fn unauthenticated_amplification_ratio_is_at_most_2_5() {
         (
             "Allocate, REQUESTED-TRANSPORT + FINGERPRINT",
             Box::new(|| allocate_request(None)),
+        ),
+        (
+            "Allocate, bare 20-byte header",
+            Box::new(|| {
+                let mut m = build_request(ALLOCATE, &no_attrs, None);
+                m.truncate(20);
+                m[2..4].copy_from_slice(&[0, 0]);
+                m
+            }),
         ),
     ];
     const EACH: usize = 40;

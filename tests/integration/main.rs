@@ -7,6 +7,7 @@
 //! * `webrtc_rs` uses the webrtc-rs `turn`/`stun` client crates.
 //! * `abuse` checks quotas, limits and hostile input.
 //! * `api_abuse` checks the HTTP API's timeouts and connection caps against hostile clients.
+//! * `rfc_auth` checks REST usernames and RFC 8489 password algorithms (issue 12).
 //! * `daemon` checks systemd notifications, SIGHUP reload and SIGTERM.
 //! * `config_bounds` checks that out-of-range config values are refused at load and reload.
 //! * `drivers` attacks the I/O drivers: mixed address families on one worker, the largest
@@ -27,6 +28,7 @@ mod nat_and_redirect;
 mod probe;
 mod real_clients;
 mod rfc_attributes;
+mod rfc_auth;
 mod stun_client;
 mod systemd_unit;
 mod transports;
