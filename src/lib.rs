@@ -269,10 +269,8 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
     let mut groups: Vec<Vec<Listener>> = Vec::new();
     let (mut udp, mut tcp, mut tls) = (Vec::new(), Vec::new(), Vec::new());
     for addr in &config.listen {
-        let udp_group = net::udp::bind_listener_group(*addr, workers)?;
-        let bound = udp_group[0].local_addr()?;
-        let tcp_group = net::udp::bind_tcp_listener_group(bound, workers)?;
-        udp.push(bound);
+        let (udp_group, tcp_group) = net::udp::bind_udp_and_tcp_groups(*addr, workers)?;
+        udp.push(udp_group[0].local_addr()?);
         tcp.push(tcp_group[0].local_addr()?);
         groups.push(udp_group.into_iter().map(Listener::Udp).collect());
         groups.push(tcp_group.into_iter().map(Listener::Tcp).collect());

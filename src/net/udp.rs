@@ -75,6 +75,32 @@ pub fn bind_tcp_listener_group(addr: SocketAddr, count: usize) -> io::Result<Vec
     Ok(listeners)
 }
 
+/// Binds the UDP and the TCP listener groups of one `listen` address, on the same port. With
+/// port 0 the UDP group picks the port, which a TCP socket (a client's ephemeral port, say)
+/// may already hold: then another port is picked. A port given explicitly that is in use
+/// stays an error.
+pub fn bind_udp_and_tcp_groups(
+    addr: SocketAddr,
+    count: usize,
+) -> io::Result<(Vec<UdpSocket>, Vec<TcpListener>)> {
+    const ATTEMPTS: usize = 16;
+    let mut attempts = 1;
+    loop {
+        let udp = bind_listener_group(addr, count)?;
+        match bind_tcp_listener_group(udp[0].local_addr()?, count) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == io::ErrorKind::AddrInUse
+                    && attempts < ATTEMPTS =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {

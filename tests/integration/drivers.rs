@@ -7,15 +7,15 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use stun_types::attribute::XorMappedAddress;
-use stun_types::message::{Message, MessageWriteExt, BINDING};
-use turn_types::attribute::{Data, RequestedAddressFamily, XorPeerAddress};
+use stun_types::message::{Message, BINDING};
+use turn_types::attribute::{Data, XorPeerAddress};
 use turn_types::message::{ALLOCATE, DATA};
-use turn_types::AddressFamily;
 
 use crate::hardening::metrics;
 use crate::harness::{rest_credentials, Server, SECRET};
 use crate::stun_client::{
-    channel_data, no_attrs, recv_from, stun_header, udp_transport, Resp, TcpTurn, UdpTurn,
+    channel_data, ipv6_relay, no_attrs, recv_from, stun_header, udp_transport, Resp, TcpTurn,
+    UdpTurn,
 };
 
 /// One worker listening on IPv4 and IPv6 loopback, relaying on both, loopback peers allowed.
@@ -62,11 +62,7 @@ fn binding(client: &UdpTurn) -> SocketAddr {
 /// Allocates with REQUESTED-ADDRESS-FAMILY IPv6 (RFC 6156): an IPv6 relay.
 fn allocate_ipv6_relay(client: &mut UdpTurn) -> SocketAddr {
     let relay = client
-        .request(ALLOCATE, &|w, tid| {
-            udp_transport(w, tid);
-            w.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV6))
-                .unwrap();
-        })
+        .request(ALLOCATE, &ipv6_relay)
         .expect_success("Allocate with REQUESTED-ADDRESS-FAMILY IPv6")
         .relayed();
     assert!(relay.is_ipv6(), "asked for an IPv6 relay, got {relay}");
@@ -185,11 +181,7 @@ fn oversized_peer_datagram_to_a_stream_client_is_dropped_not_wrapped() {
     let tcp = server.ready["tcp"][0].as_str().unwrap().parse().unwrap();
     let mut client = TcpTurn::rest(tcp, "stream");
     let relay = client
-        .request(ALLOCATE, &|w, tid| {
-            udp_transport(w, tid);
-            w.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV6))
-                .unwrap();
-        })
+        .request(ALLOCATE, &ipv6_relay)
         .expect_success("Allocate over TCP with an IPv6 relay")
         .relayed();
     let peer = UdpSocket::bind("[::1]:0").unwrap();

@@ -15,9 +15,8 @@ use stun_types::message::{
     IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageWrite,
     MessageWriteExt, MessageWriteVec, BINDING,
 };
-use turn_types::attribute::{RequestedAddressFamily, RequestedTransport};
+use turn_types::attribute::RequestedTransport;
 use turn_types::message::ALLOCATE;
-use turn_types::AddressFamily;
 
 use crate::harness::{against_coturn, default_args_without, Server, REALM, SECRET};
 use crate::stun_client::{
@@ -602,11 +601,7 @@ fn peer_deny_list_bypass_attempts_get_403() {
     let relay_v4 = v4.allocate().expect_success("IPv4 Allocate").relayed();
     let mut v6 = UdpTurn::rest(&server, "bob");
     let relay_v6 = v6
-        .request(ALLOCATE, &|w, tid| {
-            udp_transport(w, tid);
-            w.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV6))
-                .unwrap();
-        })
+        .request(ALLOCATE, &crate::stun_client::ipv6_relay)
         .expect_success("IPv6 Allocate (REQUESTED-ADDRESS-FAMILY)")
         .relayed();
     assert!(relay_v6.is_ipv6(), "IPv6 allocation got {relay_v6}");

@@ -13,9 +13,11 @@ use stun_types::message::{
     MessageWriteExt, MessageWriteVec, Method, TransactionId,
 };
 use turn_types::attribute::{
-    ChannelNumber, Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayedAddress,
+    ChannelNumber, Data, Lifetime, RequestedAddressFamily, RequestedTransport, XorPeerAddress,
+    XorRelayedAddress,
 };
 use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
+use turn_types::AddressFamily;
 
 use crate::harness::{rest_credentials, Server, REALM, SECRET};
 
@@ -36,6 +38,14 @@ pub fn no_attrs(_: &mut MessageWriteVec, _: TransactionId) {}
 /// REQUESTED-TRANSPORT UDP.
 pub fn udp_transport(w: &mut MessageWriteVec, _: TransactionId) {
     w.add_attribute(&RequestedTransport::new(RequestedTransport::UDP))
+        .unwrap();
+}
+
+/// REQUESTED-TRANSPORT UDP and REQUESTED-ADDRESS-FAMILY IPv6: an Allocate for an IPv6 relay
+/// (RFC 6156).
+pub fn ipv6_relay(w: &mut MessageWriteVec, tid: TransactionId) {
+    udp_transport(w, tid);
+    w.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV6))
         .unwrap();
 }
 
