@@ -261,6 +261,14 @@ fn load_tls(config: &config::Config) -> io::Result<Option<Arc<rustls::ServerConf
     }
 }
 
+/// Seconds since the Unix epoch (0 for a clock set before it): the time REST credentials
+/// expire in.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Binds every socket and starts the workers. When this returns, the server is serving.
 pub fn start(config: &config::Config) -> io::Result<Running> {
     let workers = config.workers.max(1);

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
                 &args.secret,
                 &args.user,
                 args.separator,
-                unix_now(),
+                turnpike::unix_now(),
                 args.ttl,
             );
             let json = serde_json::json!({
@@ -252,10 +252,4 @@ fn notify(state: &[NotifyState<'_>]) {
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

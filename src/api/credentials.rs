@@ -1,8 +1,8 @@
 //! `GET /api/v1/credentials` (draft-uberti-behave-turn-rest §2) and `GET /api/v1/ice`
 //! (an `RTCConfiguration.iceServers` list).
 
+use crate::unix_now;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -186,12 +186,6 @@ pub fn default_uris(
         ));
     }
     uris
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Query parameters; each may be given at most once.

@@ -90,13 +90,6 @@ pub fn spawn(
         .spawn(move || runtime.block_on(serve::run(listener, app, bounds, shutdown)))
 }
 
-/// The API's routes, with the token rule decided by `ctx.config`'s `api_listen` (see
-/// [`spawn`], which decides it by the address the listener is really bound to).
-pub fn router(ctx: Arc<ApiContext>) -> Router {
-    let loopback = is_loopback(ctx.config().api_listen.ip());
-    app(ctx, loopback)
-}
-
 /// 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104.
 fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()

@@ -3,13 +3,14 @@
 //! sockets of the allocations it created. It owns its [`Server`]; nothing on the packet path
 //! is shared or locked.
 
+use crate::unix_now;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -1039,12 +1040,6 @@ fn release_idle(queued: &mut Vec<u8>) {
     if queued.is_empty() && queued.capacity() > 16 * 1024 {
         *queued = Vec::new();
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

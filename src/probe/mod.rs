@@ -17,10 +17,11 @@ pub mod session;
 pub mod tls;
 pub mod url;
 
+use crate::unix_now;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -577,12 +578,6 @@ pub fn render_table(report: &Report, options: &Options) -> String {
         ));
     }
     out
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
