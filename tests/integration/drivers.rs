@@ -662,3 +662,143 @@ fn generated_mixed_family_datagrams_through_the_worker_loop() {
         .allocate()
         .expect_success("Allocate after the generated traffic");
 }
+
+/// A network namespace of this test's own, with only a loopback device, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let ns = Netns(format!("tp{tag}{}", std::process::id()));
+        ns.ip(&["netns", "add", &ns.0]);
+        ns.ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `ip` (iproute2, as root): {e}"));
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", &self.0, program]);
+        command
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// The per-source connection cap counts an IPv6 /64 as one source: addresses of one /64
+/// share it, another /64 has its own (each address counted apart before, so a host with a
+/// /64 had no cap). In a namespace of its own, whose loopback carries addresses of two /64s.
+#[test]
+fn an_ipv6_64_shares_one_per_source_connection_cap() {
+    let ns = Netns::new("64");
+    for addr in [
+        "fd00:64::1",
+        "fd00:64::2",
+        "fd00:64::3",
+        "fd00:64::4",
+        "fd00:65::2",
+    ] {
+        ns.ip(&[
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            &format!("{addr}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ]);
+    }
+    let mut server = ns
+        .command(env!("CARGO_BIN_EXE_turnpike"))
+        .args([
+            "run",
+            "--listen",
+            "[fd00:64::1]:3478",
+            "--relay-ip",
+            "fd00:64::1",
+            "--api-listen",
+            "[::1]:8080",
+            "--auth-secret",
+            SECRET,
+            "--max-connections-per-source",
+            "2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start turnpike in the namespace");
+    // Each source opens a connection and holds it while the next ones try: a connection is
+    // admitted if its Binding is answered. Python runs inside the namespace for the clients.
+    let clients = r#"
+import socket, struct, sys, time
+def binding(src):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.bind((src, 0))
+    s.settimeout(2)
+    s.connect(("fd00:64::1", 3478))
+    s.sendall(struct.pack("!HHI", 1, 0, 0x2112A442) + b"x" * 12)
+    try:
+        ok = len(s.recv(20)) == 20
+    except OSError:
+        ok = False
+    return s, ok
+deadline = time.time() + 15
+while True:
+    try:
+        socket.create_connection(("fd00:64::1", 3478), timeout=1).close()
+        break
+    except OSError:
+        if time.time() > deadline:
+            sys.exit("server not listening")
+        time.sleep(0.1)
+time.sleep(0.5)
+held = []
+for src in ["fd00:64::2", "fd00:64::3", "fd00:64::4", "fd00:65::2"]:
+    s, ok = binding(src)
+    held.append(s)
+    print(src, "admitted" if ok else "refused")
+"#;
+    let out = ns
+        .command("python3")
+        .args(["-c", clients])
+        .output()
+        .expect("run the clients in the namespace");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "clients failed: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        report.lines().collect::<Vec<_>>(),
+        [
+            "fd00:64::2 admitted",
+            "fd00:64::3 admitted",
+            "fd00:64::4 refused",
+            "fd00:65::2 admitted",
+        ],
+        "with a cap of 2 per source"
+    );
+}
