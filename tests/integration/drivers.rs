@@ -178,7 +178,7 @@ fn ipv4_client_with_ipv6_relay_gets_every_peer_datagram_amid_its_own_traffic() {
 #[test]
 fn oversized_peer_datagram_to_a_stream_client_is_dropped_not_wrapped() {
     let server = Server::start(&["--relay-ip", "::1", "--allow-peer", "::1"]);
-    let tcp = server.ready["tcp"][0].as_str().unwrap().parse().unwrap();
+    let tcp = server.tcp();
     let mut client = TcpTurn::rest(tcp, "stream");
     let relay = client
         .request(ALLOCATE, &ipv6_relay)
@@ -262,14 +262,6 @@ fn largest_datagrams_on_every_udp_path_are_relayed_whole_or_counted() {
 // Stream clients that misbehave
 // ---------------------------------------------------------------------------------------
 
-/// The server's first TCP listening address.
-fn tcp_listener(server: &Server) -> SocketAddr {
-    server.ready["tcp"][0]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no TCP address in the ready line: {}", server.ready))
-}
-
 /// A TCP connection from `ip` that has had one Binding answered (so the server accepted it
 /// and counts it as established).
 fn bound_connection(server: SocketAddr, ip: Ipv4Addr) -> TcpStream {
@@ -320,7 +312,7 @@ fn wait_for_close(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
 #[test]
 fn bindings_do_not_keep_an_unauthenticated_connection_open() {
     let server = Server::start(&[]);
-    let mut stream = bound_connection(tcp_listener(&server), Ipv4Addr::LOCALHOST);
+    let mut stream = bound_connection(server.tcp(), Ipv4Addr::LOCALHOST);
     let opened = Instant::now();
     let mut last_answer = opened;
     while opened.elapsed() < Duration::from_secs(75) {
@@ -340,7 +332,7 @@ fn bindings_do_not_keep_an_unauthenticated_connection_open() {
         "closed after only {lifetime:?}, before the 60 s allowed without an allocation"
     );
     // It was closed for lack of an allocation; a new connection is welcome.
-    bound_connection(tcp_listener(&server), Ipv4Addr::LOCALHOST);
+    bound_connection(server.tcp(), Ipv4Addr::LOCALHOST);
 }
 
 /// A frame trickled a byte at a time, after a first whole message, is cut off 10 s after its
@@ -348,7 +340,7 @@ fn bindings_do_not_keep_an_unauthenticated_connection_open() {
 #[test]
 fn a_trickled_frame_is_cut_off_at_the_frame_deadline() {
     let server = Server::start(&[]);
-    let mut stream = bound_connection(tcp_listener(&server), Ipv4Addr::LOCALHOST);
+    let mut stream = bound_connection(server.tcp(), Ipv4Addr::LOCALHOST);
     let request = stun_header(0x0001, 0, [7; 12]);
     let started = Instant::now();
     let mut closed_after = None;
@@ -374,7 +366,7 @@ fn a_trickled_frame_is_cut_off_at_the_frame_deadline() {
 #[test]
 fn clients_that_never_read_pin_little_memory() {
     let server = Server::start(&["--max-connections-per-source", "64"]);
-    let tcp = tcp_listener(&server);
+    let tcp = server.tcp();
     let pid = server.child.id();
     let rss_before = crate::hardening::rss_kib(pid);
     let request = stun_header(0x0001, 0, [5; 12]);
@@ -447,7 +439,7 @@ fn a_few_sources_cannot_hold_every_connection_slot() {
         "--max-connections-per-source",
         "64",
     ]);
-    let tcp = tcp_listener(&server);
+    let tcp = server.tcp();
     let mut held = Vec::new();
     for source in 2..6u8 {
         for _ in 0..50 {
@@ -473,7 +465,7 @@ fn a_few_sources_cannot_hold_every_connection_slot() {
 #[test]
 fn connections_waiting_through_descriptor_exhaustion_are_accepted_afterwards() {
     let server = Server::start(&["--workers", "1", "--max-connections-per-source", "1000"]);
-    let tcp = tcp_listener(&server);
+    let tcp = server.tcp();
     let pid = server.child.id();
     let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
