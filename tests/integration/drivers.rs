@@ -794,3 +794,47 @@ for src in ["fd00:64::2", "fd00:64::3", "fd00:64::4", "fd00:65::2"]:
         "with a cap of 2 per source"
     );
 }
+
+/// The largest frames on the stream path: ChannelData a TCP client sends with the largest
+/// payload an IPv4 peer can take arrives whole, one with the largest payload ChannelData can
+/// carry is refused by the kernel and counted, and the largest peer datagram reaches the
+/// client as one padded frame; the allocation keeps relaying throughout.
+#[test]
+fn largest_frames_on_the_stream_path_are_relayed_whole_or_counted() {
+    let server = Server::start(&[]);
+    let mut client = TcpTurn::rest(server.tcp(), "stream-big");
+    let relay = client
+        .allocate()
+        .expect_success("Allocate over TCP")
+        .relayed();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .channel_bind(0x4000, peer.local_addr().unwrap())
+        .expect_success("ChannelBind over TCP");
+    let largest_v4 = 65_507;
+    let payload: Vec<u8> = (0..largest_v4).map(|i| (i % 251) as u8).collect();
+
+    client.send_channel_data(0x4000, &payload);
+    let (got, from) = recv_from(&peer, WAIT).expect("the peer gets the largest datagram");
+    assert_eq!((got.len(), from), (largest_v4, relay));
+    assert!(got == payload, "payload changed on the way to the peer");
+
+    let before = crate::hardening::metric_sum(&metrics(&server), "turnpike_send_errors");
+    client.send_channel_data(0x4000, &vec![2u8; 65_535]);
+    let after =
+        crate::hardening::wait_for_metric(&server, "turnpike_send_errors", before + 1.0, WAIT);
+    assert_eq!(
+        after,
+        before + 1.0,
+        "a datagram too large for UDP is counted"
+    );
+
+    peer.send_to(&payload, relay).unwrap();
+    let frame = client
+        .read_frame()
+        .expect("the client gets the largest peer datagram");
+    assert_eq!(frame, channel_data(0x4000, &payload));
+    client.send_channel_data(0x4000, b"still relaying");
+    let (got, _) = recv_from(&peer, WAIT).expect("relaying after the oversized frame");
+    assert_eq!(got, b"still relaying");
+}
