@@ -10,12 +10,14 @@
 //! * `config_bounds` checks that out-of-range config values are refused at load and reload.
 //! * `drivers` attacks the I/O drivers: mixed address families on one worker, the largest
 //!   datagrams on every path, peer data that cannot be framed for a stream client.
+//! * `drain` checks `turnpike drain`: new Allocates redirected, existing ones relaying.
 //! * `nat_and_redirect` checks 300 Try Alternate and relaying behind a 1:1 NAT (netns lab).
 
 mod abuse;
 mod api;
 mod config_bounds;
 mod daemon;
+mod drain;
 mod drivers;
 mod e2e_webrtc;
 mod hardening;
