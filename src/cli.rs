@@ -264,7 +264,12 @@ pub struct DrainArgs {
     /// The server's HTTP API (its api.listen).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
     pub api: String,
-    /// Bearer token (one of api.tokens); default: the TURNPIKE_API_TOKEN environment variable.
+    /// Take the API address and token from the server's config file (api.listen, the first
+    /// of api.tokens) instead.
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "api")]
+    pub config: Option<PathBuf>,
+    /// Bearer token (one of api.tokens); default: the TURNPIKE_API_TOKEN environment
+    /// variable, else the first token of --config.
     #[arg(long, value_name = "TOKEN")]
     pub api_token: Option<String>,
     /// Only report the drain state and the allocations left; change nothing.

@@ -16,7 +16,7 @@ use stun_types::message::LongTermKeyCredentials;
 use crate::api::http;
 use crate::harness::{
     against_coturn, free_udp_tcp_port, rest_credentials, run_with_timeout, CmdOutput, Server,
-    REALM, SECRET,
+    TempDir, REALM, SECRET,
 };
 use crate::stun_client::{recv_from, UdpTurn};
 
@@ -288,6 +288,29 @@ fn drain_without_alternates_refuses_survives_reload_and_cancels() {
     }
     let mut client = UdpTurn::rest(&server, "after-reload");
     assert_eq!(client.allocate().code(), Some(508), "drain lost on reload");
+
+    // `--config` takes the API address and token from the server's config file.
+    let dir = TempDir::new("drain-config");
+    let file = dir.path().join("turnpike.toml");
+    let api = server.api.unwrap();
+    std::fs::write(
+        &file,
+        format!("[api]\nlisten = \"{api}\"\ntokens = [\"{TOKEN}\"]\n"),
+    )
+    .unwrap();
+    let out = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_turnpike"))
+            .args(["drain", "--status", "--config"])
+            .arg(&file)
+            .env_remove("TURNPIKE_API_TOKEN"),
+        CLI_TIMEOUT,
+    );
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout
+            .starts_with("draining: 0 allocations left; new Allocates are refused with 508"),
+        "{out}"
+    );
 
     // Cancelling accepts new allocations again.
     let out = drain_cli(&server, &["--cancel"]);
