@@ -10,6 +10,7 @@
 //! * `config_bounds` checks that out-of-range config values are refused at load and reload.
 //! * `drivers` attacks the I/O drivers: mixed address families on one worker, the largest
 //!   datagrams on every path, peer data that cannot be framed for a stream client.
+//! * `dashboard` checks the Grafana dashboard against `/metrics`.
 //! * `drain` checks `turnpike drain`: new Allocates redirected, existing ones relaying.
 //! * `nat_and_redirect` checks 300 Try Alternate and relaying behind a 1:1 NAT (netns lab).
 
@@ -17,6 +18,7 @@ mod abuse;
 mod api;
 mod config_bounds;
 mod daemon;
+mod dashboard;
 mod drain;
 mod drivers;
 mod e2e_webrtc;
