@@ -273,7 +273,7 @@ pub struct DrainArgs {
     #[arg(long, value_name = "TOKEN")]
     pub api_token: Option<String>,
     /// Only report the drain state and the allocations left; change nothing.
-    #[arg(long, conflicts_with = "cancel")]
+    #[arg(long, conflicts_with_all = ["cancel", "wait"])]
     pub status: bool,
     /// End draining: accept new allocations again.
     #[arg(long)]
@@ -382,6 +382,7 @@ mod tests {
         assert_eq!(args.api, "http://127.0.0.1:8080");
         assert!(args.wait && !args.cancel && !args.status);
         assert!(Cli::try_parse_from(["turnpike", "drain", "--wait", "--cancel"]).is_err());
+        assert!(Cli::try_parse_from(["turnpike", "drain", "--status", "--wait"]).is_err());
         assert!(Cli::try_parse_from(["turnpike", "drain", "--interval", "0"]).is_err());
     }
 
