@@ -49,8 +49,9 @@ pub struct Running {
 pub struct Control {
     shared: Arc<WorkerShared>,
     quotas: Arc<Quotas>,
-    /// Kept across reloads so nonces already handed out stay valid.
-    nonce_key: NonceKey,
+    /// The nonce key when no REST secret is configured; kept across reloads so nonces
+    /// already handed out stay valid (see [`nonce_key`]).
+    random_nonce_key: NonceKey,
     wakers: Vec<Arc<mio::Waker>>,
     /// Bound UDP and TLS listening addresses.
     own_addresses: Vec<SocketAddr>,
@@ -167,7 +168,7 @@ impl Control {
             &state.config,
             &self.own_addresses,
             &self.relay_ips,
-            &self.nonce_key,
+            &nonce_key(&state.config, &self.random_nonce_key),
         );
         if state.draining {
             server.draining = true;
@@ -295,6 +296,24 @@ impl Running {
     }
 }
 
+/// The key nonces are issued and checked with: derived from the first REST secret, so every
+/// instance sharing the secret accepts the others' nonces. A client sent elsewhere by 300
+/// Try Alternate keeps its nonce (libwebrtc does, and gives up on a 438 to an Allocate).
+/// It changes with the first secret, which costs clients one 438 each; without a secret
+/// (static users only) it is `fallback`.
+pub fn nonce_key(config: &config::Config, fallback: &NonceKey) -> NonceKey {
+    use hmac::{Hmac, Mac};
+    match config.secrets.first() {
+        Some(secret) => {
+            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.expose().as_bytes())
+                .expect("HMAC accepts keys of any length");
+            mac.update(b"turnpike nonce key v1");
+            NonceKey::new(mac.finalize().into_bytes().into())
+        }
+        None => fallback.clone(),
+    }
+}
+
 /// Derives the core's protocol settings. `secrets` must already hold at least one secret
 /// when no static user is configured (the daemon generates one).
 pub fn server_config(
@@ -402,7 +421,7 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         groups.push(group.into_iter().map(Listener::Tls).collect());
     }
     let relay_ips = resolve_relay_ips(config);
-    let nonce_key = NonceKey::new(rand::random());
+    let random_nonce_key = NonceKey::new(rand::random());
     let mut own_addresses = udp.clone();
     own_addresses.extend(&tls);
     let settings = Settings {
@@ -410,7 +429,7 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
             config,
             &own_addresses,
             &relay_ips,
-            &nonce_key,
+            &nonce_key(config, &random_nonce_key),
         )),
         relay: RelaySettings {
             ips: relay_ips.clone(),
@@ -467,7 +486,7 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
     let control = Arc::new(Control {
         shared,
         quotas,
-        nonce_key,
+        random_nonce_key,
         wakers,
         own_addresses,
         relay_ips: relay_ips.clone(),
@@ -502,6 +521,30 @@ mod tests {
         let handle = std::thread::spawn(move || supervise(7, &flag, &tx, body));
         let result = handle.join().expect("supervise catches the panic");
         (result, rx.recv_timeout(Duration::from_secs(5)).ok())
+    }
+
+    #[test]
+    fn instances_sharing_a_secret_accept_each_others_nonces() {
+        let with = |secrets: &[&str]| config::Config {
+            secrets: secrets
+                .iter()
+                .map(|s| config::Secret::new(s.to_string()))
+                .collect(),
+            ..config::Config::default()
+        };
+        let client: std::net::SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        // Each instance has its own random fallback; the secret decides.
+        let a = nonce_key(&with(&["fleet", "old"]), &NonceKey::new([1; 32]));
+        let b = nonce_key(&with(&["fleet"]), &NonceKey::new([2; 32]));
+        let other = nonce_key(&with(&["elsewhere"]), &NonceKey::new([1; 32]));
+        let nonce = a.issue(client, 10_000);
+        use proto::auth::NonceCheck;
+        assert_eq!(b.check(&nonce, client, 10_001, 600), NonceCheck::Valid);
+        assert_eq!(other.check(&nonce, client, 10_001, 600), NonceCheck::Stale);
+        // Static users only: the instance's own random key.
+        let fallback = NonceKey::new([3; 32]);
+        let own = nonce_key(&with(&[]), &fallback).issue(client, 10_000);
+        assert_eq!(fallback.check(&own, client, 10_000, 600), NonceCheck::Valid);
     }
 
     #[test]

@@ -120,6 +120,10 @@ pub fn mint_rest_credential(
     (username, password)
 }
 
+/// How far ahead of this server's clock a nonce's issue time may be: another instance of
+/// the fleet issued it, and clocks kept by NTP differ by far less.
+pub const NONCE_CLOCK_SKEW_SECS: u64 = 5;
+
 /// Issues and checks stateless nonces: base64url of the issue time (4 bytes, Unix seconds)
 /// followed by 8 bytes of HMAC-SHA256(key, time || client IP), 16 characters in all,
 /// kept short because every 401 carries one to an unauthenticated source.
@@ -183,9 +187,11 @@ impl NonceKey {
         }
         let issued = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
         let genuine: bool = self.mac(issued, client).ct_eq(&raw[4..]).into();
-        // A nonce from the future is forged or from a clock that jumped; either way refresh it.
+        // A nonce from further in the future is forged or from a clock that jumped; either way
+        // refresh it. A little is another instance's clock (nonce keys are fleet-wide).
         let issued = u64::from(issued);
-        let fresh = issued <= unix_now && unix_now - issued < lifetime_secs;
+        let fresh = issued <= unix_now.saturating_add(NONCE_CLOCK_SKEW_SECS)
+            && unix_now.saturating_sub(issued) < lifetime_secs;
         if genuine && fresh {
             NonceCheck::Valid
         } else {
@@ -269,7 +275,9 @@ mod tests {
         assert_eq!(key.check(&nonce, b, 5000, 600), NonceCheck::Stale);
         // Bound to the IP, not the port: one client's sockets can share a nonce.
         assert_eq!(key.check(&nonce, same_ip, 5000, 600), NonceCheck::Valid);
-        assert_eq!(key.check(&nonce, a, 4999, 600), NonceCheck::Stale);
+        // Issued by an instance whose clock is a little ahead: accepted; far ahead: not.
+        assert_eq!(key.check(&nonce, a, 4995, 600), NonceCheck::Valid);
+        assert_eq!(key.check(&nonce, a, 4994, 600), NonceCheck::Stale);
         assert_eq!(key.check("garbage", a, 5000, 600), NonceCheck::Stale);
         let forged = format!("{}AAAAAAAAAA", &nonce[..6]);
         assert_eq!(key.check(&forged, a, 5000, 600), NonceCheck::Stale);

@@ -1,8 +1,10 @@
 //! Draining a running daemon (`turnpike drain`, `/api/v1/drain`): new Allocates are sent
 //! elsewhere with 300 Try Alternate (or refused with 508 when there is nowhere to send
 //! them), allocations made before keep refreshing and relaying, and `drain --wait` returns
-//! once the last one is gone. turnpike-specific: coturn has no drain, so under
-//! `TURNPIKE_TEST_AGAINST=coturn` these tests skip with a message.
+//! once the last one is gone; a client redirected to another instance keeps its nonce there.
+//! The last test does the same with WebRTC calls in the NAT lab (`tests/e2e/drain.sh`).
+//! turnpike-specific: coturn has no drain, so under `TURNPIKE_TEST_AGAINST=coturn` these
+//! tests skip with a message.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -15,8 +17,8 @@ use stun_types::message::LongTermKeyCredentials;
 
 use crate::api::http;
 use crate::harness::{
-    against_coturn, free_udp_tcp_port, rest_credentials, run_with_timeout, CmdOutput, Server,
-    TempDir, REALM, SECRET,
+    against_coturn, free_udp_tcp_port, harness_dir, harness_home, require_tool, rest_credentials,
+    run_with_timeout, CmdOutput, Server, TempDir, REALM, SECRET,
 };
 use crate::stun_client::{recv_from, UdpTurn};
 
@@ -335,4 +337,89 @@ fn drain_without_alternates_refuses_survives_reload_and_cancels() {
         "{out}"
     );
     assert!(server.is_running());
+}
+
+#[test]
+fn a_client_redirected_by_a_draining_instance_keeps_its_nonce_at_the_alternate() {
+    if skip_against_coturn(
+        "a_client_redirected_by_a_draining_instance_keeps_its_nonce_at_the_alternate",
+    ) {
+        return;
+    }
+    // Two instances sharing nothing but the secret; A drains to B.
+    let b = Server::start(&[]);
+    let alternate = b.udp.to_string();
+    let a = Server::start(&["--api-token", TOKEN, "--drain-alternate-server", &alternate]);
+    assert!(drain_cli(&a, &[]).success());
+
+    // As libwebrtc does: the nonce from A's 401 signs the Allocate at A, and after the 300
+    // the same request goes to the alternate. A 438 there ends libwebrtc's allocation.
+    let mut at_a = UdpTurn::rest(&a, "redirected");
+    let nonce = at_a.fetch_nonce();
+    let reply = at_a.signed(
+        turn_types::message::ALLOCATE,
+        &crate::stun_client::udp_transport,
+        &nonce,
+    );
+    assert_eq!(reply.code(), Some(300), "{}", reply.msg());
+    let to = reply.msg().attribute::<AlternateServer>().unwrap().server();
+    assert_eq!(to, b.udp);
+    let at_b = UdpTurn::rest(&b, "redirected");
+    let reply = at_b.signed(
+        turn_types::message::ALLOCATE,
+        &crate::stun_client::udp_transport,
+        &nonce,
+    );
+    assert!(
+        reply.is_success(),
+        "B refused A's nonce (a 438 here is what libwebrtc cannot recover from): {}",
+        reply.msg()
+    );
+}
+
+/// Removes the drain test's `tpd` lab however the test ends (`drain.sh --down` waits for the
+/// script's lock, then runs `natlab.sh down`, which also stops what ran inside).
+struct DrainLabGuard;
+
+fn drain_sh(args: &[&str], timeout: Duration) -> CmdOutput {
+    run_with_timeout(
+        Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/drain.sh"))
+            .args(args)
+            .env("TURNPIKE_BIN", env!("CARGO_BIN_EXE_turnpike"))
+            .env("TURNPIKE_HARNESS_DIR", harness_dir())
+            .env("HARNESS_HOME", harness_home()),
+        timeout,
+    )
+}
+
+impl Drop for DrainLabGuard {
+    fn drop(&mut self) {
+        let out = drain_sh(&["--down"], Duration::from_secs(60));
+        if !out.success() {
+            eprintln!("drain lab cleanup failed:\n{out}");
+        }
+    }
+}
+
+/// The NAT lab (`tests/e2e/drain.sh`, netns prefix `tpd`): two instances sharing a secret;
+/// while an aiortc call runs through A, A drains; two Chromiums' new call is redirected by
+/// 300 to B and connects there relay/relay; the old call keeps flowing until it ends, and
+/// `drain --wait` then reports no allocation left. Needs root and what `.ci/run` installs.
+#[test]
+fn a_webrtc_call_survives_a_drain_and_a_new_call_is_redirected_to_the_other_instance() {
+    if skip_against_coturn("a_webrtc_call_survives_a_drain...") {
+        return;
+    }
+    for tool in ["chromium", "node", "nft", "flock"] {
+        require_tool(tool);
+    }
+    let _lab = DrainLabGuard;
+    let out = drain_sh(&[], Duration::from_secs(240));
+    println!("{}", out.stdout);
+    assert!(out.success(), "drain lab test failed:\n{out}");
+    assert!(
+        out.stdout.contains("drain-e2e: 1 passed, 0 failed"),
+        "drain lab test did not finish:\n{out}"
+    );
 }
