@@ -1,5 +1,6 @@
-//! `--credentials-url`: a minimal HTTP/1.0 GET (plain, or over TLS for `https:`) of
-//! turnpike's `/api/v1/ice` (or `/api/v1/credentials`), returning the URIs and credential.
+//! A minimal HTTP/1.0 client (plain, or over TLS for `https:`) for turnpike's own API:
+//! `--credentials-url` fetches `/api/v1/ice` (or `/api/v1/credentials`) for the URIs and
+//! credential; `turnpike drain` calls `/api/v1/drain`.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -29,28 +30,15 @@ pub fn fetch(
     tls_options: &TlsOptions,
 ) -> Result<IceConfig, String> {
     let bad = |why: &str| format!("credentials URL `{url}`: {why}");
-    let (secure, rest) = if let Some(rest) = url.strip_prefix("http://") {
-        (false, rest)
-    } else if let Some(rest) = url.strip_prefix("https://") {
-        (true, rest)
-    } else {
-        return Err(bad("expected http:// or https://"));
-    };
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let (path, query) = match path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path, None),
-    };
-    let path = if path.is_empty() || path == "/" {
+    let target = Target::parse(url).map_err(|why| bad(&why))?;
+    let path = if target.path.is_empty() || target.path == "/" {
         "/api/v1/ice"
     } else {
-        path
+        target.path
     };
+    let query = target.query;
     let has_user = query.is_some_and(|q| q.split('&').any(|p| p.starts_with("username=")));
-    let mut target = path.to_owned();
+    let mut path_and_query = path.to_owned();
     let mut params: Vec<String> = query
         .into_iter()
         .filter(|q| !q.is_empty())
@@ -60,73 +48,147 @@ pub fn fetch(
         params.push(format!("username={}", percent_encode(user)));
     }
     if !params.is_empty() {
-        target.push('?');
-        target.push_str(&params.join("&"));
+        path_and_query.push('?');
+        path_and_query.push_str(&params.join("&"));
     }
-    let default_port = if secure { 443 } else { 80 };
-    let (host_bare, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
-        match after.strip_prefix(':') {
-            Some(p) => (host, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-            None if after.is_empty() => (host, default_port),
-            None => return Err(bad("bad host")),
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-            None => (authority, default_port),
-        }
-    };
-    if host_bare.is_empty() {
-        return Err(bad("no host"));
-    }
-    let addr = (host_bare, port)
-        .to_socket_addrs()
-        .map_err(|e| bad(&format!("cannot resolve {host_bare}: {e}")))?
-        .next()
-        .ok_or_else(|| bad(&format!("cannot resolve {host_bare}")))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| bad(&super::conn::describe_io(&e, addr, timeout)))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| bad(&e.to_string()))?;
-    let mut request = format!(
-        "GET {target} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\
-         User-Agent: turnpike-probe\r\n"
-    );
-    if let Some(token) = token {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    request.push_str("\r\n");
-    let mut response = Vec::new();
-    let io = |e: std::io::Error| bad(&super::conn::describe_io(&e, addr, timeout));
-    if secure {
-        let config = tls::client_config(tls_options)?;
-        let name = tls::server_name(host_bare)?;
-        let conn = rustls::ClientConnection::new(Arc::clone(&config), name)
-            .map_err(|e| bad(&format!("TLS: {e}")))?;
-        let mut tls = rustls::StreamOwned::new(conn, stream);
-        tls.write_all(request.as_bytes()).map_err(io)?;
-        read_all(&mut tls, &mut response).map_err(io)?;
-    } else {
-        stream.write_all(request.as_bytes()).map_err(io)?;
-        read_all(&mut stream, &mut response).map_err(io)?;
-    }
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("malformed HTTP response"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| bad("malformed HTTP status line"))?;
+    let (status, body) = target
+        .exchange("GET", &path_and_query, token, timeout, tls_options)
+        .map_err(|why| bad(&why))?;
     if status != 200 {
         let body: String = body.trim().chars().take(200).collect();
         return Err(bad(&format!("HTTP {status}: {body}")));
     }
-    parse_ice(body).map_err(|why| bad(&why))
+    parse_ice(&body).map_err(|why| bad(&why))
+}
+
+/// One bodiless request (`GET`, `POST`, `DELETE`) to `base` (`http://HOST:PORT` or
+/// `https://...`; any path in it is replaced by `path`). Returns the status and the body.
+pub fn request(
+    method: &str,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+    tls_options: &TlsOptions,
+) -> Result<(u16, String), String> {
+    let bad = |why: &str| format!("API URL `{base}`: {why}");
+    Target::parse(base)
+        .and_then(|t| t.exchange(method, path, token, timeout, tls_options))
+        .map_err(|why| bad(&why))
+}
+
+/// An `http://` or `https://` URL taken apart.
+struct Target<'a> {
+    secure: bool,
+    /// `host[:port]` as written, for the Host header.
+    authority: &'a str,
+    /// The host without brackets.
+    host: &'a str,
+    port: u16,
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    fn parse(url: &'a str) -> Result<Target<'a>, String> {
+        let (secure, rest) = if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            return Err("expected http:// or https://".to_owned());
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        let default_port = if secure { 443 } else { 80 };
+        let bad_port = || "bad port".to_owned();
+        let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or("unclosed `[`")?;
+            match after.strip_prefix(':') {
+                Some(p) => (host, p.parse::<u16>().map_err(|_| bad_port())?),
+                None if after.is_empty() => (host, default_port),
+                None => return Err("bad host".to_owned()),
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad_port())?),
+                None => (authority, default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err("no host".to_owned());
+        }
+        Ok(Target {
+            secure,
+            authority,
+            host,
+            port,
+            path,
+            query,
+        })
+    }
+
+    /// Sends `METHOD path_and_query` over HTTP/1.0 and reads the whole answer.
+    fn exchange(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        token: Option<&str>,
+        timeout: Duration,
+        tls_options: &TlsOptions,
+    ) -> Result<(u16, String), String> {
+        let host = self.host;
+        let addr = (host, self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("cannot resolve {host}"))?;
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| super::conn::describe_io(&e, addr, timeout))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .map_err(|e| e.to_string())?;
+        let authority = self.authority;
+        let mut request = format!(
+            "{method} {path_and_query} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\
+             User-Agent: turnpike\r\nContent-Length: 0\r\n"
+        );
+        if let Some(token) = token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut response = Vec::new();
+        let io = |e: std::io::Error| super::conn::describe_io(&e, addr, timeout);
+        if self.secure {
+            let config = tls::client_config(tls_options)?;
+            let name = tls::server_name(host)?;
+            let conn = rustls::ClientConnection::new(Arc::clone(&config), name)
+                .map_err(|e| format!("TLS: {e}"))?;
+            let mut tls = rustls::StreamOwned::new(conn, stream);
+            tls.write_all(request.as_bytes()).map_err(io)?;
+            read_all(&mut tls, &mut response).map_err(io)?;
+        } else {
+            stream.write_all(request.as_bytes()).map_err(io)?;
+            read_all(&mut stream, &mut response).map_err(io)?;
+        }
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or("malformed HTTP response")?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or("malformed HTTP status line")?;
+        Ok((status, body.to_owned()))
+    }
 }
 
 /// Reads until the server closes; a TLS peer that closes without close_notify is accepted
