@@ -1754,14 +1754,14 @@ impl Config {
                 }
             }
         }
-        // The core treats such a name as a REST credential (`auth::rest_expiry`), so the
-        // static password is never looked at while a secret is set, nor after that time.
+        // With a secret set, the core treats such a name as a REST credential
+        // (`auth::rest_expiry`), so the static password is never looked at.
         for (name, _) in &self.static_users {
             if let Some(expiry) = crate::proto::auth::rest_expiry(name, self.separator) {
                 out.push(format!(
                     "auth.users: `{name}` parses as a REST username (expiry {expiry}, separator \
                      `{sep}`), so it is checked as a REST credential and its static password is \
-                     refused whenever auth.secrets is set, and always after that time; rename it",
+                     refused whenever auth.secrets is set; rename it",
                     sep = self.separator
                 ));
             }

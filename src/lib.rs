@@ -344,7 +344,24 @@ pub fn server_config(
         max_permissions_per_allocation: config.max_permissions_per_allocation,
         max_channels_per_allocation: config.max_channels_per_allocation,
         bandwidth_per_allocation: config.bandwidth_per_allocation,
-        peer_filter: PeerFilter::new(config.allow_peers.clone(), config.deny_peers.clone()),
+        // The relay's own addresses, configured and advertised, are denied peers in every
+        // form (NAT64 and the like carry IPv4 inside), before any allocation has used them;
+        // an `allow_peers` range that names one still opens it.
+        peer_filter: PeerFilter::new(
+            config.allow_peers.clone(),
+            config
+                .deny_peers
+                .iter()
+                .copied()
+                .chain(
+                    relay_ips
+                        .iter()
+                        .chain(config.external_ip.iter())
+                        .chain(config.external_ip_map.iter().map(|(_, public)| public))
+                        .map(|&ip| ipnet::IpNet::from(ip)),
+                )
+                .collect(),
+        ),
         own_addresses: listen.to_vec(),
         // Specific mappings first: the core takes the first entry naming the relay IP, else
         // the first catch-all of the same family.
@@ -554,6 +571,28 @@ mod tests {
         let fallback = NonceKey::new([3; 32]);
         let own = nonce_key(&with(&[]), &fallback).issue(client, 10_000);
         assert_eq!(fallback.check(&own, client, 10_000, 600), NonceCheck::Valid);
+    }
+
+    /// Before any allocation has used them, the relay's own addresses are denied peers, in
+    /// the IPv6 forms that carry them too; `allow_peers` still opens them.
+    #[test]
+    fn relay_addresses_are_denied_peers_from_the_start() {
+        let relay: IpAddr = "1.2.3.4".parse().unwrap();
+        let config = config::Config {
+            external_ip: Some("5.6.7.8".parse().unwrap()),
+            ..config::Config::default()
+        };
+        let filter = server_config(&config, &[], &[relay], &NonceKey::new([0; 32])).peer_filter;
+        for denied in ["1.2.3.4", "64:ff9b::102:304", "::ffff:1.2.3.4", "5.6.7.8"] {
+            assert!(!filter.is_allowed(denied.parse().unwrap()), "{denied}");
+        }
+        assert!(filter.is_allowed("1.2.3.5".parse().unwrap()));
+        let open = config::Config {
+            allow_peers: vec!["1.2.3.0/24".parse().unwrap()],
+            ..config::Config::default()
+        };
+        let filter = server_config(&open, &[], &[relay], &NonceKey::new([0; 32])).peer_filter;
+        assert!(filter.is_allowed(relay));
     }
 
     #[test]

@@ -223,7 +223,7 @@ pub enum NonceChoice {
     Expired,
     /// Minted `NONCE_LIFETIME - 1` seconds ago (just fresh).
     AlmostExpired,
-    /// Minted in the future.
+    /// Minted further in the future than a fleet's clocks may differ.
     Future,
     /// No NONCE attribute at all.
     Missing,
@@ -628,7 +628,14 @@ impl Harness {
                 Some(key.issue(client, self.unix.saturating_sub(NONCE_LIFETIME - 1))),
                 true,
             ),
-            NonceChoice::Future => (Some(key.issue(client, self.unix + 1)), false),
+            // Beyond the skew allowed between a fleet's clocks: forged, or a clock that jumped.
+            NonceChoice::Future => (
+                Some(key.issue(
+                    client,
+                    self.unix + turnpike::proto::auth::NONCE_CLOCK_SKEW_SECS + 1,
+                )),
+                false,
+            ),
             NonceChoice::Missing => (None, false),
             NonceChoice::Garbage(s) => (Some(s.clone()), false),
         }

@@ -110,7 +110,7 @@ pub(crate) async fn run(
                     }
                 }
                 // The client gave up before we took the connection: nothing to wait for.
-                Err(e) if is_connection_error(&e) => {}
+                Err(e) if crate::net::is_connection_error(&e) => {}
                 Err(e) => {
                     if !accept_failing {
                         tracing::warn!(
@@ -136,15 +136,6 @@ pub(crate) async fn run(
 /// Once shutdown is asked for, or its sender is gone.
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionRefused
-    )
 }
 
 /// One HTTP/1.1 connection (WebSocket upgrades included) until it ends; on shutdown, the
@@ -262,8 +253,9 @@ impl Slots {
     }
 
     fn claim(&self, source: IpAddr) -> Result<Slot, Refusal> {
-        // An IPv4 client of a dual-stack listener is the same source as over IPv4.
-        let source = source.to_canonical();
+        // An IPv4 client of a dual-stack listener is the same source as over IPv4, and an
+        // IPv6 /64 is one source, as for TURN connections.
+        let source = crate::net::source_of(source);
         let mut table = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if table.total >= table.max_total {
             return Err(Refusal::Total);
@@ -478,5 +470,14 @@ mod tests {
         let _v4 = slots.claim(A).unwrap();
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         assert_eq!(slots.claim(mapped).err(), Some(Refusal::Source));
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_source() {
+        let slots = Slots::new(10, 1);
+        let _first = slots.claim("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(slots.claim(same_64).err(), Some(Refusal::Source));
+        assert!(slots.claim("2001:db8:1:3::1".parse().unwrap()).is_ok());
     }
 }

@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::batch::{RecvBatch, SendBatch, BATCH};
 use super::stream::{channel_padding, Framer, MAX_FRAME};
 use super::udp::{self, Reservations};
+use super::{is_connection_error, source_of};
 use crate::proto::server::LogBudget;
 use crate::proto::wire::{AddressFamily, ErrorCode, CHANNEL_HEADER_LEN};
 use crate::proto::{
@@ -49,12 +50,15 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection without an allocation is closed this long after it opened or its last
 /// allocation ended, whatever it sends: Bindings cannot keep an unauthenticated slot forever.
 pub const UNALLOCATED_LIFETIME: Duration = Duration::from_secs(60);
-/// Bytes queued towards one stream client with an allocation before further data for it is
-/// dropped, and before its requests are no longer read: a client that stops reading cannot
-/// make the server buffer without bound. About 1 s of a 2 Mbit/s call.
+/// Bytes queued towards one stream client with an allocation: a client that stops reading
+/// cannot make the server buffer without bound. About 1 s of a 2 Mbit/s call.
 const MAX_QUEUED: usize = 256 * 1024;
 /// The same for a connection without an allocation: it only gets small answers.
 const MAX_QUEUED_UNALLOCATED: usize = 16 * 1024;
+/// Room at the end of the queue kept for answers to the client's own requests (a Refresh
+/// must not be lost behind media over TCP, where nobody retransmits it): relayed data stops
+/// short of it, and the client's requests are not handled while it is in use.
+const ANSWER_RESERVE: usize = 4 * 1024;
 /// After `accept` fails for want of descriptors (or any reason but `WouldBlock`), try again
 /// this much later: the backlog is not announced again by an edge-triggered poll.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -152,15 +156,6 @@ enum Refusal {
     Total,
 }
 
-/// The unit the per-source cap counts: an IPv4 address, or an IPv6 /64 (one subscriber's
-/// prefix: a host picks any address in it). IPv4-mapped addresses count as IPv4.
-fn source_of(client: IpAddr) -> IpAddr {
-    match client.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        v4 => v4,
-    }
-}
-
 /// A listening socket of this worker.
 pub enum Listener {
     Udp(std::net::UdpSocket),
@@ -191,7 +186,8 @@ struct Connection {
     frame_started: Option<Instant>,
     /// Since when the connection has had no allocation (it opened, or its allocation ended).
     unallocated_since: Instant,
-    /// Whether it had an allocation at the last sweep: its queue limit.
+    /// Whether it has an allocation (checked after each STUN request and at each sweep): its
+    /// queue limit.
     allocated: bool,
     /// A whole message arrived (TCP) or the handshake finished (TLS).
     established: bool,
@@ -204,6 +200,11 @@ impl Connection {
         } else {
             MAX_QUEUED_UNALLOCATED
         }
+    }
+
+    /// The answer reserve is in use: stop handling this client's requests until it reads.
+    fn congested(&self) -> bool {
+        self.queued.len() + ANSWER_RESERVE >= self.queue_limit()
     }
 }
 
@@ -537,7 +538,7 @@ impl Worker {
             };
             if let Some(&slot) = self.connection_slots.get(&tuple) {
                 if let Some(connection) = self.connections[slot].as_mut() {
-                    if !queue(connection, &[bytes, padding]) {
+                    if !queue(connection, &[bytes, padding], false) {
                         self.send_errors += 1;
                     }
                     if flush(connection).is_err() {
@@ -688,11 +689,14 @@ impl Worker {
             return Err(io::ErrorKind::WouldBlock.into());
         };
         let transport = *transport;
-        let (mut stream, client) = match listener.accept() {
+        let (stream, client) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
-            // Out of descriptors or similar: leave the rest in the backlog and come back to
-            // it soon (no new readiness event would announce it).
+            // The connection went away before it was taken (ECONNABORTED and the like): take
+            // the next one.
+            Err(e) if is_connection_error(&e) => return Ok(()),
+            // Out of descriptors or memory: leave the rest in the backlog and come back to it
+            // soon (no new readiness event would announce it).
             Err(e) => {
                 let now = Instant::now();
                 if let Some(suppressed) = self.accept_log.allow(now) {
@@ -715,43 +719,53 @@ impl Worker {
             tracing::debug!(%client, ?refusal, "connection refused: too many connections");
             return Ok(());
         }
-        let opened = self.open_connection(&mut stream, client, transport);
-        match opened {
-            Ok(tls) => {
-                let now = Instant::now();
-                let tuple = FiveTuple {
-                    client,
-                    server: stream.local_addr()?,
-                    transport,
-                };
-                let slot = self.free_connections.pop().unwrap_or_else(|| {
-                    self.connections.push(None);
-                    self.connections.len() - 1
-                });
-                self.poll.registry().register(
-                    &mut stream,
-                    Token(CONN_BASE + slot),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                self.connections[slot] = Some(Connection {
-                    stream,
-                    tuple,
-                    tls,
-                    framer: Framer::new(),
-                    queued: Vec::new(),
-                    opened: now,
-                    frame_started: None,
-                    unallocated_since: now,
-                    allocated: false,
-                    established: false,
-                });
-                self.connection_slots.insert(tuple, slot);
-            }
-            Err(e) => {
-                tracing::debug!(%client, error = %e, "connection not opened");
-                self.shared.connections.release(client.ip());
-            }
+        if let Err(e) = self.open_connection(stream, client, transport) {
+            tracing::debug!(%client, error = %e, "connection not opened");
+            self.shared.connections.release(client.ip());
         }
+        Ok(())
+    }
+
+    /// Registers an accepted connection in a free slot; on error nothing is left behind but
+    /// the caller's claim on the connection caps.
+    fn open_connection(
+        &mut self,
+        mut stream: TcpStream,
+        client: SocketAddr,
+        transport: Transport,
+    ) -> io::Result<()> {
+        let tls = self.new_stream_session(&mut stream, client, transport)?;
+        let now = Instant::now();
+        let tuple = FiveTuple {
+            client,
+            server: stream.local_addr()?,
+            transport,
+        };
+        let slot = self.free_connections.pop().unwrap_or_else(|| {
+            self.connections.push(None);
+            self.connections.len() - 1
+        });
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(CONN_BASE + slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.free_connections.push(slot);
+            return Err(e);
+        }
+        self.connections[slot] = Some(Connection {
+            stream,
+            tuple,
+            tls,
+            framer: Framer::new(),
+            queued: Vec::new(),
+            opened: now,
+            frame_started: None,
+            unallocated_since: now,
+            allocated: false,
+            established: false,
+        });
+        self.connection_slots.insert(tuple, slot);
         Ok(())
     }
 
@@ -786,7 +800,7 @@ impl Worker {
         }
     }
 
-    fn open_connection(
+    fn new_stream_session(
         &self,
         stream: &mut TcpStream,
         client: SocketAddr,
@@ -818,7 +832,7 @@ impl Worker {
         }
         // A client that does not read its answers is not read from either, until its queue
         // drains (a writable event brings it back here).
-        if connection.queued.len() >= connection.queue_limit() {
+        if connection.congested() {
             return false;
         }
         let (more, closed) = match read_connection(connection, &mut self.recv_buf) {
@@ -828,10 +842,13 @@ impl Worker {
                 return false;
             }
         };
-        if let Err(e) = self.handle_frames(slot) {
-            self.close_connection(slot, &e);
-            return false;
-        }
+        let paused = match self.handle_frames(slot) {
+            Ok(paused) => paused,
+            Err(e) => {
+                self.close_connection(slot, &e);
+                return false;
+            }
+        };
         let Some(connection) = self.connections[slot].as_mut() else {
             return false;
         };
@@ -846,18 +863,29 @@ impl Worker {
             );
             return false;
         }
-        more
+        // Frames left waiting for the queue to drain, which it just did without blocking:
+        // no event would bring them back.
+        more || (paused && !connection.congested())
     }
 
-    /// Hands every complete frame a connection has received to the core.
-    fn handle_frames(&mut self, slot: usize) -> Result<(), String> {
+    /// Hands the complete frames a connection has received to the core, until its answer
+    /// reserve is in use; whether it stopped for that (frames are left in the framer).
+    fn handle_frames(&mut self, slot: usize) -> Result<bool, String> {
         let Some(connection) = self.connections[slot].as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         let tuple = connection.tuple;
         let mut framer = std::mem::take(&mut connection.framer);
         let mut completed = false;
+        let mut paused = false;
         let result = loop {
+            if self.connections[slot]
+                .as_ref()
+                .is_some_and(Connection::congested)
+            {
+                paused = true;
+                break Ok(());
+            }
             let range = match framer.next_frame() {
                 Ok(Some(range)) => range,
                 Ok(None) => break Ok(()),
@@ -873,18 +901,21 @@ impl Worker {
             let allocated = is_stun && self.server.has_allocation(&tuple);
             if let Some(connection) = self.connections[slot].as_mut() {
                 connection.established = true;
-                if is_stun {
-                    connection.allocated = allocated;
-                }
+                // The answer first: a Refresh that ends the allocation gets its answer under
+                // the limit it was sent under.
                 if let Some(n) = reply {
-                    if !queue(connection, &[&self.out_buf[..n]]) {
+                    if !queue(connection, &[&self.out_buf[..n]], true) {
                         self.send_errors += 1;
                     }
+                }
+                if is_stun {
+                    connection.allocated = allocated;
                 }
             }
         };
         if let Some(connection) = self.connections[slot].as_mut() {
-            if framer.pending() == 0 {
+            // While paused, waiting is on the server's side of the deadline.
+            if framer.pending() == 0 || paused {
                 connection.frame_started = None;
             } else if completed || connection.frame_started.is_none() {
                 connection.frame_started = Some(Instant::now());
@@ -892,7 +923,7 @@ impl Worker {
             connection.framer = framer;
         }
         self.flush_sends();
-        result
+        result.map(|()| paused)
     }
 
     fn close_connection(&mut self, slot: usize, reason: &str) {
@@ -982,10 +1013,12 @@ fn read_connection(connection: &mut Connection, buf: &mut [u8]) -> io::Result<(b
     Ok((true, false))
 }
 
-/// Queues bytes for a stream client; false (and nothing queued) when its queue is full.
-fn queue(connection: &mut Connection, parts: &[&[u8]]) -> bool {
+/// Queues bytes for a stream client: an answer to its own request, or relayed data, which
+/// leaves the answer reserve free; false (and nothing queued) when there is no room.
+fn queue(connection: &mut Connection, parts: &[&[u8]], answer: bool) -> bool {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    if connection.queued.len() + len > connection.queue_limit() {
+    let reserve = if answer { 0 } else { ANSWER_RESERVE };
+    if connection.queued.len() + len + reserve > connection.queue_limit() {
         return false;
     }
     for part in parts {

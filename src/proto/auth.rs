@@ -54,17 +54,19 @@ impl Credentials {
     /// Candidate passwords for `username` at `unix_now`: one per REST secret, or the static
     /// user's password. REST usernames are `expiry`, `expiry<sep>user` or `user<sep>expiry`.
     pub fn passwords(&self, username: &str, unix_now: u64) -> Result<Vec<String>, AuthError> {
-        if let Some(expiry) = rest_expiry(username, self.separator) {
+        // Only with a secret to check them against are REST-shaped names REST credentials:
+        // without one, a static user may be called "1001".
+        if let Some(expiry) =
+            rest_expiry(username, self.separator).filter(|_| !self.secrets.is_empty())
+        {
             if expiry <= unix_now {
                 return Err(AuthError::Expired);
             }
-            if !self.secrets.is_empty() {
-                return Ok(self
-                    .secrets
-                    .iter()
-                    .map(|secret| rest_password(&secret.0, username))
-                    .collect());
-            }
+            return Ok(self
+                .secrets
+                .iter()
+                .map(|secret| rest_password(&secret.0, username))
+                .collect());
         }
         // A plain lookup: the user name is not a secret, and nothing is compared here (the
         // message integrity computed from the password is, by the caller).
@@ -89,11 +91,6 @@ impl Credentials {
             user
         }
     }
-
-    /// Whether `username` has the REST form for this server's separator.
-    pub fn is_rest_username(&self, username: &str) -> bool {
-        is_rest_username(username, self.separator)
-    }
 }
 
 fn is_digits(s: &str) -> bool {
@@ -115,12 +112,6 @@ pub fn rest_expiry(username: &str, separator: char) -> Option<u64> {
         return None;
     }
     field.parse().ok()
-}
-
-/// Whether `username` has the form of a REST username (see [`rest_expiry`]). Such a name is
-/// never looked up as a static user while a REST secret is configured.
-pub fn is_rest_username(username: &str, separator: char) -> bool {
-    rest_expiry(username, separator).is_some()
 }
 
 /// `base64(HMAC-SHA1(secret, username))`, the REST API password.
@@ -365,15 +356,29 @@ mod tests {
         assert_eq!(rest_expiry("1266890800alice", ':'), None);
         // More digits than any u64 holds is not a timestamp.
         assert_eq!(rest_expiry("123456789012345678901", ':'), None);
-        assert!(is_rest_username("1266890800", ':'));
-        assert!(!is_rest_username("alice", ':'));
+        assert!(rest_expiry("1266890800", ':').is_some());
+        assert!(rest_expiry("alice", ':').is_none());
         let creds = rest(&["s"]);
-        assert!(creds.is_rest_username("alice:1266890800"));
+        assert!(rest_expiry("alice:1266890800", creds.separator).is_some());
         assert_eq!(creds.quota_key("1266890800:alice"), "alice");
         assert_eq!(creds.quota_key("alice:1266890800"), "alice");
         // No user part: the credential itself is the quota key.
         assert_eq!(creds.quota_key("1266890800"), "1266890800");
         assert_eq!(creds.quota_key(":1266890800"), ":1266890800");
+    }
+
+    #[test]
+    fn without_a_secret_a_numeric_name_is_a_static_user() {
+        let creds = Credentials {
+            secrets: vec![],
+            separator: ':',
+            static_users: vec![("1001".to_owned(), Password("pbx".to_owned()))],
+        };
+        assert_eq!(
+            creds.passwords("1001", 5000).unwrap(),
+            vec!["pbx".to_owned()]
+        );
+        assert_eq!(creds.passwords("1002", 5000), Err(AuthError::UnknownUser));
     }
 
     #[test]

@@ -358,13 +358,15 @@ impl ChallengeLimiter {
     }
 
     /// Whether one more challenge to `source` fits in this second. The server-wide count is
-    /// taken only once the source's own cap let the challenge through.
-    fn allow(&self, source: IpAddr, unix_now: u64) -> bool {
+    /// taken only once the source's own cap let the challenge through, and only when
+    /// `server_wide`.
+    fn allow(&self, source: IpAddr, unix_now: u64, server_wide: bool) -> bool {
         use std::hash::BuildHasher;
         let slot = &self.slots[self.hasher.hash_one(source) as usize % Self::SLOTS];
         let second = unix_now & 0xFFFF_FFFF;
         Self::take(slot, second) < Self::PER_SECOND
-            && Self::take(&self.total, second) < self.max_total.load(Ordering::Relaxed)
+            && (!server_wide
+                || Self::take(&self.total, second) < self.max_total.load(Ordering::Relaxed))
     }
 
     /// Counts one in `counter` for `second` and returns the count before it.
@@ -730,7 +732,18 @@ impl Server {
         unix_now: u64,
         out: &mut [u8],
     ) -> usize {
-        if !self.quotas.challenges.allow(tuple.client.ip(), unix_now) {
+        // Caps stop reflection towards addresses a spoofer writes in; a TCP/TLS client's
+        // address was proven by its handshake. A 5-tuple that holds an allocation has proven
+        // it too, and must get its 438 to refresh: a flood cannot use up the server-wide cap
+        // in front of it (its source's own cap still applies).
+        let spoofable = tuple.transport == Transport::Udp;
+        let server_wide = !self.allocations.contains_key(&tuple);
+        if spoofable
+            && !self
+                .quotas
+                .challenges
+                .allow(tuple.client.ip(), unix_now, server_wide)
+        {
             self.stats.challenges_suppressed += 1;
             return 0;
         }

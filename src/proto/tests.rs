@@ -921,6 +921,51 @@ fn challenges_are_capped_for_the_whole_server() {
     ));
 }
 
+/// A flood that uses up the server-wide cap cannot keep challenges from the clients whose
+/// address is proven: TCP/TLS clients, and a 5-tuple that holds an allocation (whose Refresh
+/// with an expired nonce must get its 438).
+#[test]
+fn a_challenge_flood_does_not_starve_stream_clients_or_allocations() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1);
+    let reply = h.authed(CLIENT, &user, REFRESH, |m, _| {
+        m.add_attribute(&Lifetime::new(3600)).unwrap()
+    });
+    assert_eq!(reply_code(&reply), None, "Refresh to an hour");
+    let stale = h.nonce(CLIENT);
+    h.advance(Duration::from_secs(600));
+    h.quotas.set_max_challenges_per_sec(3);
+    let allocate = request(ALLOCATE, None, udp_transport);
+    for i in 0..10 {
+        h.send(&format!("198.51.100.{}:1", 20 + i), &allocate);
+    }
+    assert!(matches!(
+        h.send("198.51.100.99:1", &allocate),
+        Outcome::Drop
+    ));
+
+    let auth = Auth {
+        username: &user.0,
+        password: &user.1,
+        nonce: &stale,
+    };
+    let refresh = request(REFRESH, Some(&auth), |_, _| {});
+    assert_eq!(reply_code(&h.reply(CLIENT, &refresh)), Some(438));
+
+    let over_tcp = FiveTuple {
+        transport: Transport::Tcp,
+        ..tuple("198.51.100.77:5000")
+    };
+    let action = h
+        .server
+        .handle_client(h.now, h.unix, over_tcp, &allocate, &mut h.out);
+    let ClientAction::Reply(len) = action else {
+        panic!("a TCP client's Allocate was not answered during the flood");
+    };
+    assert_eq!(reply_code(&h.out[..len]), Some(401));
+}
+
 #[test]
 fn allocate_checks_transport_and_5tuple() {
     let mut h = Harness::new();

@@ -7,15 +7,16 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use stun_types::attribute::XorMappedAddress;
+use stun_types::message::MessageWriteExt;
 use stun_types::message::{Message, BINDING};
-use turn_types::attribute::{Data, XorPeerAddress};
-use turn_types::message::{ALLOCATE, DATA};
+use turn_types::attribute::{Data, Lifetime, XorPeerAddress};
+use turn_types::message::{ALLOCATE, DATA, REFRESH};
 
 use crate::hardening::metrics;
 use crate::harness::{rest_credentials, Server, SECRET};
 use crate::stun_client::{
-    channel_data, ipv6_relay, no_attrs, recv_from, stun_header, udp_transport, Resp, TcpTurn,
-    UdpTurn,
+    build_request, channel_data, ipv6_relay, no_attrs, recv_from, stun_header, udp_transport, Resp,
+    TcpTurn, UdpTurn,
 };
 
 /// One worker listening on IPv4 and IPv6 loopback, relaying on both, loopback peers allowed.
@@ -856,4 +857,69 @@ fn largest_frames_on_the_stream_path_are_relayed_whole_or_counted() {
     client.send_channel_data(0x4000, b"still relaying");
     let (got, _) = recv_from(&peer, WAIT).expect("relaying after the oversized frame");
     assert_eq!(got, b"still relaying");
+}
+
+/// A TCP client with an allocation whose downlink stalls while a peer floods it: relayed data
+/// fills its queue only up to a reserve, its Refresh waits unread until it reads again, and
+/// then the answer comes (before, it was dropped behind the media, and over TCP nobody
+/// retransmits a request).
+#[test]
+fn a_stalled_stream_client_still_gets_the_answer_to_its_refresh() {
+    let server = Server::start(&[]);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect_timeout(&server.tcp().into(), WAIT).unwrap();
+    let (username, password) = rest_credentials(SECRET, "stalled", 3600);
+    let mut client = TcpTurn::on(socket.into(), &username, &password);
+    let relay = client
+        .allocate()
+        .expect_success("Allocate over TCP")
+        .relayed();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .channel_bind(0x4000, peer.local_addr().unwrap())
+        .expect_success("ChannelBind");
+    // More than the kernel's buffers and the 256 KiB queue hold, at most 2 s, in frames of
+    // 1 KiB that fill the queue to the last byte.
+    let media = [7u8; 1020];
+    let until = Instant::now() + Duration::from_secs(3);
+    for i in 0..6000 {
+        if Instant::now() > until {
+            break;
+        }
+        peer.send_to(&media, relay).unwrap();
+        if i % 16 == 15 {
+            // Paced, so the relay socket's receive buffer does not overflow first.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let queued = crate::hardening::metric_sum(&metrics(&server), "turnpike_stream_buffer_bytes");
+    assert!(
+        queued >= 200.0 * 1024.0,
+        "only {queued} bytes queued: the stall never filled the queue, so this measured nothing"
+    );
+    let refresh = build_request(
+        REFRESH,
+        &|w, _| {
+            w.add_attribute(&Lifetime::new(600)).unwrap();
+        },
+        Some((&username, &password, &client.nonce().unwrap())),
+    );
+    client.stream.write_all(&refresh).unwrap();
+    let txid = &refresh[8..20];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut media_frames, mut answer) = (0, None);
+    while answer.is_none() && Instant::now() < deadline {
+        let frame = client.read_frame().expect("frames after the stall");
+        if frame[0] >= 0x40 {
+            media_frames += 1;
+        } else if &frame[8..20] == txid {
+            answer = Some(Resp(frame));
+        }
+    }
+    let answer = answer
+        .unwrap_or_else(|| panic!("no answer to the Refresh after {media_frames} relayed frames"));
+    assert!(answer.is_success(), "Refresh: {}", answer.describe());
+    eprintln!("the Refresh answer came after {media_frames} relayed frames");
 }

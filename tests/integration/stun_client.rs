@@ -403,6 +403,11 @@ impl TcpTurn {
     pub fn connect(server: SocketAddr, username: &str, password: &str) -> TcpTurn {
         let stream = TcpStream::connect_timeout(&server, RESPONSE_TIMEOUT)
             .unwrap_or_else(|e| panic!("TCP connect to {server}: {e}"));
+        TcpTurn::on(stream, username, password)
+    }
+
+    /// A client on a connection made by the caller (with its own socket options, say).
+    pub fn on(stream: TcpStream, username: &str, password: &str) -> TcpTurn {
         stream.set_read_timeout(Some(RESPONSE_TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         TcpTurn {
@@ -411,6 +416,11 @@ impl TcpTurn {
             password: password.to_string(),
             nonce: None,
         }
+    }
+
+    /// The nonce this client authenticates with, once it has one.
+    pub fn nonce(&self) -> Option<String> {
+        self.nonce.clone()
     }
 
     /// A client with valid REST credentials for `user`, connected to `server`.
