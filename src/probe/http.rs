@@ -1,10 +1,11 @@
-//! `--credentials-url`: a minimal HTTP/1.0 GET (plain, or over TLS for `https:`) of
-//! turnpike's `/api/v1/ice` (or `/api/v1/credentials`), returning the URIs and credential.
+//! `--credentials-url`: a GET (plain, or over TLS for `https:`) of turnpike's `/api/v1/ice`
+//! (or `/api/v1/credentials`), returning the URIs and credential.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
+
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use url::Url;
 
 use super::tls::{self, TlsOptions};
 
@@ -20,7 +21,8 @@ pub struct IceConfig {
 }
 
 /// Fetches `url`. A URL without a path asks for `/api/v1/ice`; without a `username`
-/// parameter it asks for one named `user`.
+/// parameter it asks for one named `user`. `timeout` bounds the connection set-up and
+/// each read and write. Redirects are not followed (the token would go with them).
 pub fn fetch(
     url: &str,
     user: &str,
@@ -29,113 +31,89 @@ pub fn fetch(
     tls_options: &TlsOptions,
 ) -> Result<IceConfig, String> {
     let bad = |why: &str| format!("credentials URL `{url}`: {why}");
-    let (secure, rest) = if let Some(rest) = url.strip_prefix("http://") {
-        (false, rest)
-    } else if let Some(rest) = url.strip_prefix("https://") {
-        (true, rest)
-    } else {
-        return Err(bad("expected http:// or https://"));
+    let target = request_url(url, user).map_err(|why| bad(&why))?;
+    let server = match (target.host_str(), target.port_or_known_default()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        _ => target.to_string(),
     };
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let (path, query) = match path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path, None),
-    };
-    let path = if path.is_empty() || path == "/" {
-        "/api/v1/ice"
-    } else {
-        path
-    };
-    let has_user = query.is_some_and(|q| q.split('&').any(|p| p.starts_with("username=")));
-    let mut target = path.to_owned();
-    let mut params: Vec<String> = query
-        .into_iter()
-        .filter(|q| !q.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if !has_user {
-        params.push(format!("username={}", percent_encode(user)));
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_connect(Some(timeout))
+        .timeout_per_read(Some(timeout))
+        .timeout_per_write(Some(timeout))
+        .user_agent("turnpike-probe")
+        .accept("application/json");
+    if target.scheme() == "https" {
+        config = config.tls_config(tls_config(tls_options)?);
     }
-    if !params.is_empty() {
-        target.push('?');
-        target.push_str(&params.join("&"));
-    }
-    let default_port = if secure { 443 } else { 80 };
-    let (host_bare, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
-        match after.strip_prefix(':') {
-            Some(p) => (host, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-            None if after.is_empty() => (host, default_port),
-            None => return Err(bad("bad host")),
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-            None => (authority, default_port),
-        }
-    };
-    if host_bare.is_empty() {
-        return Err(bad("no host"));
-    }
-    let addr = (host_bare, port)
-        .to_socket_addrs()
-        .map_err(|e| bad(&format!("cannot resolve {host_bare}: {e}")))?
-        .next()
-        .ok_or_else(|| bad(&format!("cannot resolve {host_bare}")))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| bad(&super::conn::describe_io(&e, addr, timeout)))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| bad(&e.to_string()))?;
-    let mut request = format!(
-        "GET {target} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\
-         User-Agent: turnpike-probe\r\n"
-    );
+    let agent = ureq::Agent::new_with_config(config.build());
+    let mut request = agent.get(target.as_str());
     if let Some(token) = token {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        request = request.header("Authorization", format!("Bearer {token}"));
     }
-    request.push_str("\r\n");
-    let mut response = Vec::new();
-    let io = |e: std::io::Error| bad(&super::conn::describe_io(&e, addr, timeout));
-    if secure {
-        let config = tls::client_config(tls_options)?;
-        let name = tls::server_name(host_bare)?;
-        let conn = rustls::ClientConnection::new(Arc::clone(&config), name)
-            .map_err(|e| bad(&format!("TLS: {e}")))?;
-        let mut tls = rustls::StreamOwned::new(conn, stream);
-        tls.write_all(request.as_bytes()).map_err(io)?;
-        read_all(&mut tls, &mut response).map_err(io)?;
-    } else {
-        stream.write_all(request.as_bytes()).map_err(io)?;
-        read_all(&mut stream, &mut response).map_err(io)?;
-    }
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("malformed HTTP response"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| bad("malformed HTTP status line"))?;
+    let describe = |e: ureq::Error| bad(&describe_error(e, &server, timeout));
+    let mut response = request.call().map_err(describe)?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE)
+        .read_to_string()
+        .map_err(describe)?;
     if status != 200 {
         let body: String = body.trim().chars().take(200).collect();
         return Err(bad(&format!("HTTP {status}: {body}")));
     }
-    parse_ice(body).map_err(|why| bad(&why))
+    parse_ice(&body).map_err(|why| bad(&why))
 }
 
-/// Reads until the server closes; a TLS peer that closes without close_notify is accepted
-/// once the body is in.
-fn read_all(stream: &mut impl Read, out: &mut Vec<u8>) -> std::io::Result<()> {
-    match stream.take(MAX_RESPONSE).read_to_end(out) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => Ok(()),
-        Err(e) => Err(e),
+/// The URL to GET: `/api/v1/ice` for an empty path, `username=<user>` added when the query
+/// has none.
+fn request_url(raw: &str, user: &str) -> Result<Url, String> {
+    let mut url = Url::parse(raw.trim()).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("expected http:// or https://".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("no user name or password in the URL (use --api-token)".to_owned());
+    }
+    if url.path() == "/" {
+        url.set_path("/api/v1/ice");
+    }
+    if !url.query_pairs().any(|(name, _)| name == "username") {
+        url.query_pairs_mut().append_pair("username", user);
+    }
+    Ok(url)
+}
+
+/// The probe's trust settings (`--ca-file`, `--insecure`, the system's CA bundle) for ureq,
+/// on the same ring provider as the `turns:` connections.
+fn tls_config(options: &TlsOptions) -> Result<TlsConfig, String> {
+    let builder = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()));
+    let builder = if options.insecure {
+        builder.disable_verification(true)
+    } else {
+        let roots = tls::root_certificates(options)?;
+        builder.root_certs(RootCerts::from(
+            roots
+                .iter()
+                .map(|der| Certificate::from_der(der).to_owned()),
+        ))
+    };
+    Ok(builder.build())
+}
+
+fn describe_error(e: ureq::Error, server: &str, timeout: Duration) -> String {
+    match e {
+        ureq::Error::Timeout(_) => super::conn::timeout_reason(server, timeout),
+        ureq::Error::Io(e) => super::conn::describe_io(&e, server, timeout),
+        ureq::Error::HostNotFound => format!("cannot resolve {server}"),
+        ureq::Error::BodyExceedsLimit(limit) => format!("response larger than {limit} bytes"),
+        ureq::Error::Rustls(e) => format!("TLS: {e}"),
+        e => e.to_string(),
     }
 }
 
@@ -173,17 +151,6 @@ pub fn parse_ice(body: &str) -> Result<IceConfig, String> {
     Ok(config)
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +173,28 @@ mod tests {
     }
 
     #[test]
-    fn encodes_query_values() {
-        assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
+    fn builds_the_request_url() {
+        let url = |raw| request_url(raw, "a b/c").map(String::from);
+        assert_eq!(
+            url("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080/api/v1/ice?username=a+b%2Fc"
+        );
+        assert_eq!(
+            url("https://h/api/v1/credentials?ttl=60").unwrap(),
+            "https://h/api/v1/credentials?ttl=60&username=a+b%2Fc"
+        );
+        assert_eq!(
+            url("http://[::1]:9/x?username=bob").unwrap(),
+            "http://[::1]:9/x?username=bob"
+        );
+        for bad in [
+            "ftp://h",
+            "http://",
+            "http://h:99999",
+            "h:80",
+            "http://u:p@h",
+        ] {
+            assert!(url(bad).is_err(), "{bad}");
+        }
     }
 }
