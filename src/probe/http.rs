@@ -172,6 +172,97 @@ mod tests {
         assert!(parse_ice("nope").is_err());
     }
 
+    /// A one-certificate HTTPS server on loopback answering `connections` requests with an
+    /// `/api/v1/ice` body; its certificate (PEM) is returned with the address.
+    fn https_server(connections: usize) -> (std::net::SocketAddr, String) {
+        use std::io::{Read, Write};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(["127.0.0.1".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            )
+            .unwrap();
+        let config = Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..connections {
+                let (tcp, _) = listener.accept().unwrap();
+                tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let conn = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                // A client that refuses the certificate ends the handshake: next connection.
+                while !request.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => request.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                if !request.ends_with(b"\r\n\r\n") {
+                    continue;
+                }
+                let body =
+                    r#"{"iceServers":[{"urls":["turn:h"],"username":"u","credential":"p"}]}"#;
+                let _ = write!(
+                    tls,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        (addr, cert.pem())
+    }
+
+    #[test]
+    fn fetches_over_https_trusting_the_ca_file_or_insecure() {
+        let (addr, pem) = https_server(3);
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, pem).unwrap();
+        let url = format!("https://{addr}");
+        let timeout = Duration::from_secs(5);
+        let trusting = TlsOptions {
+            insecure: false,
+            ca_file: Some(ca_file),
+        };
+        let ice = fetch(&url, "a", None, timeout, &trusting).unwrap();
+        assert_eq!(ice.urls, ["turn:h"]);
+        assert_eq!(ice.credential.as_deref(), Some("p"));
+
+        // Another CA: the server's certificate is refused.
+        let other = rcgen::CertificateParams::new(["127.0.0.1".to_owned()])
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let other_file = dir.path().join("other.pem");
+        std::fs::write(&other_file, other.pem()).unwrap();
+        let distrusting = TlsOptions {
+            insecure: false,
+            ca_file: Some(other_file),
+        };
+        let e = fetch(&url, "a", None, timeout, &distrusting).unwrap_err();
+        assert!(e.contains("certificate"), "{e}");
+
+        let insecure = TlsOptions {
+            insecure: true,
+            ca_file: None,
+        };
+        assert_eq!(fetch(&url, "a", None, timeout, &insecure).unwrap(), ice);
+    }
+
     #[test]
     fn builds_the_request_url() {
         let url = |raw| request_url(raw, "a b/c").map(String::from);
