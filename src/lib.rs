@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod ice_uri;
 pub mod net;
 pub mod probe;
 pub mod proto;
