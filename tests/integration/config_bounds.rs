@@ -227,6 +227,37 @@ fn check_config_accepts_the_edges_of_every_range() {
     assert!(out.stdout.contains("max_lifetime_secs = 604800"), "{out}");
 }
 
+/// `api.uris` go to browsers as written, but with a valid host and port: check-config
+/// refuses a port out of range or an unbracketed IPv6 address, naming key and line (it used
+/// to check the scheme only), and still takes a query it leaves to the browser.
+#[test]
+fn check_config_refuses_ice_uris_with_a_bad_host_or_port() {
+    let dir = temp_dir("bounds-uris");
+    for (uri, why) in [
+        ("turn:turn.example.com:0", "bad port `0`"),
+        ("turn:turn.example.com:65536", "bad port `65536`"),
+        ("turn:2001:db8::1", "IPv6 addresses must be in brackets"),
+        ("stun:[2001:db8::1", "unclosed `[`"),
+    ] {
+        let path = one_key_file(&dir, "api", "uris", &format!("[\"{uri}\"]"));
+        let out = check_config(&path);
+        assert_eq!(out.code(), Some(2), "{uri}: {out}");
+        assert!(
+            out.stderr
+                .contains(&format!("api.uris (line 3): `{uri}`: {why}")),
+            "{uri}: {out}"
+        );
+    }
+    let path = one_key_file(
+        &dir,
+        "api",
+        "uris",
+        "[\"stun:stun.example.com:3478?transport=udp\", \"turns:[2001:db8::1]\"]",
+    );
+    let out = check_config(&path);
+    assert!(out.success(), "{out}");
+}
+
 /// `turnpike run` refuses the same values from a file and from flags, before binding
 /// anything. Before the bounds it started and served (and panicked on the first Allocate).
 #[test]
