@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ureq::http::Uri;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
-use url::Url;
 
 use super::tls::{self, TlsOptions};
 
@@ -32,9 +32,11 @@ pub fn fetch(
 ) -> Result<IceConfig, String> {
     let bad = |why: &str| format!("credentials URL `{url}`: {why}");
     let target = request_url(url, user).map_err(|why| bad(&why))?;
-    let server = match (target.host_str(), target.port_or_known_default()) {
-        (Some(host), Some(port)) => format!("{host}:{port}"),
-        _ => target.to_string(),
+    let https = target.scheme_str() == Some("https");
+    let server = match target.authority() {
+        Some(a) if a.port().is_some() => a.to_string(),
+        Some(a) => format!("{}:{}", a.host(), if https { 443 } else { 80 }),
+        None => target.to_string(),
     };
     let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -44,11 +46,11 @@ pub fn fetch(
         .timeout_per_write(Some(timeout))
         .user_agent("turnpike-probe")
         .accept("application/json");
-    if target.scheme() == "https" {
+    if https {
         config = config.tls_config(tls_config(tls_options)?);
     }
     let agent = ureq::Agent::new_with_config(config.build());
-    let mut request = agent.get(target.as_str());
+    let mut request = agent.get(target);
     if let Some(token) = token {
         request = request.header("Authorization", format!("Bearer {token}"));
     }
@@ -70,21 +72,44 @@ pub fn fetch(
 
 /// The URL to GET: `/api/v1/ice` for an empty path, `username=<user>` added when the query
 /// has none.
-fn request_url(raw: &str, user: &str) -> Result<Url, String> {
-    let mut url = Url::parse(raw.trim()).map_err(|e| e.to_string())?;
-    if !matches!(url.scheme(), "http" | "https") {
+fn request_url(raw: &str, user: &str) -> Result<Uri, String> {
+    let uri: Uri = raw.trim().parse().map_err(|e| format!("not a URL ({e})"))?;
+    let (Some(scheme @ ("http" | "https")), Some(authority)) = (uri.scheme_str(), uri.authority())
+    else {
         return Err("expected http:// or https://".to_owned());
-    }
-    if !url.username().is_empty() || url.password().is_some() {
+    };
+    if authority.as_str().contains('@') {
         return Err("no user name or password in the URL (use --api-token)".to_owned());
     }
-    if url.path() == "/" {
-        url.set_path("/api/v1/ice");
+    if authority.host().is_empty() {
+        return Err("no host".to_owned());
     }
-    if !url.query_pairs().any(|(name, _)| name == "username") {
-        url.query_pairs_mut().append_pair("username", user);
+    // With no user info, what follows the host is empty or `:port`.
+    let port = authority.as_str()[authority.host().len()..].strip_prefix(':');
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Err("bad port".to_owned());
     }
-    Ok(url)
+    let mut target = match uri.path() {
+        "" | "/" => "/api/v1/ice".to_owned(),
+        path => path.to_owned(),
+    };
+    let query = uri.query().filter(|q| !q.is_empty());
+    let mut params: Vec<String> = query.into_iter().map(str::to_owned).collect();
+    if !query.is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(n, _)| n == "username")) {
+        params.push(
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("username", user)
+                .finish(),
+        );
+    }
+    target.push('?');
+    target.push_str(&params.join("&"));
+    Uri::builder()
+        .scheme(scheme)
+        .authority(authority.as_str())
+        .path_and_query(target)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// The probe's trust settings (`--ca-file`, `--insecure`, the system's CA bundle) for ureq,
@@ -265,7 +290,7 @@ mod tests {
 
     #[test]
     fn builds_the_request_url() {
-        let url = |raw| request_url(raw, "a b/c").map(String::from);
+        let url = |raw| request_url(raw, "a b/c").map(|u| u.to_string());
         assert_eq!(
             url("http://127.0.0.1:8080").unwrap(),
             "http://127.0.0.1:8080/api/v1/ice?username=a+b%2Fc"
@@ -281,7 +306,10 @@ mod tests {
         for bad in [
             "ftp://h",
             "http://",
+            "http://:80",
             "http://h:99999",
+            "http://h:0",
+            "http://h:",
             "h:80",
             "http://u:p@h",
         ] {
