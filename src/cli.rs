@@ -1,4 +1,5 @@
-//! Command line: `turnpike run`, `turnpike credentials`, `turnpike check-config`.
+//! Command line: `turnpike run`, `turnpike credentials`, `turnpike probe`, `turnpike drain`,
+//! `turnpike check-config`.
 //!
 //! Every configuration key has a flag (the kebab-case of its name). Flags for list keys
 //! are repeatable and add to the list the config file sets; when the file does not set
@@ -33,6 +34,9 @@ pub enum Command {
     Credentials(CredentialsArgs),
     /// Test STUN/TURN servers from this host: Binding, Allocate, relay both ways, verdict.
     Probe(ProbeArgs),
+    /// Drain a running server through its HTTP API: new Allocates go to other instances
+    /// (300 Try Alternate), existing allocations keep relaying; `--wait` until none is left.
+    Drain(DrainArgs),
     /// Validate a config file and print the effective configuration (secrets redacted).
     CheckConfig {
         /// The TOML config file to check.
@@ -67,6 +71,10 @@ pub struct RunArgs {
     /// to server.alternate_servers).
     #[arg(long, value_name = "IP:PORT")]
     pub alternate_server: Vec<SocketAddr>,
+    /// Redirect new Allocates here while draining (repeatable; adds to
+    /// server.drain_alternate_servers).
+    #[arg(long, value_name = "IP:PORT")]
+    pub drain_alternate_server: Vec<SocketAddr>,
 
     // [auth]
     /// REST API shared secret (repeatable; adds to auth.secrets; the first one signs).
@@ -260,6 +268,50 @@ pub struct ProbeArgs {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Flags of `turnpike drain`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Exit status: 0 when done (with --wait: no allocation left), \
+                        1 on API errors or when --timeout passes first, 2 on usage errors."
+)]
+pub struct DrainArgs {
+    /// The server's HTTP API (its api.listen).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    pub api: String,
+    /// Take the API address and token from the server's config file (api.listen, the first
+    /// of api.tokens) instead.
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "api")]
+    pub config: Option<PathBuf>,
+    /// Bearer token (one of api.tokens); default: the TURNPIKE_API_TOKEN environment
+    /// variable, else the first token of --config.
+    #[arg(long, value_name = "TOKEN")]
+    pub api_token: Option<String>,
+    /// Only report the drain state and the allocations left; change nothing.
+    #[arg(long, conflicts_with_all = ["cancel", "wait"])]
+    pub status: bool,
+    /// End draining: accept new allocations again.
+    #[arg(long)]
+    pub cancel: bool,
+    /// After starting the drain, poll until no allocation is left.
+    #[arg(long, conflicts_with = "cancel")]
+    pub wait: bool,
+    /// Seconds --wait gives the allocations to end before exiting with status 1.
+    #[arg(long, value_name = "SECS", default_value_t = 3600.0, value_parser = parse_timeout)]
+    pub timeout: f64,
+    /// Seconds between polls with --wait.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_timeout)]
+    pub interval: f64,
+    /// Print each state as a JSON object (one per line) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not verify the API's TLS certificate (https:).
+    #[arg(long, conflicts_with = "ca_file")]
+    pub insecure: bool,
+    /// Trust the CA certificates in this PEM file for an https: API.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+}
+
 fn parse_timeout(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(secs) if secs.is_finite() && (0.1..=3600.0).contains(&secs) => Ok(secs),
@@ -333,6 +385,19 @@ mod tests {
             "a"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn drain_defaults_and_conflicts() {
+        let cli = Cli::try_parse_from(["turnpike", "drain", "--wait"]).unwrap();
+        let Command::Drain(args) = cli.command else {
+            panic!("expected drain")
+        };
+        assert_eq!(args.api, "http://127.0.0.1:8080");
+        assert!(args.wait && !args.cancel && !args.status);
+        assert!(Cli::try_parse_from(["turnpike", "drain", "--wait", "--cancel"]).is_err());
+        assert!(Cli::try_parse_from(["turnpike", "drain", "--status", "--wait"]).is_err());
+        assert!(Cli::try_parse_from(["turnpike", "drain", "--interval", "0"]).is_err());
     }
 
     #[test]

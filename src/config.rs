@@ -127,6 +127,9 @@ pub struct Config {
     /// ALTERNATE-SERVER, RFC 8489 §10); empty = allocate here. Concrete addresses, no
     /// port 0, no repeats.
     pub alternate_servers: Vec<SocketAddr>,
+    /// Where new Allocates are redirected while the instance drains (`turnpike drain`);
+    /// entries naming this instance itself are skipped, so one fleet-wide list fits all.
+    pub drain_alternate_servers: Vec<SocketAddr>,
     /// REST API shared secrets: the first signs, all verify. May be empty; the runtime
     /// then generates one and warns.
     pub secrets: Vec<Secret>,
@@ -211,6 +214,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             // Redirecting is for draining or spreading load; a lone server allocates itself.
             alternate_servers: Vec::new(),
+            // Nowhere: a draining lone server answers new Allocates with 508.
+            drain_alternate_servers: Vec::new(),
             // None: `turnpike run` generates one and warns, so the first run works.
             secrets: Vec::new(),
             separator: DEFAULT_SEPARATOR,
@@ -364,6 +369,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "workers",
             "log_format",
             "alternate_servers",
+            "drain_alternate_servers",
         ],
     ),
     (
@@ -440,6 +446,7 @@ struct ServerFile {
     workers: usize,
     log_format: LogFormat,
     alternate_servers: Vec<String>,
+    drain_alternate_servers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -930,6 +937,12 @@ impl Config {
             &server.alternate_servers,
             parse_alternate_server,
         )?;
+        let drain_alternate_servers = parse_list(
+            &src,
+            "server.drain_alternate_servers",
+            &server.drain_alternate_servers,
+            parse_alternate_server,
+        )?;
         let external_ip_map = parse_list(
             &src,
             "relay.external_ip_map",
@@ -958,6 +971,7 @@ impl Config {
             workers: resolve_workers(server.workers),
             log_format: server.log_format,
             alternate_servers,
+            drain_alternate_servers,
             secrets: unique_secrets(auth.secrets),
             separator,
             nonce_lifetime: Duration::from_secs(auth.nonce_lifetime_secs),
@@ -1077,6 +1091,21 @@ impl Config {
             "server.alternate_servers",
             "--alternate-server",
             keep_list("server.alternate_servers"),
+            flags,
+        );
+        let mut drain_alternates = Vec::new();
+        for addr in &args.drain_alternate_server {
+            drain_alternates.push(
+                check_alternate_server(*addr)
+                    .map_err(|m| flag_err("--drain-alternate-server", &addr.to_string(), m))?,
+            );
+        }
+        list(
+            &mut self.drain_alternate_servers,
+            &drain_alternates,
+            "server.drain_alternate_servers",
+            "--drain-alternate-server",
+            keep_list("server.drain_alternate_servers"),
             flags,
         );
 
@@ -1635,6 +1664,7 @@ impl Config {
                 workers: self.workers,
                 log_format: self.log_format,
                 alternate_servers: display_all(&self.alternate_servers),
+                drain_alternate_servers: display_all(&self.drain_alternate_servers),
             },
             auth: AuthFile {
                 secrets: self.secrets.iter().map(show).collect(),

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod ice_uri;
 pub mod net;
 pub mod probe;
@@ -37,13 +38,159 @@ pub struct Running {
     pub tcp: Vec<SocketAddr>,
     pub tls: Vec<SocketAddr>,
     pub relay_ips: Vec<IpAddr>,
-    shared: Arc<WorkerShared>,
-    quotas: Arc<Quotas>,
-    /// Kept across reloads so nonces already handed out stay valid.
-    nonce_key: NonceKey,
-    wakers: Vec<Arc<mio::Waker>>,
+    control: Arc<Control>,
     workers: Vec<JoinHandle<io::Result<()>>>,
     deaths: Option<mpsc::Receiver<WorkerDeath>>,
+}
+
+/// Changes the settings the workers serve by: a reloaded configuration (SIGHUP) and drain
+/// mode (the HTTP API). Both paths go through one lock, so a reload keeps a drain in force
+/// and a drain keeps the reloaded configuration. Workers see a change at their next loop
+/// turn (they are woken); the packet path never takes this lock.
+pub struct Control {
+    shared: Arc<WorkerShared>,
+    quotas: Arc<Quotas>,
+    /// The nonce key when no REST secret is configured; kept across reloads so nonces
+    /// already handed out stay valid (see [`nonce_key`]).
+    random_nonce_key: NonceKey,
+    wakers: Vec<Arc<mio::Waker>>,
+    /// Bound UDP and TLS listening addresses.
+    own_addresses: Vec<SocketAddr>,
+    relay_ips: Vec<IpAddr>,
+    state: std::sync::Mutex<ControlState>,
+}
+
+struct ControlState {
+    /// The configuration last applied.
+    config: config::Config,
+    draining: bool,
+}
+
+/// What `GET /api/v1/drain` reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DrainStatus {
+    pub draining: bool,
+    /// Allocations alive on this instance (all workers, all transports).
+    pub allocations: usize,
+    /// Where new Allocates are sent with 300 Try Alternate while draining; empty means they
+    /// are refused with 508 Insufficient Capacity.
+    pub alternate_servers: Vec<SocketAddr>,
+}
+
+impl Control {
+    /// Applies a new configuration (see [`Running::reload`]).
+    fn reload(&self, config: &config::Config) -> io::Result<()> {
+        let tls = load_tls(config)?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.config = config.clone();
+        self.quotas
+            .set_limits(config.max_allocations, config.max_allocations_per_user);
+        self.quotas
+            .set_max_challenges_per_sec(config.max_challenges_per_sec as u64);
+        self.publish(Settings {
+            tls,
+            server: Arc::new(self.server_settings(&state)),
+            relay: RelaySettings {
+                ips: self.relay_ips.clone(),
+                ports: config.port_range.clone(),
+            },
+        });
+        Ok(())
+    }
+
+    /// Starts (`true`) or ends (`false`) draining: while draining, an Allocate that would
+    /// create an allocation is answered with 300 Try Alternate towards
+    /// `server.drain_alternate_servers` (this instance's own addresses skipped) or
+    /// `server.alternate_servers`, or with 508 when there is none; existing allocations go
+    /// on refreshing and relaying until they end.
+    pub fn set_draining(&self, draining: bool) -> DrainStatus {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = state.draining != draining;
+        state.draining = draining;
+        let current = self
+            .shared
+            .settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.publish(Settings {
+            tls: current.tls.clone(),
+            server: Arc::new(self.server_settings(&state)),
+            relay: current.relay.clone(),
+        });
+        let status = self.status(&state);
+        if changed && draining {
+            tracing::info!(
+                allocations = status.allocations,
+                alternates = ?status.alternate_servers,
+                "draining: new allocations are redirected, existing ones keep relaying"
+            );
+        } else if changed {
+            tracing::info!("drain ended: accepting new allocations");
+        }
+        status
+    }
+
+    pub fn drain_status(&self) -> DrainStatus {
+        self.status(&self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn status(&self, state: &ControlState) -> DrainStatus {
+        DrainStatus {
+            draining: state.draining,
+            allocations: self.quotas.total(),
+            alternate_servers: self.drain_targets(&state.config),
+        }
+    }
+
+    /// The configured alternates and drain alternates, without this instance's own
+    /// addresses (so one fleet-wide list can be shared by every instance).
+    fn drain_targets(&self, config: &config::Config) -> Vec<SocketAddr> {
+        let own_ports: Vec<u16> = self.own_addresses.iter().map(SocketAddr::port).collect();
+        let own_ip = |ip: IpAddr| {
+            self.own_addresses.iter().any(|a| a.ip() == ip)
+                || self.relay_ips.contains(&ip)
+                || config.external_ip == Some(ip)
+                || config
+                    .external_ip_map
+                    .iter()
+                    .any(|&(_, public)| public == ip)
+        };
+        let mut targets = config.alternate_servers.clone();
+        for &addr in &config.drain_alternate_servers {
+            let own = own_ports.contains(&addr.port()) && own_ip(addr.ip());
+            if !own && !targets.contains(&addr) {
+                targets.push(addr);
+            }
+        }
+        targets
+    }
+
+    fn server_settings(&self, state: &ControlState) -> ServerConfig {
+        let mut server = server_config(
+            &state.config,
+            &self.own_addresses,
+            &self.relay_ips,
+            &nonce_key(&state.config, &self.random_nonce_key),
+        );
+        if state.draining {
+            server.draining = true;
+            server.alternate_servers = self.drain_targets(&state.config);
+        }
+        server
+    }
+
+    fn publish(&self, settings: Settings) {
+        *self
+            .shared
+            .settings
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+        self.shared.generation.fetch_add(1, Ordering::Release);
+        for waker in &self.wakers {
+            let _ = waker.wake();
+        }
+    }
 }
 
 /// A worker thread that ended while the server was meant to be serving: its sockets and
@@ -115,12 +262,13 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 impl Running {
-    fn own_addresses(&self) -> Vec<SocketAddr> {
-        self.udp.iter().chain(&self.tls).copied().collect()
+    pub fn telemetry(&self) -> Arc<telemetry::Telemetry> {
+        self.control.shared.telemetry.clone()
     }
 
-    pub fn telemetry(&self) -> Arc<telemetry::Telemetry> {
-        self.shared.telemetry.clone()
+    /// The handle the HTTP API drains through.
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
     }
 
     /// Reports of workers that ended before [`Running::stop`]; `None` after the first call.
@@ -133,40 +281,13 @@ impl Running {
     /// TLS certificate without touching live allocations. Listening and relay addresses need
     /// a restart. A certificate that fails to load keeps the old one (and is an error).
     pub fn reload(&self, config: &config::Config) -> io::Result<()> {
-        let tls = load_tls(config)?;
-        let settings = Settings {
-            tls,
-            server: Arc::new(server_config(
-                config,
-                &self.own_addresses(),
-                &self.relay_ips,
-                &self.nonce_key,
-            )),
-            relay: RelaySettings {
-                ips: self.relay_ips.clone(),
-                ports: config.port_range.clone(),
-            },
-        };
-        self.quotas
-            .set_limits(config.max_allocations, config.max_allocations_per_user);
-        self.quotas
-            .set_max_challenges_per_sec(config.max_challenges_per_sec as u64);
-        *self
-            .shared
-            .settings
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
-        self.shared.generation.fetch_add(1, Ordering::Release);
-        for waker in &self.wakers {
-            let _ = waker.wake();
-        }
-        Ok(())
+        self.control.reload(config)
     }
 
     /// Stops every worker, freeing all allocations, and waits for them.
     pub fn stop(self) -> io::Result<()> {
-        self.shared.shutdown.store(true, Ordering::Relaxed);
-        for waker in &self.wakers {
+        self.control.shared.shutdown.store(true, Ordering::Relaxed);
+        for waker in &self.control.wakers {
             let _ = waker.wake();
         }
         for worker in self.workers {
@@ -175,6 +296,24 @@ impl Running {
                 .map_err(|_| io::Error::other("worker thread panicked"))??;
         }
         Ok(())
+    }
+}
+
+/// The key nonces are issued and checked with: derived from the first REST secret, so every
+/// instance sharing the secret accepts the others' nonces. A client sent elsewhere by 300
+/// Try Alternate keeps its nonce (libwebrtc does, and gives up on a 438 to an Allocate).
+/// It changes with the first secret, which costs clients one 438 each; without a secret
+/// (static users only) it is `fallback`.
+pub fn nonce_key(config: &config::Config, fallback: &NonceKey) -> NonceKey {
+    use hmac::{Hmac, Mac};
+    match config.secrets.first() {
+        Some(secret) => {
+            let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.expose().as_bytes())
+                .expect("HMAC accepts keys of any length");
+            mac.update(b"turnpike nonce key v1");
+            NonceKey::new(mac.finalize().into_bytes().into())
+        }
+        None => fallback.clone(),
     }
 }
 
@@ -217,6 +356,7 @@ pub fn server_config(
             .chain(config.external_ip.map(|ip| (None, ip)))
             .collect(),
         alternate_servers: config.alternate_servers.clone(),
+        draining: false,
         relay_ipv4: relay_ips.iter().any(IpAddr::is_ipv4),
         relay_ipv6: relay_ips.iter().any(IpAddr::is_ipv6),
     }
@@ -290,7 +430,7 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         groups.push(group.into_iter().map(Listener::Tls).collect());
     }
     let relay_ips = resolve_relay_ips(config);
-    let nonce_key = NonceKey::new(rand::random());
+    let random_nonce_key = NonceKey::new(rand::random());
     let mut own_addresses = udp.clone();
     own_addresses.extend(&tls);
     let settings = Settings {
@@ -298,7 +438,7 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
             config,
             &own_addresses,
             &relay_ips,
-            &nonce_key,
+            &nonce_key(config, &random_nonce_key),
         )),
         relay: RelaySettings {
             ips: relay_ips.clone(),
@@ -353,15 +493,24 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         wakers.push(waker);
         handles.push(handle);
     }
+    let control = Arc::new(Control {
+        shared,
+        quotas,
+        random_nonce_key,
+        wakers,
+        own_addresses,
+        relay_ips: relay_ips.clone(),
+        state: std::sync::Mutex::new(ControlState {
+            config: config.clone(),
+            draining: false,
+        }),
+    });
     Ok(Running {
         udp,
         tcp,
         tls,
         relay_ips,
-        shared,
-        quotas,
-        nonce_key,
-        wakers,
+        control,
         workers: handles,
         deaths: Some(deaths),
     })
@@ -382,6 +531,30 @@ mod tests {
         let handle = std::thread::spawn(move || supervise(7, &flag, &tx, body));
         let result = handle.join().expect("supervise catches the panic");
         (result, rx.recv_timeout(Duration::from_secs(5)).ok())
+    }
+
+    #[test]
+    fn instances_sharing_a_secret_accept_each_others_nonces() {
+        let with = |secrets: &[&str]| config::Config {
+            secrets: secrets
+                .iter()
+                .map(|s| config::Secret::new(s.to_string()))
+                .collect(),
+            ..config::Config::default()
+        };
+        let client: std::net::SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        // Each instance has its own random fallback; the secret decides.
+        let a = nonce_key(&with(&["fleet", "old"]), &NonceKey::new([1; 32]));
+        let b = nonce_key(&with(&["fleet"]), &NonceKey::new([2; 32]));
+        let other = nonce_key(&with(&["elsewhere"]), &NonceKey::new([1; 32]));
+        let nonce = a.issue(client, 10_000);
+        use proto::auth::NonceCheck;
+        assert_eq!(b.check(&nonce, client, 10_001, 600), NonceCheck::Valid);
+        assert_eq!(other.check(&nonce, client, 10_001, 600), NonceCheck::Stale);
+        // Static users only: the instance's own random key.
+        let fallback = NonceKey::new([3; 32]);
+        let own = nonce_key(&with(&[]), &fallback).issue(client, 10_000);
+        assert_eq!(fallback.check(&own, client, 10_000, 600), NonceCheck::Valid);
     }
 
     #[test]

@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Probe(args) => turnpike::probe::run(&args),
+        Command::Drain(args) => turnpike::drain::run(&args),
         Command::CheckConfig { file } => {
             match std::fs::read_to_string(&file)
                 .map_err(|e| format!("{}: {e}", file.display()))
@@ -113,6 +114,7 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
         udp: running.udp.clone(),
         tls: running.tls.clone(),
         relay_ips: running.relay_ips.clone(),
+        drain: Some(running.control()),
     });
     let (api_stop, api_stopped) = tokio::sync::watch::channel(false);
     let api_thread = turnpike::api::spawn(api_listener, api.clone(), api_stopped)?;

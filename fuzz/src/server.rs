@@ -513,6 +513,7 @@ impl Harness {
             } else {
                 vec![]
             },
+            draining: false,
             relay_ipv4: true,
             relay_ipv6: setup.relay_ipv6,
         });

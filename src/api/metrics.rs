@@ -21,7 +21,12 @@ use crate::telemetry::WorkerReport;
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    let mut response = render(&state.ctx.telemetry.total()).into_response();
+    let draining = state
+        .ctx
+        .drain
+        .as_deref()
+        .map(|c| c.drain_status().draining);
+    let mut response = render(&state.ctx.telemetry.total(), draining).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
@@ -31,8 +36,9 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
 /// One label, from a fixed set of values.
 type Label = [(&'static str, String); 1];
 
-/// The report as OpenMetrics text. Counter names get their `_total` suffix from the encoder.
-pub fn render(report: &WorkerReport) -> String {
+/// The report as OpenMetrics text, with `turnpike_draining` when the drain state is known.
+/// Counter names get their `_total` suffix from the encoder.
+pub fn render(report: &WorkerReport, draining: Option<bool>) -> String {
     let stats = &report.stats;
     let gauges = &report.gauges;
     let mut registry = Registry::default();
@@ -175,6 +181,14 @@ pub fn render(report: &WorkerReport) -> String {
         "Datagrams the kernel refused to send",
         report.send_errors,
     );
+    if let Some(draining) = draining {
+        gauge(
+            r,
+            "turnpike_draining",
+            "1 while draining (new Allocates sent elsewhere), else 0",
+            u64::from(draining),
+        );
+    }
     let build = Family::<Label, Gauge>::default();
     build
         .get_or_create(&[("version", env!("CARGO_PKG_VERSION").to_owned())])

@@ -7,7 +7,7 @@
 //! Its connections are capped and timed out ([`serve`]), so it cannot take the file
 //! descriptors the packet path needs.
 //!
-//! Access rules, checked on every request except `/healthz` and CORS preflights:
+//! Access rules, checked on every request except `/healthz`, `/readyz` and CORS preflights:
 //! * tokens configured → a matching `Authorization: Bearer` token is required (401 without
 //!   one, 403 with a wrong one), compared in constant time;
 //! * no tokens and a loopback listener → open;
@@ -15,6 +15,7 @@
 //!   without a token is refused rather than served.
 
 mod credentials;
+mod drain;
 mod metrics;
 mod serve;
 mod signal;
@@ -51,6 +52,8 @@ pub struct ApiContext {
     /// The daemon's bound TLS listening addresses (real ports), for default `turns:` URIs.
     pub tls: Vec<SocketAddr>,
     pub relay_ips: Vec<IpAddr>,
+    /// Drain control of the running server; `None` where the API runs without one (tests).
+    pub drain: Option<Arc<crate::Control>>,
 }
 
 impl ApiContext {
@@ -121,10 +124,15 @@ fn app_with(ctx: Arc<ApiContext>, loopback: bool, limits: signal::Limits) -> Rou
         .route("/api/v1/ice", get(credentials::ice))
         .route("/metrics", get(metrics::metrics))
         .route("/api/v1/rooms", post(signal::create_room))
+        .route(
+            "/api/v1/drain",
+            get(drain::status).post(drain::start).delete(drain::stop),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let routes = Router::new()
         .merge(guarded)
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/test", get(testpage::page))
         .route("/test/testpage.js", get(testpage::script))
         .route("/test/call", get(testpage::call_page))
@@ -309,6 +317,22 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
             StatusCode::SERVICE_UNAVAILABLE,
             "unhealthy: a worker has stopped reporting",
         )
+    }
+}
+
+/// `/healthz`, and also 503 while draining: a load balancer or Kubernetes readiness probe
+/// then stops sending new clients here, while the allocations in place keep relaying.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    let (status, text) = healthz(State(state.clone())).await;
+    if status != StatusCode::OK {
+        return (status, text.to_owned());
+    }
+    match state.ctx.drain.as_deref().map(crate::Control::drain_status) {
+        Some(drain) if drain.draining => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("draining, allocations left: {}", drain.allocations),
+        ),
+        _ => (StatusCode::OK, "ok".to_owned()),
     }
 }
 

@@ -82,6 +82,7 @@ mod tests {
             udp: vec!["127.0.0.1:3478".parse().unwrap()],
             tls: Vec::new(),
             relay_ips: vec!["127.0.0.1".parse().unwrap()],
+            drain: None,
         });
         let (stop, rx) = tokio::sync::watch::channel(false);
         let thread = spawn(listener, ctx, rx).unwrap();

@@ -49,6 +49,7 @@ fn start_on(bind: &str, config: Config) -> Api {
         udp: vec!["127.0.0.1:3478".parse().unwrap()],
         tls: Vec::new(),
         relay_ips: vec!["192.0.2.7".parse().unwrap()],
+        drain: None,
     });
     let (stop, rx) = tokio::sync::watch::channel(false);
     let thread = spawn(listener, ctx.clone(), rx).unwrap();

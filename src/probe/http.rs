@@ -1,5 +1,6 @@
-//! `--credentials-url`: a GET (plain, or over TLS for `https:`) of turnpike's `/api/v1/ice`
-//! (or `/api/v1/credentials`), returning the URIs and credential.
+//! An HTTP client (ureq; plain, or over TLS for `https:`) for turnpike's own API:
+//! `--credentials-url` fetches `/api/v1/ice` (or `/api/v1/credentials`) for the URIs and
+//! credential; `turnpike drain` calls `/api/v1/drain`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +22,7 @@ pub struct IceConfig {
 }
 
 /// Fetches `url`. A URL without a path asks for `/api/v1/ice`; without a `username`
-/// parameter it asks for one named `user`. `timeout` bounds the connection set-up and
-/// each read and write. Redirects are not followed (the token would go with them).
+/// parameter it asks for one named `user`.
 pub fn fetch(
     url: &str,
     user: &str,
@@ -31,7 +31,50 @@ pub fn fetch(
     tls_options: &TlsOptions,
 ) -> Result<IceConfig, String> {
     let bad = |why: &str| format!("credentials URL `{url}`: {why}");
-    let target = request_url(url, user).map_err(|why| bad(&why))?;
+    let (status, body) = request_url(url, user)
+        .and_then(|target| exchange("GET", target, token, timeout, tls_options))
+        .map_err(|why| bad(&why))?;
+    if status != 200 {
+        let body: String = body.trim().chars().take(200).collect();
+        return Err(bad(&format!("HTTP {status}: {body}")));
+    }
+    parse_ice(&body).map_err(|why| bad(&why))
+}
+
+/// One bodiless request (`GET`, `POST`, `DELETE`) to `base` (`http://HOST:PORT` or
+/// `https://...`; any path in it is replaced by `path`). Returns the status and the body.
+pub fn request(
+    method: &str,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+    tls_options: &TlsOptions,
+) -> Result<(u16, String), String> {
+    let bad = |why: &str| format!("API URL `{base}`: {why}");
+    split_url(base)
+        .and_then(|(scheme, authority, _)| {
+            Uri::builder()
+                .scheme(scheme.as_str())
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|target| exchange(method, target, token, timeout, tls_options))
+        .map_err(|why| bad(&why))
+}
+
+/// Sends `method target` with no body and reads the answer, whatever its status. `timeout`
+/// bounds the connection set-up and each read and write. Redirects are not followed (the
+/// token would go with them).
+fn exchange(
+    method: &str,
+    target: Uri,
+    token: Option<&str>,
+    timeout: Duration,
+    tls_options: &TlsOptions,
+) -> Result<(u16, String), String> {
     let https = target.scheme_str() == Some("https");
     let server = match target.authority() {
         Some(a) if a.port().is_some() => a.to_string(),
@@ -44,35 +87,40 @@ pub fn fetch(
         .timeout_connect(Some(timeout))
         .timeout_per_read(Some(timeout))
         .timeout_per_write(Some(timeout))
-        .user_agent("turnpike-probe")
+        .user_agent("turnpike")
         .accept("application/json");
     if https {
         config = config.tls_config(tls_config(tls_options)?);
     }
     let agent = ureq::Agent::new_with_config(config.build());
-    let mut request = agent.get(target);
-    if let Some(token) = token {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    let describe = |e: ureq::Error| bad(&describe_error(e, &server, timeout));
-    let mut response = request.call().map_err(describe)?;
-    let status = response.status().as_u16();
+    let auth = token.map(|token| format!("Bearer {token}"));
+    let response = match method {
+        "GET" => with_auth(agent.get(target), auth).call(),
+        "DELETE" => with_auth(agent.delete(target), auth).call(),
+        "POST" => with_auth(agent.post(target), auth).send_empty(),
+        other => return Err(format!("unsupported method {other}")),
+    };
+    let describe = |e: ureq::Error| describe_error(e, &server, timeout);
+    let mut response = response.map_err(describe)?;
     let body = response
         .body_mut()
         .with_config()
         .limit(MAX_RESPONSE)
         .read_to_string()
         .map_err(describe)?;
-    if status != 200 {
-        let body: String = body.trim().chars().take(200).collect();
-        return Err(bad(&format!("HTTP {status}: {body}")));
-    }
-    parse_ice(&body).map_err(|why| bad(&why))
+    Ok((response.status().as_u16(), body))
 }
 
-/// The URL to GET: `/api/v1/ice` for an empty path, `username=<user>` added when the query
-/// has none.
-fn request_url(raw: &str, user: &str) -> Result<Uri, String> {
+fn with_auth<B>(request: ureq::RequestBuilder<B>, auth: Option<String>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(value) => request.header("Authorization", value),
+        None => request,
+    }
+}
+
+/// An `http://` or `https://` URL with its scheme and authority, checked: a host, a port in
+/// 1..=65535 if given, no user info.
+fn split_url(raw: &str) -> Result<(String, String, Uri), String> {
     let uri: Uri = raw.trim().parse().map_err(|e| format!("not a URL ({e})"))?;
     let (Some(scheme @ ("http" | "https")), Some(authority)) = (uri.scheme_str(), uri.authority())
     else {
@@ -89,6 +137,14 @@ fn request_url(raw: &str, user: &str) -> Result<Uri, String> {
     if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
         return Err("bad port".to_owned());
     }
+    let (scheme, authority) = (scheme.to_owned(), authority.as_str().to_owned());
+    Ok((scheme, authority, uri))
+}
+
+/// The URL to GET: `/api/v1/ice` for an empty path, `username=<user>` added when the query
+/// has none.
+fn request_url(raw: &str, user: &str) -> Result<Uri, String> {
+    let (scheme, authority, uri) = split_url(raw)?;
     let mut target = match uri.path() {
         "" | "/" => "/api/v1/ice".to_owned(),
         path => path.to_owned(),
@@ -105,8 +161,8 @@ fn request_url(raw: &str, user: &str) -> Result<Uri, String> {
     target.push('?');
     target.push_str(&params.join("&"));
     Uri::builder()
-        .scheme(scheme)
-        .authority(authority.as_str())
+        .scheme(scheme.as_str())
+        .authority(authority)
         .path_and_query(target)
         .build()
         .map_err(|e| e.to_string())

@@ -229,6 +229,10 @@ impl std::fmt::Debug for LongTermKey {
 /// anonymity" (USERHASH) is not offered.
 pub const NONCE_COOKIE: &str = "obMatJos2AAAB";
 
+/// How far ahead of this server's clock a nonce's issue time may be: another instance of
+/// the fleet issued it, and clocks kept by NTP differ by far less.
+pub const NONCE_CLOCK_SKEW_SECS: u64 = 5;
+
 /// Issues and checks stateless nonces: [`NONCE_COOKIE`], then base64url of the issue time
 /// (4 bytes, Unix seconds) and 4 bytes of HMAC-SHA256(key, time || client IP), 24 characters
 /// in all, kept short because every 401 carries one to an unauthenticated source. Four MAC
@@ -310,9 +314,11 @@ impl NonceKey {
             .mac(issued, client)
             .ct_eq(&raw[4..NONCE_RAW_LEN])
             .into();
-        // A nonce from the future is forged or from a clock that jumped; either way refresh it.
+        // A nonce from further in the future is forged or from a clock that jumped; either way
+        // refresh it. A little is another instance's clock (nonce keys are fleet-wide).
         let issued = u64::from(issued);
-        let fresh = issued <= unix_now && unix_now - issued < lifetime_secs;
+        let fresh = issued <= unix_now.saturating_add(NONCE_CLOCK_SKEW_SECS)
+            && unix_now.saturating_sub(issued) < lifetime_secs;
         if genuine && fresh {
             NonceCheck::Valid
         } else {
@@ -454,7 +460,9 @@ mod tests {
         assert_eq!(key.check(&nonce, b, 5000, 600), NonceCheck::Stale);
         // Bound to the IP, not the port: one client's sockets can share a nonce.
         assert_eq!(key.check(&nonce, same_ip, 5000, 600), NonceCheck::Valid);
-        assert_eq!(key.check(&nonce, a, 4999, 600), NonceCheck::Stale);
+        // Issued by an instance whose clock is a little ahead: accepted; far ahead: not.
+        assert_eq!(key.check(&nonce, a, 4995, 600), NonceCheck::Valid);
+        assert_eq!(key.check(&nonce, a, 4994, 600), NonceCheck::Stale);
         assert_eq!(key.check("garbage", a, 5000, 600), NonceCheck::Stale);
         let forged = format!("{}AAAAAA", &nonce[..18]);
         assert_eq!(key.check(&forged, a, 5000, 600), NonceCheck::Stale);

@@ -93,6 +93,9 @@ pub struct ServerConfig {
     /// Answer Allocate with 300 Try Alternate towards one of these (RFC 8489 §10), chosen by
     /// client address so a client is sent to the same place each time.
     pub alternate_servers: Vec<SocketAddr>,
+    /// Draining: an Allocate that would create an allocation and finds no alternate server
+    /// gets 508 Insufficient Capacity; existing allocations are served as before.
+    pub draining: bool,
     /// Relay address families the server can allocate in.
     pub relay_ipv4: bool,
     pub relay_ipv6: bool,
@@ -902,6 +905,10 @@ impl Server {
             response.add(&AlternateServer::new(alternate));
             response.add_software(self.config.software.as_deref());
             let len = response.finish_signed(&auth.credentials, auth.algorithm);
+            return ClientAction::Reply(len);
+        }
+        if self.config.draining {
+            let len = self.error(msg, ErrorCode::INSUFFICIENT_CAPACITY, Some(&auth), out);
             return ClientAction::Reply(len);
         }
         match self.check_allocate(now, tuple, msg, &auth) {

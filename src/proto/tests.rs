@@ -38,6 +38,7 @@ fn config() -> ServerConfig {
         own_addresses: vec!["192.0.2.10:3478".parse().unwrap()],
         external_ips: vec![],
         alternate_servers: vec![],
+        draining: false,
         relay_ipv4: true,
         relay_ipv6: false,
     }
@@ -1522,6 +1523,36 @@ fn alternate_server_answers_allocate_with_300() {
     );
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.quotas.total(), 0);
+}
+
+#[test]
+fn draining_refuses_new_allocations_and_serves_existing_ones() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1);
+    let mut draining = config();
+    draining.draining = true;
+    h.server.set_config(Arc::new(draining.clone()));
+
+    // No alternate to send the client to: 508, and no quota slot taken.
+    let other = "198.51.100.8:40000";
+    let reply = h.authed(other, &user, ALLOCATE, udp_transport);
+    assert_eq!(reply_code(&reply), Some(508));
+    assert_eq!(h.quotas.total(), 1);
+
+    // The existing allocation still refreshes and takes permissions.
+    let reply = h.authed(CLIENT, &user, REFRESH, |_, _| {});
+    assert_eq!(reply_code(&reply), None, "refresh while draining");
+    let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(addr(PEER)));
+    assert_eq!(reply_code(&reply), None, "permission while draining");
+
+    // With an alternate, new clients are redirected there instead.
+    draining.alternate_servers = vec![addr("198.51.100.200:3478")];
+    h.server.set_config(Arc::new(draining));
+    let reply = h.authed(other, &user, ALLOCATE, udp_transport);
+    let msg = Message::from_bytes(&reply).unwrap();
+    assert_eq!(code(&msg), Some(300));
+    assert_eq!(h.server.allocation_count(), 1);
 }
 
 #[test]

@@ -51,6 +51,7 @@ fn server() -> Server {
         own_addresses: vec![],
         external_ips: vec![],
         alternate_servers: vec![],
+        draining: false,
         relay_ipv4: true,
         relay_ipv6: false,
     };

@@ -18,10 +18,10 @@ const UCLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 const METRICS_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
 }
 
 impl Reply {
@@ -32,11 +32,11 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
     }
 
-    fn error(&self) -> String {
+    pub fn error(&self) -> String {
         self.json()["error"]
             .as_str()
             .unwrap_or_else(|| panic!("no `error` string: {self:?}"))
@@ -45,7 +45,7 @@ impl Reply {
 }
 
 /// One HTTP/1.1 request with `Connection: close`; the response is read to end of stream.
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect to the API at {addr}: {e}"));
     stream

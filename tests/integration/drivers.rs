@@ -178,7 +178,7 @@ fn ipv4_client_with_ipv6_relay_gets_every_peer_datagram_amid_its_own_traffic() {
 #[test]
 fn oversized_peer_datagram_to_a_stream_client_is_dropped_not_wrapped() {
     let server = Server::start(&["--relay-ip", "::1", "--allow-peer", "::1"]);
-    let tcp = server.ready["tcp"][0].as_str().unwrap().parse().unwrap();
+    let tcp = server.tcp();
     let mut client = TcpTurn::rest(tcp, "stream");
     let relay = client
         .request(ALLOCATE, &ipv6_relay)
@@ -262,14 +262,6 @@ fn largest_datagrams_on_every_udp_path_are_relayed_whole_or_counted() {
 // Stream clients that misbehave
 // ---------------------------------------------------------------------------------------
 
-/// The server's first TCP listening address.
-fn tcp_listener(server: &Server) -> SocketAddr {
-    server.ready["tcp"][0]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no TCP address in the ready line: {}", server.ready))
-}
-
 /// A TCP connection from `ip` that has had one Binding answered (so the server accepted it
 /// and counts it as established).
 fn bound_connection(server: SocketAddr, ip: Ipv4Addr) -> TcpStream {
@@ -320,7 +312,7 @@ fn wait_for_close(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
 #[test]
 fn bindings_do_not_keep_an_unauthenticated_connection_open() {
     let server = Server::start(&[]);
-    let mut stream = bound_connection(tcp_listener(&server), Ipv4Addr::LOCALHOST);
+    let mut stream = bound_connection(server.tcp(), Ipv4Addr::LOCALHOST);
     let opened = Instant::now();
     let mut last_answer = opened;
     while opened.elapsed() < Duration::from_secs(75) {
@@ -340,7 +332,7 @@ fn bindings_do_not_keep_an_unauthenticated_connection_open() {
         "closed after only {lifetime:?}, before the 60 s allowed without an allocation"
     );
     // It was closed for lack of an allocation; a new connection is welcome.
-    bound_connection(tcp_listener(&server), Ipv4Addr::LOCALHOST);
+    bound_connection(server.tcp(), Ipv4Addr::LOCALHOST);
 }
 
 /// A frame trickled a byte at a time, after a first whole message, is cut off 10 s after its
@@ -348,7 +340,7 @@ fn bindings_do_not_keep_an_unauthenticated_connection_open() {
 #[test]
 fn a_trickled_frame_is_cut_off_at_the_frame_deadline() {
     let server = Server::start(&[]);
-    let mut stream = bound_connection(tcp_listener(&server), Ipv4Addr::LOCALHOST);
+    let mut stream = bound_connection(server.tcp(), Ipv4Addr::LOCALHOST);
     let request = stun_header(0x0001, 0, [7; 12]);
     let started = Instant::now();
     let mut closed_after = None;
@@ -374,7 +366,7 @@ fn a_trickled_frame_is_cut_off_at_the_frame_deadline() {
 #[test]
 fn clients_that_never_read_pin_little_memory() {
     let server = Server::start(&["--max-connections-per-source", "64"]);
-    let tcp = tcp_listener(&server);
+    let tcp = server.tcp();
     let pid = server.child.id();
     let rss_before = crate::hardening::rss_kib(pid);
     let request = stun_header(0x0001, 0, [5; 12]);
@@ -382,7 +374,14 @@ fn clients_that_never_read_pin_little_memory() {
     let mut hoarders = Vec::new();
     let mut written = 0usize;
     for _ in 0..16 {
-        let mut stream = TcpStream::connect_timeout(&tcp, WAIT).unwrap();
+        // A small receive window, so the kernel's buffers fill soon and what the server does
+        // with the answers it can no longer send shows (with the default, autotuned buffers
+        // absorb megabytes first).
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect_timeout(&tcp.into(), WAIT).unwrap();
+        let mut stream: TcpStream = socket.into();
         stream.set_nonblocking(true).unwrap();
         // Bounded: at most 4 MiB of requests per connection, for at most 1 s.
         let until = Instant::now() + Duration::from_secs(1);
@@ -402,12 +401,20 @@ fn clients_that_never_read_pin_little_memory() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let rss_after = crate::hardening::rss_kib(pid);
-    let buffered = crate::hardening::metric_sum(&metrics(&server), "turnpike_stream_buffer_bytes");
+    let text = metrics(&server);
+    let buffered = crate::hardening::metric_sum(&text, "turnpike_stream_buffer_bytes");
+    let handled = crate::hardening::metric_sum(&text, "turnpike_binding_requests");
     eprintln!(
         "16 clients that never read wrote {} KiB of Bindings (most of it sits in kernel socket \
-         buffers); turnpike holds {:.0} KiB for them; RSS {rss_before} -> {rss_after} KiB",
+         buffers); turnpike handled {handled} of them and holds {:.0} KiB for them; RSS \
+         {rss_before} -> {rss_after} KiB",
         written / 1024,
         buffered / 1024.0
+    );
+    assert!(
+        buffered > 0.0,
+        "no answers queued in userspace: the kernel's buffers never filled, so this test \
+         measured nothing"
     );
     // Per connection: a 16 KiB answer queue (grown by doubling: up to 32 KiB allocated) and
     // the partial request left after the rest were handled. Before, 1 MiB of answers each.
@@ -416,7 +423,11 @@ fn clients_that_never_read_pin_little_memory() {
         "{:.0} KiB held in userspace for 16 clients that never read",
         buffered / 1024.0
     );
-    let mut other = bound_connection(tcp, Ipv4Addr::new(127, 0, 0, 2));
+    // The server may still be working through what the kernel buffered: give it time.
+    let mut other = TcpStream::connect_timeout(&tcp, WAIT).unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     tcp_binding(&mut other).expect("another client is still answered");
     // What was queued for a hoarder is a run of whole Binding responses.
     let hoarder = &mut hoarders[0];
@@ -447,7 +458,7 @@ fn a_few_sources_cannot_hold_every_connection_slot() {
         "--max-connections-per-source",
         "64",
     ]);
-    let tcp = tcp_listener(&server);
+    let tcp = server.tcp();
     let mut held = Vec::new();
     for source in 2..6u8 {
         for _ in 0..50 {
@@ -473,7 +484,7 @@ fn a_few_sources_cannot_hold_every_connection_slot() {
 #[test]
 fn connections_waiting_through_descriptor_exhaustion_are_accepted_afterwards() {
     let server = Server::start(&["--workers", "1", "--max-connections-per-source", "1000"]);
-    let tcp = tcp_listener(&server);
+    let tcp = server.tcp();
     let pid = server.child.id();
     let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -801,4 +812,48 @@ for src in ["fd00:64::2", "fd00:64::3", "fd00:64::4", "fd00:65::2"]:
         ],
         "with a cap of 2 per source"
     );
+}
+
+/// The largest frames on the stream path: ChannelData a TCP client sends with the largest
+/// payload an IPv4 peer can take arrives whole, one with the largest payload ChannelData can
+/// carry is refused by the kernel and counted, and the largest peer datagram reaches the
+/// client as one padded frame; the allocation keeps relaying throughout.
+#[test]
+fn largest_frames_on_the_stream_path_are_relayed_whole_or_counted() {
+    let server = Server::start(&[]);
+    let mut client = TcpTurn::rest(server.tcp(), "stream-big");
+    let relay = client
+        .allocate()
+        .expect_success("Allocate over TCP")
+        .relayed();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .channel_bind(0x4000, peer.local_addr().unwrap())
+        .expect_success("ChannelBind over TCP");
+    let largest_v4 = 65_507;
+    let payload: Vec<u8> = (0..largest_v4).map(|i| (i % 251) as u8).collect();
+
+    client.send_channel_data(0x4000, &payload);
+    let (got, from) = recv_from(&peer, WAIT).expect("the peer gets the largest datagram");
+    assert_eq!((got.len(), from), (largest_v4, relay));
+    assert!(got == payload, "payload changed on the way to the peer");
+
+    let before = crate::hardening::metric_sum(&metrics(&server), "turnpike_send_errors");
+    client.send_channel_data(0x4000, &vec![2u8; 65_535]);
+    let after =
+        crate::hardening::wait_for_metric(&server, "turnpike_send_errors", before + 1.0, WAIT);
+    assert_eq!(
+        after,
+        before + 1.0,
+        "a datagram too large for UDP is counted"
+    );
+
+    peer.send_to(&payload, relay).unwrap();
+    let frame = client
+        .read_frame()
+        .expect("the client gets the largest peer datagram");
+    assert_eq!(frame, channel_data(0x4000, &payload));
+    client.send_channel_data(0x4000, b"still relaying");
+    let (got, _) = recv_from(&peer, WAIT).expect("relaying after the oversized frame");
+    assert_eq!(got, b"still relaying");
 }

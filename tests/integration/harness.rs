@@ -374,6 +374,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// The first TCP listening address: from the ready line, or (coturn) the UDP port, which
+    /// coturn also serves on TCP.
+    pub fn tcp(&self) -> SocketAddr {
+        match self.backend {
+            Backend::Coturn => self.udp,
+            Backend::Turnpike => self.ready["tcp"][0]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no TCP address in the ready line: {}", self.ready)),
+        }
+    }
+
     /// Starts a server with `DEFAULT_ARGS` plus `extra_args` (a default is dropped when
     /// `extra_args` contains its flag) and waits for it to be ready.
     pub fn start(extra_args: &[&str]) -> Server {

@@ -13,6 +13,8 @@
 //! * `drivers` attacks the I/O drivers: mixed address families on one worker, the largest
 //!   datagrams on every path, peer data that cannot be framed for a stream client.
 //! * `rfc_attributes` checks request attributes against RFC 8656/8489 and the peer deny list.
+//! * `dashboard` checks the Grafana dashboard against `/metrics`.
+//! * `drain` checks `turnpike drain`: new Allocates redirected, existing ones relaying.
 //! * `nat_and_redirect` checks 300 Try Alternate and relaying behind a 1:1 NAT (netns lab).
 
 mod abuse;
@@ -20,6 +22,8 @@ mod api;
 mod api_abuse;
 mod config_bounds;
 mod daemon;
+mod dashboard;
+mod drain;
 mod drivers;
 mod e2e_webrtc;
 mod hardening;

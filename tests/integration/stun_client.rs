@@ -497,4 +497,18 @@ impl TcpTurn {
             w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
         })
     }
+
+    pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Resp {
+        self.request(CHANNEL_BIND, &move |w, tid| {
+            w.add_attribute(&ChannelNumber::new(channel)).unwrap();
+            w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
+        })
+    }
+
+    /// Sends ChannelData, padded to a multiple of four as streams require (RFC 8656 §12.5).
+    pub fn send_channel_data(&mut self, channel: u16, payload: &[u8]) {
+        let mut frame = channel_data(channel, payload);
+        frame.resize(frame.len().next_multiple_of(4), 0);
+        self.stream.write_all(&frame).expect("write ChannelData");
+    }
 }

@@ -14,10 +14,10 @@ fn unit_under_test() -> (TempDir, std::path::PathBuf) {
     ))
     .expect("read systemd/turnpike.service");
     let bin = env!("CARGO_BIN_EXE_turnpike");
-    let unit = unit.replace("/usr/local/bin/turnpike", bin);
+    let unit = unit.replace("ExecStart=turnpike ", &format!("ExecStart={bin} "));
     assert!(
         unit.contains(bin),
-        "ExecStart no longer runs /usr/local/bin/turnpike"
+        "ExecStart no longer runs `turnpike` from systemd's search path"
     );
     let dir = temp_dir("unit");
     let path = dir.path().join("turnpike.service");

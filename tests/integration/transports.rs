@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{
     assert_relay_only_pair, require_tool, rest_credentials, run_with_timeout, self_signed_cert,
-    Backend, Server, TempDir, SECRET,
+    Server, TempDir, SECRET,
 };
 use crate::stun_client::{TcpTurn, RESPONSE_TIMEOUT};
 use crate::uclient::{assert_zero_loss, number_after, stunclient, uclient};
@@ -72,15 +72,6 @@ fn ready_addr(server: &Server, key: &str) -> SocketAddr {
                 server.stderr_log()
             )
         })
-}
-
-/// The TCP listening address: from the ready line, or (coturn) the UDP port, which coturn
-/// also serves on TCP.
-fn tcp_addr(server: &Server) -> SocketAddr {
-    match server.backend {
-        Backend::Turnpike => ready_addr(server, "tcp"),
-        Backend::Coturn => server.udp,
-    }
 }
 
 /// A server with the defaults plus a TLS listener on 127.0.0.1 with a fresh certificate.
@@ -133,7 +124,7 @@ fn wait_for_close(mut stream: TcpStream, deadline: Instant) -> (Option<Instant>,
 #[test]
 fn uclient_over_tcp_zero_loss() {
     let server = Server::start(&[]);
-    let tcp = tcp_addr(&server);
+    let tcp = server.tcp();
     let out = uclient(
         SECRET,
         &["-t", "-n", "1000", "-m", "10", "-l", "170"],
@@ -189,7 +180,7 @@ fn uclient_over_tls_zero_loss() {
 #[test]
 fn aiortc_relay_only_pair_over_tcp() {
     let server = Server::start(&[]);
-    let url = format!("turn:{}?transport=tcp", tcp_addr(&server));
+    let url = format!("turn:{}?transport=tcp", server.tcp());
     let out = assert_relay_only_pair(&url, |r, out| {
         assert_eq!(
             r["local_relay_protocol"], "tcp",
@@ -242,7 +233,7 @@ fn uclient_over_ipv6_loopback_with_ipv4_and_ipv6_relays() {
 fn stalled_tls_handshake_and_tcp_client_are_timed_out_without_affecting_others() {
     let (_dir, server) = start_tls_server();
     let tls = ready_addr(&server, "tls");
-    let tcp = tcp_addr(&server);
+    let tcp = server.tcp();
 
     // A client that connects to the TLS port and never sends a ClientHello.
     let stalled_tls = TcpStream::connect_timeout(&tls, RESPONSE_TIMEOUT)
@@ -349,7 +340,7 @@ fn stalled_tls_handshake_and_tcp_client_are_timed_out_without_affecting_others()
 #[test]
 fn tcp_connection_close_ends_its_allocation() {
     let server = Server::start(&["--max-allocations-per-user", "1"]);
-    let tcp = tcp_addr(&server);
+    let tcp = server.tcp();
     let (username, password) = rest_credentials(SECRET, "tcp-close-user", 3600);
 
     let mut a = TcpTurn::connect(tcp, &username, &password);

@@ -39,6 +39,7 @@ fn serve(config: Config, limits: Limits) -> Server {
         udp: vec!["127.0.0.1:3478".parse().unwrap()],
         tls: Vec::new(),
         relay_ips: vec!["127.0.0.1".parse().unwrap()],
+        drain: None,
     });
     let app = app_with(ctx, true, limits);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

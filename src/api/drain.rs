@@ -1,0 +1,32 @@
+//! `/api/v1/drain`: `GET` reports whether this instance drains and how many allocations it
+//! still holds, `POST` starts draining, `DELETE` ends it. While draining, new Allocates are
+//! sent elsewhere with 300 Try Alternate ([`crate::Control::set_draining`]); `turnpike
+//! drain --wait` polls `GET` until no allocation is left.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::{ApiError, AppState};
+use crate::{Control, DrainStatus};
+
+fn control(state: &AppState) -> Result<&Control, ApiError> {
+    state.ctx.drain.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining is not available on this listener",
+        )
+    })
+}
+
+pub(super) async fn status(State(state): State<AppState>) -> Result<Json<DrainStatus>, ApiError> {
+    Ok(Json(control(&state)?.drain_status()))
+}
+
+pub(super) async fn start(State(state): State<AppState>) -> Result<Json<DrainStatus>, ApiError> {
+    Ok(Json(control(&state)?.set_draining(true)))
+}
+
+pub(super) async fn stop(State(state): State<AppState>) -> Result<Json<DrainStatus>, ApiError> {
+    Ok(Json(control(&state)?.set_draining(false)))
+}
