@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 
 use crate::cli::RunArgs;
+use crate::ice_uri::IceUri;
 
 /// Separator between expiry and user name in REST usernames: draft-uberti-behave-turn-rest
 /// §2.2 builds the username as `"<expiry>:<user>"`.
@@ -803,22 +804,11 @@ pub fn parse_separator(s: &str) -> Result<char, String> {
 }
 
 /// A URI for `iceServers` (RFC 7064 `stun:`/`stuns:`, RFC 7065 `turn:`/`turns:`), kept as
-/// written: browsers parse it, so only the scheme and the absence of spaces are checked.
+/// written: browsers interpret it, so its syntax is checked ([`IceUri`]), not its query.
 pub fn parse_ice_uri(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    let rest = ["stun:", "stuns:", "turn:", "turns:"]
-        .iter()
-        .find_map(|scheme| s.strip_prefix(scheme));
-    match rest {
-        Some(rest)
-            if !rest.is_empty() && !rest.starts_with('/') && !s.chars().any(char::is_whitespace) =>
-        {
-            Ok(s.to_owned())
-        }
-        _ => Err(format!(
-            "`{s}` is not a stun:, stuns:, turn: or turns: URI (e.g. \"turn:turn.example.com:3478?transport=udp\")"
-        )),
-    }
+    IceUri::parse(s)
+        .map(|uri| uri.raw)
+        .map_err(|why| format!("{why} (e.g. \"turn:turn.example.com:3478?transport=udp\")"))
 }
 
 /// A browser origin: `http://` or `https://`, a host, an optional port, nothing after.
@@ -2644,5 +2634,27 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.warnings().len(), 1);
+    }
+
+    #[test]
+    fn ice_uris_are_checked_with_the_shared_syntax() {
+        // Queries are the browser's to interpret; the host and port are checked.
+        for ok in [
+            "stun:stun.example.com:3478?transport=udp",
+            "turn:[2001:db8::1]?transport=tcp",
+            "TURNS:turn.example.com",
+        ] {
+            assert_eq!(parse_ice_uri(ok).as_deref(), Ok(ok), "{ok}");
+        }
+        for bad in [
+            "turn:host:0",
+            "turn:host:99999",
+            "turn:::1",
+            "turn:[::1",
+            "turn:a b",
+        ] {
+            let e = parse_ice_uri(bad).unwrap_err();
+            assert!(e.starts_with(&format!("`{bad}`: ")), "{e}");
+        }
     }
 }

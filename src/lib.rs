@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod drain;
+pub mod ice_uri;
 pub mod net;
 pub mod probe;
 pub mod proto;

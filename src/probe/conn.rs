@@ -2,6 +2,7 @@
 //! (RFC 8489 §6.2: retransmissions over UDP, one send over streams) and RFC 8656 §12.5
 //! stream framing.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
@@ -44,7 +45,7 @@ pub fn local_ip_toward(server: SocketAddr) -> io::Result<IpAddr> {
 }
 
 /// Describes a connect or I/O error the way an operator reads it.
-pub fn describe_io(e: &io::Error, server: SocketAddr, timeout: Duration) -> String {
+pub fn describe_io(e: &io::Error, server: impl fmt::Display, timeout: Duration) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => {
             format!("connection refused ({server}: nothing listening, or a firewall rejects)")
@@ -59,7 +60,7 @@ pub fn describe_io(e: &io::Error, server: SocketAddr, timeout: Duration) -> Stri
     }
 }
 
-pub fn timeout_reason(server: SocketAddr, timeout: Duration) -> String {
+pub fn timeout_reason(server: impl fmt::Display, timeout: Duration) -> String {
     format!(
         "timeout (no answer from {server} in {}s)",
         trim_secs(timeout.as_secs_f64())

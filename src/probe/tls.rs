@@ -42,13 +42,19 @@ pub fn client_config(options: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, 
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
             .with_no_client_auth()
     } else {
-        let roots = match &options.ca_file {
-            Some(file) => load_roots(file)?,
-            None => system_roots()?,
-        };
+        let mut roots = RootCertStore::empty();
+        roots.add_parsable_certificates(root_certificates(options)?);
         builder.with_root_certificates(roots).with_no_client_auth()
     };
     Ok(Arc::new(config))
+}
+
+/// The CA certificates to trust: those of `--ca-file`, or the system's bundle.
+pub fn root_certificates(options: &TlsOptions) -> Result<Vec<CertificateDer<'static>>, String> {
+    match &options.ca_file {
+        Some(file) => load_roots(file),
+        None => system_roots(),
+    }
 }
 
 /// The name the certificate must match: an IP address or a DNS name.
@@ -56,23 +62,23 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned()).map_err(|e| format!("TLS: bad server name {host}: {e}"))
 }
 
-fn load_roots(file: &Path) -> Result<RootCertStore, String> {
+/// The certificates of a PEM file, if at least one of them is usable as a root.
+fn load_roots(file: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(file)
         .map_err(|e| format!("TLS: {}: {e}", file.display()))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("TLS: {}: {e}", file.display()))?;
-    let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    let (added, _ignored) = RootCertStore::empty().add_parsable_certificates(certs.clone());
     if added == 0 {
         return Err(format!(
             "TLS: {}: no usable CA certificate in the file",
             file.display()
         ));
     }
-    Ok(roots)
+    Ok(certs)
 }
 
-fn system_roots() -> Result<RootCertStore, String> {
+fn system_roots() -> Result<Vec<CertificateDer<'static>>, String> {
     let env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
     let candidates = env
         .into_iter()

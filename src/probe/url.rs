@@ -1,7 +1,10 @@
-//! `stun:`, `stuns:`, `turn:` and `turns:` URIs (RFC 7064, RFC 7065).
+//! What a `stun:`, `stuns:`, `turn:` or `turns:` URI (RFC 7064, RFC 7065) asks the probe
+//! to test: the shared syntax of [`IceUri`], with the query read as the transport.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+
+use crate::ice_uri::IceUri;
 
 /// How the probe talks to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,31 +44,16 @@ impl fmt::Display for IceUrl {
 }
 
 impl IceUrl {
-    /// Parses `scheme:host[:port][?transport=udp|tcp]`. Default ports: 3478, 5349 for the
-    /// secure schemes. `turn:` without a transport means UDP; `turns:` means TLS over TCP.
+    /// Parses `scheme:host[:port][?transport=udp|tcp]` ([`IceUri`]). Default ports: 3478,
+    /// 5349 for the secure schemes. `turn:` without a transport means UDP; `turns:` means
+    /// TLS over TCP.
     pub fn parse(raw: &str) -> Result<IceUrl, String> {
-        let raw = raw.trim();
+        let uri = IceUri::parse(raw)?;
+        let raw = uri.raw.as_str();
         let bad = |why: &str| format!("`{raw}`: {why}");
-        let (scheme, rest) = raw
-            .split_once(':')
-            .ok_or_else(|| bad("expected stun:, stuns:, turn: or turns:"))?;
-        let (turn, secure) = match scheme.to_ascii_lowercase().as_str() {
-            "stun" => (false, false),
-            "stuns" => (false, true),
-            "turn" => (true, false),
-            "turns" => (true, true),
-            _ => return Err(bad("expected stun:, stuns:, turn: or turns:")),
-        };
-        if rest.starts_with("//") {
-            return Err(bad("no `//` after the scheme (e.g. turn:host:3478)"));
-        }
-        let (authority, query) = match rest.split_once('?') {
-            Some((a, q)) => (a, Some(q)),
-            None => (rest, None),
-        };
         let mut transport = None;
-        if let Some(query) = query {
-            if !turn {
+        if let Some(query) = &uri.query {
+            if !uri.turn {
                 return Err(bad("stun: URIs take no query (RFC 7064)"));
             }
             for pair in query.split('&') {
@@ -81,19 +69,17 @@ impl IceUrl {
                 }
             }
         }
-        let transport = match (secure, transport) {
+        let transport = match (uri.secure, transport) {
             (false, None) => Transport::Udp,
             (false, Some(t)) => t,
             (true, None | Some(Transport::Tcp)) => Transport::Tls,
             (true, Some(_)) => return Err(bad("DTLS (turns: over udp) is not supported")),
         };
-        let default_port = if secure { 5349 } else { 3478 };
-        let (host, port) = split_host_port(authority).map_err(|why| bad(&why))?;
         Ok(IceUrl {
-            raw: raw.to_owned(),
-            turn,
-            host,
-            port: port.unwrap_or(default_port),
+            port: uri.port_or_default(),
+            raw: uri.raw,
+            turn: uri.turn,
+            host: uri.host,
             transport,
         })
     }
@@ -116,49 +102,6 @@ impl IceUrl {
             .next()
             .ok_or_else(|| format!("cannot resolve {}: no addresses", self.host))
     }
-}
-
-fn split_host_port(authority: &str) -> Result<(String, Option<u16>), String> {
-    let port = |s: &str| {
-        s.parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| format!("bad port `{s}`"))
-    };
-    if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| "unclosed `[` in the host".to_owned())?;
-        if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("`{host}` is not an IPv6 address"));
-        }
-        let port = match after {
-            "" => None,
-            p => {
-                Some(port(p.strip_prefix(':').ok_or_else(|| {
-                    format!("unexpected `{p}` after the host")
-                })?)?)
-            }
-        };
-        return Ok((host.to_owned(), port));
-    }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, p)) => (host, Some(port(p)?)),
-        None => (authority, None),
-    };
-    if host.is_empty() {
-        return Err("no host".to_owned());
-    }
-    if host.contains(':') {
-        return Err("IPv6 addresses must be in brackets".to_owned());
-    }
-    if host
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || "/@#".contains(c))
-    {
-        return Err(format!("bad host `{host}`"));
-    }
-    Ok((host.to_owned(), port))
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use turn_types::attribute::Lifetime;
 
 use crate::harness::{
-    free_udp_tcp_port, run_with_timeout, stun_binding_answered, CmdOutput, Server, TempDir, REALM,
-    SECRET,
+    free_udp_tcp_port, run_with_timeout, stun_binding_answered, temp_dir, CmdOutput, Server,
+    TempDir, REALM, SECRET,
 };
 use crate::stun_client::UdpTurn;
 
@@ -47,7 +47,7 @@ fn one_key_file(dir: &TempDir, section: &str, key: &str, value: &str) -> std::pa
 /// exits 2 and names the key, its line and (for range errors) the allowed range.
 #[test]
 fn check_config_rejects_out_of_range_numbers_naming_key_and_line() {
-    let dir = TempDir::new("bounds");
+    let dir = temp_dir("bounds");
     // (section, key, bad values, the allowed range as the message states it)
     let table: &[(&str, &str, &[&str], &str)] = &[
         (
@@ -206,7 +206,7 @@ fn check_config_rejects_out_of_range_numbers_naming_key_and_line() {
 /// The bounds are inclusive: the largest allowed values load.
 #[test]
 fn check_config_accepts_the_edges_of_every_range() {
-    let dir = TempDir::new("bounds-edges");
+    let dir = temp_dir("bounds-edges");
     let path = dir.path().join("edges.toml");
     std::fs::write(
         &path,
@@ -227,6 +227,37 @@ fn check_config_accepts_the_edges_of_every_range() {
     assert!(out.stdout.contains("max_lifetime_secs = 604800"), "{out}");
 }
 
+/// `api.uris` go to browsers as written, but with a valid host and port: check-config
+/// refuses a port out of range or an unbracketed IPv6 address, naming key and line (it used
+/// to check the scheme only), and still takes a query it leaves to the browser.
+#[test]
+fn check_config_refuses_ice_uris_with_a_bad_host_or_port() {
+    let dir = temp_dir("bounds-uris");
+    for (uri, why) in [
+        ("turn:turn.example.com:0", "bad port `0`"),
+        ("turn:turn.example.com:65536", "bad port `65536`"),
+        ("turn:2001:db8::1", "IPv6 addresses must be in brackets"),
+        ("stun:[2001:db8::1", "unclosed `[`"),
+    ] {
+        let path = one_key_file(&dir, "api", "uris", &format!("[\"{uri}\"]"));
+        let out = check_config(&path);
+        assert_eq!(out.code(), Some(2), "{uri}: {out}");
+        assert!(
+            out.stderr
+                .contains(&format!("api.uris (line 3): `{uri}`: {why}")),
+            "{uri}: {out}"
+        );
+    }
+    let path = one_key_file(
+        &dir,
+        "api",
+        "uris",
+        "[\"stun:stun.example.com:3478?transport=udp\", \"turns:[2001:db8::1]\"]",
+    );
+    let out = check_config(&path);
+    assert!(out.success(), "{out}");
+}
+
 /// `turnpike run` refuses the same values from a file and from flags, before binding
 /// anything. Before the bounds it started and served (and panicked on the first Allocate).
 #[test]
@@ -242,7 +273,7 @@ fn run_refuses_out_of_range_values_from_file_and_flags() {
         "--auth-secret",
         SECRET,
     ];
-    let dir = TempDir::new("bounds-run");
+    let dir = temp_dir("bounds-run");
     let path = one_key_file(&dir, "limits", "max_lifetime_secs", U64_MAX);
     let mut args = base.to_vec();
     args.extend(["--config", path.to_str().unwrap()]);
@@ -341,7 +372,7 @@ fn allocated_lifetime(client: &mut UdpTurn) -> u32 {
 /// the reload applied and the next Allocate panicked its worker (no answer).
 #[test]
 fn reload_with_out_of_range_value_keeps_the_running_config() {
-    let dir = TempDir::new("bounds-reload");
+    let dir = temp_dir("bounds-reload");
     let path = dir.path().join("turnpike.toml");
     std::fs::write(
         &path,
@@ -394,7 +425,7 @@ fn reload_with_out_of_range_value_keeps_the_running_config() {
 /// serving on its old listener (the new address is not bound).
 #[test]
 fn reload_warns_about_keys_that_need_a_restart() {
-    let dir = TempDir::new("bounds-restart");
+    let dir = temp_dir("bounds-restart");
     let path = dir.path().join("turnpike.toml");
     let first = server_file("127.0.0.1:0", "").replace("[server]\n", "[server]\nworkers = 1\n");
     std::fs::write(&path, &first).unwrap();
@@ -440,7 +471,7 @@ fn reload_warns_about_keys_that_need_a_restart() {
 /// cannot log in with their password: check-config and run warn, naming each.
 #[test]
 fn rest_shaped_static_user_names_are_warned_about() {
-    let dir = TempDir::new("bounds-users");
+    let dir = temp_dir("bounds-users");
     let path = dir.path().join("users.toml");
     let prefix = format!("{FUTURE}:bob");
     let suffix = format!("carol:{FUTURE}");

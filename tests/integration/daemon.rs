@@ -2,7 +2,7 @@
 //! SIGHUP reload without dropping allocations, and a clean exit on SIGTERM.
 
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::time::timeout;
 use webrtc_util::Conn;
 
-use crate::harness::{rest_credentials, Server, REALM};
+use crate::harness::{rest_credentials, temp_dir, Server, REALM};
 use crate::webrtc_rs::turn_client;
 
 fn signal(server: &Server, name: &str) {
@@ -19,10 +19,6 @@ fn signal(server: &Server, name: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{name} failed");
-}
-
-fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("turnpike-{}-{name}", std::process::id()))
 }
 
 /// Collects sd_notify datagrams until one contains `wanted`; returns everything received.
@@ -49,8 +45,8 @@ fn wait_for(socket: &UnixDatagram, wanted: &str, within: Duration) -> Vec<String
 
 #[test]
 fn notifies_ready_watchdog_reloading_and_stopping() {
-    let path = temp_path("notify.sock");
-    let _ = std::fs::remove_file(&path);
+    let dir = temp_dir("notify");
+    let path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&path).expect("bind notify socket");
     let path_str = path.to_str().unwrap();
     let mut server = Server::start_with_env(
@@ -81,10 +77,9 @@ fn notifies_ready_watchdog_reloading_and_stopping() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status after SIGTERM: {status}");
-    let _ = std::fs::remove_file(&path);
 }
 
-fn write_config(path: &PathBuf, secret: &str) {
+fn write_config(path: &Path, secret: &str) {
     let text = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nrealm = \"{REALM}\"\n\n\
          [auth]\nsecrets = [\"{secret}\"]\n\n\
@@ -97,7 +92,8 @@ fn write_config(path: &PathBuf, secret: &str) {
 /// need the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_rotates_secrets_without_dropping_allocations() {
-    let path = temp_path("reload.toml");
+    let dir = temp_dir("reload");
+    let path = dir.path().join("reload.toml");
     write_config(&path, "old-secret");
     let server = Server::start_raw(&[
         "--config",
@@ -164,5 +160,4 @@ async fn reload_rotates_secrets_without_dropping_allocations() {
     client.close().await.unwrap();
     stale.close().await.unwrap();
     fresh.close().await.unwrap();
-    let _ = std::fs::remove_file(&path);
 }

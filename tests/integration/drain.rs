@@ -18,7 +18,7 @@ use stun_types::message::LongTermKeyCredentials;
 use crate::api::http;
 use crate::harness::{
     against_coturn, free_udp_tcp_port, harness_dir, harness_home, require_tool, rest_credentials,
-    run_with_timeout, CmdOutput, Server, TempDir, REALM, SECRET,
+    run_with_timeout, temp_dir, CmdOutput, Server, REALM, SECRET,
 };
 use crate::stun_client::{recv_from, UdpTurn};
 
@@ -292,7 +292,7 @@ fn drain_without_alternates_refuses_survives_reload_and_cancels() {
     assert_eq!(client.allocate().code(), Some(508), "drain lost on reload");
 
     // `--config` takes the API address and token from the server's config file.
-    let dir = TempDir::new("drain-config");
+    let dir = temp_dir("drain-config");
     let file = dir.path().join("turnpike.toml");
     let api = server.api.unwrap();
     std::fs::write(

@@ -877,64 +877,33 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> CmdOutput {
     }
 }
 
-static NEXT_TEMP_DIR: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+pub use tempfile::TempDir;
 
-/// A temporary directory, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(what: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "turnpike-{what}-{}-{}",
-            std::process::id(),
-            NEXT_TEMP_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh temporary directory named after `what`, removed when dropped.
+pub fn temp_dir(what: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("turnpike-{what}-"))
+        .tempdir()
+        .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"))
 }
 
 /// A self-signed leaf certificate for `localhost` and 127.0.0.1 in a fresh temporary
 /// directory: `(dir, cert path, key path)`. Keep `dir` alive while the files are used.
 pub fn self_signed_cert() -> (TempDir, String, String) {
-    let dir = TempDir::new("tls");
+    let dir = temp_dir("tls");
     let cert = dir.path().join("cert.pem").to_string_lossy().into_owned();
     let key = dir.path().join("key.pem").to_string_lossy().into_owned();
-    let out = run_with_timeout(
-        Command::new(require_tool("openssl")).args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &cert,
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            // A leaf, not a CA: webpki refuses a CA certificate as the server's own.
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ]),
-        Duration::from_secs(60),
-    );
-    assert!(out.success(), "openssl req failed:\n{out}");
+    let mut params =
+        rcgen::CertificateParams::new(["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("valid subject names");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    // A leaf, not a CA: webpki refuses a CA certificate as the server's own.
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    let key_pair = rcgen::KeyPair::generate().expect("key generation");
+    let certificate = params.self_signed(&key_pair).expect("self-signing");
+    std::fs::write(&cert, certificate.pem()).expect("write cert.pem");
+    std::fs::write(&key, key_pair.serialize_pem()).expect("write key.pem");
     (dir, cert, key)
 }

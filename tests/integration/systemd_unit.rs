@@ -3,11 +3,11 @@
 
 use std::process::Command;
 
-use crate::harness::require_tool;
+use crate::harness::{require_tool, temp_dir, TempDir};
 
 /// The shipped unit with ExecStart pointed at the binary under test, in a temp dir (verify
-/// checks that the executable exists).
-fn unit_under_test() -> std::path::PathBuf {
+/// checks that the executable exists). Keep the dir alive while the unit is used.
+fn unit_under_test() -> (TempDir, std::path::PathBuf) {
     let unit = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/systemd/turnpike.service"
@@ -19,17 +19,16 @@ fn unit_under_test() -> std::path::PathBuf {
         unit.contains(bin),
         "ExecStart no longer runs `turnpike` from systemd's search path"
     );
-    let dir = std::env::temp_dir().join(format!("turnpike-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("turnpike.service");
+    let dir = temp_dir("unit");
+    let path = dir.path().join("turnpike.service");
     std::fs::write(&path, unit).unwrap();
-    path
+    (dir, path)
 }
 
 #[test]
 fn unit_verifies_and_exposure_is_below_2() {
     require_tool("systemd-analyze");
-    let path = unit_under_test();
+    let (_dir, path) = unit_under_test();
     let verify = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)

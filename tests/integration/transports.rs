@@ -3,8 +3,8 @@
 //! with IPv4 and IPv6 relays (REQUESTED-ADDRESS-FAMILY, RFC 8656).
 //!
 //! Every test starts its own server. `turnutils_*` and the aiortc pair come from
-//! `../shared/harness/setup.sh`; `openssl` generates the test certificate and probes the TLS
-//! versions. Raw TCP checks build messages with `stun-types`/`turn-types`; over a stream a
+//! `../shared/harness/setup.sh`; the test certificate comes from `rcgen` (the harness's
+//! `self_signed_cert`) and `openssl s_client` probes the TLS versions. Raw TCP checks build messages with `stun-types`/`turn-types`; over a stream a
 //! STUN message is framed by its own header (RFC 8489 §6.2.2).
 //!
 //! Against coturn (`TURNPIKE_TEST_AGAINST=coturn`): `uclient_over_tcp_zero_loss` and
