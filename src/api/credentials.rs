@@ -55,7 +55,8 @@ pub(super) async fn ice(
     let (stun, turn): (Vec<&String>, Vec<&String>) = credential
         .uris
         .iter()
-        .partition(|uri| uri.starts_with("stun:") || uri.starts_with("stuns:"));
+        // The scheme is case-insensitive (RFC 7064/7065): one parser decides.
+        .partition(|uri| crate::ice_uri::IceUri::parse(uri).is_ok_and(|u| !u.turn));
     let mut servers = Vec::new();
     if !stun.is_empty() {
         servers.push(serde_json::json!({ "urls": stun }));

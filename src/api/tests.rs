@@ -189,6 +189,7 @@ fn ice_servers_drop_into_rtc_peer_connection() {
             "stun:turn.example.com".into(),
             "turn:turn.example.com?transport=udp".into(),
             "turns:turn.example.com:443?transport=tcp".into(),
+            "STUN:upper.example.com".into(),
         ],
         ..test_config()
     });
@@ -198,7 +199,8 @@ fn ice_servers_drop_into_rtc_peer_connection() {
     assert_eq!(servers.len(), 2, "{body}");
     assert_eq!(
         servers[0],
-        serde_json::json!({"urls": ["stun:turn.example.com"]})
+        serde_json::json!({"urls": ["stun:turn.example.com", "STUN:upper.example.com"]}),
+        "STUN servers, whatever the scheme's case, carry no credential"
     );
     assert_eq!(
         servers[1]["urls"],

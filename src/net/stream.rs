@@ -63,8 +63,10 @@ impl Framer {
 
     /// Appends received bytes.
     pub fn extend(&mut self, data: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
+        // Frames already handed out go first (there may be complete ones still waiting
+        // behind them), so the buffer never holds more than what is pending plus `data`.
+        if self.start > 0 {
+            self.buf.drain(..self.start);
             self.start = 0;
         }
         self.buf.extend_from_slice(data);

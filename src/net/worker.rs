@@ -979,7 +979,10 @@ impl Worker {
 fn read_connection(connection: &mut Connection, buf: &mut [u8]) -> io::Result<(bool, bool)> {
     for _ in 0..READS_PER_TURN {
         // Never more than a whole frame ahead of what has been handled.
-        if connection.framer.pending() >= MAX_FRAME {
+        let room = MAX_FRAME
+            .saturating_sub(connection.framer.pending())
+            .min(buf.len());
+        if room == 0 {
             return Ok((true, false));
         }
         match &mut connection.tls {
@@ -1002,7 +1005,9 @@ fn read_connection(connection: &mut Connection, buf: &mut [u8]) -> io::Result<(b
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, false)),
                 Err(e) => return Err(e),
             },
-            None => match connection.stream.read(buf) {
+            // At most up to a whole frame buffered: a client whose frames wait for its queue
+            // to drain holds no more than that.
+            None => match connection.stream.read(&mut buf[..room]) {
                 Ok(0) => return Ok((false, true)),
                 Ok(n) => connection.framer.extend(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, false)),

@@ -83,9 +83,13 @@ async function callCase(page, args, result, deadline) {
   } else {
     await page.waitForSelector('body[data-received]', { timeout: left() });
   }
+  // The pair the call used, read at once: the other side may hang up during the wait below,
+  // and a closed ICE transport no longer names its selected pair.
+  const done = await page.evaluate(() => window.testcall.summary());
   // Let a few more frames arrive for the screenshot and the stats.
   await page.waitForTimeout(1000);
-  const s = await page.evaluate(() => window.testcall.summary());
+  const later = await page.evaluate(() => window.testcall.summary());
+  const s = { ...later, pair: done.pair || later.pair };
   Object.assign(result, {
     media: s.media, policy: s.policy, pair: s.pair, selected_pair: s.pair ? s.pair.text : 'none',
     inbound_video: s.inbound_video, outbound_video: s.outbound_video, sent: s.sent, received: s.received,
