@@ -35,7 +35,7 @@ use turnpike::proto::peer_filter::PeerFilter;
 use turnpike::proto::server::{CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 use turnpike::proto::wire::{self, *};
 use turnpike::proto::{
-    ClientAction, Event, FiveTuple, PeerAction, Quotas, Server, ServerConfig, Transport,
+    ClientAction, Error, Event, FiveTuple, PeerAction, Quotas, Server, ServerConfig, Transport,
 };
 
 use crate::msg::{self, Auth, Trailer};
@@ -1058,7 +1058,7 @@ impl Harness {
                             // Ports wrapped onto a live relay; a real driver never does that.
                             let len = self.server.reject_allocation(
                                 pending,
-                                ErrorCode::INSUFFICIENT_CAPACITY,
+                                Error::InsufficientCapacity,
                                 &mut self.out,
                             );
                             let reply = self.out[..len].to_vec();
@@ -1106,12 +1106,13 @@ impl Harness {
                         self.depth.allocations += 1;
                     }
                     Then::RejectNoPort | Then::RejectNoAddress => {
-                        let code = if matches!(then, Some(Then::RejectNoPort)) {
-                            ErrorCode::INSUFFICIENT_CAPACITY
+                        let error = if matches!(then, Some(Then::RejectNoPort)) {
+                            Error::InsufficientCapacity
                         } else {
-                            ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED
+                            Error::AddressFamilyNotSupported
                         };
-                        let len = self.server.reject_allocation(pending, code, &mut self.out);
+                        let code = error.code();
+                        let len = self.server.reject_allocation(pending, error, &mut self.out);
                         let reply = self.out[..len].to_vec();
                         let info = check_reply(Some(&request), &reply, tuple);
                         assert_eq!(info.code, Some(code));

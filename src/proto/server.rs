@@ -16,6 +16,7 @@ use super::allocation::{Allocation, BindError, Direction, RelayAddress, TokenBuc
 use super::auth::{
     AuthError, Credentials, LongTermKey, NonceCheck, NonceKey, PasswordAlgorithm, NONCE_COOKIE,
 };
+use super::error::Error;
 use super::peer_filter::PeerFilter;
 use super::stats::Stats;
 use super::wire::{self, *};
@@ -135,13 +136,12 @@ impl Quotas {
         self.challenges.set_max_per_second(max);
     }
 
-    /// Reserves one allocation for `user`: Err(486) over the user's quota, Err(508) over the
-    /// server's.
-    fn claim(&self, user: &str) -> Result<(), u16> {
+    /// Reserves one allocation for `user`: 486 over the user's quota, 508 over the server's.
+    fn claim(&self, user: &str) -> Result<(), Error> {
         let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
         let count = per_user.get(user).copied().unwrap_or(0);
         if count >= self.max_per_user.load(Ordering::Relaxed) {
-            return Err(ErrorCode::ALLOCATION_QUOTA_REACHED);
+            return Err(Error::AllocationQuotaReached);
         }
         if self
             .total
@@ -150,7 +150,7 @@ impl Quotas {
             })
             .is_err()
         {
-            return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+            return Err(Error::InsufficientCapacity);
         }
         per_user.insert(user.to_owned(), count + 1);
         Ok(())
@@ -262,6 +262,22 @@ fn unknown_required<'m>(
     msg.iter_attributes()
         .map(|(_, attr)| attr.get_type())
         .filter(|t| t.comprehension_required() && !known.contains(t))
+}
+
+/// 420 with UNKNOWN-ATTRIBUTES if the request carries comprehension-required attributes
+/// outside `known` (RFC 8489 §7.3.1). CHANGE-REQUEST asking for a change is unsupported.
+fn unknown_attributes(msg: &Message<'_>, known: &[AttributeType]) -> Option<Error> {
+    let mut unknown: Vec<AttributeType> = unknown_required(msg, known).collect();
+    if let Some(change) = msg.raw_attribute(wire::CHANGE_REQUEST) {
+        if change.value.iter().any(|&b| b != 0) {
+            unknown.push(wire::CHANGE_REQUEST);
+        }
+    }
+    if unknown.is_empty() {
+        return None;
+    }
+    unknown.dedup();
+    Some(Error::UnknownAttributes(unknown))
 }
 
 /// The password algorithm a request negotiated (RFC 8489 §9.2.4). Our nonces carry the
@@ -615,7 +631,7 @@ impl Server {
             return ClientAction::Drop;
         };
         match (msg.class(), msg.method()) {
-            (MessageClass::Request, BINDING) => self.binding(&msg, tuple, out),
+            (MessageClass::Request, BINDING) => self.binding(&msg, tuple, unix_now, out),
             (MessageClass::Indication, SEND) => self.send_indication(now, tuple, &msg, data),
             (MessageClass::Request, m)
                 if m == ALLOCATE || m == REFRESH || m == CREATE_PERMISSION || m == CHANNEL_BIND =>
@@ -623,7 +639,7 @@ impl Server {
                 self.turn_request(now, unix_now, tuple, &msg, out)
             }
             (MessageClass::Request, _) => {
-                ClientAction::Reply(self.error(&msg, ErrorCode::BAD_REQUEST, None, out))
+                self.reject(&msg, &Error::BadRequest, None, tuple, unix_now, out)
             }
             // Binding indications are keepalives (RFC 8489 §6.3.2); responses and other
             // indications have no business here.
@@ -638,11 +654,12 @@ impl Server {
         &mut self,
         msg: &Message<'_>,
         tuple: FiveTuple,
+        unix_now: u64,
         out: &mut [u8],
     ) -> ClientAction<'a> {
         self.stats.binding_requests += 1;
-        if let Some(len) = self.unknown_attributes(msg, &BINDING_ATTRIBUTES, None, out) {
-            return ClientAction::Reply(len);
+        if let Some(error) = unknown_attributes(msg, &BINDING_ATTRIBUTES) {
+            return self.reject(msg, &error, None, tuple, unix_now, out);
         }
         let mut response = Response::success(BINDING, msg.transaction_id(), out);
         response.add(&XorMappedAddress::new(tuple.client, msg.transaction_id()));
@@ -653,64 +670,63 @@ impl Server {
         ClientAction::Reply(response.finish_with_fingerprint(msg.has_attribute(Fingerprint::TYPE)))
     }
 
-    /// 420 with UNKNOWN-ATTRIBUTES if the request carries comprehension-required attributes
-    /// outside `known` (RFC 8489 §7.3.1). CHANGE-REQUEST asking for a change is unsupported.
-    fn unknown_attributes(
+    /// The one place an error response is built and counted. 401 and 438 are challenges
+    /// ([`challenge`](Self::challenge)), which may be dropped over their rate cap; any other
+    /// error is signed when the request authenticated (RFC 8489 §9.2.4).
+    fn reject<'a>(
         &mut self,
         msg: &Message<'_>,
-        known: &[AttributeType],
+        error: &Error,
         auth: Option<&Authenticated>,
+        tuple: FiveTuple,
+        unix_now: u64,
         out: &mut [u8],
-    ) -> Option<usize> {
-        let mut unknown: Vec<AttributeType> = unknown_required(msg, known).collect();
-        if let Some(change) = msg.raw_attribute(wire::CHANGE_REQUEST) {
-            if change.value.iter().any(|&b| b != 0) {
-                unknown.push(wire::CHANGE_REQUEST);
-            }
+    ) -> ClientAction<'a> {
+        if error.is_challenge() {
+            return match self.challenge(msg, error.code(), tuple, unix_now, out) {
+                0 => ClientAction::Drop,
+                len => ClientAction::Reply(len),
+            };
         }
-        if unknown.is_empty() {
-            return None;
-        }
-        unknown.dedup();
-        self.stats.errors.record(ErrorCode::UNKNOWN_ATTRIBUTE);
-        let mut response = Response::error(
+        let fingerprint = msg.has_attribute(Fingerprint::TYPE);
+        let len = self.error_response(
             msg.method(),
             msg.transaction_id(),
-            ErrorCode::UNKNOWN_ATTRIBUTE,
+            fingerprint,
+            error,
+            auth,
             out,
         );
-        response.add(&UnknownAttributes::new(&unknown));
-        Some(self.finish(msg, response, auth))
+        ClientAction::Reply(len)
     }
 
-    /// An error response, signed when the request authenticated (RFC 8489 §9.2.4).
-    fn error(
+    /// An error response other than a challenge: signed, with SOFTWARE, when `auth` is given
+    /// (only authenticated clients get SOFTWARE); otherwise with FINGERPRINT if the request
+    /// had one.
+    fn error_response(
         &mut self,
-        msg: &Message<'_>,
-        code: u16,
+        method: Method,
+        transaction: TransactionId,
+        fingerprint: bool,
+        error: &Error,
         auth: Option<&Authenticated>,
         out: &mut [u8],
     ) -> usize {
+        let code = error.code();
         self.stats.errors.record(code);
-        tracing::debug!(method = %msg.method(), code, "error response");
-        let response = Response::error(msg.method(), msg.transaction_id(), code, out);
-        self.finish(msg, response, auth)
-    }
-
-    /// Signs a response to an authenticated request (adding SOFTWARE, which only
-    /// authenticated clients get); otherwise adds FINGERPRINT if the request has one.
-    fn finish(
-        &self,
-        msg: &Message<'_>,
-        mut response: Response<'_>,
-        auth: Option<&Authenticated>,
-    ) -> usize {
+        tracing::debug!(method = %method, code, "error response");
+        let mut response = Response::error(method, transaction, code, out);
+        match error {
+            Error::UnknownAttributes(unknown) => response.add(&UnknownAttributes::new(unknown)),
+            Error::TryAlternate(alternate) => response.add(&AlternateServer::new(*alternate)),
+            _ => {}
+        }
         match auth {
             Some(auth) => {
                 response.add_software(self.config.software.as_deref());
                 response.finish_signed(&auth.credentials, auth.algorithm)
             }
-            None => response.finish_with_fingerprint(msg.has_attribute(Fingerprint::TYPE)),
+            None => response.finish_with_fingerprint(fingerprint),
         }
     }
 
@@ -751,32 +767,30 @@ impl Server {
     }
 
     /// RFC 8489 §9.2.4 steps, in order, except that the nonce is checked before the username
-    /// and integrity (as RFC 5389 ordered them): a stale or forged nonce costs no HMAC. On
-    /// failure returns the length of the reply to send.
+    /// and integrity (as RFC 5389 ordered them): a stale or forged nonce costs no HMAC.
     fn authenticate(
         &mut self,
         msg: &Message<'_>,
         tuple: FiveTuple,
         unix_now: u64,
-        out: &mut [u8],
-    ) -> Result<Authenticated, usize> {
+    ) -> Result<Authenticated, Error> {
         let has_integrity = msg.has_attribute(MessageIntegrity::TYPE)
             || msg.has_attribute(MessageIntegritySha256::TYPE);
         if !has_integrity {
             self.stats.auth_missing += 1;
-            return Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out));
+            return Err(Error::Unauthorized);
         }
         let (Ok(username), Ok(realm), Ok(nonce)) = (
             msg.attribute::<Username>(),
             msg.attribute::<Realm>(),
             msg.attribute::<Nonce>(),
         ) else {
-            return Err(self.error(msg, ErrorCode::BAD_REQUEST, None, out));
+            return Err(Error::BadRequest);
         };
         let Ok(password_algorithm) = negotiated_algorithm(msg, nonce.nonce()) else {
             self.stats.auth_bad_algorithm += 1;
             tracing::debug!(client = %tuple.client, "password algorithm negotiation failed (400)");
-            return Err(self.error(msg, ErrorCode::BAD_REQUEST, None, out));
+            return Err(Error::BadRequest);
         };
         let lifetime = self.config.nonce_lifetime.as_secs();
         if self
@@ -786,11 +800,11 @@ impl Server {
             == NonceCheck::Stale
         {
             self.stats.auth_stale_nonce += 1;
-            return Err(self.challenge(msg, ErrorCode::STALE_NONCE, tuple, unix_now, out));
+            return Err(Error::StaleNonce);
         }
         if realm.realm() != self.config.realm {
             self.stats.auth_unknown_user += 1;
-            return Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out));
+            return Err(Error::Unauthorized);
         }
         let username = username.username().to_owned();
         let passwords = match self.config.credentials.passwords(&username, unix_now) {
@@ -801,7 +815,7 @@ impl Server {
                     _ => self.stats.auth_unknown_user += 1,
                 }
                 tracing::debug!(client = %tuple.client, %username, %reason, "authentication failed");
-                return Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out));
+                return Err(Error::Unauthorized);
             }
         };
         // §9.2.4: without PASSWORD-ALGORITHM the key is MD5's, whichever integrity attribute
@@ -824,7 +838,7 @@ impl Server {
         }
         self.stats.auth_bad_integrity += 1;
         tracing::debug!(client = %tuple.client, %username, "bad message integrity");
-        Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out))
+        Err(Error::Unauthorized)
     }
 
     fn turn_request<'a>(
@@ -835,24 +849,23 @@ impl Server {
         msg: &Message<'_>,
         out: &mut [u8],
     ) -> ClientAction<'a> {
-        let auth = match self.authenticate(msg, tuple, unix_now, out) {
+        let auth = match self.authenticate(msg, tuple, unix_now) {
             Ok(auth) => auth,
-            Err(0) => return ClientAction::Drop,
-            Err(len) => return ClientAction::Reply(len),
+            Err(error) => return self.reject(msg, &error, None, tuple, unix_now, out),
         };
-        if let Some(len) = self.unknown_attributes(msg, &TURN_ATTRIBUTES, Some(&auth), out) {
-            return ClientAction::Reply(len);
+        if let Some(error) = unknown_attributes(msg, &TURN_ATTRIBUTES) {
+            return self.reject(msg, &error, Some(&auth), tuple, unix_now, out);
         }
         // RFC 8656 §5: requests on an allocation must come from the user that made it.
         if let Some(allocation) = self.allocations.get(&tuple) {
             if allocation.username != auth.username {
-                let len = self.error(msg, ErrorCode::WRONG_CREDENTIALS, Some(&auth), out);
-                return ClientAction::Reply(len);
+                let error = Error::WrongCredentials;
+                return self.reject(msg, &error, Some(&auth), tuple, unix_now, out);
             }
         }
         let method = msg.method();
         let result = if method == ALLOCATE {
-            return self.allocate(now, tuple, msg, auth, out);
+            return self.allocate(now, unix_now, tuple, msg, auth, out);
         } else if method == REFRESH {
             self.refresh(now, tuple, msg)
         } else if method == CREATE_PERMISSION {
@@ -860,23 +873,23 @@ impl Server {
         } else {
             self.channel_bind(now, tuple, msg)
         };
-        let len = match result {
+        match result {
             Ok(lifetime) => {
                 let mut response = Response::success(method, msg.transaction_id(), out);
                 if let Some(lifetime) = lifetime {
                     response.add(&Lifetime::new(wire_lifetime(lifetime)));
                 }
                 response.add_software(self.config.software.as_deref());
-                response.finish_signed(&auth.credentials, auth.algorithm)
+                ClientAction::Reply(response.finish_signed(&auth.credentials, auth.algorithm))
             }
-            Err(code) => self.error(msg, code, Some(&auth), out),
-        };
-        ClientAction::Reply(len)
+            Err(error) => self.reject(msg, &error, Some(&auth), tuple, unix_now, out),
+        }
     }
 
     fn allocate<'a>(
         &mut self,
         now: Instant,
+        unix_now: u64,
         tuple: FiveTuple,
         msg: &Message<'_>,
         auth: Authenticated,
@@ -888,25 +901,16 @@ impl Server {
                 let len = self.allocate_success(&tuple, &auth, out);
                 return ClientAction::Reply(len);
             }
-            let len = self.error(msg, ErrorCode::ALLOCATION_MISMATCH, Some(&auth), out);
-            return ClientAction::Reply(len);
+            let error = Error::AllocationMismatch;
+            return self.reject(msg, &error, Some(&auth), tuple, unix_now, out);
         }
         if let Some(alternate) = self.alternate_for(tuple.client) {
-            self.stats.errors.record(ErrorCode::TRY_ALTERNATE);
-            let mut response = Response::error(
-                ALLOCATE,
-                msg.transaction_id(),
-                ErrorCode::TRY_ALTERNATE,
-                out,
-            );
-            response.add(&AlternateServer::new(alternate));
-            response.add_software(self.config.software.as_deref());
-            let len = response.finish_signed(&auth.credentials, auth.algorithm);
-            return ClientAction::Reply(len);
+            let error = Error::TryAlternate(alternate);
+            return self.reject(msg, &error, Some(&auth), tuple, unix_now, out);
         }
         match self.check_allocate(now, tuple, msg, &auth) {
             Ok(pending) => ClientAction::Allocate(pending),
-            Err(code) => ClientAction::Reply(self.error(msg, code, Some(&auth), out)),
+            Err(error) => self.reject(msg, &error, Some(&auth), tuple, unix_now, out),
         }
     }
 
@@ -932,17 +936,18 @@ impl Server {
         tuple: FiveTuple,
         msg: &Message<'_>,
         auth: &Authenticated,
-    ) -> Result<PendingAllocation, u16> {
-        let bad = ErrorCode::BAD_REQUEST;
+    ) -> Result<PendingAllocation, Error> {
+        let bad = Error::BadRequest;
         // Step 3: absent or malformed is 400, another protocol 442.
-        let transport = wire::required::<RequestedTransport>(msg, bad)?;
+        let transport = wire::required::<RequestedTransport>(msg, bad.clone())?;
         if transport.protocol() != wire::PROTOCOL_UDP {
-            return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL);
+            return Err(Error::UnsupportedTransportProtocol);
         }
         // Step 4: DONT-FRAGMENT is accepted (relay sockets keep Linux's path-MTU discovery).
-        wire::attribute::<DontFragment>(msg, bad)?;
-        let even_port = wire::attribute::<EvenPort>(msg, bad)?.map(|e| e.requested());
-        let reservation_token = wire::attribute::<ReservationToken>(msg, bad)?.map(|t| t.token());
+        wire::attribute::<DontFragment>(msg, Error::BadRequest)?;
+        let even_port = wire::attribute::<EvenPort>(msg, Error::BadRequest)?.map(|e| e.requested());
+        let reservation_token =
+            wire::attribute::<ReservationToken>(msg, Error::BadRequest)?.map(|t| t.token());
         // ADDITIONAL-ADDRESS-FAMILY other than IPv6 is 400 (step 9) whenever it is checked.
         let additional_family = wire::additional_address_family(msg)?;
         let requested_present = msg.has_attribute(RequestedAddressFamily::TYPE);
@@ -958,23 +963,21 @@ impl Server {
         }
         // Step 7: a family the server cannot relay in, or one RFC 8656 §18.6 does not define,
         // is 440.
-        let requested_family = wire::attribute::<RequestedAddressFamily>(
-            msg,
-            ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
-        )?
-        .map(|f| f.family());
+        let requested_family =
+            wire::attribute::<RequestedAddressFamily>(msg, Error::AddressFamilyNotSupported)?
+                .map(|f| f.family());
         // Step 8: the port reserved beside an even one would have to be in both families.
         if even_port == Some(true) && additional_family.is_some() {
             return Err(bad);
         }
-        let lifetime = self.lifetime(wire::attribute::<Lifetime>(msg, bad)?);
+        let lifetime = self.lifetime(wire::attribute::<Lifetime>(msg, Error::BadRequest)?);
         let family = requested_family.unwrap_or(AddressFamily::IPV4);
         let available = |family| match family {
             AddressFamily::IPV4 => self.config.relay_ipv4,
             AddressFamily::IPV6 => self.config.relay_ipv6,
         };
         if !available(family) && reservation_token.is_none() {
-            return Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED);
+            return Err(Error::AddressFamilyNotSupported);
         }
         let mut families = vec![family];
         let mut unavailable_family = None;
@@ -986,15 +989,16 @@ impl Server {
             }
         }
         let quota_key = self.config.credentials.quota_key(&auth.username).to_owned();
-        if let Err(code) = self.quotas.claim(&quota_key) {
-            match code {
-                ErrorCode::ALLOCATION_QUOTA_REACHED => self.stats.quota_user += 1,
+        if let Err(error) = self.quotas.claim(&quota_key) {
+            match error {
+                Error::AllocationQuotaReached => self.stats.quota_user += 1,
                 _ => self.stats.quota_total += 1,
             }
             if let Some(suppressed) = self.quota_log.allow(now) {
+                let code = error.code();
                 tracing::warn!(user = %quota_key, code, suppressed, "allocation refused by quota");
             }
-            return Err(code);
+            return Err(error);
         }
         Ok(PendingAllocation {
             tuple,
@@ -1101,15 +1105,20 @@ impl Server {
     pub fn reject_allocation(
         &mut self,
         pending: PendingAllocation,
-        code: u16,
+        error: Error,
         out: &mut [u8],
     ) -> usize {
         let quota_key = self.config.credentials.quota_key(&pending.auth.username);
         self.quotas.release(quota_key);
-        self.stats.errors.record(code);
-        let mut response = Response::error(ALLOCATE, pending.transaction, code, out);
-        response.add_software(self.config.software.as_deref());
-        response.finish_signed(&pending.auth.credentials, pending.auth.algorithm)
+        let transaction = pending.transaction;
+        self.error_response(
+            ALLOCATE,
+            transaction,
+            false,
+            &error,
+            Some(&pending.auth),
+            out,
+        )
     }
 
     fn allocate_success(&self, tuple: &FiveTuple, auth: &Authenticated, out: &mut [u8]) -> usize {
@@ -1120,9 +1129,8 @@ impl Server {
             response.add(&XorRelayedAddress::new(relay.advertised, transaction));
         }
         if let Some(family) = allocation.unavailable_family {
-            if let Ok(code) = ErrorCode::builder(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED).build() {
-                response.add(&AddressErrorCode::new(family, code));
-            }
+            let code = ErrorCode::from(&Error::AddressFamilyNotSupported);
+            response.add(&AddressErrorCode::new(family, code));
         }
         response.add(&Lifetime::new(wire_lifetime(allocation.lifetime)));
         if let Some(token) = allocation.reservation_token {
@@ -1139,20 +1147,20 @@ impl Server {
         now: Instant,
         tuple: FiveTuple,
         msg: &Message<'_>,
-    ) -> Result<Option<Duration>, u16> {
+    ) -> Result<Option<Duration>, Error> {
         let Some(allocation) = self.allocations.get(&tuple) else {
-            return Err(ErrorCode::ALLOCATION_MISMATCH);
+            return Err(Error::AllocationMismatch);
         };
         // "does not match the address family of the allocation": 443, and the allocation is
         // left as it was. A family byte RFC 8656 §18.6 does not define matches none.
-        let mismatch = ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH;
-        if let Some(family) = wire::attribute::<RequestedAddressFamily>(msg, mismatch)? {
+        let mismatch = Error::PeerAddressFamilyMismatch;
+        if let Some(family) = wire::attribute::<RequestedAddressFamily>(msg, mismatch.clone())? {
             let ipv4 = family.family() == AddressFamily::IPV4;
             if !allocation.relays.iter().any(|r| r.local.is_ipv4() == ipv4) {
                 return Err(mismatch);
             }
         }
-        let requested = wire::attribute::<Lifetime>(msg, ErrorCode::BAD_REQUEST)?;
+        let requested = wire::attribute::<Lifetime>(msg, Error::BadRequest)?;
         if requested.as_ref().map(Lifetime::seconds) == Some(0) {
             if let Some(allocation) = self.allocations.get(&tuple) {
                 tracing::info!(user = %allocation.quota_key, client = %tuple.client,
@@ -1173,7 +1181,7 @@ impl Server {
 
     /// Whether the server may relay to `peer`: allowed by the filter and not one of the
     /// server's own listening sockets.
-    fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), u16> {
+    fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), Error> {
         let filter = &self.config.peer_filter;
         let listener = self.config.own_addresses.iter().any(|own| {
             own.port() == peer.port()
@@ -1181,14 +1189,14 @@ impl Server {
         });
         if listener {
             self.deny_peer(now, peer.ip());
-            return Err(ErrorCode::FORBIDDEN);
+            return Err(Error::Forbidden);
         }
         self.check_peer_ip(now, peer.ip())
     }
 
     /// The peer filter, plus the server's own relay IPs (as written or carried in an IPv6
     /// form, e.g. NAT64) unless explicitly allowed.
-    fn check_peer_ip(&mut self, now: Instant, peer: IpAddr) -> Result<(), u16> {
+    fn check_peer_ip(&mut self, now: Instant, peer: IpAddr) -> Result<(), Error> {
         let filter = &self.config.peer_filter;
         let own_relay = filter
             .forms(peer)
@@ -1196,7 +1204,7 @@ impl Server {
             && !filter.explicitly_allows(peer);
         if own_relay || !filter.is_allowed(peer) {
             self.deny_peer(now, peer);
-            return Err(ErrorCode::FORBIDDEN);
+            return Err(Error::Forbidden);
         }
         Ok(())
     }
@@ -1215,22 +1223,22 @@ impl Server {
         now: Instant,
         tuple: FiveTuple,
         msg: &Message<'_>,
-    ) -> Result<Option<Duration>, u16> {
+    ) -> Result<Option<Duration>, Error> {
         let Some(allocation) = self.allocations.get(&tuple) else {
-            return Err(ErrorCode::ALLOCATION_MISMATCH);
+            return Err(Error::AllocationMismatch);
         };
-        let peers: Vec<SocketAddr> = wire::every::<XorPeerAddress>(msg, ErrorCode::BAD_REQUEST)?
+        let peers: Vec<SocketAddr> = wire::every::<XorPeerAddress>(msg, Error::BadRequest)?
             .iter()
             .map(|a| a.addr(msg.transaction_id()))
             .collect();
         if peers.is_empty() {
-            return Err(ErrorCode::BAD_REQUEST);
+            return Err(Error::BadRequest);
         }
         if peers
             .iter()
             .any(|peer| allocation.relay_for(*peer).is_none())
         {
-            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+            return Err(Error::PeerAddressFamilyMismatch);
         }
         for peer in &peers {
             self.check_peer_ip(now, peer.ip())?;
@@ -1248,13 +1256,13 @@ impl Server {
         if allocation.permissions.len() + new_ips.len() > cap {
             allocation.permissions.retain(|p| p.expires > now);
             if allocation.permissions.len() + new_ips.len() > cap {
-                return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+                return Err(Error::InsufficientCapacity);
             }
         }
         for peer in &peers {
             allocation
                 .permit(peer.ip(), now + PERMISSION_LIFETIME, now, cap)
-                .map_err(|_| ErrorCode::INSUFFICIENT_CAPACITY)?;
+                .map_err(|_| Error::InsufficientCapacity)?;
             self.stats.permissions_created += 1;
         }
         Ok(None)
@@ -1267,18 +1275,18 @@ impl Server {
         now: Instant,
         tuple: FiveTuple,
         msg: &Message<'_>,
-    ) -> Result<Option<Duration>, u16> {
+    ) -> Result<Option<Duration>, Error> {
         if !self.allocations.contains_key(&tuple) {
-            return Err(ErrorCode::ALLOCATION_MISMATCH);
+            return Err(Error::AllocationMismatch);
         }
-        let bad = ErrorCode::BAD_REQUEST;
-        let number = wire::required::<ChannelNumber>(msg, bad)?.channel();
+        let bad = Error::BadRequest;
+        let number = wire::required::<ChannelNumber>(msg, bad.clone())?.channel();
         if !wire::CHANNEL_RANGE.contains(&number) {
             return Err(bad);
         }
         let peer = wire::required::<XorPeerAddress>(msg, bad)?.addr(msg.transaction_id());
         if self.allocations[&tuple].relay_for(peer).is_none() {
-            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+            return Err(Error::PeerAddressFamilyMismatch);
         }
         self.check_peer(now, peer)?;
         let permission_cap = self.config.max_permissions_per_allocation;
@@ -1287,12 +1295,12 @@ impl Server {
         allocation
             .check_channel(number, peer, now, channel_cap)
             .map_err(|e| match e {
-                BindError::Conflict => ErrorCode::BAD_REQUEST,
-                BindError::Full => ErrorCode::INSUFFICIENT_CAPACITY,
+                BindError::Conflict => Error::BadRequest,
+                BindError::Full => Error::InsufficientCapacity,
             })?;
         allocation
             .permit(peer.ip(), now + PERMISSION_LIFETIME, now, permission_cap)
-            .map_err(|_| ErrorCode::INSUFFICIENT_CAPACITY)?;
+            .map_err(|_| Error::InsufficientCapacity)?;
         allocation.bind_channel(number, peer, now + CHANNEL_LIFETIME, now);
         self.stats.channels_bound += 1;
         Ok(None)
@@ -1313,10 +1321,9 @@ impl Server {
             self.stats.unknown_attribute_dropped += 1;
             return ClientAction::Drop;
         }
-        let bad = ErrorCode::BAD_REQUEST;
         let (Ok(Some(peer)), Ok(_), Some((offset, data_attr))) = (
-            wire::attribute::<XorPeerAddress>(msg, bad),
-            wire::attribute::<DontFragment>(msg, bad),
+            wire::attribute::<XorPeerAddress>(msg, Error::BadRequest),
+            wire::attribute::<DontFragment>(msg, Error::BadRequest),
             msg.raw_attribute_and_offset(Data::TYPE),
         ) else {
             self.stats.malformed += 1;

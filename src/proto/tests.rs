@@ -1116,7 +1116,9 @@ fn rejected_allocation_releases_its_quota() {
         panic!("expected a pending allocation")
     };
     assert_eq!(h.quotas.total(), 1);
-    let len = h.server.reject_allocation(pending, 508, &mut h.out);
+    let len = h
+        .server
+        .reject_allocation(pending, Error::InsufficientCapacity, &mut h.out);
     assert_eq!(reply_code(&h.out[..len]), Some(508));
     assert_eq!(h.quotas.total(), 0);
     h.allocate(CLIENT, &user.0, &user.1);
