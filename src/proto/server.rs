@@ -168,6 +168,31 @@ impl Quotas {
     }
 }
 
+/// One allocation's claim on the quotas: given back when dropped, unless an allocation took it
+/// over with [`keep`](Self::keep).
+#[derive(Debug)]
+struct QuotaSlot {
+    quotas: Arc<Quotas>,
+    key: String,
+    held: bool,
+}
+
+impl QuotaSlot {
+    /// The quota key, for the allocation that now holds the slot (and releases it when it ends).
+    fn keep(mut self) -> String {
+        self.held = false;
+        std::mem::take(&mut self.key)
+    }
+}
+
+impl Drop for QuotaSlot {
+    fn drop(&mut self) {
+        if self.held {
+            self.quotas.release(&self.key);
+        }
+    }
+}
+
 /// What the driver must do with a datagram from a client.
 #[must_use]
 #[derive(Debug)]
@@ -188,7 +213,8 @@ pub enum ClientAction<'a> {
 }
 
 /// An Allocate request that passed every check but needs a relay socket. Its quota slot is
-/// already claimed; the driver must hand it back through accept or reject.
+/// already claimed; the driver answers it through accept or reject, and a pending allocation
+/// dropped unanswered gives its slot back.
 #[must_use]
 #[derive(Debug)]
 pub struct PendingAllocation {
@@ -205,6 +231,7 @@ pub struct PendingAllocation {
     transaction: TransactionId,
     auth: Authenticated,
     lifetime: Duration,
+    quota: QuotaSlot,
 }
 
 /// What the driver must do with a datagram from a peer.
@@ -1009,6 +1036,11 @@ impl Server {
             transaction: msg.transaction_id(),
             auth: auth.clone(),
             lifetime,
+            quota: QuotaSlot {
+                quotas: self.quotas.clone(),
+                key: quota_key,
+                held: true,
+            },
         })
     }
 
@@ -1042,11 +1074,7 @@ impl Server {
                 advertised: self.advertised(local),
             })
             .collect();
-        let quota_key = self
-            .config
-            .credentials
-            .quota_key(&pending.auth.username)
-            .to_owned();
+        let quota_key = pending.quota.keep();
         let expires = now + pending.lifetime;
         tracing::info!(user = %quota_key, client = %pending.tuple.client,
             relay = ?relays.iter().map(|r| r.advertised).collect::<Vec<_>>(),
@@ -1108,8 +1136,7 @@ impl Server {
         error: Error,
         out: &mut [u8],
     ) -> usize {
-        let quota_key = self.config.credentials.quota_key(&pending.auth.username);
-        self.quotas.release(quota_key);
+        drop(pending.quota);
         let transaction = pending.transaction;
         self.error_response(
             ALLOCATE,

@@ -1125,6 +1125,31 @@ fn rejected_allocation_releases_its_quota() {
 }
 
 #[test]
+fn dropped_pending_allocation_releases_its_quota() {
+    // Quotas of one, so a leaked slot would make the second Allocate a 486.
+    let mut h = Harness::with(config(), Quotas::new(1, 1));
+    let user = rest_user("bob");
+    let nonce = h.nonce(CLIENT);
+    let auth = Auth {
+        username: &user.0,
+        password: &user.1,
+        nonce: &nonce,
+    };
+    let data = request(ALLOCATE, Some(&auth), udp_transport);
+    let ClientAction::Allocate(pending) =
+        h.server
+            .handle_client(h.now, h.unix, tuple(CLIENT), &data, &mut h.out)
+    else {
+        panic!("expected a pending allocation")
+    };
+    assert_eq!(h.quotas.total(), 1);
+    drop(pending);
+    assert_eq!(h.quotas.total(), 0);
+    h.allocate(CLIENT, &user.0, &user.1);
+    assert_eq!(h.quotas.total(), 1);
+}
+
+#[test]
 fn permissions_gate_relaying_both_ways() {
     let mut h = Harness::new();
     let user = rest_user("bob");
