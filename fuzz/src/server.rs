@@ -14,8 +14,8 @@
 //!   credentials and a fresh nonce minted for that client address;
 //! * quotas: `quotas.total()` equals live plus pending allocations; a new Allocate is only
 //!   handed out under the current total and per-user limits;
-//! * `poll_timeout()` is the earliest model expiry, `None` iff no allocation; after
-//!   `handle_timeout(now)` nothing due remains; `AllocationFreed` names only live relays,
+//! * `poll_timeout()` is at or before the earliest model expiry, `None` iff no allocation;
+//!   after `handle_timeout(now)` nothing due remains; `RelayReleased` names only live relays,
 //!   once, and only when expired, deleted (Refresh 0) or cleared;
 //! * data goes only to peers outside the deny list and the server's own address, with a
 //!   permission the client asked for, on the client's own allocation, over a channel bound to
@@ -1345,12 +1345,14 @@ impl Harness {
     }
 
     fn drain_events(&mut self) {
-        while let Some(event) = self.server.poll_event() {
-            let Event::AllocationFreed { relay } = event;
+        while let Some(event) = self.server.poll_output() {
+            let Event::RelayReleased { relay } = event else {
+                continue;
+            };
             let tuple = self
                 .relay_owner
                 .remove(&relay)
-                .unwrap_or_else(|| panic!("AllocationFreed for {relay}, not live"));
+                .unwrap_or_else(|| panic!("RelayReleased for {relay}, not live"));
             let alloc = self.allocs.get_mut(&tuple).expect("owner is live");
             alloc.relays.retain(|r| *r != relay);
             match self.frees {
@@ -1394,13 +1396,12 @@ impl Harness {
             count,
             "quota slots differ from allocations"
         );
+        // Permission and channel timers may come first; none outlives its allocation.
         let earliest = self.allocs.values().map(|a| a.expires).min();
-        assert_eq!(
-            self.server.poll_timeout(),
-            earliest,
-            "poll_timeout differs from model"
-        );
-        let gauges = self.server.gauges(self.now);
+        let next = self.server.poll_timeout();
+        assert_eq!(next.is_some(), earliest.is_some(), "poll_timeout differs from model");
+        assert!(next <= earliest, "poll_timeout after the earliest allocation expiry");
+        let gauges = self.server.gauges();
         assert_eq!(gauges.allocations.iter().sum::<u64>(), count as u64);
         for transport in Transport::ALL {
             let model = self

@@ -394,7 +394,7 @@ impl Worker {
         self.last_publish = now;
         let report = WorkerReport {
             stats: self.server.stats.clone(),
-            gauges: self.server.gauges(now),
+            gauges: self.server.gauges(),
             send_errors: self.send_errors,
             stream_buffer_bytes: self
                 .connections
@@ -674,11 +674,12 @@ impl Worker {
         Ok(addr)
     }
 
-    /// Closes the relay sockets of allocations the core has freed.
+    /// Drains the core's output queue: closes the relay sockets it released. The other
+    /// events (allocations, permissions and channels made and ended) have no consumer yet.
     fn apply_events(&mut self) {
-        while let Some(event) = self.server.poll_event() {
-            match event {
-                Event::AllocationFreed { relay } => self.close_relay(relay),
+        while let Some(event) = self.server.poll_output() {
+            if let Event::RelayReleased { relay } = event {
+                self.close_relay(relay);
             }
         }
     }

@@ -2,9 +2,12 @@
 //! the expiry timers.
 //!
 //! Inputs: [`Server::handle_client`] (a datagram from a client), [`Server::handle_peer`] (a
-//! datagram that arrived on a relay socket) and [`Server::handle_timeout`]. Outputs: the value
-//! each call returns, plus [`Server::poll_event`] (allocations to tear down) and
-//! [`Server::poll_timeout`] (when to call `handle_timeout` next). Drain events after every call.
+//! datagram that arrived on a relay socket) and [`Server::handle_timeout`], plus
+//! [`Server::close_connection`] and [`Server::clear`]. Outputs: the value each call returns
+//! (a reply, or relayed data borrowed from the input without a copy), plus one queue of
+//! [`Event`]s (relay sockets to close; allocations, permissions and channels made and ended)
+//! drained with [`Server::poll_output`], and [`Server::poll_timeout`] (when to call
+//! `handle_timeout` next). Drain the queue after every input: nothing else bounds it.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -12,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::allocation::{Allocation, BindError, Direction, RelayAddress, TokenBucket};
+use super::allocation::{Allocation, BindError, Direction, RelayAddress, TokenBucket, Usage};
 use super::auth::{
     AuthError, Credentials, LongTermKey, NonceCheck, NonceKey, PasswordAlgorithm, NONCE_COOKIE,
 };
@@ -244,11 +247,72 @@ pub enum PeerAction {
     DataIndication { tuple: FiveTuple, len: usize },
 }
 
-/// Something the driver must act on outside of a reply.
-#[derive(Debug, PartialEq, Eq)]
+/// Something the driver must act on, or may record, outside of a reply. An allocation's end
+/// implies the end of its permissions and channels; they get no events of their own then.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The allocation is gone (expired or deleted): close its relay socket.
-    AllocationFreed { relay: SocketAddr },
+    /// An allocation is gone and no longer uses the relay socket bound at `relay`: close it.
+    RelayReleased {
+        relay: SocketAddr,
+    },
+    AllocationCreated {
+        tuple: FiveTuple,
+        username: String,
+        relays: Vec<RelayAddress>,
+        expires: Instant,
+    },
+    AllocationEnded {
+        tuple: FiveTuple,
+        usage: Usage,
+        reason: EndReason,
+    },
+    /// A new permission (a refresh only moves its deadline and says nothing).
+    PermissionCreated {
+        tuple: FiveTuple,
+        peer: IpAddr,
+        expires: Instant,
+    },
+    PermissionExpired {
+        tuple: FiveTuple,
+        peer: IpAddr,
+    },
+    ChannelBound {
+        tuple: FiveTuple,
+        number: u16,
+        peer: SocketAddr,
+        expires: Instant,
+    },
+    ChannelRefreshed {
+        tuple: FiveTuple,
+        number: u16,
+        peer: SocketAddr,
+        expires: Instant,
+    },
+    ChannelExpired {
+        tuple: FiveTuple,
+        number: u16,
+        peer: SocketAddr,
+    },
+}
+
+/// Why an allocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Its lifetime ran out without a refresh.
+    Expired,
+    /// The client deleted it (Refresh with LIFETIME 0).
+    Deleted,
+    /// The TCP or TLS connection it belonged to closed (RFC 8656 §3.1).
+    ConnectionClosed,
+    /// The server freed every allocation ([`Server::clear`]).
+    Shutdown,
+}
+
+/// The timer of one permission or channel, keyed with its deadline in [`Server`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum BindingTimer {
+    Permission(FiveTuple, IpAddr),
+    Channel(FiveTuple, u16),
 }
 
 /// The checks every datagram from a client to a peer passes (RFC 8656 §10.2, §12.6): a relay
@@ -274,6 +338,8 @@ fn forward_to_peer<'a>(
     }
     stats.to_peer_packets += 1;
     stats.to_peer_bytes += payload.len() as u64;
+    allocation.usage.to_peer_packets += 1;
+    allocation.usage.to_peer_bytes += payload.len() as u64;
     ClientAction::Relay {
         relay,
         peer,
@@ -478,7 +544,11 @@ pub struct Server {
     allocations: HashMap<FiveTuple, Allocation>,
     relays: HashMap<SocketAddr, FiveTuple>,
     expiries: BTreeSet<(Instant, FiveTuple)>,
+    /// Permission and channel deadlines: each live entry has exactly one here.
+    binding_expiries: BTreeSet<(Instant, BindingTimer)>,
     events: VecDeque<Event>,
+    /// Kept as entries come and go, so reporting them costs nothing.
+    gauges: Gauges,
     denied_peer_log: LogBudget,
     quota_log: LogBudget,
     /// The IPs this server relays from and advertises (learnt as allocations are made; a
@@ -496,7 +566,9 @@ impl Server {
             allocations: HashMap::new(),
             relays: HashMap::new(),
             expiries: BTreeSet::new(),
+            binding_expiries: BTreeSet::new(),
             events: VecDeque::new(),
+            gauges: Gauges::default(),
             denied_peer_log: LogBudget::default(),
             quota_log: LogBudget::default(),
             own_relay_ips: Vec::new(),
@@ -513,38 +585,29 @@ impl Server {
         self.allocations.len()
     }
 
-    /// Counts live allocations, permissions and channels (a walk over all allocations; call it
-    /// for reporting, not per packet).
-    pub fn gauges(&self, now: Instant) -> Gauges {
-        let mut gauges = Gauges::default();
-        for (tuple, allocation) in &self.allocations {
-            gauges.allocations[tuple.transport as usize] += 1;
-            gauges.permissions += allocation
-                .permissions
-                .iter()
-                .filter(|p| p.expires > now)
-                .count() as u64;
-            gauges.channels += allocation
-                .channels
-                .iter()
-                .filter(|c| c.expires > now)
-                .count() as u64;
-        }
-        gauges
+    /// Live allocations, permissions and channels: counted as they are made and end, so this
+    /// is a copy. An entry past its deadline counts until `handle_timeout` has run for it.
+    pub fn gauges(&self) -> Gauges {
+        self.gauges
     }
 
+    /// The next effect of the inputs so far; drain until `None` after every input.
     #[must_use]
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_output(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
+    /// When the next allocation, permission or channel expires.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.expiries.first().map(|(at, _)| *at)
+        let allocation = self.expiries.first().map(|(at, _)| *at);
+        let binding = self.binding_expiries.first().map(|(at, _)| *at);
+        allocation.into_iter().chain(binding).min()
     }
 
-    /// Expires every allocation whose lifetime ended at or before `now`.
+    /// Expires every permission, channel and allocation whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_bindings(now);
         while let Some(&(at, tuple)) = self.expiries.first() {
             if at > now {
                 break;
@@ -555,8 +618,73 @@ impl Server {
                     relay = %allocation.relays[0].advertised, "allocation expired");
             }
             self.stats.allocations_expired += 1;
-            self.remove_allocation(&tuple);
+            self.remove_allocation(&tuple, EndReason::Expired);
         }
+    }
+
+    /// Removes the permissions and channels whose deadline is at or before `now`.
+    fn expire_bindings(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.binding_expiries.first() {
+            if at > now {
+                break;
+            }
+            self.binding_expiries.pop_first();
+            let (BindingTimer::Permission(tuple, _) | BindingTimer::Channel(tuple, _)) = timer;
+            let Some(allocation) = self.allocations.get_mut(&tuple) else {
+                continue;
+            };
+            match timer {
+                BindingTimer::Permission(tuple, peer) => {
+                    if allocation.expire_permission(peer, at) {
+                        self.gauges.permissions -= 1;
+                        self.events
+                            .push_back(Event::PermissionExpired { tuple, peer });
+                    }
+                }
+                BindingTimer::Channel(tuple, number) => {
+                    if let Some(peer) = allocation.expire_channel(number, at) {
+                        self.gauges.channels -= 1;
+                        self.events.push_back(Event::ChannelExpired {
+                            tuple,
+                            number,
+                            peer,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Installs or refreshes the permission for `peer` on `tuple`'s allocation, with its timer.
+    fn permit(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        peer: IpAddr,
+        cap: usize,
+    ) -> Result<(), Error> {
+        let allocation = self
+            .allocations
+            .get_mut(&tuple)
+            .ok_or(Error::AllocationMismatch)?;
+        let expires = now + PERMISSION_LIFETIME;
+        let timer = BindingTimer::Permission(tuple, peer);
+        match allocation.permit(peer, expires, cap) {
+            Err(_) => return Err(Error::InsufficientCapacity),
+            Ok(Some(old)) => {
+                self.binding_expiries.remove(&(old, timer));
+            }
+            Ok(None) => {
+                self.gauges.permissions += 1;
+                self.events.push_back(Event::PermissionCreated {
+                    tuple,
+                    peer,
+                    expires,
+                });
+            }
+        }
+        self.binding_expiries.insert((expires, timer));
+        Ok(())
     }
 
     /// Handles one datagram from a client. `out` receives any reply and must hold at least
@@ -608,6 +736,8 @@ impl Server {
         }
         self.stats.from_peer_packets += 1;
         self.stats.from_peer_bytes += len as u64;
+        allocation.usage.from_peer_packets += 1;
+        allocation.usage.from_peer_bytes += len as u64;
         let payload_end = CHANNEL_HEADER_LEN + len;
         if let Some(channel) = channel {
             wire::write_channel_header(buf, channel, len);
@@ -1082,7 +1212,8 @@ impl Server {
             lifetime = pending.lifetime.as_secs(), "allocation created");
         // The driver completes pending allocations at once, so none can be in the way; if a
         // driver ever deferred, replace rather than leak the old one's relays and quota.
-        self.remove_allocation(&pending.tuple);
+        // (Not reachable today, so no reason of its own.)
+        self.remove_allocation(&pending.tuple, EndReason::Deleted);
         for relay in &relays {
             self.relays.insert(relay.local, pending.tuple);
             for ip in [relay.local.ip(), relay.advertised.ip()] {
@@ -1106,9 +1237,17 @@ impl Server {
                 .config
                 .bandwidth_per_allocation
                 .map(|rate| [TokenBucket::new(rate, now), TokenBucket::new(rate, now)]),
+            usage: Usage::new(now),
         };
+        self.events.push_back(Event::AllocationCreated {
+            tuple: pending.tuple,
+            username: allocation.username.clone(),
+            relays: allocation.relays.clone(),
+            expires,
+        });
         self.allocations.insert(pending.tuple, allocation);
         self.expiries.insert((expires, pending.tuple));
+        self.gauges.allocations[pending.tuple.transport as usize] += 1;
         self.stats.allocations_created[pending.tuple.transport as usize] += 1;
         self.allocate_success(&pending.tuple, &pending.auth, out)
     }
@@ -1194,7 +1333,7 @@ impl Server {
                     relay = %allocation.relays[0].advertised, "allocation deleted");
             }
             self.stats.allocations_deleted += 1;
-            self.remove_allocation(&tuple);
+            self.remove_allocation(&tuple, EndReason::Deleted);
             return Ok(Some(Duration::ZERO));
         }
         let lifetime = self.lifetime(requested);
@@ -1270,8 +1409,10 @@ impl Server {
         for peer in &peers {
             self.check_peer_ip(now, peer.ip())?;
         }
+        // Entries past their deadline go first (as their timers would), so they free slots.
+        self.expire_bindings(now);
         let cap = self.config.max_permissions_per_allocation;
-        let allocation = self.allocations.get_mut(&tuple).expect("checked above");
+        let allocation = &self.allocations[&tuple];
         // All or nothing: refuse before installing any if they would not all fit.
         let mut new_ips: Vec<IpAddr> = peers
             .iter()
@@ -1281,15 +1422,10 @@ impl Server {
         new_ips.sort_unstable();
         new_ips.dedup();
         if allocation.permissions.len() + new_ips.len() > cap {
-            allocation.permissions.retain(|p| p.expires > now);
-            if allocation.permissions.len() + new_ips.len() > cap {
-                return Err(Error::InsufficientCapacity);
-            }
+            return Err(Error::InsufficientCapacity);
         }
         for peer in &peers {
-            allocation
-                .permit(peer.ip(), now + PERMISSION_LIFETIME, now, cap)
-                .map_err(|_| Error::InsufficientCapacity)?;
+            self.permit(now, tuple, peer.ip(), cap)?;
             self.stats.permissions_created += 1;
         }
         Ok(None)
@@ -1316,19 +1452,41 @@ impl Server {
             return Err(Error::PeerAddressFamilyMismatch);
         }
         self.check_peer(now, peer)?;
+        // Entries past their deadline go first (as their timers would), so they free slots.
+        self.expire_bindings(now);
         let permission_cap = self.config.max_permissions_per_allocation;
         let channel_cap = self.config.max_channels_per_allocation;
-        let allocation = self.allocations.get_mut(&tuple).expect("checked above");
-        allocation
+        self.allocations[&tuple]
             .check_channel(number, peer, now, channel_cap)
             .map_err(|e| match e {
                 BindError::Conflict => Error::BadRequest,
                 BindError::Full => Error::InsufficientCapacity,
             })?;
-        allocation
-            .permit(peer.ip(), now + PERMISSION_LIFETIME, now, permission_cap)
-            .map_err(|_| Error::InsufficientCapacity)?;
-        allocation.bind_channel(number, peer, now + CHANNEL_LIFETIME, now);
+        self.permit(now, tuple, peer.ip(), permission_cap)?;
+        let allocation = self.allocations.get_mut(&tuple).expect("checked above");
+        let expires = now + CHANNEL_LIFETIME;
+        let timer = BindingTimer::Channel(tuple, number);
+        match allocation.bind_channel(number, peer, expires) {
+            Some(old) => {
+                self.binding_expiries.remove(&(old, timer));
+                self.events.push_back(Event::ChannelRefreshed {
+                    tuple,
+                    number,
+                    peer,
+                    expires,
+                });
+            }
+            None => {
+                self.gauges.channels += 1;
+                self.events.push_back(Event::ChannelBound {
+                    tuple,
+                    number,
+                    peer,
+                    expires,
+                });
+            }
+        }
+        self.binding_expiries.insert((expires, timer));
         self.stats.channels_bound += 1;
         Ok(None)
     }
@@ -1375,15 +1533,34 @@ impl Server {
         forward_to_peer(allocation, &mut self.stats, now, peer, payload)
     }
 
-    fn remove_allocation(&mut self, tuple: &FiveTuple) {
-        if let Some(allocation) = self.allocations.remove(tuple) {
-            self.expiries.remove(&(allocation.expires, *tuple));
-            self.quotas.release(&allocation.quota_key);
-            for relay in &allocation.relays {
-                self.relays.remove(&relay.local);
-                self.events
-                    .push_back(Event::AllocationFreed { relay: relay.local });
-            }
+    /// Ends the allocation on `tuple` with its permissions and channels, their timers, its
+    /// quota slot and its relays.
+    fn remove_allocation(&mut self, tuple: &FiveTuple, reason: EndReason) {
+        let Some(allocation) = self.allocations.remove(tuple) else {
+            return;
+        };
+        self.expiries.remove(&(allocation.expires, *tuple));
+        for permission in &allocation.permissions {
+            let timer = BindingTimer::Permission(*tuple, permission.peer);
+            self.binding_expiries.remove(&(permission.expires, timer));
+        }
+        for channel in &allocation.channels {
+            let timer = BindingTimer::Channel(*tuple, channel.number);
+            self.binding_expiries.remove(&(channel.expires, timer));
+        }
+        self.gauges.allocations[tuple.transport as usize] -= 1;
+        self.gauges.permissions -= allocation.permissions.len() as u64;
+        self.gauges.channels -= allocation.channels.len() as u64;
+        self.quotas.release(&allocation.quota_key);
+        self.events.push_back(Event::AllocationEnded {
+            tuple: *tuple,
+            usage: allocation.usage,
+            reason,
+        });
+        for relay in &allocation.relays {
+            self.relays.remove(&relay.local);
+            self.events
+                .push_back(Event::RelayReleased { relay: relay.local });
         }
     }
 
@@ -1397,7 +1574,7 @@ impl Server {
             tracing::info!(user = %allocation.quota_key, client = %tuple.client,
                 relay = %allocation.relays[0].advertised, "allocation ended with its connection");
             self.stats.allocations_deleted += 1;
-            self.remove_allocation(tuple);
+            self.remove_allocation(tuple, EndReason::ConnectionClosed);
         }
     }
 
@@ -1405,7 +1582,7 @@ impl Server {
     pub fn clear(&mut self) {
         let tuples: Vec<FiveTuple> = self.allocations.keys().copied().collect();
         for tuple in tuples {
-            self.remove_allocation(&tuple);
+            self.remove_allocation(&tuple, EndReason::Shutdown);
         }
     }
 }
