@@ -173,7 +173,6 @@ impl Quotas {
 
 /// One allocation's claim on the quotas: given back when dropped, unless an allocation took it
 /// over with [`keep`](Self::keep).
-#[derive(Debug)]
 struct QuotaSlot {
     quotas: Arc<Quotas>,
     key: String,
@@ -185,6 +184,12 @@ impl QuotaSlot {
     fn keep(mut self) -> String {
         self.held = false;
         std::mem::take(&mut self.key)
+    }
+}
+
+impl std::fmt::Debug for QuotaSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaSlot").field("key", &self.key).finish()
     }
 }
 
@@ -655,38 +660,6 @@ impl Server {
         }
     }
 
-    /// Installs or refreshes the permission for `peer` on `tuple`'s allocation, with its timer.
-    fn permit(
-        &mut self,
-        now: Instant,
-        tuple: FiveTuple,
-        peer: IpAddr,
-        cap: usize,
-    ) -> Result<(), Error> {
-        let allocation = self
-            .allocations
-            .get_mut(&tuple)
-            .ok_or(Error::AllocationMismatch)?;
-        let expires = now + PERMISSION_LIFETIME;
-        let timer = BindingTimer::Permission(tuple, peer);
-        match allocation.permit(peer, expires, cap) {
-            Err(_) => return Err(Error::InsufficientCapacity),
-            Ok(Some(old)) => {
-                self.binding_expiries.remove(&(old, timer));
-            }
-            Ok(None) => {
-                self.gauges.permissions += 1;
-                self.events.push_back(Event::PermissionCreated {
-                    tuple,
-                    peer,
-                    expires,
-                });
-            }
-        }
-        self.binding_expiries.insert((expires, timer));
-        Ok(())
-    }
-
     /// Handles one datagram from a client. `out` receives any reply and must hold at least
     /// `data.len() + 512` bytes.
     pub fn handle_client<'a>(
@@ -708,7 +681,8 @@ impl Server {
     }
 
     /// Handles a datagram a peer sent to the relay socket at `relay`. The payload is at
-    /// `buf[4..4 + len]`, leaving room to write a ChannelData header in place.
+    /// `buf[4..4 + len]`, leaving room to write a ChannelData header in place. Queues no
+    /// output, so the packet path needs no drain.
     pub fn handle_peer(
         &mut self,
         now: Instant,
@@ -1094,9 +1068,8 @@ impl Server {
         msg: &Message<'_>,
         auth: &Authenticated,
     ) -> Result<PendingAllocation, Error> {
-        let bad = Error::BadRequest;
         // Step 3: absent or malformed is 400, another protocol 442.
-        let transport = wire::required::<RequestedTransport>(msg, bad.clone())?;
+        let transport = wire::required::<RequestedTransport>(msg, Error::BadRequest)?;
         if transport.protocol() != wire::PROTOCOL_UDP {
             return Err(Error::UnsupportedTransportProtocol);
         }
@@ -1112,11 +1085,11 @@ impl Server {
         if reservation_token.is_some()
             && (even_port.is_some() || requested_present || additional_family.is_some())
         {
-            return Err(bad);
+            return Err(Error::BadRequest);
         }
         // Step 6.
         if requested_present && additional_family.is_some() {
-            return Err(bad);
+            return Err(Error::BadRequest);
         }
         // Step 7: a family the server cannot relay in, or one RFC 8656 §18.6 does not define,
         // is 440.
@@ -1125,7 +1098,7 @@ impl Server {
                 .map(|f| f.family());
         // Step 8: the port reserved beside an even one would have to be in both families.
         if even_port == Some(true) && additional_family.is_some() {
-            return Err(bad);
+            return Err(Error::BadRequest);
         }
         let lifetime = self.lifetime(wire::attribute::<Lifetime>(msg, Error::BadRequest)?);
         let family = requested_family.unwrap_or(AddressFamily::IPV4);
@@ -1382,6 +1355,38 @@ impl Server {
         }
     }
 
+    /// Installs or refreshes the permission for `peer` on `tuple`'s allocation, with its timer.
+    fn permit(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        peer: IpAddr,
+        cap: usize,
+    ) -> Result<(), Error> {
+        let allocation = self
+            .allocations
+            .get_mut(&tuple)
+            .ok_or(Error::AllocationMismatch)?;
+        let expires = now + PERMISSION_LIFETIME;
+        let timer = BindingTimer::Permission(tuple, peer);
+        match allocation.permit(peer, expires, cap) {
+            Err(_) => return Err(Error::InsufficientCapacity),
+            Ok(Some(old)) => {
+                self.binding_expiries.remove(&(old, timer));
+            }
+            Ok(None) => {
+                self.gauges.permissions += 1;
+                self.events.push_back(Event::PermissionCreated {
+                    tuple,
+                    peer,
+                    expires,
+                });
+            }
+        }
+        self.binding_expiries.insert((expires, timer));
+        Ok(())
+    }
+
     /// RFC 8656 §10.2: CreatePermission with one or more XOR-PEER-ADDRESS; all or nothing.
     /// None, or any that is invalid (an unknown family included), is 400.
     fn create_permission(
@@ -1442,12 +1447,12 @@ impl Server {
         if !self.allocations.contains_key(&tuple) {
             return Err(Error::AllocationMismatch);
         }
-        let bad = Error::BadRequest;
-        let number = wire::required::<ChannelNumber>(msg, bad.clone())?.channel();
+        let number = wire::required::<ChannelNumber>(msg, Error::BadRequest)?.channel();
         if !wire::CHANNEL_RANGE.contains(&number) {
-            return Err(bad);
+            return Err(Error::BadRequest);
         }
-        let peer = wire::required::<XorPeerAddress>(msg, bad)?.addr(msg.transaction_id());
+        let peer =
+            wire::required::<XorPeerAddress>(msg, Error::BadRequest)?.addr(msg.transaction_id());
         if self.allocations[&tuple].relay_for(peer).is_none() {
             return Err(Error::PeerAddressFamilyMismatch);
         }
