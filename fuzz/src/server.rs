@@ -20,7 +20,8 @@
 //! * data goes only to peers outside the deny list and the server's own address, with a
 //!   permission the client asked for, on the client's own allocation, over a channel bound to
 //!   that peer; peer data goes back only to the allocation's client;
-//! * the per-allocation bandwidth cap is never exceeded;
+//! * the per-allocation bandwidth cap is never exceeded; `AllocationEnded` reports the bytes
+//!   relayed each way, the start time, and why it ended;
 //! * granted lifetimes lie in `[default, max]`; gauges agree with the allocation count.
 
 use std::collections::{HashMap, HashSet};
@@ -35,7 +36,8 @@ use turnpike::proto::peer_filter::PeerFilter;
 use turnpike::proto::server::{CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 use turnpike::proto::wire::{self, *};
 use turnpike::proto::{
-    ClientAction, Error, Event, FiveTuple, PeerAction, Quotas, Server, ServerConfig, Transport,
+    ClientAction, EndReason, Error, Event, FiveTuple, PeerAction, Quotas, Server, ServerConfig,
+    Transport,
 };
 
 use crate::msg::{self, Auth, Trailer};
@@ -1346,6 +1348,31 @@ impl Harness {
 
     fn drain_events(&mut self) {
         while let Some(event) = self.server.poll_output() {
+            if let Event::AllocationEnded {
+                tuple,
+                usage,
+                reason,
+            } = event
+            {
+                let alloc = self
+                    .allocs
+                    .get(&tuple)
+                    .expect("AllocationEnded for a live one");
+                assert_eq!(usage.started, alloc.created, "usage start");
+                let bytes = [usage.to_peer_bytes, usage.from_peer_bytes];
+                assert_eq!(
+                    bytes, alloc.bytes,
+                    "usage bytes differ from what was relayed"
+                );
+                let expected = match self.frees {
+                    Frees::All => &[EndReason::Shutdown][..],
+                    Frees::Expired => &[EndReason::Expired],
+                    Frees::Deleted(_) => &[EndReason::Deleted, EndReason::ConnectionClosed],
+                    Frees::None => &[],
+                };
+                assert!(expected.contains(&reason), "ended as {reason:?}");
+                continue;
+            }
             let Event::RelayReleased { relay } = event else {
                 continue;
             };
@@ -1399,8 +1426,15 @@ impl Harness {
         // Permission and channel timers may come first; none outlives its allocation.
         let earliest = self.allocs.values().map(|a| a.expires).min();
         let next = self.server.poll_timeout();
-        assert_eq!(next.is_some(), earliest.is_some(), "poll_timeout differs from model");
-        assert!(next <= earliest, "poll_timeout after the earliest allocation expiry");
+        assert_eq!(
+            next.is_some(),
+            earliest.is_some(),
+            "poll_timeout differs from model"
+        );
+        assert!(
+            next <= earliest,
+            "poll_timeout after the earliest allocation expiry"
+        );
         let gauges = self.server.gauges();
         assert_eq!(gauges.allocations.iter().sum::<u64>(), count as u64);
         for transport in Transport::ALL {
