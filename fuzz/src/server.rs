@@ -14,13 +14,14 @@
 //!   credentials and a fresh nonce minted for that client address;
 //! * quotas: `quotas.total()` equals live plus pending allocations; a new Allocate is only
 //!   handed out under the current total and per-user limits;
-//! * `poll_timeout()` is the earliest model expiry, `None` iff no allocation; after
-//!   `handle_timeout(now)` nothing due remains; `AllocationFreed` names only live relays,
+//! * `poll_timeout()` is at or before the earliest model expiry, `None` iff no allocation;
+//!   after `handle_timeout(now)` nothing due remains; `RelayReleased` names only live relays,
 //!   once, and only when expired, deleted (Refresh 0) or cleared;
 //! * data goes only to peers outside the deny list and the server's own address, with a
 //!   permission the client asked for, on the client's own allocation, over a channel bound to
 //!   that peer; peer data goes back only to the allocation's client;
-//! * the per-allocation bandwidth cap is never exceeded;
+//! * the per-allocation bandwidth cap is never exceeded; `AllocationEnded` reports the bytes
+//!   relayed each way, the start time, and why it ended;
 //! * granted lifetimes lie in `[default, max]`; gauges agree with the allocation count.
 
 use std::collections::{HashMap, HashSet};
@@ -35,7 +36,8 @@ use turnpike::proto::peer_filter::PeerFilter;
 use turnpike::proto::server::{CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 use turnpike::proto::wire::{self, *};
 use turnpike::proto::{
-    ClientAction, Event, FiveTuple, PeerAction, Quotas, Server, ServerConfig, Transport,
+    ClientAction, EndReason, Error, Event, FiveTuple, PeerAction, Quotas, Server, ServerConfig,
+    Transport,
 };
 
 use crate::msg::{self, Auth, Trailer};
@@ -1066,7 +1068,7 @@ impl Harness {
                             // Ports wrapped onto a live relay; a real driver never does that.
                             let len = self.server.reject_allocation(
                                 pending,
-                                ErrorCode::INSUFFICIENT_CAPACITY,
+                                Error::InsufficientCapacity,
                                 &mut self.out,
                             );
                             let reply = self.out[..len].to_vec();
@@ -1114,12 +1116,13 @@ impl Harness {
                         self.depth.allocations += 1;
                     }
                     Then::RejectNoPort | Then::RejectNoAddress => {
-                        let code = if matches!(then, Some(Then::RejectNoPort)) {
-                            ErrorCode::INSUFFICIENT_CAPACITY
+                        let error = if matches!(then, Some(Then::RejectNoPort)) {
+                            Error::InsufficientCapacity
                         } else {
-                            ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED
+                            Error::AddressFamilyNotSupported
                         };
-                        let len = self.server.reject_allocation(pending, code, &mut self.out);
+                        let code = error.code();
+                        let len = self.server.reject_allocation(pending, error, &mut self.out);
                         let reply = self.out[..len].to_vec();
                         let info = check_reply(Some(&request), &reply, tuple);
                         assert_eq!(info.code, Some(code));
@@ -1352,12 +1355,39 @@ impl Harness {
     }
 
     fn drain_events(&mut self) {
-        while let Some(event) = self.server.poll_event() {
-            let Event::AllocationFreed { relay } = event;
+        while let Some(event) = self.server.poll_output() {
+            if let Event::AllocationEnded {
+                tuple,
+                usage,
+                reason,
+            } = event
+            {
+                let alloc = self
+                    .allocs
+                    .get(&tuple)
+                    .expect("AllocationEnded for a live one");
+                assert_eq!(usage.started, alloc.created, "usage start");
+                let bytes = [usage.to_peer_bytes, usage.from_peer_bytes];
+                assert_eq!(
+                    bytes, alloc.bytes,
+                    "usage bytes differ from what was relayed"
+                );
+                let expected = match self.frees {
+                    Frees::All => &[EndReason::Shutdown][..],
+                    Frees::Expired => &[EndReason::Expired],
+                    Frees::Deleted(_) => &[EndReason::Deleted, EndReason::ConnectionClosed],
+                    Frees::None => &[],
+                };
+                assert!(expected.contains(&reason), "ended as {reason:?}");
+                continue;
+            }
+            let Event::RelayReleased { relay } = event else {
+                continue;
+            };
             let tuple = self
                 .relay_owner
                 .remove(&relay)
-                .unwrap_or_else(|| panic!("AllocationFreed for {relay}, not live"));
+                .unwrap_or_else(|| panic!("RelayReleased for {relay}, not live"));
             let alloc = self.allocs.get_mut(&tuple).expect("owner is live");
             alloc.relays.retain(|r| *r != relay);
             match self.frees {
@@ -1401,13 +1431,19 @@ impl Harness {
             count,
             "quota slots differ from allocations"
         );
+        // Permission and channel timers may come first; none outlives its allocation.
         let earliest = self.allocs.values().map(|a| a.expires).min();
+        let next = self.server.poll_timeout();
         assert_eq!(
-            self.server.poll_timeout(),
-            earliest,
+            next.is_some(),
+            earliest.is_some(),
             "poll_timeout differs from model"
         );
-        let gauges = self.server.gauges(self.now);
+        assert!(
+            next <= earliest,
+            "poll_timeout after the earliest allocation expiry"
+        );
+        let gauges = self.server.gauges();
         assert_eq!(gauges.allocations.iter().sum::<u64>(), count as u64);
         for transport in Transport::ALL {
             let model = self

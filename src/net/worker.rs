@@ -20,9 +20,10 @@ use super::stream::{channel_padding, Framer, MAX_FRAME};
 use super::udp::{self, Reservations};
 use super::{is_connection_error, source_of};
 use crate::proto::server::LogBudget;
-use crate::proto::wire::{AddressFamily, ErrorCode, CHANNEL_HEADER_LEN};
+use crate::proto::wire::{AddressFamily, CHANNEL_HEADER_LEN};
 use crate::proto::{
-    ClientAction, Event, FiveTuple, PeerAction, PendingAllocation, Server, ServerConfig, Transport,
+    ClientAction, Error, Event, FiveTuple, PeerAction, PendingAllocation, Server, ServerConfig,
+    Transport,
 };
 use crate::telemetry::{Telemetry, WorkerReport};
 
@@ -395,7 +396,7 @@ impl Worker {
         self.last_publish = now;
         let report = WorkerReport {
             stats: self.server.stats.clone(),
-            gauges: self.server.gauges(now),
+            gauges: self.server.gauges(),
             send_errors: self.send_errors,
             stream_buffer_bytes: self
                 .connections
@@ -581,28 +582,29 @@ impl Worker {
                 self.server
                     .accept_allocation(now, pending, &relays, token, &mut self.out_buf)
             }
-            Err(code) => {
+            Err(error) => {
                 if let Some(suppressed) = self.relay_log.allow(now) {
+                    let code = error.code();
                     tracing::warn!(code, suppressed, "no relay socket for allocation");
                 }
                 self.server
-                    .reject_allocation(pending, code, &mut self.out_buf)
+                    .reject_allocation(pending, error, &mut self.out_buf)
             }
         }
     }
 
     /// One registered relay socket per requested family (or the reserved one), and the
-    /// RESERVATION-TOKEN of a port held beside the first; an error code when that fails.
+    /// RESERVATION-TOKEN of a port held beside the first; the error to answer when that fails.
     fn bind_relays(
         &mut self,
         now: Instant,
         pending: &PendingAllocation,
-    ) -> Result<(Vec<SocketAddr>, Option<u64>), u16> {
+    ) -> Result<(Vec<SocketAddr>, Option<u64>), Error> {
         let mut sockets = Vec::new();
         let mut token = None;
         if let Some(reserved) = pending.reservation_token {
             let socket = self.shared.reservations.take(reserved, now);
-            sockets.push(socket.ok_or(ErrorCode::INSUFFICIENT_CAPACITY)?);
+            sockets.push(socket.ok_or(Error::InsufficientCapacity)?);
         } else {
             for (i, family) in pending.families.iter().enumerate() {
                 let wanted_v4 = *family == AddressFamily::IPV4;
@@ -611,7 +613,7 @@ impl Worker {
                     .ips
                     .iter()
                     .find(|ip| ip.is_ipv4() == wanted_v4)
-                    .ok_or(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED)?;
+                    .ok_or(Error::AddressFamilyNotSupported)?;
                 // EVEN-PORT applies to the first relayed address (RFC 8656 §7.2).
                 let even_port = pending.even_port.filter(|_| i == 0);
                 let (socket, reserved) = udp::bind_relay(
@@ -620,10 +622,10 @@ impl Worker {
                     even_port.is_some(),
                     even_port == Some(true),
                 )
-                .ok_or(ErrorCode::INSUFFICIENT_CAPACITY)?;
+                .ok_or(Error::InsufficientCapacity)?;
                 if let Some(reserved) = reserved {
                     let held = self.shared.reservations.hold(reserved, now);
-                    token = Some(held.ok_or(ErrorCode::INSUFFICIENT_CAPACITY)?);
+                    token = Some(held.ok_or(Error::InsufficientCapacity)?);
                 }
                 sockets.push(socket);
             }
@@ -637,7 +639,7 @@ impl Worker {
                     for addr in relays {
                         self.close_relay(addr);
                     }
-                    return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+                    return Err(Error::InsufficientCapacity);
                 }
             }
         }
@@ -674,11 +676,12 @@ impl Worker {
         Ok(addr)
     }
 
-    /// Closes the relay sockets of allocations the core has freed.
+    /// Drains the core's output queue: closes the relay sockets it released. The other
+    /// events (allocations, permissions and channels made and ended) have no consumer yet.
     fn apply_events(&mut self) {
-        while let Some(event) = self.server.poll_event() {
-            match event {
-                Event::AllocationFreed { relay } => self.close_relay(relay),
+        while let Some(event) = self.server.poll_output() {
+            if let Event::RelayReleased { relay } = event {
+                self.close_relay(relay);
             }
         }
     }

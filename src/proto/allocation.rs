@@ -3,8 +3,8 @@
 //!
 //! Permissions and channels are kept in small vectors capped by configuration: a linear scan
 //! of a few dozen entries beats hashing on the packet path and keeps an idle allocation small.
-//! They expire lazily: an entry past its deadline is ignored and reclaimed when space is needed,
-//! so they need no timers of their own.
+//! Each entry has a timer in the [`Server`](super::Server), which removes it when it expires;
+//! until that timer has run, the packet checks here ignore an entry past its deadline.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -29,6 +29,29 @@ pub struct Allocation {
     pub channels: Vec<ChannelBinding>,
     /// Byte budgets towards peers and towards the client, when a cap is configured.
     pub bandwidth: Option<[TokenBucket; 2]>,
+    pub usage: Usage,
+}
+
+/// What an allocation has relayed since it was created, counted as packets pass the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub started: Instant,
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub from_peer_packets: u64,
+    pub from_peer_bytes: u64,
+}
+
+impl Usage {
+    pub fn new(started: Instant) -> Self {
+        Self {
+            started,
+            to_peer_packets: 0,
+            to_peer_bytes: 0,
+            from_peer_packets: 0,
+            from_peer_bytes: 0,
+        }
+    }
 }
 
 /// Which way relayed data flows, for the per-direction bandwidth cap.
@@ -84,26 +107,44 @@ impl Allocation {
             .any(|p| p.peer == peer && p.expires > now)
     }
 
-    /// Installs or refreshes a permission (RFC 8656 §9).
+    /// Installs or refreshes a permission (RFC 8656 §9): `Ok(Some(old deadline))` for a
+    /// refresh, `Ok(None)` for a new one. Expired entries must have been removed first.
     pub fn permit(
         &mut self,
         peer: IpAddr,
         expires: Instant,
-        now: Instant,
         cap: usize,
-    ) -> Result<(), BindError> {
+    ) -> Result<Option<Instant>, BindError> {
         if let Some(existing) = self.permissions.iter_mut().find(|p| p.peer == peer) {
-            existing.expires = expires;
-            return Ok(());
-        }
-        if self.permissions.len() >= cap {
-            self.permissions.retain(|p| p.expires > now);
+            return Ok(Some(std::mem::replace(&mut existing.expires, expires)));
         }
         if self.permissions.len() >= cap {
             return Err(BindError::Full);
         }
         self.permissions.push(Permission { peer, expires });
-        Ok(())
+        Ok(None)
+    }
+
+    /// Removes the permission for `peer` if its deadline is `at` (the timer that fired).
+    pub fn expire_permission(&mut self, peer: IpAddr, at: Instant) -> bool {
+        let Some(i) = self
+            .permissions
+            .iter()
+            .position(|p| p.peer == peer && p.expires == at)
+        else {
+            return false;
+        };
+        self.permissions.remove(i);
+        true
+    }
+
+    /// Removes channel `number` if its deadline is `at` (the timer that fired); its peer.
+    pub fn expire_channel(&mut self, number: u16, at: Instant) -> Option<SocketAddr> {
+        let i = self
+            .channels
+            .iter()
+            .position(|b| b.number == number && b.expires == at)?;
+        Some(self.channels.remove(i).peer)
     }
 
     /// Checks a ChannelBind against existing bindings (RFC 8656 §11.2) without changing them.
@@ -114,12 +155,10 @@ impl Allocation {
         now: Instant,
         cap: usize,
     ) -> Result<(), BindError> {
-        for binding in &self.channels {
-            // An expired binding still blocks its number and peer for a while (RFC 8656
-            // §11: "MUST NOT be used with a different peer for 5 minutes"); we honour that by
-            // keeping it until the slot is reclaimed, and only a live one conflicts here.
-            let live = binding.expires > now;
-            if live && (binding.number == number) != (binding.peer == peer) {
+        // Only a live binding conflicts: one past its deadline whose timer has not run yet is
+        // treated as gone, as it will be once the timer runs.
+        for binding in self.channels.iter().filter(|b| b.expires > now) {
+            if (binding.number == number) != (binding.peer == peer) {
                 return Err(BindError::Conflict);
             }
             if binding.number == number && binding.peer == peer {
@@ -133,23 +172,27 @@ impl Allocation {
         Ok(())
     }
 
-    /// Binds or refreshes a channel; call [`check_channel`](Self::check_channel) first.
-    pub fn bind_channel(&mut self, number: u16, peer: SocketAddr, expires: Instant, now: Instant) {
+    /// Binds or refreshes a channel; call [`check_channel`](Self::check_channel) first, and
+    /// remove expired entries before. `Some(old deadline)` for a refresh.
+    pub fn bind_channel(
+        &mut self,
+        number: u16,
+        peer: SocketAddr,
+        expires: Instant,
+    ) -> Option<Instant> {
         if let Some(existing) = self
             .channels
             .iter_mut()
             .find(|b| b.number == number && b.peer == peer)
         {
-            existing.expires = expires;
-            return;
+            return Some(std::mem::replace(&mut existing.expires, expires));
         }
-        self.channels
-            .retain(|b| b.expires > now && b.number != number && b.peer != peer);
         self.channels.push(ChannelBinding {
             number,
             peer,
             expires,
         });
+        None
     }
 
     pub fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
@@ -229,6 +272,7 @@ mod tests {
             permissions: vec![],
             channels: vec![],
             bandwidth: None,
+            usage: Usage::new(now),
         }
     }
 
@@ -238,31 +282,31 @@ mod tests {
         let mut a = allocation(now);
         let peer: IpAddr = "8.8.8.8".parse().unwrap();
         let deadline = now + Duration::from_secs(300);
-        a.permit(peer, deadline, now, 4).unwrap();
+        assert_eq!(a.permit(peer, deadline, 4), Ok(None));
         assert!(a.has_permission(peer, deadline - Duration::from_nanos(1)));
         assert!(!a.has_permission(peer, deadline));
     }
 
     #[test]
-    fn permission_cap_reclaims_expired_entries_first() {
+    fn permission_cap_and_expiry_by_timer() {
         let now = Instant::now();
         let mut a = allocation(now);
         let soon = now + Duration::from_secs(1);
-        a.permit("8.8.8.1".parse().unwrap(), soon, now, 2).unwrap();
-        a.permit("8.8.8.2".parse().unwrap(), soon, now, 2).unwrap();
+        let first: IpAddr = "8.8.8.1".parse().unwrap();
+        a.permit(first, soon, 2).unwrap();
+        a.permit("8.8.8.2".parse().unwrap(), soon, 2).unwrap();
         assert_eq!(
-            a.permit("8.8.8.3".parse().unwrap(), soon, now, 2),
+            a.permit("8.8.8.3".parse().unwrap(), soon, 2),
             Err(BindError::Full)
         );
-        let later = now + Duration::from_secs(2);
-        a.permit(
-            "8.8.8.3".parse().unwrap(),
-            later + Duration::from_secs(1),
-            later,
-            2,
-        )
-        .unwrap();
-        assert_eq!(a.permissions.len(), 1);
+        // Refreshing one in place does not need a slot.
+        let later = soon + Duration::from_secs(1);
+        assert_eq!(a.permit(first, later, 2), Ok(Some(soon)));
+        // A timer for the old deadline no longer matches; the one for the new deadline does.
+        assert!(!a.expire_permission(first, soon));
+        assert!(a.expire_permission(first, later));
+        a.permit("8.8.8.3".parse().unwrap(), later, 2).unwrap();
+        assert_eq!(a.permissions.len(), 2);
     }
 
     #[test]
@@ -273,7 +317,7 @@ mod tests {
         let p2: SocketAddr = "8.8.8.8:1001".parse().unwrap();
         let exp = now + Duration::from_secs(600);
         a.check_channel(0x4000, p1, now, 8).unwrap();
-        a.bind_channel(0x4000, p1, exp, now);
+        assert_eq!(a.bind_channel(0x4000, p1, exp), None);
         assert_eq!(
             a.check_channel(0x4000, p2, now, 8),
             Err(BindError::Conflict)
@@ -286,6 +330,10 @@ mod tests {
         assert_eq!(a.channel_peer(0x4000, now), Some(p1));
         assert_eq!(a.channel_for_peer(p1, now), Some(0x4000));
         assert_eq!(a.channel_peer(0x4000, exp), None);
+        // Past its deadline, before its timer ran, a binding neither conflicts nor counts.
+        assert_eq!(a.check_channel(0x4001, p1, exp, 1), Ok(()));
+        assert_eq!(a.expire_channel(0x4000, exp), Some(p1));
+        assert!(a.channels.is_empty());
     }
 
     #[test]

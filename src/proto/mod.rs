@@ -7,14 +7,17 @@
 
 pub mod allocation;
 pub mod auth;
+pub mod error;
 pub mod peer_filter;
 pub mod server;
 pub mod stats;
 pub mod wire;
 
+pub use allocation::Usage;
+pub use error::Error;
 pub use server::{
-    ClientAction, Event, FiveTuple, Gauges, PeerAction, PendingAllocation, Quotas, Server,
-    ServerConfig, Transport,
+    ClientAction, EndReason, Event, FiveTuple, Gauges, PeerAction, PendingAllocation, Quotas,
+    Server, ServerConfig, Transport,
 };
 
 #[cfg(test)]

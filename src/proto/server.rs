@@ -2,9 +2,12 @@
 //! the expiry timers.
 //!
 //! Inputs: [`Server::handle_client`] (a datagram from a client), [`Server::handle_peer`] (a
-//! datagram that arrived on a relay socket) and [`Server::handle_timeout`]. Outputs: the value
-//! each call returns, plus [`Server::poll_event`] (allocations to tear down) and
-//! [`Server::poll_timeout`] (when to call `handle_timeout` next). Drain events after every call.
+//! datagram that arrived on a relay socket) and [`Server::handle_timeout`], plus
+//! [`Server::close_connection`] and [`Server::clear`]. Outputs: the value each call returns
+//! (a reply, or relayed data borrowed from the input without a copy), plus one queue of
+//! [`Event`]s (relay sockets to close; allocations, permissions and channels made and ended)
+//! drained with [`Server::poll_output`], and [`Server::poll_timeout`] (when to call
+//! `handle_timeout` next). Drain the queue after every input: nothing else bounds it.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -12,10 +15,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::allocation::{Allocation, BindError, Direction, RelayAddress, TokenBucket};
+use super::allocation::{Allocation, BindError, Direction, RelayAddress, TokenBucket, Usage};
 use super::auth::{
     AuthError, Credentials, LongTermKey, NonceCheck, NonceKey, PasswordAlgorithm, NONCE_COOKIE,
 };
+use super::error::Error;
 use super::peer_filter::PeerFilter;
 use super::stats::Stats;
 use super::wire::{self, *};
@@ -138,13 +142,12 @@ impl Quotas {
         self.challenges.set_max_per_second(max);
     }
 
-    /// Reserves one allocation for `user`: Err(486) over the user's quota, Err(508) over the
-    /// server's.
-    fn claim(&self, user: &str) -> Result<(), u16> {
+    /// Reserves one allocation for `user`: 486 over the user's quota, 508 over the server's.
+    fn claim(&self, user: &str) -> Result<(), Error> {
         let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
         let count = per_user.get(user).copied().unwrap_or(0);
         if count >= self.max_per_user.load(Ordering::Relaxed) {
-            return Err(ErrorCode::ALLOCATION_QUOTA_REACHED);
+            return Err(Error::AllocationQuotaReached);
         }
         if self
             .total
@@ -153,7 +156,7 @@ impl Quotas {
             })
             .is_err()
         {
-            return Err(ErrorCode::INSUFFICIENT_CAPACITY);
+            return Err(Error::InsufficientCapacity);
         }
         per_user.insert(user.to_owned(), count + 1);
         Ok(())
@@ -168,6 +171,36 @@ impl Quotas {
             }
         }
         self.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One allocation's claim on the quotas: given back when dropped, unless an allocation took it
+/// over with [`keep`](Self::keep).
+struct QuotaSlot {
+    quotas: Arc<Quotas>,
+    key: String,
+    held: bool,
+}
+
+impl QuotaSlot {
+    /// The quota key, for the allocation that now holds the slot (and releases it when it ends).
+    fn keep(mut self) -> String {
+        self.held = false;
+        std::mem::take(&mut self.key)
+    }
+}
+
+impl std::fmt::Debug for QuotaSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaSlot").field("key", &self.key).finish()
+    }
+}
+
+impl Drop for QuotaSlot {
+    fn drop(&mut self) {
+        if self.held {
+            self.quotas.release(&self.key);
+        }
     }
 }
 
@@ -191,7 +224,8 @@ pub enum ClientAction<'a> {
 }
 
 /// An Allocate request that passed every check but needs a relay socket. Its quota slot is
-/// already claimed; the driver must hand it back through accept or reject.
+/// already claimed; the driver answers it through accept or reject, and a pending allocation
+/// dropped unanswered gives its slot back.
 #[must_use]
 #[derive(Debug)]
 pub struct PendingAllocation {
@@ -208,6 +242,7 @@ pub struct PendingAllocation {
     transaction: TransactionId,
     auth: Authenticated,
     lifetime: Duration,
+    quota: QuotaSlot,
 }
 
 /// What the driver must do with a datagram from a peer.
@@ -220,11 +255,72 @@ pub enum PeerAction {
     DataIndication { tuple: FiveTuple, len: usize },
 }
 
-/// Something the driver must act on outside of a reply.
-#[derive(Debug, PartialEq, Eq)]
+/// Something the driver must act on, or may record, outside of a reply. An allocation's end
+/// implies the end of its permissions and channels; they get no events of their own then.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The allocation is gone (expired or deleted): close its relay socket.
-    AllocationFreed { relay: SocketAddr },
+    /// An allocation is gone and no longer uses the relay socket bound at `relay`: close it.
+    RelayReleased {
+        relay: SocketAddr,
+    },
+    AllocationCreated {
+        tuple: FiveTuple,
+        username: String,
+        relays: Vec<RelayAddress>,
+        expires: Instant,
+    },
+    AllocationEnded {
+        tuple: FiveTuple,
+        usage: Usage,
+        reason: EndReason,
+    },
+    /// A new permission (a refresh only moves its deadline and says nothing).
+    PermissionCreated {
+        tuple: FiveTuple,
+        peer: IpAddr,
+        expires: Instant,
+    },
+    PermissionExpired {
+        tuple: FiveTuple,
+        peer: IpAddr,
+    },
+    ChannelBound {
+        tuple: FiveTuple,
+        number: u16,
+        peer: SocketAddr,
+        expires: Instant,
+    },
+    ChannelRefreshed {
+        tuple: FiveTuple,
+        number: u16,
+        peer: SocketAddr,
+        expires: Instant,
+    },
+    ChannelExpired {
+        tuple: FiveTuple,
+        number: u16,
+        peer: SocketAddr,
+    },
+}
+
+/// Why an allocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Its lifetime ran out without a refresh.
+    Expired,
+    /// The client deleted it (Refresh with LIFETIME 0).
+    Deleted,
+    /// The TCP or TLS connection it belonged to closed (RFC 8656 §3.1).
+    ConnectionClosed,
+    /// The server freed every allocation ([`Server::clear`]).
+    Shutdown,
+}
+
+/// The timer of one permission or channel, keyed with its deadline in [`Server`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum BindingTimer {
+    Permission(FiveTuple, IpAddr),
+    Channel(FiveTuple, u16),
 }
 
 /// The checks every datagram from a client to a peer passes (RFC 8656 §10.2, §12.6): a relay
@@ -250,6 +346,8 @@ fn forward_to_peer<'a>(
     }
     stats.to_peer_packets += 1;
     stats.to_peer_bytes += payload.len() as u64;
+    allocation.usage.to_peer_packets += 1;
+    allocation.usage.to_peer_bytes += payload.len() as u64;
     ClientAction::Relay {
         relay,
         peer,
@@ -265,6 +363,22 @@ fn unknown_required<'m>(
     msg.iter_attributes()
         .map(|(_, attr)| attr.get_type())
         .filter(|t| t.comprehension_required() && !known.contains(t))
+}
+
+/// 420 with UNKNOWN-ATTRIBUTES if the request carries comprehension-required attributes
+/// outside `known` (RFC 8489 §7.3.1). CHANGE-REQUEST asking for a change is unsupported.
+fn unknown_attributes(msg: &Message<'_>, known: &[AttributeType]) -> Option<Error> {
+    let mut unknown: Vec<AttributeType> = unknown_required(msg, known).collect();
+    if let Some(change) = msg.raw_attribute(wire::CHANGE_REQUEST) {
+        if change.value.iter().any(|&b| b != 0) {
+            unknown.push(wire::CHANGE_REQUEST);
+        }
+    }
+    if unknown.is_empty() {
+        return None;
+    }
+    unknown.dedup();
+    Some(Error::UnknownAttributes(unknown))
 }
 
 /// The password algorithm a request negotiated (RFC 8489 §9.2.4). Our nonces carry the
@@ -440,7 +554,11 @@ pub struct Server {
     allocations: HashMap<FiveTuple, Allocation>,
     relays: HashMap<SocketAddr, FiveTuple>,
     expiries: BTreeSet<(Instant, FiveTuple)>,
+    /// Permission and channel deadlines: each live entry has exactly one here.
+    binding_expiries: BTreeSet<(Instant, BindingTimer)>,
     events: VecDeque<Event>,
+    /// Kept as entries come and go, so reporting them costs nothing.
+    gauges: Gauges,
     denied_peer_log: LogBudget,
     quota_log: LogBudget,
     /// The IPs this server relays from and advertises (learnt as allocations are made; a
@@ -458,7 +576,9 @@ impl Server {
             allocations: HashMap::new(),
             relays: HashMap::new(),
             expiries: BTreeSet::new(),
+            binding_expiries: BTreeSet::new(),
             events: VecDeque::new(),
+            gauges: Gauges::default(),
             denied_peer_log: LogBudget::default(),
             quota_log: LogBudget::default(),
             own_relay_ips: Vec::new(),
@@ -475,38 +595,29 @@ impl Server {
         self.allocations.len()
     }
 
-    /// Counts live allocations, permissions and channels (a walk over all allocations; call it
-    /// for reporting, not per packet).
-    pub fn gauges(&self, now: Instant) -> Gauges {
-        let mut gauges = Gauges::default();
-        for (tuple, allocation) in &self.allocations {
-            gauges.allocations[tuple.transport as usize] += 1;
-            gauges.permissions += allocation
-                .permissions
-                .iter()
-                .filter(|p| p.expires > now)
-                .count() as u64;
-            gauges.channels += allocation
-                .channels
-                .iter()
-                .filter(|c| c.expires > now)
-                .count() as u64;
-        }
-        gauges
+    /// Live allocations, permissions and channels: counted as they are made and end, so this
+    /// is a copy. An entry past its deadline counts until `handle_timeout` has run for it.
+    pub fn gauges(&self) -> Gauges {
+        self.gauges
     }
 
+    /// The next effect of the inputs so far; drain until `None` after every input.
     #[must_use]
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_output(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
+    /// When the next allocation, permission or channel expires.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.expiries.first().map(|(at, _)| *at)
+        let allocation = self.expiries.first().map(|(at, _)| *at);
+        let binding = self.binding_expiries.first().map(|(at, _)| *at);
+        allocation.into_iter().chain(binding).min()
     }
 
-    /// Expires every allocation whose lifetime ended at or before `now`.
+    /// Expires every permission, channel and allocation whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_bindings(now);
         while let Some(&(at, tuple)) = self.expiries.first() {
             if at > now {
                 break;
@@ -517,7 +628,40 @@ impl Server {
                     relay = %allocation.relays[0].advertised, "allocation expired");
             }
             self.stats.allocations_expired += 1;
-            self.remove_allocation(&tuple);
+            self.remove_allocation(&tuple, EndReason::Expired);
+        }
+    }
+
+    /// Removes the permissions and channels whose deadline is at or before `now`.
+    fn expire_bindings(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.binding_expiries.first() {
+            if at > now {
+                break;
+            }
+            self.binding_expiries.pop_first();
+            let (BindingTimer::Permission(tuple, _) | BindingTimer::Channel(tuple, _)) = timer;
+            let Some(allocation) = self.allocations.get_mut(&tuple) else {
+                continue;
+            };
+            match timer {
+                BindingTimer::Permission(tuple, peer) => {
+                    if allocation.expire_permission(peer, at) {
+                        self.gauges.permissions -= 1;
+                        self.events
+                            .push_back(Event::PermissionExpired { tuple, peer });
+                    }
+                }
+                BindingTimer::Channel(tuple, number) => {
+                    if let Some(peer) = allocation.expire_channel(number, at) {
+                        self.gauges.channels -= 1;
+                        self.events.push_back(Event::ChannelExpired {
+                            tuple,
+                            number,
+                            peer,
+                        });
+                    }
+                }
+            }
         }
     }
 
@@ -542,7 +686,8 @@ impl Server {
     }
 
     /// Handles a datagram a peer sent to the relay socket at `relay`. The payload is at
-    /// `buf[4..4 + len]`, leaving room to write a ChannelData header in place.
+    /// `buf[4..4 + len]`, leaving room to write a ChannelData header in place. Queues no
+    /// output, so the packet path needs no drain.
     pub fn handle_peer(
         &mut self,
         now: Instant,
@@ -570,6 +715,8 @@ impl Server {
         }
         self.stats.from_peer_packets += 1;
         self.stats.from_peer_bytes += len as u64;
+        allocation.usage.from_peer_packets += 1;
+        allocation.usage.from_peer_bytes += len as u64;
         let payload_end = CHANNEL_HEADER_LEN + len;
         if let Some(channel) = channel {
             wire::write_channel_header(buf, channel, len);
@@ -620,7 +767,7 @@ impl Server {
             return ClientAction::Drop;
         };
         match (msg.class(), msg.method()) {
-            (MessageClass::Request, BINDING) => self.binding(&msg, tuple, out),
+            (MessageClass::Request, BINDING) => self.binding(&msg, tuple, unix_now, out),
             (MessageClass::Indication, SEND) => self.send_indication(now, tuple, &msg, data),
             (MessageClass::Request, m)
                 if m == ALLOCATE || m == REFRESH || m == CREATE_PERMISSION || m == CHANNEL_BIND =>
@@ -628,7 +775,7 @@ impl Server {
                 self.turn_request(now, unix_now, tuple, &msg, out)
             }
             (MessageClass::Request, _) => {
-                ClientAction::Reply(self.error(&msg, ErrorCode::BAD_REQUEST, None, out))
+                self.reject(&msg, &Error::BadRequest, None, tuple, unix_now, out)
             }
             // Binding indications are keepalives (RFC 8489 §6.3.2); responses and other
             // indications have no business here.
@@ -643,11 +790,12 @@ impl Server {
         &mut self,
         msg: &Message<'_>,
         tuple: FiveTuple,
+        unix_now: u64,
         out: &mut [u8],
     ) -> ClientAction<'a> {
         self.stats.binding_requests += 1;
-        if let Some(len) = self.unknown_attributes(msg, &BINDING_ATTRIBUTES, None, out) {
-            return ClientAction::Reply(len);
+        if let Some(error) = unknown_attributes(msg, &BINDING_ATTRIBUTES) {
+            return self.reject(msg, &error, None, tuple, unix_now, out);
         }
         let mut response = Response::success(BINDING, msg.transaction_id(), out);
         response.add(&XorMappedAddress::new(tuple.client, msg.transaction_id()));
@@ -658,64 +806,63 @@ impl Server {
         ClientAction::Reply(response.finish_with_fingerprint(msg.has_attribute(Fingerprint::TYPE)))
     }
 
-    /// 420 with UNKNOWN-ATTRIBUTES if the request carries comprehension-required attributes
-    /// outside `known` (RFC 8489 §7.3.1). CHANGE-REQUEST asking for a change is unsupported.
-    fn unknown_attributes(
+    /// The one place an error response is built and counted. 401 and 438 are challenges
+    /// ([`challenge`](Self::challenge)), which may be dropped over their rate cap; any other
+    /// error is signed when the request authenticated (RFC 8489 §9.2.4).
+    fn reject<'a>(
         &mut self,
         msg: &Message<'_>,
-        known: &[AttributeType],
+        error: &Error,
         auth: Option<&Authenticated>,
+        tuple: FiveTuple,
+        unix_now: u64,
         out: &mut [u8],
-    ) -> Option<usize> {
-        let mut unknown: Vec<AttributeType> = unknown_required(msg, known).collect();
-        if let Some(change) = msg.raw_attribute(wire::CHANGE_REQUEST) {
-            if change.value.iter().any(|&b| b != 0) {
-                unknown.push(wire::CHANGE_REQUEST);
-            }
+    ) -> ClientAction<'a> {
+        if error.is_challenge() {
+            return match self.challenge(msg, error.code(), tuple, unix_now, out) {
+                0 => ClientAction::Drop,
+                len => ClientAction::Reply(len),
+            };
         }
-        if unknown.is_empty() {
-            return None;
-        }
-        unknown.dedup();
-        self.stats.errors.record(ErrorCode::UNKNOWN_ATTRIBUTE);
-        let mut response = Response::error(
+        let fingerprint = msg.has_attribute(Fingerprint::TYPE);
+        let len = self.error_response(
             msg.method(),
             msg.transaction_id(),
-            ErrorCode::UNKNOWN_ATTRIBUTE,
+            fingerprint,
+            error,
+            auth,
             out,
         );
-        response.add(&UnknownAttributes::new(&unknown));
-        Some(self.finish(msg, response, auth))
+        ClientAction::Reply(len)
     }
 
-    /// An error response, signed when the request authenticated (RFC 8489 §9.2.4).
-    fn error(
+    /// An error response other than a challenge: signed, with SOFTWARE, when `auth` is given
+    /// (only authenticated clients get SOFTWARE); otherwise with FINGERPRINT if the request
+    /// had one.
+    fn error_response(
         &mut self,
-        msg: &Message<'_>,
-        code: u16,
+        method: Method,
+        transaction: TransactionId,
+        fingerprint: bool,
+        error: &Error,
         auth: Option<&Authenticated>,
         out: &mut [u8],
     ) -> usize {
+        let code = error.code();
         self.stats.errors.record(code);
-        tracing::debug!(method = %msg.method(), code, "error response");
-        let response = Response::error(msg.method(), msg.transaction_id(), code, out);
-        self.finish(msg, response, auth)
-    }
-
-    /// Signs a response to an authenticated request (adding SOFTWARE, which only
-    /// authenticated clients get); otherwise adds FINGERPRINT if the request has one.
-    fn finish(
-        &self,
-        msg: &Message<'_>,
-        mut response: Response<'_>,
-        auth: Option<&Authenticated>,
-    ) -> usize {
+        tracing::debug!(method = %method, code, "error response");
+        let mut response = Response::error(method, transaction, code, out);
+        match error {
+            Error::UnknownAttributes(unknown) => response.add(&UnknownAttributes::new(unknown)),
+            Error::TryAlternate(alternate) => response.add(&AlternateServer::new(*alternate)),
+            _ => {}
+        }
         match auth {
             Some(auth) => {
                 response.add_software(self.config.software.as_deref());
                 response.finish_signed(&auth.credentials, auth.algorithm)
             }
-            None => response.finish_with_fingerprint(msg.has_attribute(Fingerprint::TYPE)),
+            None => response.finish_with_fingerprint(fingerprint),
         }
     }
 
@@ -767,32 +914,30 @@ impl Server {
     }
 
     /// RFC 8489 §9.2.4 steps, in order, except that the nonce is checked before the username
-    /// and integrity (as RFC 5389 ordered them): a stale or forged nonce costs no HMAC. On
-    /// failure returns the length of the reply to send.
+    /// and integrity (as RFC 5389 ordered them): a stale or forged nonce costs no HMAC.
     fn authenticate(
         &mut self,
         msg: &Message<'_>,
         tuple: FiveTuple,
         unix_now: u64,
-        out: &mut [u8],
-    ) -> Result<Authenticated, usize> {
+    ) -> Result<Authenticated, Error> {
         let has_integrity = msg.has_attribute(MessageIntegrity::TYPE)
             || msg.has_attribute(MessageIntegritySha256::TYPE);
         if !has_integrity {
             self.stats.auth_missing += 1;
-            return Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out));
+            return Err(Error::Unauthorized);
         }
         let (Ok(username), Ok(realm), Ok(nonce)) = (
             msg.attribute::<Username>(),
             msg.attribute::<Realm>(),
             msg.attribute::<Nonce>(),
         ) else {
-            return Err(self.error(msg, ErrorCode::BAD_REQUEST, None, out));
+            return Err(Error::BadRequest);
         };
         let Ok(password_algorithm) = negotiated_algorithm(msg, nonce.nonce()) else {
             self.stats.auth_bad_algorithm += 1;
             tracing::debug!(client = %tuple.client, "password algorithm negotiation failed (400)");
-            return Err(self.error(msg, ErrorCode::BAD_REQUEST, None, out));
+            return Err(Error::BadRequest);
         };
         let lifetime = self.config.nonce_lifetime.as_secs();
         if self
@@ -802,11 +947,11 @@ impl Server {
             == NonceCheck::Stale
         {
             self.stats.auth_stale_nonce += 1;
-            return Err(self.challenge(msg, ErrorCode::STALE_NONCE, tuple, unix_now, out));
+            return Err(Error::StaleNonce);
         }
         if realm.realm() != self.config.realm {
             self.stats.auth_unknown_user += 1;
-            return Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out));
+            return Err(Error::Unauthorized);
         }
         let username = username.username().to_owned();
         let passwords = match self.config.credentials.passwords(&username, unix_now) {
@@ -817,7 +962,7 @@ impl Server {
                     _ => self.stats.auth_unknown_user += 1,
                 }
                 tracing::debug!(client = %tuple.client, %username, %reason, "authentication failed");
-                return Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out));
+                return Err(Error::Unauthorized);
             }
         };
         // §9.2.4: without PASSWORD-ALGORITHM the key is MD5's, whichever integrity attribute
@@ -840,7 +985,7 @@ impl Server {
         }
         self.stats.auth_bad_integrity += 1;
         tracing::debug!(client = %tuple.client, %username, "bad message integrity");
-        Err(self.challenge(msg, ErrorCode::UNAUTHORIZED, tuple, unix_now, out))
+        Err(Error::Unauthorized)
     }
 
     fn turn_request<'a>(
@@ -851,24 +996,23 @@ impl Server {
         msg: &Message<'_>,
         out: &mut [u8],
     ) -> ClientAction<'a> {
-        let auth = match self.authenticate(msg, tuple, unix_now, out) {
+        let auth = match self.authenticate(msg, tuple, unix_now) {
             Ok(auth) => auth,
-            Err(0) => return ClientAction::Drop,
-            Err(len) => return ClientAction::Reply(len),
+            Err(error) => return self.reject(msg, &error, None, tuple, unix_now, out),
         };
-        if let Some(len) = self.unknown_attributes(msg, &TURN_ATTRIBUTES, Some(&auth), out) {
-            return ClientAction::Reply(len);
+        if let Some(error) = unknown_attributes(msg, &TURN_ATTRIBUTES) {
+            return self.reject(msg, &error, Some(&auth), tuple, unix_now, out);
         }
         // RFC 8656 §5: requests on an allocation must come from the user that made it.
         if let Some(allocation) = self.allocations.get(&tuple) {
             if allocation.username != auth.username {
-                let len = self.error(msg, ErrorCode::WRONG_CREDENTIALS, Some(&auth), out);
-                return ClientAction::Reply(len);
+                let error = Error::WrongCredentials;
+                return self.reject(msg, &error, Some(&auth), tuple, unix_now, out);
             }
         }
         let method = msg.method();
         let result = if method == ALLOCATE {
-            return self.allocate(now, tuple, msg, auth, out);
+            return self.allocate(now, unix_now, tuple, msg, auth, out);
         } else if method == REFRESH {
             self.refresh(now, tuple, msg)
         } else if method == CREATE_PERMISSION {
@@ -876,23 +1020,23 @@ impl Server {
         } else {
             self.channel_bind(now, tuple, msg)
         };
-        let len = match result {
+        match result {
             Ok(lifetime) => {
                 let mut response = Response::success(method, msg.transaction_id(), out);
                 if let Some(lifetime) = lifetime {
                     response.add(&Lifetime::new(wire_lifetime(lifetime)));
                 }
                 response.add_software(self.config.software.as_deref());
-                response.finish_signed(&auth.credentials, auth.algorithm)
+                ClientAction::Reply(response.finish_signed(&auth.credentials, auth.algorithm))
             }
-            Err(code) => self.error(msg, code, Some(&auth), out),
-        };
-        ClientAction::Reply(len)
+            Err(error) => self.reject(msg, &error, Some(&auth), tuple, unix_now, out),
+        }
     }
 
     fn allocate<'a>(
         &mut self,
         now: Instant,
+        unix_now: u64,
         tuple: FiveTuple,
         msg: &Message<'_>,
         auth: Authenticated,
@@ -904,21 +1048,12 @@ impl Server {
                 let len = self.allocate_success(&tuple, &auth, out);
                 return ClientAction::Reply(len);
             }
-            let len = self.error(msg, ErrorCode::ALLOCATION_MISMATCH, Some(&auth), out);
-            return ClientAction::Reply(len);
+            let error = Error::AllocationMismatch;
+            return self.reject(msg, &error, Some(&auth), tuple, unix_now, out);
         }
         if let Some(alternate) = self.alternate_for(tuple.client) {
-            self.stats.errors.record(ErrorCode::TRY_ALTERNATE);
-            let mut response = Response::error(
-                ALLOCATE,
-                msg.transaction_id(),
-                ErrorCode::TRY_ALTERNATE,
-                out,
-            );
-            response.add(&AlternateServer::new(alternate));
-            response.add_software(self.config.software.as_deref());
-            let len = response.finish_signed(&auth.credentials, auth.algorithm);
-            return ClientAction::Reply(len);
+            let error = Error::TryAlternate(alternate);
+            return self.reject(msg, &error, Some(&auth), tuple, unix_now, out);
         }
         if self.config.draining {
             let len = self.error(msg, ErrorCode::INSUFFICIENT_CAPACITY, Some(&auth), out);
@@ -926,7 +1061,7 @@ impl Server {
         }
         match self.check_allocate(now, tuple, msg, &auth) {
             Ok(pending) => ClientAction::Allocate(pending),
-            Err(code) => ClientAction::Reply(self.error(msg, code, Some(&auth), out)),
+            Err(error) => self.reject(msg, &error, Some(&auth), tuple, unix_now, out),
         }
     }
 
@@ -952,17 +1087,17 @@ impl Server {
         tuple: FiveTuple,
         msg: &Message<'_>,
         auth: &Authenticated,
-    ) -> Result<PendingAllocation, u16> {
-        let bad = ErrorCode::BAD_REQUEST;
+    ) -> Result<PendingAllocation, Error> {
         // Step 3: absent or malformed is 400, another protocol 442.
-        let transport = wire::required::<RequestedTransport>(msg, bad)?;
+        let transport = wire::required::<RequestedTransport>(msg, Error::BadRequest)?;
         if transport.protocol() != wire::PROTOCOL_UDP {
-            return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL);
+            return Err(Error::UnsupportedTransportProtocol);
         }
         // Step 4: DONT-FRAGMENT is accepted (relay sockets keep Linux's path-MTU discovery).
-        wire::attribute::<DontFragment>(msg, bad)?;
-        let even_port = wire::attribute::<EvenPort>(msg, bad)?.map(|e| e.requested());
-        let reservation_token = wire::attribute::<ReservationToken>(msg, bad)?.map(|t| t.token());
+        wire::attribute::<DontFragment>(msg, Error::BadRequest)?;
+        let even_port = wire::attribute::<EvenPort>(msg, Error::BadRequest)?.map(|e| e.requested());
+        let reservation_token =
+            wire::attribute::<ReservationToken>(msg, Error::BadRequest)?.map(|t| t.token());
         // ADDITIONAL-ADDRESS-FAMILY other than IPv6 is 400 (step 9) whenever it is checked.
         let additional_family = wire::additional_address_family(msg)?;
         let requested_present = msg.has_attribute(RequestedAddressFamily::TYPE);
@@ -970,31 +1105,29 @@ impl Server {
         if reservation_token.is_some()
             && (even_port.is_some() || requested_present || additional_family.is_some())
         {
-            return Err(bad);
+            return Err(Error::BadRequest);
         }
         // Step 6.
         if requested_present && additional_family.is_some() {
-            return Err(bad);
+            return Err(Error::BadRequest);
         }
         // Step 7: a family the server cannot relay in, or one RFC 8656 §18.6 does not define,
         // is 440.
-        let requested_family = wire::attribute::<RequestedAddressFamily>(
-            msg,
-            ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
-        )?
-        .map(|f| f.family());
+        let requested_family =
+            wire::attribute::<RequestedAddressFamily>(msg, Error::AddressFamilyNotSupported)?
+                .map(|f| f.family());
         // Step 8: the port reserved beside an even one would have to be in both families.
         if even_port == Some(true) && additional_family.is_some() {
-            return Err(bad);
+            return Err(Error::BadRequest);
         }
-        let lifetime = self.lifetime(wire::attribute::<Lifetime>(msg, bad)?);
+        let lifetime = self.lifetime(wire::attribute::<Lifetime>(msg, Error::BadRequest)?);
         let family = requested_family.unwrap_or(AddressFamily::IPV4);
         let available = |family| match family {
             AddressFamily::IPV4 => self.config.relay_ipv4,
             AddressFamily::IPV6 => self.config.relay_ipv6,
         };
         if !available(family) && reservation_token.is_none() {
-            return Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED);
+            return Err(Error::AddressFamilyNotSupported);
         }
         let mut families = vec![family];
         let mut unavailable_family = None;
@@ -1006,15 +1139,16 @@ impl Server {
             }
         }
         let quota_key = self.config.credentials.quota_key(&auth.username).to_owned();
-        if let Err(code) = self.quotas.claim(&quota_key) {
-            match code {
-                ErrorCode::ALLOCATION_QUOTA_REACHED => self.stats.quota_user += 1,
+        if let Err(error) = self.quotas.claim(&quota_key) {
+            match error {
+                Error::AllocationQuotaReached => self.stats.quota_user += 1,
                 _ => self.stats.quota_total += 1,
             }
             if let Some(suppressed) = self.quota_log.allow(now) {
+                let code = error.code();
                 tracing::warn!(user = %quota_key, code, suppressed, "allocation refused by quota");
             }
-            return Err(code);
+            return Err(error);
         }
         Ok(PendingAllocation {
             tuple,
@@ -1025,6 +1159,11 @@ impl Server {
             transaction: msg.transaction_id(),
             auth: auth.clone(),
             lifetime,
+            quota: QuotaSlot {
+                quotas: self.quotas.clone(),
+                key: quota_key,
+                held: true,
+            },
         })
     }
 
@@ -1058,11 +1197,7 @@ impl Server {
                 advertised: self.advertised(local),
             })
             .collect();
-        let quota_key = self
-            .config
-            .credentials
-            .quota_key(&pending.auth.username)
-            .to_owned();
+        let quota_key = pending.quota.keep();
         let expires = now + pending.lifetime;
         tracing::info!(user = %quota_key, client = %pending.tuple.client,
             relay = ?relays.iter().map(|r| r.advertised).collect::<Vec<_>>(),
@@ -1070,7 +1205,8 @@ impl Server {
             lifetime = pending.lifetime.as_secs(), "allocation created");
         // The driver completes pending allocations at once, so none can be in the way; if a
         // driver ever deferred, replace rather than leak the old one's relays and quota.
-        self.remove_allocation(&pending.tuple);
+        // (Not reachable today, so no reason of its own.)
+        self.remove_allocation(&pending.tuple, EndReason::Deleted);
         for relay in &relays {
             self.relays.insert(relay.local, pending.tuple);
             for ip in [relay.local.ip(), relay.advertised.ip()] {
@@ -1094,9 +1230,17 @@ impl Server {
                 .config
                 .bandwidth_per_allocation
                 .map(|rate| [TokenBucket::new(rate, now), TokenBucket::new(rate, now)]),
+            usage: Usage::new(now),
         };
+        self.events.push_back(Event::AllocationCreated {
+            tuple: pending.tuple,
+            username: allocation.username.clone(),
+            relays: allocation.relays.clone(),
+            expires,
+        });
         self.allocations.insert(pending.tuple, allocation);
         self.expiries.insert((expires, pending.tuple));
+        self.gauges.allocations[pending.tuple.transport as usize] += 1;
         self.stats.allocations_created[pending.tuple.transport as usize] += 1;
         self.allocate_success(&pending.tuple, &pending.auth, out)
     }
@@ -1121,15 +1265,19 @@ impl Server {
     pub fn reject_allocation(
         &mut self,
         pending: PendingAllocation,
-        code: u16,
+        error: Error,
         out: &mut [u8],
     ) -> usize {
-        let quota_key = self.config.credentials.quota_key(&pending.auth.username);
-        self.quotas.release(quota_key);
-        self.stats.errors.record(code);
-        let mut response = Response::error(ALLOCATE, pending.transaction, code, out);
-        response.add_software(self.config.software.as_deref());
-        response.finish_signed(&pending.auth.credentials, pending.auth.algorithm)
+        drop(pending.quota);
+        let transaction = pending.transaction;
+        self.error_response(
+            ALLOCATE,
+            transaction,
+            false,
+            &error,
+            Some(&pending.auth),
+            out,
+        )
     }
 
     fn allocate_success(&self, tuple: &FiveTuple, auth: &Authenticated, out: &mut [u8]) -> usize {
@@ -1140,9 +1288,8 @@ impl Server {
             response.add(&XorRelayedAddress::new(relay.advertised, transaction));
         }
         if let Some(family) = allocation.unavailable_family {
-            if let Ok(code) = ErrorCode::builder(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED).build() {
-                response.add(&AddressErrorCode::new(family, code));
-            }
+            let code = ErrorCode::from(&Error::AddressFamilyNotSupported);
+            response.add(&AddressErrorCode::new(family, code));
         }
         response.add(&Lifetime::new(wire_lifetime(allocation.lifetime)));
         if let Some(token) = allocation.reservation_token {
@@ -1159,27 +1306,27 @@ impl Server {
         now: Instant,
         tuple: FiveTuple,
         msg: &Message<'_>,
-    ) -> Result<Option<Duration>, u16> {
+    ) -> Result<Option<Duration>, Error> {
         let Some(allocation) = self.allocations.get(&tuple) else {
-            return Err(ErrorCode::ALLOCATION_MISMATCH);
+            return Err(Error::AllocationMismatch);
         };
         // "does not match the address family of the allocation": 443, and the allocation is
         // left as it was. A family byte RFC 8656 §18.6 does not define matches none.
-        let mismatch = ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH;
-        if let Some(family) = wire::attribute::<RequestedAddressFamily>(msg, mismatch)? {
+        let mismatch = Error::PeerAddressFamilyMismatch;
+        if let Some(family) = wire::attribute::<RequestedAddressFamily>(msg, mismatch.clone())? {
             let ipv4 = family.family() == AddressFamily::IPV4;
             if !allocation.relays.iter().any(|r| r.local.is_ipv4() == ipv4) {
                 return Err(mismatch);
             }
         }
-        let requested = wire::attribute::<Lifetime>(msg, ErrorCode::BAD_REQUEST)?;
+        let requested = wire::attribute::<Lifetime>(msg, Error::BadRequest)?;
         if requested.as_ref().map(Lifetime::seconds) == Some(0) {
             if let Some(allocation) = self.allocations.get(&tuple) {
                 tracing::info!(user = %allocation.quota_key, client = %tuple.client,
                     relay = %allocation.relays[0].advertised, "allocation deleted");
             }
             self.stats.allocations_deleted += 1;
-            self.remove_allocation(&tuple);
+            self.remove_allocation(&tuple, EndReason::Deleted);
             return Ok(Some(Duration::ZERO));
         }
         let lifetime = self.lifetime(requested);
@@ -1193,7 +1340,7 @@ impl Server {
 
     /// Whether the server may relay to `peer`: allowed by the filter and not one of the
     /// server's own listening sockets.
-    fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), u16> {
+    fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), Error> {
         let filter = &self.config.peer_filter;
         let listener = self.config.own_addresses.iter().any(|own| {
             own.port() == peer.port()
@@ -1201,14 +1348,14 @@ impl Server {
         });
         if listener {
             self.deny_peer(now, peer.ip());
-            return Err(ErrorCode::FORBIDDEN);
+            return Err(Error::Forbidden);
         }
         self.check_peer_ip(now, peer.ip())
     }
 
     /// The peer filter, plus the server's own relay IPs (as written or carried in an IPv6
     /// form, e.g. NAT64) unless explicitly allowed.
-    fn check_peer_ip(&mut self, now: Instant, peer: IpAddr) -> Result<(), u16> {
+    fn check_peer_ip(&mut self, now: Instant, peer: IpAddr) -> Result<(), Error> {
         let filter = &self.config.peer_filter;
         let own_relay = filter
             .forms(peer)
@@ -1216,7 +1363,7 @@ impl Server {
             && !filter.explicitly_allows(peer);
         if own_relay || !filter.is_allowed(peer) {
             self.deny_peer(now, peer);
-            return Err(ErrorCode::FORBIDDEN);
+            return Err(Error::Forbidden);
         }
         Ok(())
     }
@@ -1228,6 +1375,38 @@ impl Server {
         }
     }
 
+    /// Installs or refreshes the permission for `peer` on `tuple`'s allocation, with its timer.
+    fn permit(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        peer: IpAddr,
+        cap: usize,
+    ) -> Result<(), Error> {
+        let allocation = self
+            .allocations
+            .get_mut(&tuple)
+            .ok_or(Error::AllocationMismatch)?;
+        let expires = now + PERMISSION_LIFETIME;
+        let timer = BindingTimer::Permission(tuple, peer);
+        match allocation.permit(peer, expires, cap) {
+            Err(_) => return Err(Error::InsufficientCapacity),
+            Ok(Some(old)) => {
+                self.binding_expiries.remove(&(old, timer));
+            }
+            Ok(None) => {
+                self.gauges.permissions += 1;
+                self.events.push_back(Event::PermissionCreated {
+                    tuple,
+                    peer,
+                    expires,
+                });
+            }
+        }
+        self.binding_expiries.insert((expires, timer));
+        Ok(())
+    }
+
     /// RFC 8656 §10.2: CreatePermission with one or more XOR-PEER-ADDRESS; all or nothing.
     /// None, or any that is invalid (an unknown family included), is 400.
     fn create_permission(
@@ -1235,28 +1414,30 @@ impl Server {
         now: Instant,
         tuple: FiveTuple,
         msg: &Message<'_>,
-    ) -> Result<Option<Duration>, u16> {
+    ) -> Result<Option<Duration>, Error> {
         let Some(allocation) = self.allocations.get(&tuple) else {
-            return Err(ErrorCode::ALLOCATION_MISMATCH);
+            return Err(Error::AllocationMismatch);
         };
-        let peers: Vec<SocketAddr> = wire::every::<XorPeerAddress>(msg, ErrorCode::BAD_REQUEST)?
+        let peers: Vec<SocketAddr> = wire::every::<XorPeerAddress>(msg, Error::BadRequest)?
             .iter()
             .map(|a| a.addr(msg.transaction_id()))
             .collect();
         if peers.is_empty() {
-            return Err(ErrorCode::BAD_REQUEST);
+            return Err(Error::BadRequest);
         }
         if peers
             .iter()
             .any(|peer| allocation.relay_for(*peer).is_none())
         {
-            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+            return Err(Error::PeerAddressFamilyMismatch);
         }
         for peer in &peers {
             self.check_peer_ip(now, peer.ip())?;
         }
+        // Entries past their deadline go first (as their timers would), so they free slots.
+        self.expire_bindings(now);
         let cap = self.config.max_permissions_per_allocation;
-        let allocation = self.allocations.get_mut(&tuple).expect("checked above");
+        let allocation = &self.allocations[&tuple];
         // All or nothing: refuse before installing any if they would not all fit.
         let mut new_ips: Vec<IpAddr> = peers
             .iter()
@@ -1266,15 +1447,10 @@ impl Server {
         new_ips.sort_unstable();
         new_ips.dedup();
         if allocation.permissions.len() + new_ips.len() > cap {
-            allocation.permissions.retain(|p| p.expires > now);
-            if allocation.permissions.len() + new_ips.len() > cap {
-                return Err(ErrorCode::INSUFFICIENT_CAPACITY);
-            }
+            return Err(Error::InsufficientCapacity);
         }
         for peer in &peers {
-            allocation
-                .permit(peer.ip(), now + PERMISSION_LIFETIME, now, cap)
-                .map_err(|_| ErrorCode::INSUFFICIENT_CAPACITY)?;
+            self.permit(now, tuple, peer.ip(), cap)?;
             self.stats.permissions_created += 1;
         }
         Ok(None)
@@ -1287,33 +1463,55 @@ impl Server {
         now: Instant,
         tuple: FiveTuple,
         msg: &Message<'_>,
-    ) -> Result<Option<Duration>, u16> {
+    ) -> Result<Option<Duration>, Error> {
         if !self.allocations.contains_key(&tuple) {
-            return Err(ErrorCode::ALLOCATION_MISMATCH);
+            return Err(Error::AllocationMismatch);
         }
-        let bad = ErrorCode::BAD_REQUEST;
-        let number = wire::required::<ChannelNumber>(msg, bad)?.channel();
+        let number = wire::required::<ChannelNumber>(msg, Error::BadRequest)?.channel();
         if !wire::CHANNEL_RANGE.contains(&number) {
-            return Err(bad);
+            return Err(Error::BadRequest);
         }
-        let peer = wire::required::<XorPeerAddress>(msg, bad)?.addr(msg.transaction_id());
+        let peer =
+            wire::required::<XorPeerAddress>(msg, Error::BadRequest)?.addr(msg.transaction_id());
         if self.allocations[&tuple].relay_for(peer).is_none() {
-            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+            return Err(Error::PeerAddressFamilyMismatch);
         }
         self.check_peer(now, peer)?;
+        // Entries past their deadline go first (as their timers would), so they free slots.
+        self.expire_bindings(now);
         let permission_cap = self.config.max_permissions_per_allocation;
         let channel_cap = self.config.max_channels_per_allocation;
-        let allocation = self.allocations.get_mut(&tuple).expect("checked above");
-        allocation
+        self.allocations[&tuple]
             .check_channel(number, peer, now, channel_cap)
             .map_err(|e| match e {
-                BindError::Conflict => ErrorCode::BAD_REQUEST,
-                BindError::Full => ErrorCode::INSUFFICIENT_CAPACITY,
+                BindError::Conflict => Error::BadRequest,
+                BindError::Full => Error::InsufficientCapacity,
             })?;
-        allocation
-            .permit(peer.ip(), now + PERMISSION_LIFETIME, now, permission_cap)
-            .map_err(|_| ErrorCode::INSUFFICIENT_CAPACITY)?;
-        allocation.bind_channel(number, peer, now + CHANNEL_LIFETIME, now);
+        self.permit(now, tuple, peer.ip(), permission_cap)?;
+        let allocation = self.allocations.get_mut(&tuple).expect("checked above");
+        let expires = now + CHANNEL_LIFETIME;
+        let timer = BindingTimer::Channel(tuple, number);
+        match allocation.bind_channel(number, peer, expires) {
+            Some(old) => {
+                self.binding_expiries.remove(&(old, timer));
+                self.events.push_back(Event::ChannelRefreshed {
+                    tuple,
+                    number,
+                    peer,
+                    expires,
+                });
+            }
+            None => {
+                self.gauges.channels += 1;
+                self.events.push_back(Event::ChannelBound {
+                    tuple,
+                    number,
+                    peer,
+                    expires,
+                });
+            }
+        }
+        self.binding_expiries.insert((expires, timer));
         self.stats.channels_bound += 1;
         Ok(None)
     }
@@ -1333,10 +1531,9 @@ impl Server {
             self.stats.unknown_attribute_dropped += 1;
             return ClientAction::Drop;
         }
-        let bad = ErrorCode::BAD_REQUEST;
         let (Ok(Some(peer)), Ok(_), Some((offset, data_attr))) = (
-            wire::attribute::<XorPeerAddress>(msg, bad),
-            wire::attribute::<DontFragment>(msg, bad),
+            wire::attribute::<XorPeerAddress>(msg, Error::BadRequest),
+            wire::attribute::<DontFragment>(msg, Error::BadRequest),
             msg.raw_attribute_and_offset(Data::TYPE),
         ) else {
             self.stats.malformed += 1;
@@ -1361,15 +1558,34 @@ impl Server {
         forward_to_peer(allocation, &mut self.stats, now, peer, payload)
     }
 
-    fn remove_allocation(&mut self, tuple: &FiveTuple) {
-        if let Some(allocation) = self.allocations.remove(tuple) {
-            self.expiries.remove(&(allocation.expires, *tuple));
-            self.quotas.release(&allocation.quota_key);
-            for relay in &allocation.relays {
-                self.relays.remove(&relay.local);
-                self.events
-                    .push_back(Event::AllocationFreed { relay: relay.local });
-            }
+    /// Ends the allocation on `tuple` with its permissions and channels, their timers, its
+    /// quota slot and its relays.
+    fn remove_allocation(&mut self, tuple: &FiveTuple, reason: EndReason) {
+        let Some(allocation) = self.allocations.remove(tuple) else {
+            return;
+        };
+        self.expiries.remove(&(allocation.expires, *tuple));
+        for permission in &allocation.permissions {
+            let timer = BindingTimer::Permission(*tuple, permission.peer);
+            self.binding_expiries.remove(&(permission.expires, timer));
+        }
+        for channel in &allocation.channels {
+            let timer = BindingTimer::Channel(*tuple, channel.number);
+            self.binding_expiries.remove(&(channel.expires, timer));
+        }
+        self.gauges.allocations[tuple.transport as usize] -= 1;
+        self.gauges.permissions -= allocation.permissions.len() as u64;
+        self.gauges.channels -= allocation.channels.len() as u64;
+        self.quotas.release(&allocation.quota_key);
+        self.events.push_back(Event::AllocationEnded {
+            tuple: *tuple,
+            usage: allocation.usage,
+            reason,
+        });
+        for relay in &allocation.relays {
+            self.relays.remove(&relay.local);
+            self.events
+                .push_back(Event::RelayReleased { relay: relay.local });
         }
     }
 
@@ -1383,7 +1599,7 @@ impl Server {
             tracing::info!(user = %allocation.quota_key, client = %tuple.client,
                 relay = %allocation.relays[0].advertised, "allocation ended with its connection");
             self.stats.allocations_deleted += 1;
-            self.remove_allocation(tuple);
+            self.remove_allocation(tuple, EndReason::ConnectionClosed);
         }
     }
 
@@ -1391,7 +1607,7 @@ impl Server {
     pub fn clear(&mut self) {
         let tuples: Vec<FiveTuple> = self.allocations.keys().copied().collect();
         for tuple in tuples {
-            self.remove_allocation(&tuple);
+            self.remove_allocation(&tuple, EndReason::Shutdown);
         }
     }
 }

@@ -171,6 +171,22 @@ impl Harness {
         }
     }
 
+    /// Drains the output queue.
+    fn events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.server.poll_output()).collect()
+    }
+
+    /// Drains the output queue; the relay sockets it released.
+    fn released(&mut self) -> Vec<SocketAddr> {
+        self.events()
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::RelayReleased { relay } => Some(relay),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn reply(&mut self, from: &str, data: &[u8]) -> Vec<u8> {
         match self.send(from, data) {
             Outcome::Reply(reply) => reply,
@@ -1036,10 +1052,7 @@ fn lifetime_is_clamped_and_allocation_expires_at_its_deadline() {
     h.server.handle_timeout(h.now);
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.quotas.total(), 0);
-    assert!(matches!(
-        h.server.poll_event(),
-        Some(Event::AllocationFreed { .. })
-    ));
+    assert_eq!(h.released().len(), 1);
     assert_eq!(h.server.poll_timeout(), None);
 }
 
@@ -1074,10 +1087,7 @@ fn refresh_extends_and_zero_lifetime_deletes() {
     assert_eq!(msg.class(), MessageClass::Success);
     assert_eq!(msg.attribute::<Lifetime>().unwrap().seconds(), 0);
     assert_eq!(h.server.allocation_count(), 0);
-    assert!(matches!(
-        h.server.poll_event(),
-        Some(Event::AllocationFreed { .. })
-    ));
+    assert_eq!(h.released().len(), 1);
     let reply = h.authed(CLIENT, &user, REFRESH, |_, _| {});
     assert_eq!(reply_code(&reply), Some(437));
 }
@@ -1162,10 +1172,37 @@ fn rejected_allocation_releases_its_quota() {
         panic!("expected a pending allocation")
     };
     assert_eq!(h.quotas.total(), 1);
-    let len = h.server.reject_allocation(pending, 508, &mut h.out);
+    let len = h
+        .server
+        .reject_allocation(pending, Error::InsufficientCapacity, &mut h.out);
     assert_eq!(reply_code(&h.out[..len]), Some(508));
     assert_eq!(h.quotas.total(), 0);
     h.allocate(CLIENT, &user.0, &user.1);
+}
+
+#[test]
+fn dropped_pending_allocation_releases_its_quota() {
+    // Quotas of one, so a leaked slot would make the second Allocate a 486.
+    let mut h = Harness::with(config(), Quotas::new(1, 1));
+    let user = rest_user("bob");
+    let nonce = h.nonce(CLIENT);
+    let auth = Auth {
+        username: &user.0,
+        password: &user.1,
+        nonce: &nonce,
+    };
+    let data = request(ALLOCATE, Some(&auth), udp_transport);
+    let ClientAction::Allocate(pending) =
+        h.server
+            .handle_client(h.now, h.unix, tuple(CLIENT), &data, &mut h.out)
+    else {
+        panic!("expected a pending allocation")
+    };
+    assert_eq!(h.quotas.total(), 1);
+    drop(pending);
+    assert_eq!(h.quotas.total(), 0);
+    h.allocate(CLIENT, &user.0, &user.1);
+    assert_eq!(h.quotas.total(), 1);
 }
 
 #[test]
@@ -1530,8 +1567,7 @@ fn dual_allocation_relays_both_families() {
     h.authed(CLIENT, &user, REFRESH, |m, _| {
         m.add_attribute(&Lifetime::new(0)).unwrap()
     });
-    let freed: Vec<Event> = std::iter::from_fn(|| h.server.poll_event()).collect();
-    assert_eq!(freed.len(), 2);
+    assert_eq!(h.released(), relayed);
 }
 
 #[test]
@@ -1629,10 +1665,7 @@ fn closing_a_stream_connection_frees_its_allocation() {
     h.server.close_connection(&tuple(CLIENT));
     assert_eq!(h.server.allocation_count(), 0);
     assert_eq!(h.quotas.total(), 0);
-    assert!(matches!(
-        h.server.poll_event(),
-        Some(Event::AllocationFreed { .. })
-    ));
+    assert_eq!(h.released().len(), 1);
 }
 
 #[test]
@@ -1935,7 +1968,7 @@ fn refresh_with_another_family_is_443_and_the_allocation_stays() {
         assert_eq!(reply_code(&reply), Some(code), "{what}");
         assert_eq!(h.server.allocation_count(), 1, "{what}");
         assert_eq!(h.server.poll_timeout(), expiry, "{what}: lifetime changed");
-        assert!(h.server.poll_event().is_none(), "{what}: relay freed");
+        assert!(h.released().is_empty(), "{what}: relay freed");
     }
     // A malformed LIFETIME is 400, not "no LIFETIME".
     let reply = h.authed(CLIENT, &user, REFRESH, raw(LIFETIME, &[0, 0]));
@@ -2105,4 +2138,278 @@ fn own_relay_addresses_carried_in_ipv6_forms_are_denied_peers() {
         MessageClass::Success,
         "NAT64 to a public IPv4 address"
     );
+}
+
+/// Allocates for `user` from `from` with the longest lifetime (3600 s), so permission and
+/// channel timers run out first; returns the relayed address and drains AllocationCreated.
+fn allocate_for_an_hour(h: &mut Harness, from: &str, user: &(String, String)) -> SocketAddr {
+    h.events();
+    let reply = h.authed(from, user, ALLOCATE, |m, t| {
+        udp_transport(m, t);
+        m.add_attribute(&Lifetime::new(3600)).unwrap();
+    });
+    let relay = relayed_addresses(&reply)[0];
+    let events = h.events();
+    assert!(
+        matches!(events.as_slice(), [Event::AllocationCreated { tuple: t, expires, .. }]
+            if *t == tuple(from) && *expires == h.now + Duration::from_secs(3600)),
+        "{events:?}"
+    );
+    relay
+}
+
+fn gauges(allocations: u64, permissions: u64, channels: u64) -> Gauges {
+    Gauges {
+        allocations: [allocations, 0, 0],
+        permissions,
+        channels,
+    }
+}
+
+#[test]
+fn permission_and_channel_expire_on_their_own_timers_and_say_so() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    let relay = allocate_for_an_hour(&mut h, CLIENT, &user);
+    let allocation_expiry = h.now + Duration::from_secs(3600);
+    let (client, peer) = (tuple(CLIENT), addr(PEER));
+    let t = h.now;
+    h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, peer));
+    assert_eq!(
+        h.events(),
+        [
+            Event::PermissionCreated {
+                tuple: client,
+                peer: peer.ip(),
+                expires: t + Duration::from_secs(300),
+            },
+            Event::ChannelBound {
+                tuple: client,
+                number: 0x4000,
+                peer,
+                expires: t + Duration::from_secs(600),
+            },
+        ]
+    );
+    assert_eq!(h.server.poll_timeout(), Some(t + PERMISSION_LIFETIME));
+
+    // At the permission's deadline, before its timer has run, packets are refused both ways.
+    h.now = t + PERMISSION_LIFETIME;
+    let channel_data = [0x40, 0x00, 0x00, 0x01, 7];
+    assert!(matches!(h.send(CLIENT, &channel_data), Outcome::Drop));
+    let (mut buf, mut out) = ([0u8; 64], [0u8; 256]);
+    assert_eq!(
+        h.server
+            .handle_peer(h.now, relay, peer, &mut buf, 5, &mut out),
+        None
+    );
+    assert_eq!(h.server.poll_output(), None, "expired without its timer");
+    assert_eq!(h.server.gauges(), gauges(1, 1, 1));
+    h.server.handle_timeout(h.now);
+    assert_eq!(
+        h.events(),
+        [Event::PermissionExpired {
+            tuple: client,
+            peer: peer.ip()
+        }]
+    );
+    assert_eq!(h.server.gauges(), gauges(1, 0, 1));
+    assert_eq!(h.server.poll_timeout(), Some(t + CHANNEL_LIFETIME));
+
+    h.now = t + CHANNEL_LIFETIME - Duration::from_nanos(1);
+    h.server.handle_timeout(h.now);
+    assert_eq!(h.server.poll_output(), None, "channel expired early");
+    h.now = t + CHANNEL_LIFETIME;
+    h.server.handle_timeout(h.now);
+    assert_eq!(
+        h.events(),
+        [Event::ChannelExpired {
+            tuple: client,
+            number: 0x4000,
+            peer
+        }]
+    );
+    assert_eq!(h.server.gauges(), gauges(1, 0, 0));
+    assert_eq!(h.server.poll_timeout(), Some(allocation_expiry));
+    assert_eq!(h.server.poll_output(), None);
+}
+
+#[test]
+fn refreshing_a_channel_moves_its_timer_and_says_so() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    allocate_for_an_hour(&mut h, CLIENT, &user);
+    let (client, peer) = (tuple(CLIENT), addr(PEER));
+    let t = h.now;
+    h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, peer));
+    h.events();
+    h.advance(Duration::from_secs(100));
+    let refreshed = h.now;
+    h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, peer));
+    // The permission is refreshed too, which moves its deadline and says nothing.
+    assert_eq!(
+        h.events(),
+        [Event::ChannelRefreshed {
+            tuple: client,
+            number: 0x4000,
+            peer,
+            expires: refreshed + CHANNEL_LIFETIME,
+        }]
+    );
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(refreshed + PERMISSION_LIFETIME)
+    );
+    h.advance(t + CHANNEL_LIFETIME - h.now);
+    assert_eq!(
+        h.events(),
+        [Event::PermissionExpired {
+            tuple: client,
+            peer: peer.ip()
+        }]
+    );
+    assert_eq!(
+        h.server.gauges(),
+        gauges(1, 0, 1),
+        "channel kept its old deadline"
+    );
+    h.advance(refreshed + CHANNEL_LIFETIME - h.now);
+    assert!(matches!(
+        h.events().as_slice(),
+        [Event::ChannelExpired { number: 0x4000, .. }]
+    ));
+    assert_eq!(h.server.gauges(), gauges(1, 0, 0));
+}
+
+#[test]
+fn gauges_follow_create_refresh_expire_and_delete() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    assert_eq!(h.server.gauges(), gauges(0, 0, 0));
+    allocate_for_an_hour(&mut h, CLIENT, &user);
+    assert_eq!(h.server.gauges(), gauges(1, 0, 0));
+    let (peer, other) = (addr(PEER), addr("8.8.4.4:5000"));
+    h.authed(CLIENT, &user, CREATE_PERMISSION, |m, t| {
+        peer_attr(peer)(m, t);
+        peer_attr(other)(m, t);
+    });
+    assert_eq!(h.server.gauges(), gauges(1, 2, 0));
+    // Binding a channel to a permitted peer refreshes that permission, adds no other.
+    h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, peer));
+    assert_eq!(h.server.gauges(), gauges(1, 2, 1));
+    h.advance(Duration::from_secs(200));
+    h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(peer));
+    h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, peer));
+    assert_eq!(
+        h.server.gauges(),
+        gauges(1, 2, 1),
+        "refreshes counted twice"
+    );
+    // `other` was never refreshed: gone at 300 s.
+    h.advance(Duration::from_secs(100));
+    assert_eq!(h.server.gauges(), gauges(1, 1, 1));
+    // A second allocation with a channel, deleted by its client.
+    const SECOND: &str = "198.51.100.8:40000";
+    allocate_for_an_hour(&mut h, SECOND, &user);
+    h.authed(SECOND, &user, CHANNEL_BIND, channel_attrs(0x4001, other));
+    assert_eq!(h.server.gauges(), gauges(2, 2, 2));
+    h.authed(SECOND, &user, REFRESH, |m, _| {
+        m.add_attribute(&Lifetime::new(0)).unwrap()
+    });
+    assert_eq!(h.server.gauges(), gauges(1, 1, 1));
+    // The rest run out: the permission at 200 + 300 s, the channel at 200 + 600 s.
+    h.advance(Duration::from_secs(200));
+    assert_eq!(h.server.gauges(), gauges(1, 0, 1));
+    h.advance(Duration::from_secs(300));
+    assert_eq!(h.server.gauges(), gauges(1, 0, 0));
+    h.server.clear();
+    assert_eq!(h.server.gauges(), gauges(0, 0, 0));
+}
+
+#[test]
+fn ended_allocations_report_their_usage_and_why_they_ended() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    let started = h.now;
+    let relay = allocate_for_an_hour(&mut h, CLIENT, &user);
+    let (client, peer) = (tuple(CLIENT), addr(PEER));
+    h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, peer));
+    h.events();
+    // Three ChannelData and one Send indication towards the peer: 4 packets, 3 × 5 + 2 bytes.
+    for _ in 0..3 {
+        let sent = h.send(CLIENT, &[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5]);
+        assert!(matches!(sent, Outcome::Relay(..)));
+    }
+    let mut send = Message::builder_indication(SEND, MessageWriteVec::new());
+    let transaction = send.transaction_id();
+    send.add_attribute(&XorPeerAddress::new(peer, transaction))
+        .unwrap();
+    send.add_attribute(&Data::new(b"hi")).unwrap();
+    assert!(matches!(h.send(CLIENT, &send.finish()), Outcome::Relay(..)));
+    // Refused packets are not usage: ChannelData on an unbound channel, a peer without
+    // permission.
+    assert!(matches!(
+        h.send(CLIENT, &[0x40, 0x01, 0x00, 0x01, 9]),
+        Outcome::Drop
+    ));
+    let (mut buf, mut out) = ([0u8; 64], [0u8; 256]);
+    let stranger = addr("8.8.4.4:5000");
+    assert_eq!(
+        h.server
+            .handle_peer(h.now, relay, stranger, &mut buf, 9, &mut out),
+        None
+    );
+    // Two datagrams from the peer, 7 bytes each.
+    for _ in 0..2 {
+        let action = h
+            .server
+            .handle_peer(h.now, relay, peer, &mut buf, 7, &mut out);
+        assert!(matches!(action, Some(PeerAction::ChannelData { .. })));
+    }
+    h.advance(Duration::from_secs(10));
+    h.authed(CLIENT, &user, REFRESH, |m, _| {
+        m.add_attribute(&Lifetime::new(0)).unwrap()
+    });
+    assert_eq!(
+        h.events(),
+        [
+            Event::AllocationEnded {
+                tuple: client,
+                usage: Usage {
+                    started,
+                    to_peer_packets: 4,
+                    to_peer_bytes: 17,
+                    from_peer_packets: 2,
+                    from_peer_bytes: 14,
+                },
+                reason: EndReason::Deleted,
+            },
+            Event::RelayReleased { relay },
+        ]
+    );
+    assert_eq!(h.server.poll_output(), None);
+
+    // The other ways an allocation ends.
+    let ended = |h: &mut Harness| -> Vec<EndReason> {
+        h.events()
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::AllocationEnded { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect()
+    };
+    h.allocate(CLIENT, &user.0, &user.1);
+    h.events();
+    h.advance(Duration::from_secs(600));
+    assert_eq!(ended(&mut h), [EndReason::Expired]);
+    h.allocate(CLIENT, &user.0, &user.1);
+    h.events();
+    h.server.close_connection(&client);
+    assert_eq!(ended(&mut h), [EndReason::ConnectionClosed]);
+    h.allocate(CLIENT, &user.0, &user.1);
+    h.events();
+    h.server.clear();
+    assert_eq!(ended(&mut h), [EndReason::Shutdown]);
+    assert_eq!(h.server.poll_output(), None);
 }

@@ -24,6 +24,7 @@ pub use turn_types::attribute::{
 pub use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
 pub use turn_types::AddressFamily;
 
+use super::error::Error;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::Sha256;
@@ -189,7 +190,7 @@ pub fn parse_stun(data: &[u8]) -> Result<Message<'_>, StunParseError> {
 /// outside the attribute's size is `Truncated`/`TooLarge` and is checked first; a family byte
 /// other than 1 or 2 (or 1 in ADDITIONAL-ADDRESS-FAMILY) is `InvalidAttributeData`. Reserved
 /// bits are ignored, as RFC 8656 §18 asks of servers.
-pub fn attribute<'a, A>(msg: &'a Message<'a>, bad_value: u16) -> Result<Option<A>, u16>
+pub fn attribute<'a, A>(msg: &'a Message<'a>, bad_value: Error) -> Result<Option<A>, Error>
 where
     A: AttributeFromRaw<'a> + AttributeStaticType,
 {
@@ -201,31 +202,30 @@ where
 }
 
 /// [`attribute`] for one the request must carry: absent is 400 as well.
-pub fn required<'a, A>(msg: &'a Message<'a>, bad_value: u16) -> Result<A, u16>
+pub fn required<'a, A>(msg: &'a Message<'a>, bad_value: Error) -> Result<A, Error>
 where
     A: AttributeFromRaw<'a> + AttributeStaticType,
 {
-    attribute(msg, bad_value)?.ok_or(ErrorCode::BAD_REQUEST)
+    attribute(msg, bad_value)?.ok_or(Error::BadRequest)
 }
 
 /// Every `A` in the request, for the attributes a method lets repeat (XOR-PEER-ADDRESS in
 /// CreatePermission, RFC 8656 §10.2); one unusable occurrence fails them all.
-pub fn every<'a, A>(msg: &'a Message<'a>, bad_value: u16) -> Result<Vec<A>, u16>
+pub fn every<'a, A>(msg: &'a Message<'a>, bad_value: Error) -> Result<Vec<A>, Error>
 where
     A: AttributeFromRaw<'a> + AttributeStaticType,
 {
     msg.iter_attributes()
         .filter(|(_, raw)| raw.get_type() == A::TYPE)
-        .map(|(_, raw)| A::from_raw(raw).map_err(|e| fault_code(e, bad_value)))
+        .map(|(_, raw)| A::from_raw(raw).map_err(|e| fault_code(e, bad_value.clone())))
         .collect()
 }
 
 /// ADDITIONAL-ADDRESS-FAMILY under its RFC 8656 codepoint, else under the draft one
 /// coturn's clients send (`turnutils_uclient -Z`), read the same way by [`attribute`]. Any
 /// unusable value is 400 (RFC 8656 §7.2 step 9: IPv6 is the only valid one).
-pub fn additional_address_family(msg: &Message<'_>) -> Result<Option<AddressFamily>, u16> {
-    let bad = ErrorCode::BAD_REQUEST;
-    if let Some(family) = attribute::<AdditionalAddressFamily>(msg, bad)? {
+pub fn additional_address_family(msg: &Message<'_>) -> Result<Option<AddressFamily>, Error> {
+    if let Some(family) = attribute::<AdditionalAddressFamily>(msg, Error::BadRequest)? {
         return Ok(Some(family.family()));
     }
     let Some(draft) = msg.raw_attribute(DRAFT_ADDITIONAL_ADDRESS_FAMILY) else {
@@ -234,13 +234,13 @@ pub fn additional_address_family(msg: &Message<'_>) -> Result<Option<AddressFami
     let renumbered = RawAttribute::new(AdditionalAddressFamily::TYPE, &draft.value[..]);
     AdditionalAddressFamily::from_raw_ref(&renumbered)
         .map(|family| Some(family.family()))
-        .map_err(|e| fault_code(e, bad))
+        .map_err(|e| fault_code(e, Error::BadRequest))
 }
 
-fn fault_code(error: StunParseError, bad_value: u16) -> u16 {
+fn fault_code(error: StunParseError, bad_value: Error) -> Error {
     match error {
         StunParseError::InvalidAttributeData => bad_value,
-        _ => ErrorCode::BAD_REQUEST,
+        _ => Error::BadRequest,
     }
 }
 
