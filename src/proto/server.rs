@@ -1056,8 +1056,8 @@ impl Server {
             return self.reject(msg, &error, Some(&auth), tuple, unix_now, out);
         }
         if self.config.draining {
-            let len = self.error(msg, ErrorCode::INSUFFICIENT_CAPACITY, Some(&auth), out);
-            return ClientAction::Reply(len);
+            let error = Error::InsufficientCapacity;
+            return self.reject(msg, &error, Some(&auth), tuple, unix_now, out);
         }
         match self.check_allocate(now, tuple, msg, &auth) {
             Ok(pending) => ClientAction::Allocate(pending),
