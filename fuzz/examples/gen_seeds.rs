@@ -220,9 +220,12 @@ fn codec_seeds(dir: &Path) {
         msg::add(m, &RequestedTransport::new(PROTOCOL_UDP))
     });
     let request = parse_stun(&request).unwrap();
-    let credentials: MessageIntegrityCredentials =
-        LongTermKeyCredentials::new(auth.username.clone(), auth.password.clone(), REALM.into())
-            .into();
+    let key = turnpike::proto::auth::LongTermKey::new(
+        turnpike::proto::auth::PasswordAlgorithm::Md5,
+        &auth.username,
+        REALM,
+        &auth.password,
+    );
     let mut out = vec![0u8; 1024];
     let mut ok = Response::success(ALLOCATE, request.transaction_id(), &mut out);
     ok.add(&XorRelayedAddress::new(
@@ -232,7 +235,7 @@ fn codec_seeds(dir: &Path) {
     ok.add(&Lifetime::new(600));
     ok.add(&XorMappedAddress::new(client, request.transaction_id()));
     ok.add_software(Some("turnpike"));
-    let len = ok.finish_signed(&credentials, IntegrityAlgorithm::Sha1);
+    let len = ok.finish_signed(&key, IntegrityAlgorithm::Sha1);
     write(dir, "allocate-success.bin", &out[..len]);
     let mut out = vec![0u8; 1024];
     let mut challenge = Response::error(ALLOCATE, request.transaction_id(), 401, &mut out);
