@@ -816,14 +816,9 @@ for src in ["fd00:64::2", "fd00:64::3", "fd00:64::4", "fd00:65::2"]:
     );
 }
 
-/// The largest frames on the stream path: ChannelData a TCP client sends with the largest
-/// payload an IPv4 peer can take arrives whole, one with the largest payload ChannelData can
-/// carry is refused by the kernel and counted, and the largest peer datagram reaches the
-/// client as one padded frame; the allocation keeps relaying throughout.
-#[test]
-fn largest_frames_on_the_stream_path_are_relayed_whole_or_counted() {
-    let server = Server::start(&[]);
-    let mut client = TcpTurn::rest(server.tcp(), "stream-big");
+/// Allocates over a stream and binds channel 0x4000 to a new loopback peer: the relayed
+/// address and the peer's socket.
+fn allocate_with_channel_to_a_peer(client: &mut TcpTurn) -> (SocketAddr, UdpSocket) {
     let relay = client
         .allocate()
         .expect_success("Allocate over TCP")
@@ -832,6 +827,18 @@ fn largest_frames_on_the_stream_path_are_relayed_whole_or_counted() {
     client
         .channel_bind(0x4000, peer.local_addr().unwrap())
         .expect_success("ChannelBind over TCP");
+    (relay, peer)
+}
+
+/// The largest frames on the stream path: ChannelData a TCP client sends with the largest
+/// payload an IPv4 peer can take arrives whole, one with the largest payload ChannelData can
+/// carry is refused by the kernel and counted, and the largest peer datagram reaches the
+/// client as one padded frame; the allocation keeps relaying throughout.
+#[test]
+fn largest_frames_on_the_stream_path_are_relayed_whole_or_counted() {
+    let server = Server::start(&[]);
+    let mut client = TcpTurn::rest(server.tcp(), "stream-big");
+    let (relay, peer) = allocate_with_channel_to_a_peer(&mut client);
     let largest_v4 = 65_507;
     let payload: Vec<u8> = (0..largest_v4).map(|i| (i % 251) as u8).collect();
 
@@ -872,14 +879,7 @@ fn a_stalled_stream_client_still_gets_the_answer_to_its_refresh() {
     socket.connect_timeout(&server.tcp().into(), WAIT).unwrap();
     let (username, password) = rest_credentials(SECRET, "stalled", 3600);
     let mut client = TcpTurn::on(socket.into(), &username, &password);
-    let relay = client
-        .allocate()
-        .expect_success("Allocate over TCP")
-        .relayed();
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-    client
-        .channel_bind(0x4000, peer.local_addr().unwrap())
-        .expect_success("ChannelBind");
+    let (relay, peer) = allocate_with_channel_to_a_peer(&mut client);
     // More than the kernel's buffers and the 256 KiB queue hold, at most 2 s, in frames of
     // 1 KiB that fill the queue to the last byte.
     let media = [7u8; 1020];

@@ -49,6 +49,24 @@ pub fn ipv6_relay(w: &mut MessageWriteVec, tid: TransactionId) {
         .unwrap();
 }
 
+/// XOR-PEER-ADDRESS `peer`: CreatePermission's attribute.
+pub fn peer_address(peer: SocketAddr) -> impl Fn(&mut MessageWriteVec, TransactionId) {
+    move |w, tid| {
+        w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
+    }
+}
+
+/// CHANNEL-NUMBER `channel` and XOR-PEER-ADDRESS `peer`: ChannelBind's attributes.
+pub fn channel_binding(
+    channel: u16,
+    peer: SocketAddr,
+) -> impl Fn(&mut MessageWriteVec, TransactionId) {
+    move |w, tid| {
+        w.add_attribute(&ChannelNumber::new(channel)).unwrap();
+        w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
+    }
+}
+
 /// A request with `attrs`, signed for `auth = (username, password, nonce)` if given, with
 /// FINGERPRINT.
 pub fn build_request(method: Method, attrs: Attrs, auth: Option<(&str, &str, &str)>) -> Vec<u8> {
@@ -355,16 +373,11 @@ impl UdpTurn {
     }
 
     pub fn create_permission(&mut self, peer: SocketAddr) -> Resp {
-        self.request(CREATE_PERMISSION, &move |w, tid| {
-            w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
-        })
+        self.request(CREATE_PERMISSION, &peer_address(peer))
     }
 
     pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Resp {
-        self.request(CHANNEL_BIND, &move |w, tid| {
-            w.add_attribute(&ChannelNumber::new(channel)).unwrap();
-            w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
-        })
+        self.request(CHANNEL_BIND, &channel_binding(channel, peer))
     }
 
     /// A Send indication (RFC 8656 §11.1) to `peer`; indications are not signed.
@@ -503,16 +516,11 @@ impl TcpTurn {
     }
 
     pub fn create_permission(&mut self, peer: SocketAddr) -> Resp {
-        self.request(CREATE_PERMISSION, &move |w, tid| {
-            w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
-        })
+        self.request(CREATE_PERMISSION, &peer_address(peer))
     }
 
     pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Resp {
-        self.request(CHANNEL_BIND, &move |w, tid| {
-            w.add_attribute(&ChannelNumber::new(channel)).unwrap();
-            w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
-        })
+        self.request(CHANNEL_BIND, &channel_binding(channel, peer))
     }
 
     /// Sends ChannelData, padded to a multiple of four as streams require (RFC 8656 §12.5).
