@@ -202,6 +202,24 @@ impl Harness {
         msg.attribute::<Nonce>().unwrap().nonce().to_owned()
     }
 
+    /// An authenticated Allocate from `from`, left pending (its quota slot claimed).
+    fn pending_allocation(&mut self, from: &str, user: &(String, String)) -> PendingAllocation {
+        let nonce = self.nonce(from);
+        let auth = Auth {
+            username: &user.0,
+            password: &user.1,
+            nonce: &nonce,
+        };
+        let data = request(ALLOCATE, Some(&auth), udp_transport);
+        match self
+            .server
+            .handle_client(self.now, self.unix, tuple(from), &data, &mut self.out)
+        {
+            ClientAction::Allocate(pending) => pending,
+            _ => panic!("expected a pending allocation"),
+        }
+    }
+
     /// Allocates for `user` from `from`; returns the relayed address.
     fn allocate(&mut self, from: &str, username: &str, password: &str) -> SocketAddr {
         let nonce = self.nonce(from);
@@ -1158,19 +1176,7 @@ fn quotas_per_user_and_total() {
 fn rejected_allocation_releases_its_quota() {
     let mut h = Harness::with(config(), Quotas::new(1, 1));
     let user = rest_user("bob");
-    let nonce = h.nonce(CLIENT);
-    let auth = Auth {
-        username: &user.0,
-        password: &user.1,
-        nonce: &nonce,
-    };
-    let data = request(ALLOCATE, Some(&auth), udp_transport);
-    let ClientAction::Allocate(pending) =
-        h.server
-            .handle_client(h.now, h.unix, tuple(CLIENT), &data, &mut h.out)
-    else {
-        panic!("expected a pending allocation")
-    };
+    let pending = h.pending_allocation(CLIENT, &user);
     assert_eq!(h.quotas.total(), 1);
     let len = h
         .server
@@ -1185,19 +1191,7 @@ fn dropped_pending_allocation_releases_its_quota() {
     // Quotas of one, so a leaked slot would make the second Allocate a 486.
     let mut h = Harness::with(config(), Quotas::new(1, 1));
     let user = rest_user("bob");
-    let nonce = h.nonce(CLIENT);
-    let auth = Auth {
-        username: &user.0,
-        password: &user.1,
-        nonce: &nonce,
-    };
-    let data = request(ALLOCATE, Some(&auth), udp_transport);
-    let ClientAction::Allocate(pending) =
-        h.server
-            .handle_client(h.now, h.unix, tuple(CLIENT), &data, &mut h.out)
-    else {
-        panic!("expected a pending allocation")
-    };
+    let pending = h.pending_allocation(CLIENT, &user);
     assert_eq!(h.quotas.total(), 1);
     drop(pending);
     assert_eq!(h.quotas.total(), 0);
