@@ -60,8 +60,8 @@ const MAX_QUEUED_UNALLOCATED: usize = 16 * 1024;
 /// must not be lost behind media over TCP, where nobody retransmits it): relayed data stops
 /// short of it, and the client's requests are not handled while it is in use.
 const ANSWER_RESERVE: usize = 4 * 1024;
-/// After `accept` fails for want of descriptors (or any reason but `WouldBlock`), try again
-/// this much later: the backlog is not announced again by an edge-triggered poll.
+/// After `accept` fails for want of descriptors or memory, try again this much later: the
+/// backlog is not announced again by an edge-triggered poll.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Plaintext handed to rustls at a time.
 const TLS_CHUNK: usize = 16 * 1024;
