@@ -4,7 +4,7 @@
 //! drain --wait` polls `GET` until no allocation is left.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 
 use super::{ApiError, AppState};
@@ -23,7 +23,19 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<Json<DrainSt
     Ok(Json(control(&state)?.drain_status()))
 }
 
-pub(super) async fn start(State(state): State<AppState>) -> Result<Json<DrainStatus>, ApiError> {
+/// A POST needs no CORS preflight, so a page in a browser on the API's host could send one
+/// to a loopback API without tokens: requests from web pages (they carry `Origin`) are
+/// refused. `turnpike drain` and other tools send none.
+pub(super) async fn start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<DrainStatus>, ApiError> {
+    if headers.contains_key(header::ORIGIN) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "drain is not started from web pages (the request carries Origin)",
+        ));
+    }
     Ok(Json(control(&state)?.set_draining(true)))
 }
 

@@ -263,6 +263,21 @@ fn drain_without_alternates_refuses_survives_reload_and_cancels() {
     let (_, metrics) = http_status(&server, "GET", "/metrics", Some(TOKEN));
     assert!(metrics.contains("\nturnpike_draining 0\n"), "{metrics}");
 
+    // A web page cannot start a drain, token or not (a POST needs no CORS preflight).
+    let reply = http(
+        server.api.unwrap(),
+        "POST",
+        "/api/v1/drain",
+        &[
+            ("Authorization", &format!("Bearer {TOKEN}")),
+            ("Origin", "http://evil.example"),
+        ],
+    );
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert!(reply.body.contains("Origin"), "{}", reply.body);
+    let (code, body) = http_status(&server, "GET", "/api/v1/drain", Some(TOKEN));
+    assert_eq!(code, 200);
+    assert!(body.contains("\"draining\":false"), "{body}");
     let (code, body) = http_status(&server, "POST", "/api/v1/drain", Some(TOKEN));
     assert_eq!(code, 200, "{body}");
     let state: serde_json::Value = serde_json::from_str(&body).unwrap();
