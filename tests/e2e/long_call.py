@@ -24,27 +24,14 @@ import os
 import sys
 import time
 
+# The signalling files are exchanged the way aiortc_peer.py exchanges them.
+from aiortc_peer import read_json, write_json
+
 
 def rest_credentials(secret, user, ttl=3600):
     username = f"{int(time.time()) + ttl}:{user}"
     digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
     return username, base64.b64encode(digest).decode()
-
-
-def write_json(path, obj):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
-async def read_json(path):
-    while True:
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
-            await asyncio.sleep(0.05)
 
 
 def selected_pair(pc):
