@@ -1080,6 +1080,7 @@ impl Harness {
                             (*token || pending.even_port == Some(true)).then_some(0xfeed_u64);
                         let len = self.server.accept_allocation(
                             self.now,
+                            self.unix,
                             pending,
                             &relays,
                             token,

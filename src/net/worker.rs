@@ -578,10 +578,14 @@ impl Worker {
     /// Binds the relay sockets an authenticated Allocate needs and completes it.
     fn allocate(&mut self, now: Instant, pending: PendingAllocation) -> usize {
         match self.bind_relays(now, &pending) {
-            Ok((relays, token)) => {
-                self.server
-                    .accept_allocation(now, pending, &relays, token, &mut self.out_buf)
-            }
+            Ok((relays, token)) => self.server.accept_allocation(
+                now,
+                crate::unix_now(),
+                pending,
+                &relays,
+                token,
+                &mut self.out_buf,
+            ),
             Err(error) => {
                 if let Some(suppressed) = self.relay_log.allow(now) {
                     let code = error.code();

@@ -30,12 +30,16 @@ pub struct Allocation {
     /// Byte budgets towards peers and towards the client, when a cap is configured.
     pub bandwidth: Option<[TokenBucket; 2]>,
     pub usage: Usage,
+    /// Unique within its [`Server`](super::Server), for the management plane.
+    pub id: u64,
 }
 
 /// What an allocation has relayed since it was created, counted as packets pass the checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub started: Instant,
+    /// The same moment in Unix seconds.
+    pub started_unix: u64,
     pub to_peer_packets: u64,
     pub to_peer_bytes: u64,
     pub from_peer_packets: u64,
@@ -43,9 +47,10 @@ pub struct Usage {
 }
 
 impl Usage {
-    pub fn new(started: Instant) -> Self {
+    pub fn new(started: Instant, started_unix: u64) -> Self {
         Self {
             started,
+            started_unix,
             to_peer_packets: 0,
             to_peer_bytes: 0,
             from_peer_packets: 0,
@@ -272,7 +277,8 @@ mod tests {
             permissions: vec![],
             channels: vec![],
             bandwidth: None,
-            usage: Usage::new(now),
+            usage: Usage::new(now, 0),
+            id: 1,
         }
     }
 

@@ -17,6 +17,8 @@ pub enum Error {
     Unauthorized,
     /// 403: the peer is not allowed.
     Forbidden,
+    /// 403: the user's credentials are revoked (the management API).
+    Revoked,
     /// 420: comprehension-required attributes the method does not know (RFC 8489 §7.3.1).
     UnknownAttributes(Vec<AttributeType>),
     /// 437: no allocation on this 5-tuple, or another transaction's allocation.
@@ -44,7 +46,7 @@ impl Error {
             Error::TryAlternate(_) => ErrorCode::TRY_ALTERNATE,
             Error::BadRequest => ErrorCode::BAD_REQUEST,
             Error::Unauthorized => ErrorCode::UNAUTHORIZED,
-            Error::Forbidden => ErrorCode::FORBIDDEN,
+            Error::Forbidden | Error::Revoked => ErrorCode::FORBIDDEN,
             Error::UnknownAttributes(_) => ErrorCode::UNKNOWN_ATTRIBUTE,
             Error::AllocationMismatch => ErrorCode::ALLOCATION_MISMATCH,
             Error::StaleNonce => ErrorCode::STALE_NONCE,

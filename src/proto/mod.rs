@@ -10,15 +10,17 @@ pub mod auth;
 pub mod error;
 pub mod peer_filter;
 pub mod server;
+pub mod sessions;
 pub mod stats;
 pub mod wire;
 
-pub use allocation::Usage;
+pub use allocation::{RelayAddress, Usage};
 pub use error::Error;
 pub use server::{
     ClientAction, EndReason, Event, FiveTuple, Gauges, PeerAction, PendingAllocation, Quotas,
     Server, ServerConfig, Transport,
 };
+pub use sessions::{Revocations, SessionFilter, SessionInfo};
 
 #[cfg(test)]
 mod tests;

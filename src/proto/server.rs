@@ -21,6 +21,7 @@ use super::auth::{
 };
 use super::error::Error;
 use super::peer_filter::PeerFilter;
+use super::sessions::{Revocations, SessionFilter, SessionInfo};
 use super::stats::Stats;
 use super::wire::{self, *};
 
@@ -264,13 +265,17 @@ pub enum Event {
         relay: SocketAddr,
     },
     AllocationCreated {
+        id: u64,
         tuple: FiveTuple,
         username: String,
         relays: Vec<RelayAddress>,
         expires: Instant,
     },
     AllocationEnded {
+        id: u64,
         tuple: FiveTuple,
+        username: String,
+        relays: Vec<RelayAddress>,
         usage: Usage,
         reason: EndReason,
     },
@@ -314,6 +319,10 @@ pub enum EndReason {
     ConnectionClosed,
     /// The server freed every allocation ([`Server::clear`]).
     Shutdown,
+    /// The operator ended it ([`Server::end_allocation`]).
+    Kicked,
+    /// Its user's credentials were revoked ([`Server::end_revoked`]).
+    Revoked,
 }
 
 /// The timer of one permission or channel, keyed with its deadline in [`Server`].
@@ -565,6 +574,9 @@ pub struct Server {
     /// handful): never valid peers unless allow_peers names them, or clients could relay
     /// into the server's own relays.
     own_relay_ips: Vec<IpAddr>,
+    revocations: Arc<Revocations>,
+    /// The id the next allocation gets.
+    next_id: u64,
     pub stats: Stats,
 }
 
@@ -582,6 +594,8 @@ impl Server {
             denied_peer_log: LogBudget::default(),
             quota_log: LogBudget::default(),
             own_relay_ips: Vec::new(),
+            revocations: Arc::default(),
+            next_id: 1,
             stats: Stats::default(),
         }
     }
@@ -1059,6 +1073,11 @@ impl Server {
             let error = Error::InsufficientCapacity;
             return self.reject(msg, &error, Some(&auth), tuple, unix_now, out);
         }
+        let user = self.config.credentials.quota_key(&auth.username);
+        if self.revocations.revokes(&auth.username, user, unix_now) {
+            let error = Error::Revoked;
+            return self.reject(msg, &error, Some(&auth), tuple, unix_now, out);
+        }
         match self.check_allocate(now, tuple, msg, &auth) {
             Ok(pending) => ClientAction::Allocate(pending),
             Err(error) => self.reject(msg, &error, Some(&auth), tuple, unix_now, out),
@@ -1185,6 +1204,7 @@ impl Server {
     pub fn accept_allocation(
         &mut self,
         now: Instant,
+        unix_now: u64,
         pending: PendingAllocation,
         relays: &[SocketAddr],
         reserved_token: Option<u64>,
@@ -1230,9 +1250,12 @@ impl Server {
                 .config
                 .bandwidth_per_allocation
                 .map(|rate| [TokenBucket::new(rate, now), TokenBucket::new(rate, now)]),
-            usage: Usage::new(now),
+            usage: Usage::new(now, unix_now),
+            id: self.next_id,
         };
+        self.next_id += 1;
         self.events.push_back(Event::AllocationCreated {
+            id: allocation.id,
             tuple: pending.tuple,
             username: allocation.username.clone(),
             relays: allocation.relays.clone(),
@@ -1577,16 +1600,23 @@ impl Server {
         self.gauges.permissions -= allocation.permissions.len() as u64;
         self.gauges.channels -= allocation.channels.len() as u64;
         self.quotas.release(&allocation.quota_key);
+        for relay in &allocation.relays {
+            self.relays.remove(&relay.local);
+        }
+        let released: Vec<SocketAddr> = allocation.relays.iter().map(|r| r.local).collect();
         self.events.push_back(Event::AllocationEnded {
+            id: allocation.id,
             tuple: *tuple,
+            username: allocation.username,
+            relays: allocation.relays,
             usage: allocation.usage,
             reason,
         });
-        for relay in &allocation.relays {
-            self.relays.remove(&relay.local);
-            self.events
-                .push_back(Event::RelayReleased { relay: relay.local });
-        }
+        self.events.extend(
+            released
+                .into_iter()
+                .map(|relay| Event::RelayReleased { relay }),
+        );
     }
 
     pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
@@ -1601,6 +1631,88 @@ impl Server {
             self.stats.allocations_deleted += 1;
             self.remove_allocation(tuple, EndReason::ConnectionClosed);
         }
+    }
+
+    /// The revoked credentials: they may not allocate (403) until their time is up. Live
+    /// allocations are not touched; [`Server::end_revoked`] ends those.
+    pub fn set_revocations(&mut self, revocations: Arc<Revocations>) {
+        self.revocations = revocations;
+    }
+
+    /// Ends every allocation whose user is revoked at `unix_now`; returns how many.
+    pub fn end_revoked(&mut self, unix_now: u64) -> usize {
+        if self.revocations.is_empty() {
+            return 0;
+        }
+        let revoked: Vec<FiveTuple> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| {
+                self.revocations
+                    .revokes(&a.username, &a.quota_key, unix_now)
+            })
+            .map(|(tuple, _)| *tuple)
+            .collect();
+        for tuple in &revoked {
+            self.log_ended(tuple, "allocation ended: credentials revoked");
+            self.remove_allocation(tuple, EndReason::Revoked);
+        }
+        revoked.len()
+    }
+
+    /// Ends the allocation `id` at once (an operator's kick); false if there is none.
+    pub fn end_allocation(&mut self, id: u64) -> bool {
+        let Some(tuple) = self
+            .allocations
+            .iter()
+            .find(|(_, a)| a.id == id)
+            .map(|(tuple, _)| *tuple)
+        else {
+            return false;
+        };
+        self.log_ended(&tuple, "allocation ended by the operator");
+        self.remove_allocation(&tuple, EndReason::Kicked);
+        true
+    }
+
+    fn log_ended(&self, tuple: &FiveTuple, message: &'static str) {
+        if let Some(allocation) = self.allocations.get(tuple) {
+            tracing::info!(user = %allocation.username, client = %tuple.client,
+                relay = %allocation.relays[0].advertised, "{message}");
+        }
+    }
+
+    /// Up to `limit` live allocations matching `filter`, lowest id first. `now` and
+    /// `unix_now` are the same moment, to state expiries in Unix time.
+    pub fn sessions(
+        &self,
+        now: Instant,
+        unix_now: u64,
+        filter: &SessionFilter,
+        limit: usize,
+    ) -> Vec<SessionInfo> {
+        let mut found: Vec<(&FiveTuple, &Allocation)> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| filter.matches(a.id, &a.username, &a.quota_key))
+            .collect();
+        found.sort_unstable_by_key(|(_, a)| a.id);
+        found.truncate(limit);
+        found
+            .into_iter()
+            .map(|(tuple, a)| SessionInfo {
+                id: a.id,
+                username: a.username.clone(),
+                client: tuple.client,
+                server: tuple.server,
+                transport: tuple.transport,
+                relays: a.relays.iter().map(|r| r.advertised).collect(),
+                expires_unix: unix_now + a.expires.saturating_duration_since(now).as_secs(),
+                permissions: a.permissions.len(),
+                channels: a.channels.len(),
+                usage: a.usage,
+            })
+            .collect()
     }
 
     /// Frees every allocation (shutdown), releasing quotas.

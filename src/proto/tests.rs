@@ -163,9 +163,14 @@ impl Harness {
                     })
                     .collect();
                 let token = (pending.even_port == Some(true)).then_some(0xfeed);
-                let len =
-                    self.server
-                        .accept_allocation(self.now, pending, &relays, token, &mut self.out);
+                let len = self.server.accept_allocation(
+                    self.now,
+                    self.unix,
+                    pending,
+                    &relays,
+                    token,
+                    &mut self.out,
+                );
                 Outcome::Reply(self.out[..len].to_vec())
             }
         }
@@ -2324,7 +2329,7 @@ fn gauges_follow_create_refresh_expire_and_delete() {
 fn ended_allocations_report_their_usage_and_why_they_ended() {
     let mut h = Harness::new();
     let user = rest_user("bob");
-    let started = h.now;
+    let (started, started_unix) = (h.now, h.unix);
     let relay = allocate_for_an_hour(&mut h, CLIENT, &user);
     let (client, peer) = (tuple(CLIENT), addr(PEER));
     h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, peer));
@@ -2368,9 +2373,16 @@ fn ended_allocations_report_their_usage_and_why_they_ended() {
         h.events(),
         [
             Event::AllocationEnded {
+                id: 1,
                 tuple: client,
+                username: user.0.clone(),
+                relays: vec![RelayAddress {
+                    local: relay,
+                    advertised: relay
+                }],
                 usage: Usage {
                     started,
+                    started_unix,
                     to_peer_packets: 4,
                     to_peer_bytes: 17,
                     from_peer_packets: 2,
@@ -2406,4 +2418,90 @@ fn ended_allocations_report_their_usage_and_why_they_ended() {
     h.server.clear();
     assert_eq!(ended(&mut h), [EndReason::Shutdown]);
     assert_eq!(h.server.poll_output(), None);
+}
+
+/// The management plane's view: every live allocation, filtered and paged by id, with its
+/// counts and Unix times.
+#[test]
+fn sessions_are_listed_filtered_and_paged_by_id() {
+    let mut h = Harness::new();
+    let (alice, bob) = (rest_user("alice"), rest_user("bob"));
+    h.allocate(CLIENT, &alice.0, &alice.1);
+    h.allocate("198.51.100.8:40000", &bob.0, &bob.1);
+    h.allocate("198.51.100.9:40000", &alice.0, &alice.1);
+    h.authed(CLIENT, &alice, CREATE_PERMISSION, peer_attr(addr(PEER)));
+    h.advance(Duration::from_secs(5));
+    let all = h
+        .server
+        .sessions(h.now, h.unix, &SessionFilter::default(), 10);
+    assert_eq!(all.iter().map(|s| s.id).collect::<Vec<_>>(), [1, 2, 3]);
+    let first = &all[0];
+    assert_eq!(first.username, alice.0);
+    assert_eq!(first.client, addr(CLIENT));
+    assert_eq!(first.transport, Transport::Udp);
+    assert_eq!((first.permissions, first.channels), (1, 0));
+    assert_eq!(first.usage.started_unix, UNIX_NOW);
+    // Allocated for the default 600 s, 5 s ago.
+    assert_eq!(first.expires_unix, UNIX_NOW + 600);
+    let by_user = SessionFilter {
+        username: Some("alice".into()),
+        ..Default::default()
+    };
+    let ids = |s: Vec<SessionInfo>| s.iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(ids(h.server.sessions(h.now, h.unix, &by_user, 10)), [1, 3]);
+    let page = SessionFilter {
+        after: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(ids(h.server.sessions(h.now, h.unix, &page, 1)), [2]);
+}
+
+/// A kick ends one allocation at once: its relay is released, the event says why, and a
+/// Refresh then finds no allocation.
+#[test]
+fn a_kicked_allocation_ends_at_once_and_refresh_gets_437() {
+    let mut h = Harness::new();
+    let user = rest_user("alice");
+    let relay = h.allocate(CLIENT, &user.0, &user.1);
+    h.events();
+    assert!(!h.server.end_allocation(99));
+    assert!(h.server.end_allocation(1));
+    let events = h.events();
+    assert!(matches!(&events[0],
+        Event::AllocationEnded { id: 1, reason: EndReason::Kicked, username, .. } if *username == user.0));
+    assert_eq!(events[1..], [Event::RelayReleased { relay }]);
+    let reply = h.authed(CLIENT, &user, REFRESH, |_, _| {});
+    assert_eq!(reply_code(&reply), Some(437));
+    assert_eq!(h.quotas.total(), 0);
+}
+
+/// Revoking a user ends their allocations and refuses their Allocates with 403 until the
+/// revocation's time is up; other users are untouched.
+#[test]
+fn a_revoked_user_loses_their_allocations_and_cannot_allocate_until_the_deadline() {
+    let mut h = Harness::new();
+    let (alice, bob) = (rest_user("alice"), rest_user("bob"));
+    h.allocate(CLIENT, &alice.0, &alice.1);
+    h.allocate("198.51.100.8:40000", &bob.0, &bob.1);
+    h.events();
+    let until = UNIX_NOW + 60;
+    h.server
+        .set_revocations(Arc::new(crate::proto::Revocations::new(
+            [("alice".to_owned(), until)].into(),
+        )));
+    assert_eq!(h.server.end_revoked(h.unix), 1);
+    let reasons: Vec<EndReason> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::AllocationEnded { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, [EndReason::Revoked]);
+    assert_eq!(h.server.allocation_count(), 1);
+    let reply = h.authed("198.51.100.9:40000", &alice, ALLOCATE, udp_transport);
+    assert_eq!(reply_code(&reply), Some(403));
+    h.advance(Duration::from_secs(60));
+    h.allocate("198.51.100.9:40000", &alice.0, &alice.1);
 }

@@ -97,7 +97,7 @@ pub fn with_channel() -> Fixture {
     else {
         panic!("allocate not accepted")
     };
-    server.accept_allocation(now, pending, &[relay], None, &mut out);
+    server.accept_allocation(now, 0, pending, &[relay], None, &mut out);
     let bind = signed(CHANNEL_BIND, &nonce, |m| {
         let transaction = m.transaction_id();
         m.add_attribute(&ChannelNumber::new(0x4000)).unwrap();
