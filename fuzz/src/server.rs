@@ -1361,6 +1361,7 @@ impl Harness {
                 tuple,
                 usage,
                 reason,
+                ..
             } = event
             {
                 let alloc = self
