@@ -1,5 +1,5 @@
 //! Command line: `turnpike run`, `turnpike credentials`, `turnpike probe`, `turnpike drain`,
-//! `turnpike check-config`.
+//! `turnpike sessions`, `turnpike check-config`.
 //!
 //! Every configuration key has a flag (the kebab-case of its name). Flags for list keys
 //! are repeatable and add to the list the config file sets; when the file does not set
@@ -37,6 +37,8 @@ pub enum Command {
     /// Drain a running server through its HTTP API: new Allocates go to other instances
     /// (300 Try Alternate), existing allocations keep relaying; `--wait` until none is left.
     Drain(DrainArgs),
+    /// See and end live sessions, revoke users (through the HTTP API).
+    Sessions(SessionsArgs),
     /// Validate a config file and print the effective configuration (secrets redacted).
     CheckConfig {
         /// The TOML config file to check.
@@ -275,17 +277,8 @@ pub struct ProbeArgs {
                         1 on API errors or when --timeout passes first, 2 on usage errors."
 )]
 pub struct DrainArgs {
-    /// The server's HTTP API (its api.listen).
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
-    pub api: String,
-    /// Take the API address and token from the server's config file (api.listen, the first
-    /// of api.tokens) instead.
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "api")]
-    pub config: Option<PathBuf>,
-    /// Bearer token (one of api.tokens); default: the TURNPIKE_API_TOKEN environment
-    /// variable, else the first token of --config.
-    #[arg(long, value_name = "TOKEN")]
-    pub api_token: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
     /// Only report the drain state and the allocations left; change nothing.
     #[arg(long, conflicts_with_all = ["cancel", "wait"])]
     pub status: bool,
@@ -304,12 +297,93 @@ pub struct DrainArgs {
     /// Print each state as a JSON object (one per line) instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where a running server's HTTP API is and how to get in (`turnpike drain`, `turnpike
+/// sessions`).
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// The server's HTTP API (its api.listen).
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub api: String,
+    /// Take the API address and token from the server's config file (api.listen, the first
+    /// of api.tokens) instead.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        value_name = "FILE",
+        conflicts_with = "api"
+    )]
+    pub config: Option<PathBuf>,
+    /// Bearer token (one of api.tokens); default: the TURNPIKE_API_TOKEN environment
+    /// variable, else the first token of --config.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub api_token: Option<String>,
     /// Do not verify the API's TLS certificate (https:).
-    #[arg(long, conflicts_with = "ca_file")]
+    #[arg(long, global = true, conflicts_with = "ca_file")]
     pub insecure: bool,
     /// Trust the CA certificates in this PEM file for an https: API.
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, global = true, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
+}
+
+/// `turnpike sessions`: live allocations and revocations through the HTTP API.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Exit status: 0 on success, 1 on API errors, 2 on usage errors.")]
+pub struct SessionsArgs {
+    #[command(subcommand)]
+    pub action: SessionsAction,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SessionsAction {
+    /// List live allocations: id, user, client, relay, age, traffic.
+    List {
+        /// Only this user: the exact username or the user part of REST usernames.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Only usernames starting with this.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+        /// List at most this many (pages of 1000 are fetched until then).
+        #[arg(long, value_name = "N", default_value_t = 1000,
+              value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        limit: u64,
+    },
+    /// End a session now (its TCP/TLS connection is closed); the client may allocate again.
+    Kick {
+        /// The session id from `sessions list` (WORKER-NUMBER).
+        id: String,
+    },
+    /// Revoke a user: their allocations end now and Allocate is refused (403) until the
+    /// revocation runs out.
+    Revoke {
+        /// A username, or the user part of REST usernames (all their credentials).
+        user: String,
+        /// Until this Unix time; default: the credential's own expiry, else
+        /// auth.credential_ttl_secs from now.
+        #[arg(long, value_name = "UNIX_SECS", conflicts_with = "for_secs")]
+        until: Option<u64>,
+        /// For this many seconds from now.
+        #[arg(long = "for", value_name = "SECS",
+              value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
+        for_secs: Option<u64>,
+    },
+    /// List the revocations in force.
+    Revocations,
+    /// Lift a user's revocation.
+    Unrevoke { user: String },
 }
 
 fn parse_timeout(s: &str) -> Result<f64, String> {
@@ -393,7 +467,7 @@ mod tests {
         let Command::Drain(args) = cli.command else {
             panic!("expected drain")
         };
-        assert_eq!(args.api, "http://127.0.0.1:8080");
+        assert_eq!(args.api.api, "http://127.0.0.1:8080");
         assert!(args.wait && !args.cancel && !args.status);
         assert!(Cli::try_parse_from(["turnpike", "drain", "--wait", "--cancel"]).is_err());
         assert!(Cli::try_parse_from(["turnpike", "drain", "--status", "--wait"]).is_err());

@@ -190,6 +190,9 @@ pub struct Config {
     pub api_max_connections: usize,
     /// HTTP API connections from one source IP (>= 1).
     pub api_max_connections_per_source: usize,
+    /// Where revocations are kept across restarts (written on every change, read at start
+    /// and on reload); `None` keeps them in memory only.
+    pub revocations_file: Option<PathBuf>,
     /// TLS listening addresses; non-empty implies `tls_cert` and `tls_key` are set.
     pub tls_listen: Vec<SocketAddr>,
     /// `tls_cert` and `tls_key` are both set or both unset.
@@ -285,6 +288,8 @@ impl Default for Config {
             // A quarter of the total: one host cannot hold every slot. A reverse proxy in
             // front of the API is one source, so raise this with one.
             api_max_connections_per_source: 64,
+            // In memory: a plain `turnpike run` writes no state; packages set a path.
+            revocations_file: None,
             // TLS needs a certificate, so it is off until one is configured.
             tls_listen: Vec::new(),
             tls_cert: None,
@@ -421,6 +426,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "request_timeout_secs",
             "max_connections",
             "max_connections_per_source",
+            "revocations_file",
         ],
     ),
     ("tls", &["listen", "cert", "key"]),
@@ -498,6 +504,7 @@ struct ApiFile {
     request_timeout_secs: u64,
     max_connections: usize,
     max_connections_per_source: usize,
+    revocations_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1007,6 +1014,7 @@ impl Config {
             api_request_timeout: Duration::from_secs(api.request_timeout_secs),
             api_max_connections: api.max_connections,
             api_max_connections_per_source: api.max_connections_per_source,
+            revocations_file: non_empty_path(&api.revocations_file),
             tls_listen,
             tls_cert: non_empty_path(&tls.cert),
             tls_key: non_empty_path(&tls.key),
@@ -1712,6 +1720,7 @@ impl Config {
                 request_timeout_secs: self.api_request_timeout.as_secs(),
                 max_connections: self.api_max_connections,
                 max_connections_per_source: self.api_max_connections_per_source,
+                revocations_file: path_string(&self.revocations_file),
             },
             tls: TlsFile {
                 listen: display_all(&self.tls_listen),

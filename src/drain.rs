@@ -3,20 +3,12 @@
 //! ends) the drain, prints the state, and with `--wait` polls until the last allocation is
 //! gone, so an upgrade script or a Kubernetes `preStop` hook can stop the server only then.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::api_client::ApiClient;
 use crate::cli::DrainArgs;
-use crate::config::Config;
-use crate::probe::http;
-use crate::probe::tls::TlsOptions;
 
-/// The environment variable read when `--api-token` is not given.
-pub const TOKEN_ENV: &str = "TURNPIKE_API_TOKEN";
-/// How long one API request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const PATH: &str = "/api/v1/drain";
 
 /// `GET /api/v1/drain` as the client reads it.
@@ -38,21 +30,8 @@ pub fn run(args: &DrainArgs) -> ExitCode {
 }
 
 fn drain(args: &DrainArgs) -> Result<(), String> {
-    let (api, config_token) = match &args.config {
-        Some(path) => api_from_config(path)?,
-        None => (args.api.clone(), None),
-    };
-    let token = args
-        .api_token
-        .clone()
-        .or_else(|| std::env::var(TOKEN_ENV).ok())
-        .filter(|t| !t.is_empty())
-        .or(config_token);
-    let tls = TlsOptions {
-        insecure: args.insecure,
-        ca_file: args.ca_file.clone(),
-    };
-    let call = |method: &str| call(method, &api, token.as_deref(), &tls);
+    let api = ApiClient::new(&args.api)?;
+    let call = |method: &str| api.call::<Status>(method, PATH, None);
     let method = if args.status {
         "GET"
     } else if args.cancel {
@@ -98,40 +77,6 @@ fn drain(args: &DrainArgs) -> Result<(), String> {
     }
 }
 
-/// The API URL (`api.listen`, a wildcard address replaced by loopback) and the first
-/// token of a config file.
-fn api_from_config(path: &Path) -> Result<(String, Option<String>), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let config =
-        Config::from_toml_str(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
-    let mut addr = config.api_listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr.ip() {
-            IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-            IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let token = config.api_tokens.first().map(|t| t.expose().to_owned());
-    Ok((format!("http://{addr}"), token))
-}
-
-fn call(method: &str, api: &str, token: Option<&str>, tls: &TlsOptions) -> Result<Status, String> {
-    let (code, body) = http::request(method, api, PATH, token, REQUEST_TIMEOUT, tls)?;
-    if code != 200 {
-        let reason = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| body.trim().chars().take(200).collect());
-        let hint = if code == 401 || code == 403 {
-            format!(" (give --api-token or set {TOKEN_ENV})")
-        } else {
-            String::new()
-        };
-        return Err(format!("{method} {api}{PATH}: HTTP {code}: {reason}{hint}"));
-    }
-    serde_json::from_str(&body).map_err(|e| format!("{method} {api}{PATH}: unexpected answer: {e}"))
-}
-
 fn print_status(status: &Status, json: bool) {
     if json {
         let value = serde_json::json!({
@@ -174,30 +119,6 @@ fn allocations(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn config_gives_the_api_address_and_token() {
-        let dir = std::env::temp_dir().join(format!("turnpike-drain-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("t.toml");
-        std::fs::write(
-            &path,
-            "[api]\nlisten = \"0.0.0.0:8443\"\ntokens = [\"t1\", \"t2\"]\n",
-        )
-        .unwrap();
-        let got = api_from_config(&path);
-        std::fs::write(&path, "[api]\nlisten = \"[::]:9\"\n").unwrap();
-        let v6 = api_from_config(&path);
-        std::fs::write(&path, "[api]\nlisten = 8\n").unwrap();
-        let bad = api_from_config(&path);
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(
-            got.unwrap(),
-            ("http://127.0.0.1:8443".to_owned(), Some("t1".to_owned()))
-        );
-        assert_eq!(v6.unwrap(), ("http://[::1]:9".to_owned(), None));
-        assert!(bad.unwrap_err().contains("api.listen"));
-    }
 
     #[test]
     fn describes_each_state() {

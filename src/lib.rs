@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_client;
 pub mod cli;
 pub mod config;
 pub mod drain;
@@ -13,6 +14,8 @@ pub mod ice_uri;
 pub mod net;
 pub mod probe;
 pub mod proto;
+pub mod sessions;
+pub mod sessions_cmd;
 pub mod telemetry;
 
 use std::any::Any;
@@ -25,7 +28,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-use net::worker::{ConnectionLimits, Listener, RelaySettings, Settings, Worker, WorkerShared};
+use net::worker::{
+    Command, ConnectionLimits, Listener, RelaySettings, Settings, Worker, WorkerShared,
+};
 use proto::auth::{Credentials, NonceKey, Password};
 use proto::peer_filter::PeerFilter;
 use proto::{Quotas, ServerConfig};
@@ -58,6 +63,9 @@ pub struct Control {
     own_addresses: Vec<SocketAddr>,
     relay_ips: Vec<IpAddr>,
     state: std::sync::Mutex<ControlState>,
+    /// Each worker's command queue, by index ([`sessions`]).
+    commands: Vec<mpsc::Sender<Command>>,
+    revocations: std::sync::Mutex<sessions::RevocationStore>,
 }
 
 struct ControlState {
@@ -81,6 +89,15 @@ impl Control {
     /// Applies a new configuration (see [`Running::reload`]).
     fn reload(&self, config: &config::Config) -> io::Result<()> {
         let tls = load_tls(config)?;
+        let revocations = self
+            .revocations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reload(config.revocations_file.as_deref(), unix_now());
+        if let Err(e) = &revocations {
+            tracing::error!(error = %e, "revocations file not read; the revocations in force stay");
+        }
+        self.push_revocations();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.config = config.clone();
         self.quotas
@@ -447,6 +464,9 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         groups.push(group.into_iter().map(Listener::Tls).collect());
     }
     let relay_ips = resolve_relay_ips(config);
+    let revocations =
+        sessions::RevocationStore::open(config.revocations_file.as_deref(), unix_now())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let random_nonce_key = NonceKey::new(rand::random());
     let mut own_addresses = udp.clone();
     own_addresses.extend(&tls);
@@ -481,19 +501,22 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         settings: RwLock::new(Arc::new(settings)),
     });
     let mut wakers = Vec::new();
+    let mut commands = Vec::new();
     let mut handles = Vec::new();
     let (death_tx, deaths) = mpsc::channel();
     for index in 0..workers {
         let listeners = groups.iter_mut().map(|g| g.remove(0)).collect();
         let (quotas, shared) = (quotas.clone(), shared.clone());
         let death_tx = death_tx.clone();
+        let (command_tx, command_rx) = mpsc::channel();
+        commands.push(command_tx);
         // The worker is built on its own thread: its batched-I/O buffers hold raw pointers
         // and never leave it. It hands back the waker that stops it.
         let (ready, waker) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name(format!("turnpike-worker-{index}"))
-            .spawn(
-                move || match Worker::new(index, listeners, quotas, shared.clone()) {
+            .spawn(move || {
+                match Worker::new(index, listeners, quotas, shared.clone(), command_rx) {
                     Ok((worker, waker)) => {
                         let _ = ready.send(Ok(waker));
                         supervise(index, &shared.shutdown, &death_tx, || worker.run())
@@ -502,8 +525,8 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
                         let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
                         Err(e)
                     }
-                },
-            )?;
+                }
+            })?;
         let waker = waker
             .recv()
             .map_err(|_| io::Error::other("worker thread died while starting"))??;
@@ -521,7 +544,11 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
             config: config.clone(),
             draining: false,
         }),
+        commands,
+        revocations: std::sync::Mutex::new(revocations),
     });
+    // Workers answer their queue before their first packet: no revoked user allocates.
+    control.push_revocations();
     Ok(Running {
         udp,
         tcp,

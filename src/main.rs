@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         }
         Command::Probe(args) => turnpike::probe::run(&args),
         Command::Drain(args) => turnpike::drain::run(&args),
+        Command::Sessions(args) => turnpike::sessions_cmd::run(&args),
         Command::CheckConfig { file } => {
             match std::fs::read_to_string(&file)
                 .map_err(|e| format!("{}: {e}", file.display()))

@@ -21,12 +21,11 @@ use crate::telemetry::WorkerReport;
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    let draining = state
-        .ctx
-        .drain
-        .as_deref()
-        .map(|c| c.drain_status().draining);
-    let mut response = render(&state.ctx.telemetry.total(), draining).into_response();
+    let instance = state.ctx.drain.as_deref().map(|c| Instance {
+        draining: c.drain_status().draining,
+        revocations: c.revocations_active(),
+    });
+    let mut response = render(&state.ctx.telemetry.total(), instance).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
@@ -36,9 +35,17 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
 /// One label, from a fixed set of values.
 type Label = [(&'static str, String); 1];
 
-/// The report as OpenMetrics text, with `turnpike_draining` when the drain state is known.
-/// Counter names get their `_total` suffix from the encoder.
-pub fn render(report: &WorkerReport, draining: Option<bool>) -> String {
+/// What the running server's control reports beside the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    pub draining: bool,
+    pub revocations: usize,
+}
+
+/// The report as OpenMetrics text, with `turnpike_draining` and `turnpike_revocations_active`
+/// when the server's control is known. Counter names get their `_total` suffix from the
+/// encoder.
+pub fn render(report: &WorkerReport, instance: Option<Instance>) -> String {
     let stats = &report.stats;
     let gauges = &report.gauges;
     let mut registry = Registry::default();
@@ -181,12 +188,18 @@ pub fn render(report: &WorkerReport, draining: Option<bool>) -> String {
         "Datagrams the kernel refused to send",
         report.send_errors,
     );
-    if let Some(draining) = draining {
+    if let Some(instance) = instance {
         gauge(
             r,
             "turnpike_draining",
             "1 while draining (new Allocates sent elsewhere), else 0",
-            u64::from(draining),
+            u64::from(instance.draining),
+        );
+        gauge(
+            r,
+            "turnpike_revocations_active",
+            "Users whose credentials are revoked now (POST /api/v1/revocations)",
+            instance.revocations as u64,
         );
     }
     let build = Family::<Label, Gauge>::default();

@@ -18,6 +18,7 @@ mod credentials;
 mod drain;
 mod metrics;
 mod serve;
+mod sessions;
 mod signal;
 mod testpage;
 
@@ -31,7 +32,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -69,6 +70,8 @@ impl ApiContext {
 /// A worker that has not published for this long makes `/healthz` fail. Workers publish
 /// several times a second, so this is many missed reports, not one slow one.
 const HEALTH_MAX_AGE: Duration = Duration::from_secs(2);
+/// A revocation is a username and a time: a few hundred bytes at most.
+const REVOCATION_BODY_LIMIT: usize = 4 * 1024;
 
 /// Serves the API on an already-bound listener until `shutdown` becomes true (or its sender
 /// is dropped). Runs its own current-thread tokio runtime on a dedicated thread.
@@ -128,6 +131,15 @@ fn app_with(ctx: Arc<ApiContext>, loopback: bool, limits: signal::Limits) -> Rou
             "/api/v1/drain",
             get(drain::status).post(drain::start).delete(drain::stop),
         )
+        .route("/api/v1/sessions", get(sessions::list))
+        .route("/api/v1/sessions/{id}", delete(sessions::kick))
+        .route(
+            "/api/v1/revocations",
+            get(sessions::revocations)
+                .post(sessions::revoke)
+                .layer(axum::extract::DefaultBodyLimit::max(REVOCATION_BODY_LIMIT)),
+        )
+        .route("/api/v1/revocations/{username}", delete(sessions::unrevoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let routes = Router::new()
         .merge(guarded)

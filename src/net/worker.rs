@@ -9,11 +9,12 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::sync::oneshot;
 
 use super::batch::{RecvBatch, SendBatch, BATCH};
 use super::stream::{channel_padding, Framer, MAX_FRAME};
@@ -22,8 +23,8 @@ use super::{is_connection_error, source_of};
 use crate::proto::server::LogBudget;
 use crate::proto::wire::{AddressFamily, CHANNEL_HEADER_LEN};
 use crate::proto::{
-    ClientAction, Error, Event, FiveTuple, PeerAction, PendingAllocation, Server, ServerConfig,
-    Transport,
+    ClientAction, EndReason, Error, Event, FiveTuple, PeerAction, PendingAllocation, Revocations,
+    Server, ServerConfig, SessionFilter, SessionInfo, Transport,
 };
 use crate::telemetry::{Telemetry, WorkerReport};
 
@@ -65,6 +66,30 @@ const ANSWER_RESERVE: usize = 4 * 1024;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Plaintext handed to rustls at a time.
 const TLS_CHUNK: usize = 16 * 1024;
+
+/// A request from the management plane, answered on the worker's thread between two turns
+/// of its loop. Replies go through tokio oneshots so the API can wait with a deadline; a
+/// reply nobody waits for any more is dropped.
+#[derive(Debug)]
+pub enum Command {
+    /// Up to `limit` of this worker's allocations that match `filter`, lowest id first.
+    Sessions {
+        filter: SessionFilter,
+        limit: usize,
+        reply: oneshot::Sender<Vec<SessionInfo>>,
+    },
+    /// End allocation `id` now: whether there was one.
+    Kick {
+        id: u64,
+        reply: oneshot::Sender<bool>,
+    },
+    /// The revocations now in force: revoked users' allocations end at once and their
+    /// Allocates are refused. Answers how many allocations ended.
+    Revocations {
+        revocations: Arc<Revocations>,
+        reply: Option<oneshot::Sender<usize>>,
+    },
+}
 
 /// What a worker shares with the rest of the process. Workers read it once per loop turn
 /// at most (the shutdown flag and the settings generation); the packet path never locks.
@@ -240,6 +265,7 @@ pub struct Worker {
     accept_retry: Option<(Instant, Vec<Token>)>,
     accept_log: LogBudget,
     relay_log: LogBudget,
+    commands: mpsc::Receiver<Command>,
 }
 
 impl Worker {
@@ -248,6 +274,7 @@ impl Worker {
         listeners: Vec<Listener>,
         quotas: Arc<crate::proto::Quotas>,
         shared: Arc<WorkerShared>,
+        commands: mpsc::Receiver<Command>,
     ) -> io::Result<(Self, Arc<Waker>)> {
         let generation = shared.generation.load(Ordering::Acquire);
         let settings = shared
@@ -308,6 +335,7 @@ impl Worker {
             accept_retry: None,
             accept_log: LogBudget::default(),
             relay_log: LogBudget::default(),
+            commands,
         };
         Ok((worker, waker))
     }
@@ -340,6 +368,9 @@ impl Worker {
                     self.ready.push_back(event.token());
                 }
             }
+            // Before any packet: a revocation sent when the server starts is in force for
+            // the first Allocate.
+            self.run_commands();
             for _ in 0..self.ready.len() {
                 let Some(token) = self.ready.pop_front() else {
                     break;
@@ -680,13 +711,53 @@ impl Worker {
         Ok(addr)
     }
 
-    /// Drains the core's output queue: closes the relay sockets it released. The other
-    /// events (allocations, permissions and channels made and ended) have no consumer yet.
+    /// Drains the core's output queue: closes the relay sockets it released, and the
+    /// stream connection of an allocation an operator ended (the client is cut off, not left
+    /// to find out at its next Refresh).
     fn apply_events(&mut self) {
+        let mut cut_off = Vec::new();
         while let Some(event) = self.server.poll_output() {
-            if let Event::RelayReleased { relay } = event {
-                self.close_relay(relay);
+            match event {
+                Event::RelayReleased { relay } => self.close_relay(relay),
+                Event::AllocationEnded {
+                    tuple,
+                    reason: EndReason::Kicked | EndReason::Revoked,
+                    ..
+                } => cut_off.extend(self.connection_slots.get(&tuple).copied()),
+                _ => {}
             }
+        }
+        for slot in cut_off {
+            self.close_connection(slot, "allocation ended by the operator");
+        }
+    }
+
+    /// Answers the management plane's requests waiting for this worker.
+    fn run_commands(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Sessions {
+                    filter,
+                    limit,
+                    reply,
+                } => {
+                    let sessions = self
+                        .server
+                        .sessions(Instant::now(), unix_now(), &filter, limit);
+                    let _ = reply.send(sessions);
+                }
+                Command::Kick { id, reply } => {
+                    let _ = reply.send(self.server.end_allocation(id));
+                }
+                Command::Revocations { revocations, reply } => {
+                    self.server.set_revocations(revocations);
+                    let ended = self.server.end_revoked(unix_now());
+                    if let Some(reply) = reply {
+                        let _ = reply.send(ended);
+                    }
+                }
+            }
+            self.apply_events();
         }
     }
 

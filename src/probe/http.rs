@@ -32,7 +32,7 @@ pub fn fetch(
 ) -> Result<IceConfig, String> {
     let bad = |why: &str| format!("credentials URL `{url}`: {why}");
     let (status, body) = request_url(url, user)
-        .and_then(|target| exchange("GET", target, token, timeout, tls_options))
+        .and_then(|target| exchange("GET", target, token, None, timeout, tls_options))
         .map_err(|why| bad(&why))?;
     if status != 200 {
         let body: String = body.trim().chars().take(200).collect();
@@ -51,6 +51,19 @@ pub fn request(
     timeout: Duration,
     tls_options: &TlsOptions,
 ) -> Result<(u16, String), String> {
+    send(method, base, path, token, None, timeout, tls_options)
+}
+
+/// [`request`] with a JSON body for a `POST`.
+pub fn send(
+    method: &str,
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&serde_json::Value>,
+    timeout: Duration,
+    tls_options: &TlsOptions,
+) -> Result<(u16, String), String> {
     let bad = |why: &str| format!("API URL `{base}`: {why}");
     split_url(base)
         .and_then(|(scheme, authority, _)| {
@@ -61,17 +74,18 @@ pub fn request(
                 .build()
                 .map_err(|e| e.to_string())
         })
-        .and_then(|target| exchange(method, target, token, timeout, tls_options))
+        .and_then(|target| exchange(method, target, token, json, timeout, tls_options))
         .map_err(|why| bad(&why))
 }
 
-/// Sends `method target` with no body and reads the answer, whatever its status. `timeout`
+/// Sends `method target` (with `json` as the body of a POST) and reads the answer, whatever its status. `timeout`
 /// bounds the connection set-up and each read and write. Redirects are not followed (the
 /// token would go with them).
 fn exchange(
     method: &str,
     target: Uri,
     token: Option<&str>,
+    json: Option<&serde_json::Value>,
     timeout: Duration,
     tls_options: &TlsOptions,
 ) -> Result<(u16, String), String> {
@@ -97,7 +111,12 @@ fn exchange(
     let response = match method {
         "GET" => with_auth(agent.get(target), auth).call(),
         "DELETE" => with_auth(agent.delete(target), auth).call(),
-        "POST" => with_auth(agent.post(target), auth).send_empty(),
+        "POST" => match json {
+            Some(json) => with_auth(agent.post(target), auth)
+                .content_type("application/json")
+                .send(json.to_string()),
+            None => with_auth(agent.post(target), auth).send_empty(),
+        },
         other => return Err(format!("unsupported method {other}")),
     };
     let describe = |e: ureq::Error| describe_error(e, &server, timeout);
