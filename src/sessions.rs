@@ -537,6 +537,34 @@ impl Control {
 mod tests {
     use super::*;
 
+    /// A worker that does not answer is reported missing after the bounded wait, and the
+    /// answers of the others are kept.
+    #[test]
+    fn a_worker_that_does_not_answer_is_reported_missing_not_waited_for() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (answered, answer) = oneshot::channel();
+        let (_silent, no_answer) = oneshot::channel::<u32>();
+        let (dead, gone) = oneshot::channel::<u32>();
+        answered.send(7).unwrap();
+        drop(dead);
+        let started = std::time::Instant::now();
+        let (answers, missing) = runtime.block_on(Control::collect(vec![
+            (0, answer),
+            (1, no_answer),
+            (2, gone),
+        ]));
+        let waited = started.elapsed();
+        assert_eq!(answers, [(0, 7)]);
+        assert_eq!(missing, [1, 2]);
+        assert!(
+            waited >= WORKER_WAIT && waited < WORKER_WAIT * 3,
+            "{waited:?}"
+        );
+    }
+
     #[test]
     fn session_ids_read_back_and_refuse_other_shapes() {
         let id: SessionId = "3-17".parse().unwrap();

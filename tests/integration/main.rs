@@ -33,6 +33,7 @@ mod probe;
 mod real_clients;
 mod rfc_attributes;
 mod rfc_auth;
+mod sessions;
 mod stun_client;
 mod systemd_unit;
 mod transports;
