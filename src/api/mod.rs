@@ -1,5 +1,5 @@
-//! The HTTP management plane: REST credentials, `iceServers`, Prometheus metrics and a
-//! health check (DESIGN "Management plane").
+//! The HTTP management plane: REST credentials, `iceServers`, Prometheus metrics, health
+//! checks, draining, and live sessions with revocations (DESIGN "Management plane").
 //!
 //! It runs on its own small tokio runtime and thread, on a listener it is handed (hickory's
 //! `prometheus_server.rs`, STYLE §6), and reads the workers only through
