@@ -144,6 +144,12 @@ API=$(sed -n 's/.*"api":"\([^"]*\)".*/\1/p' <<<"$ready")
 /usr/bin/turnpike probe --timeout 5 --credentials-url "http://$API" --api-token "$TOKEN" \
     "turn:$UDP?transport=udp" "turn:$UDP?transport=tcp" >"$WORK/probe.out" 2>&1 \
     || { cat "$WORK/probe.out" >&2; fail "turnpike probe"; }
+# A revocation lands in the packaged state file, writable by the service user only.
+TURNPIKE_API_TOKEN=$TOKEN /usr/bin/turnpike sessions --api "http://$API" revoke deb-test --for 60 \
+    >"$WORK/revoke.out" 2>&1 || { cat "$WORK/revoke.out" >&2; fail "turnpike sessions revoke"; }
+grep -q '"username": "deb-test"' /var/lib/turnpike/revocations.json \
+    || fail "the revocation is not in /var/lib/turnpike/revocations.json"
+expect_stat /var/lib/turnpike "700 turnpike turnpike"
 # The probe released its allocations, so the drain ends at once.
 TURNPIKE_API_TOKEN=$TOKEN timeout 30 /usr/bin/turnpike drain --api "http://$API" --wait --interval 0.2 \
     >"$WORK/drain.out" 2>&1 || { cat "$WORK/drain.out" >&2; fail "turnpike drain --wait"; }
@@ -176,7 +182,7 @@ dpkg -r turnpike >"$WORK/dpkg.log" 2>&1 || { cat "$WORK/dpkg.log" >&2; fail "dpk
 [ ! -e /usr/bin/turnpike ] || fail "dpkg -r left /usr/bin/turnpike"
 [ -f "$CONF" ] || fail "dpkg -r removed the config"
 dpkg -P turnpike >"$WORK/dpkg.log" 2>&1 || { cat "$WORK/dpkg.log" >&2; fail "dpkg -P"; }
-for f in "${files[@]}" /etc/turnpike /etc/systemd/system/turnpike.service \
+for f in "${files[@]}" /etc/turnpike /var/lib/turnpike /etc/systemd/system/turnpike.service \
     /etc/systemd/system/multi-user.target.wants/turnpike.service /usr/share/doc/turnpike; do
     [ ! -e "$f" ] && [ ! -L "$f" ] || fail "purge left $f"
 done
