@@ -746,3 +746,65 @@ fn uclient_is_listed_while_it_sends_and_a_revocation_cuts_it_off() {
         "error 403 (Forbidden)",
     );
 }
+
+/// Two aiortc peers (relay only, user "harness") moving 4 MiB over a data channel: kicking
+/// their sessions mid-transfer stalls it, and the peers report failure instead of the echo.
+/// Unkicked, the pair moves 8 MiB through turnpike on loopback in about 8 s on a loaded
+/// machine of this kind, so 4 MiB within the 20 s allowed fails only because of the kick.
+#[test]
+fn kicking_an_aiortc_pair_mid_transfer_stalls_its_data_channel() {
+    if skip_against_coturn("kicking_an_aiortc_pair_mid_transfer_stalls_its_data_channel") {
+        return;
+    }
+    let server = start();
+    let url = format!("turn:{}?transport=udp", server.udp);
+    let run_pair = crate::harness::require_run_pair();
+    let pair = std::thread::spawn(move || {
+        run_with_timeout(
+            Command::new(run_pair).args([
+                "--",
+                "--turn",
+                &url,
+                "--secret",
+                SECRET,
+                "--policy",
+                "relay",
+                "--bytes",
+                "4194304",
+                "--timeout",
+                "20",
+            ]),
+            Duration::from_secs(60),
+        )
+    });
+    // Wait until data flows through both relays.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let list = sessions(&server, "?username=harness");
+        let flowing = list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["to_peer_bytes"].as_u64() > Some(50_000))
+            .count();
+        if flowing >= 2 {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pair's transfer never got going: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for session in list["sessions"].as_array().unwrap() {
+        let id = session["id"].as_str().unwrap();
+        let reply = call(&server, "DELETE", &format!("/api/v1/sessions/{id}"), "");
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let out = pair.join().unwrap();
+    assert!(
+        !out.success(),
+        "the transfer completed despite the kick:\n{out}"
+    );
+    assert!(out.stdout.contains("\"ok\": false"), "{out}");
+}
