@@ -12,7 +12,7 @@ pub mod drain;
 pub mod ice_uri;
 pub mod net;
 pub mod probe;
-pub mod proto;
+pub use turnpike_proto as proto;
 pub mod telemetry;
 
 use std::any::Any;

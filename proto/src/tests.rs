@@ -2485,10 +2485,9 @@ fn a_revoked_user_loses_their_allocations_and_cannot_allocate_until_the_deadline
     h.allocate("198.51.100.8:40000", &bob.0, &bob.1);
     h.events();
     let until = UNIX_NOW + 60;
-    h.server
-        .set_revocations(Arc::new(crate::proto::Revocations::new(
-            [("alice".to_owned(), until)].into(),
-        )));
+    h.server.set_revocations(Arc::new(crate::Revocations::new(
+        [("alice".to_owned(), until)].into(),
+    )));
     assert_eq!(h.server.end_revoked(h.unix), 1);
     let reasons: Vec<EndReason> = h
         .events()
