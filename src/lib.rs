@@ -13,7 +13,7 @@ pub mod drain;
 pub mod ice_uri;
 pub mod net;
 pub mod probe;
-pub mod proto;
+pub use turnpike_proto as proto;
 pub mod sessions;
 pub mod sessions_cmd;
 pub mod telemetry;

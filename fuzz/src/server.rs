@@ -522,7 +522,7 @@ impl Harness {
         let quotas = Arc::new(Quotas::new(max_total, max_per_user));
         let now = Instant::now();
         Self {
-            server: Server::new(config.clone(), quotas.clone()),
+            server: Server::new(config.clone(), quotas.clone(), [7; 32]),
             config,
             quotas,
             clients: clients(),

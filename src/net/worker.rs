@@ -282,7 +282,7 @@ impl Worker {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let server = Server::new(settings.server.clone(), quotas);
+        let server = Server::new(settings.server.clone(), quotas, rand::random());
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut bound = Vec::new();

@@ -55,7 +55,7 @@ fn server() -> Server {
         relay_ipv4: true,
         relay_ipv6: false,
     };
-    Server::new(Arc::new(config), Arc::new(Quotas::new(10, 10)))
+    Server::new(Arc::new(config), Arc::new(Quotas::new(10, 10)), [7; 32])
 }
 
 /// A request signed with a REST credential for "alice" and `nonce`.

@@ -818,13 +818,26 @@ fn vanished_client_allocation_expires_and_frees_its_port() {
 
 // ---- 8. SIGTERM under load ----
 
+/// turnpike-bench is its own crate (bench/), so Cargo gives this package no path to it; it is
+/// built beside the daemon by `cargo build`, `cargo build --all-targets` and plain `cargo test`
+/// (bench/tests/cli.rs makes Cargo build the binary).
+fn bench_binary() -> std::path::PathBuf {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_turnpike")).with_file_name("turnpike-bench");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p turnpike-bench` first",
+        bin.display()
+    );
+    bin
+}
+
 /// README "SIGTERM (`systemctl stop`) frees every allocation and exits": with turnpike-bench
 /// relaying through 50 allocations in echo mode, SIGTERM → exit status 0 within 5 s and no
 /// panic in the log.
 #[test]
 fn sigterm_under_load_exits_cleanly() {
     let mut server = Server::start(&[]);
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_turnpike-bench"))
+    let mut bench = Command::new(bench_binary())
         .args(["--server", &server.udp.to_string(), "--secret", SECRET])
         .args(["--allocations", "50", "--rate", "20000", "--duration", "10"])
         .args(["--mode", "echo", "--size", "200"])

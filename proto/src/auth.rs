@@ -6,7 +6,8 @@
 //! per-client state: a nonce carries its own issue time and a MAC over the client address, so
 //! an unauthenticated source costs the server no memory.
 
-use std::net::SocketAddr;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -229,9 +230,14 @@ pub const NONCE_CLOCK_SKEW_SECS: u64 = 5;
 /// in all, kept short because every 401 carries one to an unauthenticated source. Four MAC
 /// bytes are enough: a forged nonce gets nothing a real one would not (anyone can ask for
 /// one), and the answer to a guess sent from a spoofed address goes to that address.
+///
+/// The same secret keys the hash that spreads sources over the challenge limiter's table
+/// ([`NonceKey::source_hash`]), so no part of the core seeds itself.
 #[derive(Clone)]
 pub struct NonceKey {
     key: [u8; 32],
+    /// SipHash keys derived from `key` (not the key itself: a second use needs its own).
+    source_hash: (u64, u64),
 }
 
 impl std::fmt::Debug for NonceKey {
@@ -255,7 +261,25 @@ const NONCE_TAIL_LEN: usize = (NONCE_RAW_LEN * 4).div_ceil(3);
 
 impl NonceKey {
     pub fn new(key: [u8; 32]) -> Self {
-        Self { key }
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC accepts keys of any length");
+        mac.update(b"turnpike source hash v1");
+        let derived = mac.finalize().into_bytes();
+        let half = |i: usize| u64::from_le_bytes(derived[i..i + 8].try_into().expect("8 bytes"));
+        Self {
+            key,
+            source_hash: (half(0), half(8)),
+        }
+    }
+
+    /// A keyed hash (SipHash-1-3, as std's `HashMap`) of a source address, for fixed tables
+    /// indexed by source: whoever does not hold the key cannot pick addresses that share a
+    /// slot with a victim's. Cheap, because a spoofed flood is hashed packet by packet.
+    pub fn source_hash(&self, source: IpAddr) -> u64 {
+        let (k0, k1) = self.source_hash;
+        let mut hasher = siphasher::sip::SipHasher13::new_with_keys(k0, k1);
+        source.hash(&mut hasher);
+        hasher.finish()
     }
 
     fn mac(&self, issued: u32, client: SocketAddr) -> [u8; NONCE_MAC_LEN] {
@@ -478,6 +502,21 @@ mod tests {
         assert_eq!(
             NonceKey::new([8; 32]).check(&nonce, a, 5000, 600),
             NonceCheck::Stale
+        );
+    }
+
+    /// The challenge limiter's slots depend on the key alone: every worker holding the same
+    /// key puts a source in the same slot, and without the key the slot cannot be predicted.
+    #[test]
+    fn source_hash_is_keyed_by_the_nonce_key() {
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        let key = NonceKey::new([7; 32]);
+        assert_eq!(key.source_hash(ip), key.clone().source_hash(ip));
+        assert_eq!(key.source_hash(ip), NonceKey::new([7; 32]).source_hash(ip));
+        assert_ne!(key.source_hash(ip), NonceKey::new([8; 32]).source_hash(ip));
+        assert_ne!(
+            key.source_hash(ip),
+            key.source_hash("198.51.100.8".parse().unwrap())
         );
     }
 }

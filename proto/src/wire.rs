@@ -283,9 +283,11 @@ impl<'b> Response<'b> {
         response
     }
 
-    pub fn indication(method: Method, out: &'b mut [u8]) -> Self {
+    /// An indication; the caller picks its transaction id (the core's randomness is injected).
+    pub fn indication(method: Method, transaction: TransactionId, out: &'b mut [u8]) -> Self {
+        let kind = MessageType::from_class_method(MessageClass::Indication, method);
         Self {
-            writer: Message::builder_indication(method, MessageWriteMutSlice::new(out)),
+            writer: Message::builder(kind, transaction, MessageWriteMutSlice::new(out)),
         }
     }
 
@@ -389,7 +391,8 @@ mod tests {
                 .rev()
                 .find(|&n| data_indication_fits(peer, n))
                 .unwrap();
-            let mut indication = Response::indication(turn_types::message::DATA, &mut out);
+            let mut indication =
+                Response::indication(turn_types::message::DATA, TransactionId::from(1), &mut out);
             indication.add(&turn_types::attribute::XorPeerAddress::new(
                 peer,
                 indication.transaction_id(),

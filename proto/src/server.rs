@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use super::allocation::{Allocation, BindError, Direction, RelayAddress, TokenBucket, Usage};
 use super::auth::{
     AuthError, Credentials, LongTermKey, NonceCheck, NonceKey, PasswordAlgorithm, NONCE_COOKIE,
@@ -451,7 +454,6 @@ pub const DEFAULT_MAX_CHALLENGES_PER_SEC: u64 = 5_000;
 #[derive(Debug)]
 pub struct ChallengeLimiter {
     slots: Box<[AtomicU64]>,
-    hasher: std::collections::hash_map::RandomState,
     /// Challenges this second from every source.
     total: AtomicU64,
     /// `limits.max_challenges_per_sec`.
@@ -462,7 +464,6 @@ impl Default for ChallengeLimiter {
     fn default() -> Self {
         Self {
             slots: (0..Self::SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            hasher: Default::default(),
             total: AtomicU64::new(0),
             max_total: AtomicU64::new(DEFAULT_MAX_CHALLENGES_PER_SEC),
         }
@@ -480,12 +481,12 @@ impl ChallengeLimiter {
         self.max_total.store(max, Ordering::Relaxed);
     }
 
-    /// Whether one more challenge to `source` fits in this second. The server-wide count is
-    /// taken only once the source's own cap let the challenge through, and only when
+    /// Whether one more challenge to the source with keyed hash `source` fits in this second
+    /// ([`NonceKey::source_hash`]: the key is the one every worker shares). The server-wide
+    /// count is taken only once the source's own cap let the challenge through, and only when
     /// `server_wide`.
-    fn allow(&self, source: IpAddr, unix_now: u64, server_wide: bool) -> bool {
-        use std::hash::BuildHasher;
-        let slot = &self.slots[self.hasher.hash_one(source) as usize % Self::SLOTS];
+    fn allow(&self, source: u64, unix_now: u64, server_wide: bool) -> bool {
+        let slot = &self.slots[(source % Self::SLOTS as u64) as usize];
         let second = unix_now & 0xFFFF_FFFF;
         Self::take(slot, second) < Self::PER_SECOND
             && (!server_wide
@@ -560,6 +561,8 @@ use stun_types::attribute::{Attribute, AttributeStaticType, RawAttribute};
 pub struct Server {
     config: Arc<ServerConfig>,
     quotas: Arc<Quotas>,
+    /// std's hasher, keyed by the OS, because clients choose these keys; no output depends
+    /// on the maps' order (see `tuples_by_id`), so that hidden seed changes nothing observable.
     allocations: HashMap<FiveTuple, Allocation>,
     relays: HashMap<SocketAddr, FiveTuple>,
     expiries: BTreeSet<(Instant, FiveTuple)>,
@@ -577,11 +580,17 @@ pub struct Server {
     revocations: Arc<Revocations>,
     /// The id the next allocation gets.
     next_id: u64,
+    /// Transaction ids of the indications the server sends; seeded by the driver.
+    rng: StdRng,
     pub stats: Stats,
 }
 
 impl Server {
-    pub fn new(config: Arc<ServerConfig>, quotas: Arc<Quotas>) -> Self {
+    /// `seed` is all the randomness the core's output needs: the transaction ids of the Data
+    /// indications it sends come from a CSPRNG seeded with it (RFC 8489 §6 wants them
+    /// cryptographically random). The daemon passes fresh OS randomness for each worker;
+    /// tests pass a constant and get the same bytes every run.
+    pub fn new(config: Arc<ServerConfig>, quotas: Arc<Quotas>, seed: [u8; 32]) -> Self {
         Self {
             config,
             quotas,
@@ -596,6 +605,7 @@ impl Server {
             own_relay_ips: Vec::new(),
             revocations: Arc::default(),
             next_id: 1,
+            rng: StdRng::from_seed(seed),
             stats: Stats::default(),
         }
     }
@@ -739,7 +749,8 @@ impl Server {
                 len: payload_end,
             });
         }
-        let mut indication = Response::indication(DATA, out);
+        let transaction = TransactionId::from(self.rng.random::<u128>());
+        let mut indication = Response::indication(DATA, transaction, out);
         indication.add(&XorPeerAddress::new(peer, indication.transaction_id()));
         indication.add(&Data::new(&buf[CHANNEL_HEADER_LEN..payload_end]));
         let len = indication.finish();
@@ -900,10 +911,11 @@ impl Server {
         let spoofable = tuple.transport == Transport::Udp;
         let server_wide = !self.allocations.contains_key(&tuple);
         if spoofable
-            && !self
-                .quotas
-                .challenges
-                .allow(tuple.client.ip(), unix_now, server_wide)
+            && !self.quotas.challenges.allow(
+                self.config.nonce_key.source_hash(tuple.client.ip()),
+                unix_now,
+                server_wide,
+            )
         {
             self.stats.challenges_suppressed += 1;
             return 0;
@@ -1644,15 +1656,10 @@ impl Server {
         if self.revocations.is_empty() {
             return 0;
         }
-        let revoked: Vec<FiveTuple> = self
-            .allocations
-            .iter()
-            .filter(|(_, a)| {
-                self.revocations
-                    .revokes(&a.username, &a.quota_key, unix_now)
-            })
-            .map(|(tuple, _)| *tuple)
-            .collect();
+        let revoked = self.tuples_by_id(|a| {
+            self.revocations
+                .revokes(&a.username, &a.quota_key, unix_now)
+        });
         for tuple in &revoked {
             self.log_ended(tuple, "allocation ended: credentials revoked");
             self.remove_allocation(tuple, EndReason::Revoked);
@@ -1717,9 +1724,21 @@ impl Server {
 
     /// Frees every allocation (shutdown), releasing quotas.
     pub fn clear(&mut self) {
-        let tuples: Vec<FiveTuple> = self.allocations.keys().copied().collect();
-        for tuple in tuples {
+        for tuple in self.tuples_by_id(|_| true) {
             self.remove_allocation(&tuple, EndReason::Shutdown);
         }
+    }
+
+    /// The allocations `pick` chooses, oldest first: events come out in an order the
+    /// inputs decide, not the map's randomly seeded hasher.
+    fn tuples_by_id(&self, pick: impl Fn(&Allocation) -> bool) -> Vec<FiveTuple> {
+        let mut found: Vec<(u64, FiveTuple)> = self
+            .allocations
+            .iter()
+            .filter(|(_, a)| pick(a))
+            .map(|(tuple, a)| (a.id, *tuple))
+            .collect();
+        found.sort_unstable();
+        found.into_iter().map(|(_, tuple)| tuple).collect()
     }
 }

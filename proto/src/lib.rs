@@ -1,9 +1,15 @@
 //! The protocol core: STUN Binding, TURN allocations, authentication and peer filtering.
 //!
-//! This module contains no networking code and never reads the clock. Callers pass each
+//! This crate contains no networking code and never reads the clock. Callers pass each
 //! datagram with its addresses and the current time (`Instant` for lifetimes, Unix seconds for
 //! credential expiry and nonces), and get back what to send. See [`server::Server`] for the
 //! input/output contract. Everything here is unit-testable without sockets.
+//!
+//! It is its own crate so the compiler keeps it that way: it depends on no I/O crate (mio,
+//! tokio, socket2, nix), and `clippy.toml` bans the clock and thread-local randomness.
+//! The daemon re-exports it as `turnpike::proto`.
+
+#![forbid(unsafe_code)]
 
 pub mod allocation;
 pub mod auth;

@@ -14,6 +14,29 @@ use super::server::{CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 use super::wire::*;
 use super::*;
 
+/// The tests' one reading of the clock: `Instant` has no constructor. Every later moment is
+/// this one plus a test's own durations.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a starting Instant; the core never reads the clock"
+)]
+pub(crate) fn start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// A message being built with the next transaction id of this test's thread: counted, not
+/// random, so a test sends the same bytes on every run.
+fn builder(class: MessageClass, method: Method) -> MessageWriteVec {
+    thread_local!(static NEXT: std::cell::Cell<u128> = const { std::cell::Cell::new(1) });
+    let transaction = NEXT.with(|next| next.replace(next.get() + 1));
+    Message::builder(
+        MessageType::from_class_method(class, method),
+        TransactionId::from(transaction),
+        MessageWriteVec::new(),
+    )
+}
+
 const SECRET: &str = "north";
 const REALM: &str = "turnpike.test";
 const UNIX_NOW: u64 = 1_700_000_000;
@@ -75,7 +98,7 @@ fn request(
     auth: Option<&Auth<'_>>,
     attrs: impl FnOnce(&mut MessageWriteVec, TransactionId),
 ) -> Vec<u8> {
-    let mut msg = Message::builder_request(method, MessageWriteVec::new());
+    let mut msg = builder(MessageClass::Request, method);
     let transaction = msg.transaction_id();
     attrs(&mut msg, transaction);
     if let Some(auth) = auth {
@@ -121,9 +144,9 @@ impl Harness {
     fn with(config: ServerConfig, quotas: Quotas) -> Self {
         let quotas = Arc::new(quotas);
         Self {
-            server: Server::new(Arc::new(config), quotas.clone()),
+            server: Server::new(Arc::new(config), quotas.clone(), [7; 32]),
             quotas,
-            now: Instant::now(),
+            now: start(),
             unix: UNIX_NOW,
             out: vec![0; 70_000],
             next_relay_port: 50_000,
@@ -490,7 +513,7 @@ fn unknown_comprehension_required_attribute_gets_420_optional_is_ignored() {
 #[test]
 fn binding_indication_and_responses_are_dropped_silently() {
     let mut h = Harness::new();
-    let mut indication = Message::builder_indication(BINDING, MessageWriteVec::new());
+    let mut indication = builder(MessageClass::Indication, BINDING);
     indication.add_fingerprint().unwrap();
     assert!(matches!(
         h.send(CLIENT, &indication.finish()),
@@ -650,7 +673,7 @@ fn allocate_signed(
     signing: Signing<'_>,
 ) -> Vec<u8> {
     use hmac::{Hmac, Mac};
-    let mut msg = Message::builder_request(ALLOCATE, MessageWriteVec::new());
+    let mut msg = builder(MessageClass::Request, ALLOCATE);
     let transaction = msg.transaction_id();
     udp_transport(&mut msg, transaction);
     msg.add_attribute(&Username::new(username).unwrap())
@@ -1211,7 +1234,7 @@ fn permissions_gate_relaying_both_ways() {
     let relay = h.allocate(CLIENT, &user.0, &user.1);
     let peer = addr(PEER);
     let send = |h: &mut Harness| {
-        let mut msg = Message::builder_indication(SEND, MessageWriteVec::new());
+        let mut msg = builder(MessageClass::Indication, SEND);
         let transaction = msg.transaction_id();
         msg.add_attribute(&XorPeerAddress::new(peer, transaction))
             .unwrap();
@@ -1260,6 +1283,40 @@ fn permissions_gate_relaying_both_ways() {
 
     h.advance(PERMISSION_LIFETIME);
     assert!(matches!(send(&mut h), Outcome::Drop), "permission expired");
+}
+
+/// RFC 8489 §6: the transaction ids of the indications the server sends are random, drawn
+/// from the seed the driver injects: the same seed gives the same ids, another seed others.
+#[test]
+fn data_indication_transaction_ids_come_from_the_injected_seed() {
+    let run = |seed: [u8; 32]| {
+        let mut h = Harness::new();
+        h.server = Server::new(Arc::new(config()), h.quotas.clone(), seed);
+        let user = rest_user("bob");
+        let relay = h.allocate(CLIENT, &user.0, &user.1);
+        let peer = addr(PEER);
+        h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(peer));
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let (mut buf, mut out) = ([0u8; 64], [0u8; 256]);
+            let action = h
+                .server
+                .handle_peer(h.now, relay, peer, &mut buf, 5, &mut out);
+            let Some(PeerAction::DataIndication { len, .. }) = action else {
+                panic!("expected a Data indication")
+            };
+            ids.push(Message::from_bytes(&out[..len]).unwrap().transaction_id());
+        }
+        ids
+    };
+    let first = run([1; 32]);
+    assert_eq!(first, run([1; 32]));
+    assert_ne!(first[0], first[1]);
+    let other = run([2; 32]);
+    assert!(
+        first.iter().all(|id| !other.contains(id)),
+        "{first:?} {other:?}"
+    );
 }
 
 #[test]
@@ -2065,7 +2122,7 @@ fn send_with_an_unknown_required_or_invalid_attribute_is_discarded() {
     let peer = addr(PEER);
     h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(peer));
     let send = |h: &mut Harness, extra: &dyn Fn(&mut MessageWriteVec, TransactionId)| {
-        let mut msg = Message::builder_indication(SEND, MessageWriteVec::new());
+        let mut msg = builder(MessageClass::Indication, SEND);
         let transaction = msg.transaction_id();
         msg.add_attribute(&XorPeerAddress::new(peer, transaction))
             .unwrap();
@@ -2093,7 +2150,7 @@ fn send_with_an_unknown_required_or_invalid_attribute_is_discarded() {
         Outcome::Drop
     ));
     // An invalid XOR-PEER-ADDRESS first: the valid one after it is a duplicate.
-    let mut msg = Message::builder_indication(SEND, MessageWriteVec::new());
+    let mut msg = builder(MessageClass::Indication, SEND);
     let transaction = msg.transaction_id();
     raw(XOR_PEER_ADDRESS, &[0, 3, 0, 1, 1, 2, 3, 4])(&mut msg, transaction);
     msg.add_attribute(&XorPeerAddress::new(peer, transaction))
@@ -2339,7 +2396,7 @@ fn ended_allocations_report_their_usage_and_why_they_ended() {
         let sent = h.send(CLIENT, &[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5]);
         assert!(matches!(sent, Outcome::Relay(..)));
     }
-    let mut send = Message::builder_indication(SEND, MessageWriteVec::new());
+    let mut send = builder(MessageClass::Indication, SEND);
     let transaction = send.transaction_id();
     send.add_attribute(&XorPeerAddress::new(peer, transaction))
         .unwrap();
@@ -2485,10 +2542,9 @@ fn a_revoked_user_loses_their_allocations_and_cannot_allocate_until_the_deadline
     h.allocate("198.51.100.8:40000", &bob.0, &bob.1);
     h.events();
     let until = UNIX_NOW + 60;
-    h.server
-        .set_revocations(Arc::new(crate::proto::Revocations::new(
-            [("alice".to_owned(), until)].into(),
-        )));
+    h.server.set_revocations(Arc::new(crate::Revocations::new(
+        [("alice".to_owned(), until)].into(),
+    )));
     assert_eq!(h.server.end_revoked(h.unix), 1);
     let reasons: Vec<EndReason> = h
         .events()
@@ -2504,4 +2560,37 @@ fn a_revoked_user_loses_their_allocations_and_cannot_allocate_until_the_deadline
     assert_eq!(reply_code(&reply), Some(403));
     h.advance(Duration::from_secs(60));
     h.allocate("198.51.100.9:40000", &alice.0, &alice.1);
+}
+
+/// When one input ends many allocations, their events come out oldest first, the same on
+/// every run: not in the order of the allocation table's randomly keyed hasher.
+#[test]
+fn allocations_ended_together_are_reported_oldest_first() {
+    let mut h = Harness::new();
+    let (alice, bob) = (rest_user("alice"), rest_user("bob"));
+    let ended_ids = |h: &mut Harness| -> Vec<u64> {
+        h.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::AllocationEnded { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect()
+    };
+    for port in 0..8 {
+        h.allocate(
+            &format!("198.51.100.7:{}", 40_000 + port),
+            &alice.0,
+            &alice.1,
+        );
+        h.allocate(&format!("198.51.100.8:{}", 40_000 + port), &bob.0, &bob.1);
+    }
+    h.events();
+    h.server.set_revocations(Arc::new(crate::Revocations::new(
+        [("alice".to_owned(), UNIX_NOW + 60)].into(),
+    )));
+    assert_eq!(h.server.end_revoked(h.unix), 8);
+    assert_eq!(ended_ids(&mut h), [1, 3, 5, 7, 9, 11, 13, 15]);
+    h.server.clear();
+    assert_eq!(ended_ids(&mut h), [2, 4, 6, 8, 10, 12, 14, 16]);
 }

@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn permission_valid_until_its_deadline() {
-        let now = Instant::now();
+        let now = crate::tests::start();
         let mut a = allocation(now);
         let peer: IpAddr = "8.8.8.8".parse().unwrap();
         let deadline = now + Duration::from_secs(300);
@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn permission_cap_and_expiry_by_timer() {
-        let now = Instant::now();
+        let now = crate::tests::start();
         let mut a = allocation(now);
         let soon = now + Duration::from_secs(1);
         let first: IpAddr = "8.8.8.1".parse().unwrap();
@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn channel_conflicts_are_refused() {
-        let now = Instant::now();
+        let now = crate::tests::start();
         let mut a = allocation(now);
         let p1: SocketAddr = "8.8.8.8:1000".parse().unwrap();
         let p2: SocketAddr = "8.8.8.8:1001".parse().unwrap();
@@ -344,7 +344,7 @@ mod tests {
 
     #[test]
     fn token_bucket_limits_rate() {
-        let now = Instant::now();
+        let now = crate::tests::start();
         let mut bucket = TokenBucket::new(1000, now);
         assert!(bucket.take(600, now));
         assert!(!bucket.take(600, now));
