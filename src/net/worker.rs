@@ -76,6 +76,8 @@ pub struct WorkerShared {
     /// Bumped on every reload; a worker that sees a new value re-reads `settings`.
     pub generation: AtomicU64,
     pub settings: RwLock<Arc<Settings>>,
+    /// Where the record of each ended allocation goes; `submit` never blocks.
+    pub usage: crate::usage::UsageSinks,
 }
 
 /// Everything a reload can change.
@@ -680,12 +682,23 @@ impl Worker {
         Ok(addr)
     }
 
-    /// Drains the core's output queue: closes the relay sockets it released. The other
-    /// events (allocations, permissions and channels made and ended) have no consumer yet.
+    /// Drains the core's output queue: closes the relay sockets it released and hands the
+    /// record of each ended allocation to the usage sinks. The other events (allocations,
+    /// permissions and channels made and ended) have no consumer yet.
     fn apply_events(&mut self) {
         while let Some(event) = self.server.poll_output() {
-            if let Event::RelayReleased { relay } = event {
-                self.close_relay(relay);
+            match event {
+                Event::RelayReleased { relay } => self.close_relay(relay),
+                Event::AllocationEnded { .. } => {
+                    let realm = &self.settings.server.realm;
+                    let (now, unix) = (Instant::now(), unix_now());
+                    if let Some(record) =
+                        crate::usage::UsageRecord::from_event(&event, self.index, realm, now, unix)
+                    {
+                        self.shared.usage.submit(record);
+                    }
+                }
+                _ => {}
             }
         }
     }
