@@ -893,9 +893,10 @@ pub fn parse_origin(s: &str) -> Result<String, String> {
 /// A webhook URL: `http://` or `https://`, a host, a port in 1..=65535 if given, no user
 /// name or password (ureq would not send them; put a token in the path or query).
 pub fn parse_webhook_url(s: &str) -> Result<String, String> {
-    let uri: ureq::http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
+    let not_http = || format!("{s:?} is not an http:// or https:// URL");
+    let uri: ureq::http::Uri = s.parse().map_err(|e| format!("{} ({e})", not_http()))?;
     let (Some("http" | "https"), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        return Err(format!("{s:?} is not an http:// or https:// URL"));
+        return Err(not_http());
     };
     if authority.as_str().contains('@') {
         return Err(

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -203,8 +203,9 @@ pub struct UsageSinks {
     telemetry: Arc<Telemetry>,
     /// Set by [`UsageSinks::reopen`], taken by the file sink before its next write.
     reopen: Arc<AtomicBool>,
-    /// Set by [`UsageSinks::close`]: the webhook stops retrying and flushes what it can.
-    closing: Arc<AtomicBool>,
+    /// When [`UsageSinks::close`] began: the webhook stops retrying and has until the
+    /// webhook timeout past it to deliver what is left.
+    closing: Arc<OnceLock<Instant>>,
     threads: Mutex<Vec<(Sink, JoinHandle<()>)>>,
     /// How long [`UsageSinks::close`] waits for the threads.
     flush_wait: Duration,
@@ -315,7 +316,7 @@ impl UsageSinks {
     /// Closes the queues and waits, at most about the webhook timeout, for the sinks to
     /// deliver what was queued (the workers have handed over their last records by now).
     pub fn close(&self) {
-        self.closing.store(true, Ordering::Release);
+        let _ = self.closing.set(Instant::now());
         drop(
             self.queues
                 .write()
@@ -453,11 +454,10 @@ impl Webhook {
     }
 
     /// Sends batches until the queue is closed and empty. While running, a failed batch is
-    /// retried with backoff; once closing, every batch gets one try within the timeout, and
-    /// the first failure gives up the rest.
-    fn run(self, rx: Receiver<Message>, closing: &AtomicBool, telemetry: &Telemetry) {
+    /// retried with backoff; once closing, what is left must go within one timeout of the
+    /// start of the close, and the first failure gives up the rest.
+    fn run(self, rx: Receiver<Message>, closing: &OnceLock<Instant>, telemetry: &Telemetry) {
         let last_warning = AtomicU64::new(0);
-        let mut deadline: Option<Instant> = None;
         let mut batch: Vec<Arc<UsageRecord>> = Vec::with_capacity(WEBHOOK_BATCH);
         loop {
             // Wait for a first record, then take what else is queued, up to a batch.
@@ -476,12 +476,10 @@ impl Webhook {
             let mut backoff = WEBHOOK_BACKOFF;
             let mut refusals = 0;
             loop {
-                let shutting_down = closing.load(Ordering::Acquire);
-                if shutting_down && deadline.is_none() {
-                    deadline = Some(Instant::now() + self.timeout);
-                }
-                let budget = deadline.map_or(self.timeout, |d| {
-                    d.saturating_duration_since(Instant::now())
+                let closing_at = closing.get().copied();
+                let shutting_down = closing_at.is_some();
+                let budget = closing_at.map_or(self.timeout, |at| {
+                    (at + self.timeout).saturating_duration_since(Instant::now())
                 });
                 let result = if budget.is_zero() {
                     Err(Failure::Transient("no time left at shutdown".to_owned()))
@@ -564,9 +562,9 @@ fn drain(rx: &Receiver<Message>) -> u64 {
 }
 
 /// Sleeps `pause`, waking early once `closing` is set.
-fn sleep_unless(closing: &AtomicBool, pause: Duration) {
+fn sleep_unless(closing: &OnceLock<Instant>, pause: Duration) {
     let end = Instant::now() + pause;
-    while !closing.load(Ordering::Acquire) {
+    while closing.get().is_none() {
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return;
