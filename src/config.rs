@@ -62,6 +62,12 @@ pub const MAX_PER_ALLOCATION: usize = 16_384;
 /// `limits.bandwidth_per_allocation` in bytes per second when not 0 (unlimited): below
 /// 1,000 not even a voice call fits; 12.5 GB/s is 100 Gbit/s.
 pub const BANDWIDTH_RANGE: RangeInclusive<u64> = 1_000..=12_500_000_000;
+/// Most usage records waiting per sink (`usage.queue_size`): a million records of about
+/// 400 bytes is 400 MB, the most a stalled sink should be allowed to hold.
+pub const MAX_USAGE_QUEUE: usize = 1_000_000;
+/// Longest `usage.webhook_timeout_secs`: a daemon stopping waits about this long for a dead
+/// webhook, and systemd's default stop timeout is 90 s.
+pub const MAX_WEBHOOK_TIMEOUT_SECS: u64 = 60;
 
 // ---------------------------------------------------------------------------------
 // Runtime model
@@ -198,6 +204,24 @@ pub struct Config {
     /// `tls_cert` and `tls_key` are both set or both unset.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Where usage records (one per ended allocation) go (`[usage]`).
+    pub usage: UsageConfig,
+}
+
+/// The usage record sinks (`[usage]`); see [`crate::usage`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageConfig {
+    /// Each record as one info line on the log target `turnpike::usage`.
+    pub log: bool,
+    /// JSON lines appended here; reopened on SIGHUP (logrotate). The file, or its
+    /// directory, was writable when the config was checked.
+    pub file: Option<PathBuf>,
+    /// `http://` or `https://` URL that batches of records are POSTed to.
+    pub webhook_url: Option<String>,
+    /// Bound on one webhook request, connection set-up included; `>= 1 s`.
+    pub webhook_timeout: Duration,
+    /// Records waiting per sink before new ones are dropped (and counted); `>= 1`.
+    pub queue_size: usize,
 }
 
 impl Default for Config {
@@ -294,6 +318,19 @@ impl Default for Config {
             tls_listen: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            usage: UsageConfig {
+                // The log is always there, so records are kept somewhere without setup.
+                log: true,
+                // Files and webhooks need a path or URL only the operator knows.
+                file: None,
+                webhook_url: None,
+                // Long enough for a receiver across a continent, short enough that a
+                // dead one holds a stopping daemon for only this long.
+                webhook_timeout: Duration::from_secs(5),
+                // 10,000 records (~4 MB) ride out a receiver restart of minutes at a
+                // hundred allocations ending per second.
+                queue_size: 10_000,
+            },
         }
     }
 }
@@ -430,6 +467,16 @@ const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
     ("tls", &["listen", "cert", "key"]),
+    (
+        "usage",
+        &[
+            "log",
+            "file",
+            "webhook_url",
+            "webhook_timeout_secs",
+            "queue_size",
+        ],
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -441,6 +488,7 @@ struct FileConfig {
     limits: LimitsFile,
     api: ApiFile,
     tls: TlsFile,
+    usage: UsageFile,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -515,6 +563,16 @@ struct TlsFile {
     key: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct UsageFile {
+    log: bool,
+    file: String,
+    webhook_url: String,
+    webhook_timeout_secs: u64,
+    queue_size: usize,
+}
+
 /// File defaults are the runtime defaults written back, so they are stated once, in
 /// `Default for Config`.
 impl Default for FileConfig {
@@ -535,7 +593,7 @@ macro_rules! section_default {
     )*};
 }
 section_default!(ServerFile => server, AuthFile => auth, RelayFile => relay,
-    LimitsFile => limits, ApiFile => api, TlsFile => tls);
+    LimitsFile => limits, ApiFile => api, TlsFile => tls, UsageFile => usage);
 
 /// Where each key of a parsed document is.
 #[derive(Debug, Default)]
@@ -839,6 +897,55 @@ pub fn parse_origin(s: &str) -> Result<String, String> {
     }
 }
 
+/// A webhook URL: `http://` or `https://`, a host, a port in 1..=65535 if given, no user
+/// name or password (ureq would not send them; put a token in the path or query).
+pub fn parse_webhook_url(s: &str) -> Result<String, String> {
+    let not_http = || format!("{s:?} is not an http:// or https:// URL");
+    let uri: ureq::http::Uri = s.parse().map_err(|e| format!("{} ({e})", not_http()))?;
+    let (Some("http" | "https"), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(not_http());
+    };
+    if authority.as_str().contains('@') {
+        return Err(
+            "no user name or password in the URL (put a token in its path or query)".to_owned(),
+        );
+    }
+    if authority.host().is_empty() {
+        return Err("no host".to_owned());
+    }
+    if authority.port().is_some_and(|p| p.as_u16() == 0) || authority.as_str().ends_with(':') {
+        return Err("bad port".to_owned());
+    }
+    Ok(s.to_owned())
+}
+
+/// Whether records can be appended to `path` (checked at load, so `check-config` and a
+/// reload catch it): an existing file is opened for appending (nothing is written); for a
+/// new one, its directory must exist.
+fn check_appendable(path: &Path) -> Result<(), String> {
+    let describe = |e: std::io::Error| format!("cannot append to {}: {e}", path.display());
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(format!("{} is a directory", path.display())),
+        Ok(_) => std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(describe),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            match std::fs::metadata(parent) {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                Ok(_) => Err(format!("{} is not a directory", parent.display())),
+                Err(e) => Err(format!("directory {}: {e}", parent.display())),
+            }
+        }
+        Err(e) => Err(describe(e)),
+    }
+}
+
 fn non_empty_path(s: &str) -> Option<PathBuf> {
     (!s.is_empty()).then(|| PathBuf::from(s))
 }
@@ -924,6 +1031,7 @@ impl Config {
             limits,
             api,
             tls,
+            usage,
         } = file;
 
         let listen = parse_list(&src, "server.listen", &server.listen, parse_socket_addr)?;
@@ -970,6 +1078,10 @@ impl Config {
         let api_uris = parse_list(&src, "api.uris", &api.uris, parse_ice_uri)?;
         let api_cors_origins =
             parse_list(&src, "api.cors_origins", &api.cors_origins, parse_origin)?;
+        let webhook_url = match usage.webhook_url.trim() {
+            "" => None,
+            url => Some(parse_webhook_url(url).map_err(|m| src.error("usage.webhook_url", m))?),
+        };
 
         Ok(Config {
             listen,
@@ -1018,6 +1130,13 @@ impl Config {
             tls_listen,
             tls_cert: non_empty_path(&tls.cert),
             tls_key: non_empty_path(&tls.key),
+            usage: UsageConfig {
+                log: usage.log,
+                file: non_empty_path(&usage.file),
+                webhook_url,
+                webhook_timeout: Duration::from_secs(usage.webhook_timeout_secs),
+                queue_size: usage.queue_size,
+            },
         })
     }
 
@@ -1523,6 +1642,9 @@ impl Config {
             }
             _ => {}
         }
+        if let Some(path) = &self.usage.file {
+            check_appendable(path).map_err(|m| src.error("usage.file", m))?;
+        }
         Ok(())
     }
 
@@ -1531,7 +1653,7 @@ impl Config {
         const SECONDS: &str = " seconds";
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         let (min_port, max_port) = (*self.port_range.start(), *self.port_range.end());
-        let checks: [(&str, u64, RangeInclusive<u64>, &str); 18] = [
+        let checks: [(&str, u64, RangeInclusive<u64>, &str); 20] = [
             (
                 "server.workers",
                 count(self.workers),
@@ -1628,6 +1750,18 @@ impl Config {
                 "api.max_connections_per_source",
                 count(self.api_max_connections_per_source),
                 1..=count(MAX_COUNT),
+                "",
+            ),
+            (
+                "usage.webhook_timeout_secs",
+                self.usage.webhook_timeout.as_secs(),
+                1..=MAX_WEBHOOK_TIMEOUT_SECS,
+                SECONDS,
+            ),
+            (
+                "usage.queue_size",
+                count(self.usage.queue_size),
+                1..=count(MAX_USAGE_QUEUE),
                 "",
             ),
         ];
@@ -1727,6 +1861,13 @@ impl Config {
                 cert: path_string(&self.tls_cert),
                 key: path_string(&self.tls_key),
             },
+            usage: UsageFile {
+                log: self.usage.log,
+                file: path_string(&self.usage.file),
+                webhook_url: self.usage.webhook_url.clone().unwrap_or_default(),
+                webhook_timeout_secs: self.usage.webhook_timeout.as_secs(),
+                queue_size: self.usage.queue_size,
+            },
         }
     }
 
@@ -1805,6 +1946,20 @@ impl Config {
                 self.api_max_connections_per_source != fresh.api_max_connections_per_source,
             ),
             ("tls.listen", self.tls_listen != fresh.tls_listen),
+            ("usage.log", self.usage.log != fresh.usage.log),
+            ("usage.file", self.usage.file != fresh.usage.file),
+            (
+                "usage.webhook_url",
+                self.usage.webhook_url != fresh.usage.webhook_url,
+            ),
+            (
+                "usage.webhook_timeout_secs",
+                self.usage.webhook_timeout != fresh.usage.webhook_timeout,
+            ),
+            (
+                "usage.queue_size",
+                self.usage.queue_size != fresh.usage.queue_size,
+            ),
         ];
         changed
             .into_iter()
@@ -2438,6 +2593,51 @@ mod tests {
             e.starts_with("--max-connections-per-source 0: must be 1 to"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn usage_keys() {
+        let dir = std::env::temp_dir().join(format!("turnpike-usage-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("usage.jsonl");
+        let c = load(&format!(
+            "[usage]\nlog = false\nfile = {:?}\nwebhook_url = \"https://billing.example/turn?token=x\"\n\
+             webhook_timeout_secs = 2\nqueue_size = 5\n",
+            file.display()
+        ))
+        .unwrap();
+        assert_eq!(
+            c.usage,
+            UsageConfig {
+                log: false,
+                file: Some(file.clone()),
+                webhook_url: Some("https://billing.example/turn?token=x".to_owned()),
+                webhook_timeout: Duration::from_secs(2),
+                queue_size: 5,
+            }
+        );
+        assert_eq!(load(&c.render_effective()).unwrap(), c);
+        // check-config only looks: the file is not created.
+        assert!(!file.exists());
+        for (text, expected) in [
+            ("[usage]\nqueue_size = 0\n", "usage.queue_size (line 2): must be 1 to 1000000"),
+            ("[usage]\n\nqueue_size = 1000001\n", "usage.queue_size (line 3): must be 1 to"),
+            ("[usage]\nwebhook_timeout_secs = 0\n", "usage.webhook_timeout_secs (line 2): must be 1 to 60 seconds"),
+            ("[usage]\nwebhook_url = \"ftp://x.example/\"\n", "usage.webhook_url (line 2): \"ftp://x.example/\" is not an http:// or https:// URL"),
+            ("[usage]\nwebhook_url = \"billing.example\"\n", "usage.webhook_url (line 2): \"billing.example\" is not an http"),
+            ("[usage]\nwebhook_url = \"http://u:p@x.example/\"\n", "usage.webhook_url (line 2): no user name or password"),
+            ("[usage]\nwebhook_url = \"http://x.example:0/\"\n", "usage.webhook_url (line 2): bad port"),
+            ("[usage]\nfile = \"/nonexistent-turnpike-dir/u.jsonl\"\n", "usage.file (line 2): directory /nonexistent-turnpike-dir: No such file"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(expected), "{text}: {e}");
+        }
+        let e = err(&format!("[usage]\nfile = {:?}\n", dir.display()));
+        assert!(
+            e.contains("usage.file (line 2): ") && e.contains("is a directory"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub use turnpike_proto as proto;
 pub mod sessions;
 pub mod sessions_cmd;
 pub mod telemetry;
+pub mod usage;
 
 use std::any::Any;
 use std::fmt;
@@ -301,18 +302,31 @@ impl Running {
         self.control.reload(config)
     }
 
-    /// Stops every worker, freeing all allocations, and waits for them.
+    /// Has the usage file sink reopen its file (SIGHUP, after logrotate renamed it).
+    pub fn reopen_usage_file(&self) {
+        self.control.shared.usage.reopen();
+    }
+
+    /// Stops every worker, freeing all allocations, and waits for them; then lets the usage
+    /// sinks deliver the last records (reason `shutdown`), waiting about the webhook
+    /// timeout at most.
     pub fn stop(self) -> io::Result<()> {
         self.control.shared.shutdown.store(true, Ordering::Relaxed);
         for waker in &self.control.wakers {
             let _ = waker.wake();
         }
+        let mut result = Ok(());
         for worker in self.workers {
-            worker
+            let outcome = worker
                 .join()
-                .map_err(|_| io::Error::other("worker thread panicked"))??;
+                .map_err(|_| io::Error::other("worker thread panicked"))
+                .and_then(|r| r);
+            if result.is_ok() {
+                result = outcome;
+            }
         }
-        Ok(())
+        self.control.shared.usage.close();
+        result
     }
 }
 
@@ -488,10 +502,13 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         config.max_allocations_per_user,
     ));
     quotas.set_max_challenges_per_sec(config.max_challenges_per_sec as u64);
+    let telemetry = Arc::new(telemetry::Telemetry::new(workers));
+    let usage = usage::UsageSinks::start(&config.usage, telemetry.clone())?;
     let shared = Arc::new(WorkerShared {
         shutdown: Default::default(),
         reservations: Default::default(),
-        telemetry: Arc::new(telemetry::Telemetry::new(workers)),
+        telemetry,
+        usage,
         // Bounds on stream connections (DESIGN "quotas on everything"); fixed until restart.
         connections: ConnectionLimits::new(
             config.max_connections,

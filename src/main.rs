@@ -148,6 +148,8 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
             break;
         }
         notify(&[NotifyState::Reloading]);
+        // Whatever the new config says: logrotate sends SIGHUP after renaming the file.
+        running.reopen_usage_file();
         match Config::load(args.config.as_deref(), args) {
             Ok(mut fresh) => {
                 ensure_secret(&mut fresh, generated.as_ref());

@@ -9,14 +9,16 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::AppState;
 use crate::proto::Transport;
-use crate::telemetry::WorkerReport;
+use crate::telemetry::{HistogramSnapshot, UsageSnapshot, WorkerReport};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -25,7 +27,9 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         draining: c.drain_status().draining,
         revocations: c.revocations_active(),
     });
-    let mut response = render(&state.ctx.telemetry.total(), instance).into_response();
+    let telemetry = &state.ctx.telemetry;
+    let mut response =
+        render(&telemetry.total(), &telemetry.usage.snapshot(), instance).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
@@ -45,7 +49,7 @@ pub struct Instance {
 /// The report as OpenMetrics text, with `turnpike_draining` and `turnpike_revocations_active`
 /// when the server's control is known. Counter names get their `_total` suffix from the
 /// encoder.
-pub fn render(report: &WorkerReport, instance: Option<Instance>) -> String {
+pub fn render(report: &WorkerReport, usage: &UsageSnapshot, instance: Option<Instance>) -> String {
     let stats = &report.stats;
     let gauges = &report.gauges;
     let mut registry = Registry::default();
@@ -188,6 +192,35 @@ pub fn render(report: &WorkerReport, instance: Option<Instance>) -> String {
         "Datagrams the kernel refused to send",
         report.send_errors,
     );
+    let per_sink = |counts: &[(crate::usage::Sink, u64)]| {
+        let family = Family::<Label, Counter>::default();
+        for (sink, n) in counts {
+            family
+                .get_or_create(&[("sink", sink.as_str().to_owned())])
+                .inc_by(*n);
+        }
+        family
+    };
+    r.register(
+        "turnpike_usage_records",
+        "Usage records delivered, by sink",
+        per_sink(&usage.delivered),
+    );
+    r.register(
+        "turnpike_usage_records_dropped",
+        "Usage records lost: the sink's queue was full, or delivery was given up",
+        per_sink(&usage.dropped),
+    );
+    r.register(
+        "turnpike_allocation_duration_seconds",
+        "How long ended allocations lived",
+        Snapshot(usage.duration.clone()),
+    );
+    r.register(
+        "turnpike_allocation_bytes",
+        "Bytes ended allocations relayed, both directions together",
+        Snapshot(usage.bytes.clone()),
+    );
     if let Some(instance) = instance {
         gauge(
             r,
@@ -212,6 +245,20 @@ pub fn render(report: &WorkerReport, instance: Option<Instance>) -> String {
     // Writing to a String cannot fail.
     let _ = encode(&mut text, &registry);
     text
+}
+
+/// A histogram filled elsewhere (atomics in [`crate::telemetry::UsageMetrics`]), encoded as is.
+#[derive(Debug)]
+struct Snapshot(HistogramSnapshot);
+
+impl EncodeMetric for Snapshot {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum, self.0.count, &self.0.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 fn clamp(n: u64) -> i64 {
@@ -258,4 +305,39 @@ fn gauge_family<const N: usize>(
             .set(clamp(n));
     }
     registry.register(name, help, family);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::UsageMetrics;
+    use crate::usage::Sink;
+    use std::time::Duration;
+
+    #[test]
+    fn usage_counters_and_histograms_are_rendered() {
+        let usage = UsageMetrics::default();
+        usage.observe(Duration::from_millis(1500), 2000);
+        usage.observe(Duration::from_secs(70), 0);
+        usage.delivered(Sink::File, 2);
+        usage.dropped(Sink::Webhook, 3);
+        let text = render(&WorkerReport::default(), &usage.snapshot(), None);
+        for line in [
+            "# TYPE turnpike_allocation_duration_seconds histogram",
+            "turnpike_allocation_duration_seconds_sum 71.5",
+            "turnpike_allocation_duration_seconds_count 2",
+            "turnpike_allocation_duration_seconds_bucket{le=\"1.0\"} 0",
+            "turnpike_allocation_duration_seconds_bucket{le=\"4.0\"} 1",
+            "turnpike_allocation_duration_seconds_bucket{le=\"256.0\"} 2",
+            "turnpike_allocation_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "turnpike_allocation_bytes_sum 2000.0",
+            "turnpike_allocation_bytes_bucket{le=\"1024.0\"} 1",
+            "turnpike_allocation_bytes_bucket{le=\"8192.0\"} 2",
+            "turnpike_usage_records_total{sink=\"file\"} 2",
+            "turnpike_usage_records_total{sink=\"log\"} 0",
+            "turnpike_usage_records_dropped_total{sink=\"webhook\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+    }
 }

@@ -101,6 +101,8 @@ pub struct WorkerShared {
     /// Bumped on every reload; a worker that sees a new value re-reads `settings`.
     pub generation: AtomicU64,
     pub settings: RwLock<Arc<Settings>>,
+    /// Where the record of each ended allocation goes; `submit` never blocks.
+    pub usage: crate::usage::UsageSinks,
 }
 
 /// Everything a reload can change.
@@ -711,19 +713,27 @@ impl Worker {
         Ok(addr)
     }
 
-    /// Drains the core's output queue: closes the relay sockets it released, and the
-    /// stream connection of an allocation an operator ended (the client is cut off, not left
-    /// to find out at its next Refresh).
+    /// Drains the core's output queue: closes the relay sockets it released, hands the
+    /// record of each ended allocation to the usage sinks, and closes the stream connection
+    /// of an allocation an operator ended (the client is cut off, not left to find out at its
+    /// next Refresh). Permission and channel events have no consumer yet.
     fn apply_events(&mut self) {
         let mut cut_off = Vec::new();
         while let Some(event) = self.server.poll_output() {
             match event {
                 Event::RelayReleased { relay } => self.close_relay(relay),
-                Event::AllocationEnded {
-                    tuple,
-                    reason: EndReason::Kicked | EndReason::Revoked,
-                    ..
-                } => cut_off.extend(self.connection_slots.get(&tuple).copied()),
+                Event::AllocationEnded { tuple, reason, .. } => {
+                    if matches!(reason, EndReason::Kicked | EndReason::Revoked) {
+                        cut_off.extend(self.connection_slots.get(&tuple).copied());
+                    }
+                    let realm = &self.settings.server.realm;
+                    let (now, unix) = (Instant::now(), unix_now());
+                    if let Some(record) =
+                        crate::usage::UsageRecord::from_event(&event, self.index, realm, now, unix)
+                    {
+                        self.shared.usage.submit(record);
+                    }
+                }
                 _ => {}
             }
         }

@@ -189,7 +189,7 @@ fn request_url(raw: &str, user: &str) -> Result<Uri, String> {
 
 /// The probe's trust settings (`--ca-file`, `--insecure`, the system's CA bundle) for ureq,
 /// on the same ring provider as the `turns:` connections.
-fn tls_config(options: &TlsOptions) -> Result<TlsConfig, String> {
+pub(crate) fn tls_config(options: &TlsOptions) -> Result<TlsConfig, String> {
     let builder = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()));

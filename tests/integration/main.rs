@@ -15,6 +15,7 @@
 //! * `rfc_attributes` checks request attributes against RFC 8656/8489 and the peer deny list.
 //! * `dashboard` checks the Grafana dashboard against `/metrics`.
 //! * `drain` checks `turnpike drain`: new Allocates redirected, existing ones relaying.
+//! * `usage` checks the usage records of ended allocations: file, webhook and log sinks.
 //! * `nat_and_redirect` checks 300 Try Alternate and relaying behind a 1:1 NAT (netns lab).
 
 mod abuse;
@@ -38,4 +39,5 @@ mod stun_client;
 mod systemd_unit;
 mod transports;
 mod uclient;
+mod usage;
 mod webrtc_rs;
