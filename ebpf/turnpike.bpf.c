@@ -164,6 +164,8 @@ enum reason {
 	PASS_ERROR,          /* a helper failed (adjust_head/tail) */
 	TX_TO_PEER,          /* ChannelData relayed as UDP to the peer */
 	TX_TO_CLIENT,        /* UDP relayed as ChannelData to the client */
+	BYTES_TO_PEER,       /* not a reason: application bytes of TX_TO_PEER */
+	BYTES_TO_CLIENT,     /* not a reason: application bytes of TX_TO_CLIENT */
 	REASONS,
 };
 
@@ -220,6 +222,13 @@ static __always_inline int count(__u32 reason, int action)
 }
 
 #define PASS(reason) count((reason), XDP_PASS)
+
+static __always_inline void add_bytes(__u32 index, __u64 bytes)
+{
+	__u64 *n = bpf_map_lookup_elem(&datapath_stats, &index);
+	if (n)
+		*n += bytes;
+}
 
 /* ---- checksums ---- */
 
@@ -441,6 +450,7 @@ static __always_inline int v4_to_peer(struct xdp_md *ctx, struct iphdr *ip, stru
 
 	counters->to_peer_packets += 1;
 	counters->to_peer_bytes += data_len;
+	add_bytes(BYTES_TO_PEER, data_len);
 	return leave(ctx, ifindex, TX_TO_PEER);
 }
 
@@ -520,6 +530,7 @@ static __always_inline int v4_to_client(struct xdp_md *ctx, struct iphdr *ip, st
 
 	counters->from_peer_packets += 1;
 	counters->from_peer_bytes += payload_len;
+	add_bytes(BYTES_TO_CLIENT, payload_len);
 	return leave(ctx, ifindex, TX_TO_CLIENT);
 }
 
@@ -670,6 +681,7 @@ static __always_inline int v6_to_peer(struct xdp_md *ctx, struct ipv6hdr *ip, st
 
 	counters->to_peer_packets += 1;
 	counters->to_peer_bytes += data_len;
+	add_bytes(BYTES_TO_PEER, data_len);
 	return leave(ctx, ifindex, TX_TO_PEER);
 }
 
@@ -744,6 +756,7 @@ static __always_inline int v6_to_client(struct xdp_md *ctx, struct ipv6hdr *ip,
 
 	counters->from_peer_packets += 1;
 	counters->from_peer_bytes += payload_len;
+	add_bytes(BYTES_TO_CLIENT, payload_len);
 	return leave(ctx, ifindex, TX_TO_CLIENT);
 }
 

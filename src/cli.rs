@@ -99,6 +99,13 @@ pub struct RunArgs {
     /// Relay address (repeatable; adds to relay.ips).
     #[arg(long, value_name = "IP")]
     pub relay_ip: Vec<IpAddr>,
+    /// Relay established channels in the kernel with XDP on this interface (relay.xdp_interface;
+    /// Linux, root).
+    #[arg(long, value_name = "IFACE")]
+    pub xdp: Option<String>,
+    /// How to attach the XDP program (relay.xdp_mode).
+    #[arg(long, value_name = "MODE")]
+    pub xdp_mode: Option<crate::config::XdpMode>,
     /// Public IP advertised in XOR-RELAYED-ADDRESS behind a 1:1 NAT (relay.external_ip).
     #[arg(long, value_name = "IP")]
     pub external_ip: Option<IpAddr>,

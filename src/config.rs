@@ -117,6 +117,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the XDP program is attached (`relay.xdp_mode`, `--xdp-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// The driver's native XDP where it has one, else the kernel's generic (skb) XDP.
+    #[default]
+    Auto,
+    /// Native XDP only: fail over to userspace if the driver lacks it.
+    Driver,
+    /// Generic XDP (after the skb is built): works on any interface, saves less.
+    Generic,
+}
+
 /// The effective configuration, fully parsed. Built by [`Config::load`],
 /// [`Config::from_toml_str`] or [`Config::default`].
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +168,10 @@ pub struct Config {
     pub external_ip_map: Vec<(IpAddr, IpAddr)>,
     /// Relay ports; `start() >= 1` and `start() <= end()`.
     pub port_range: RangeInclusive<u16>,
+    /// The interface whose XDP hook relays established channels in the kernel
+    /// (src/net/xdp.rs); `None` = userspace only. A valid Linux interface name.
+    pub xdp_interface: Option<String>,
+    pub xdp_mode: XdpMode,
     /// Peers allowed despite the built-in deny list.
     pub allow_peers: Vec<IpNet>,
     /// Peers denied in addition to the built-in deny list.
@@ -260,6 +277,9 @@ impl Default for Config {
             // RFC 8656 §7.2: relay ports SHOULD come from 49152-65535, the IANA dynamic
             // range (RFC 6335).
             port_range: 49152..=65535,
+            // The kernel fast path is opt-in: it needs root (CAP_BPF, CAP_NET_ADMIN) and Linux.
+            xdp_interface: None,
+            xdp_mode: XdpMode::Auto,
             // Nothing is opened beyond the built-in deny list (DESIGN "Security defaults").
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
@@ -434,6 +454,8 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "max_port",
             "allow_peers",
             "deny_peers",
+            "xdp_interface",
+            "xdp_mode",
         ],
     ),
     (
@@ -523,6 +545,8 @@ struct RelayFile {
     max_port: u16,
     allow_peers: Vec<String>,
     deny_peers: Vec<String>,
+    xdp_interface: String,
+    xdp_mode: XdpMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -802,6 +826,18 @@ fn parse_ip(s: &str) -> Result<IpAddr, String> {
         .map_err(|_| format!("`{s}` is not an IP address"))
 }
 
+/// A Linux interface name (IFNAMSIZ: at most 15 bytes; no '/', ':' or whitespace; not "."
+/// or ".."), so a typo is an error naming the key rather than a failed attach.
+fn check_interface_name(name: &str) -> Result<String, String> {
+    let bad = |c: char| c == '/' || c == ':' || c.is_whitespace() || c.is_control();
+    if name.is_empty() || name.len() > 15 || name == "." || name == ".." || name.contains(bad) {
+        return Err(format!(
+            "{name:?} is not an interface name (1-15 bytes, no '/', ':' or spaces)"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 /// A relay or external address is handed to clients, so it must be a real unicast address.
 fn check_advertised_ip(ip: IpAddr) -> Result<IpAddr, String> {
     if ip.is_unspecified() || ip.is_multicast() {
@@ -1072,6 +1108,12 @@ impl Config {
                     .map_err(|m| src.error("relay.external_ip", m))?,
             ),
         };
+        let xdp_interface = match relay.xdp_interface.as_str() {
+            "" => None,
+            name => {
+                Some(check_interface_name(name).map_err(|m| src.error("relay.xdp_interface", m))?)
+            }
+        };
         let separator =
             parse_separator(&auth.separator).map_err(|m| src.error("auth.separator", m))?;
         let api_listen = parse_socket_addr(&api.listen).map_err(|m| src.error("api.listen", m))?;
@@ -1104,6 +1146,8 @@ impl Config {
             external_ip,
             external_ip_map,
             port_range: relay.min_port..=relay.max_port,
+            xdp_interface,
+            xdp_mode: relay.xdp_mode,
             allow_peers,
             deny_peers,
             default_lifetime: Duration::from_secs(limits.default_lifetime_secs),
@@ -1324,6 +1368,18 @@ impl Config {
                 "relay.external_ip_map",
                 ("--external-ip-map", last.trim().to_owned()),
             );
+        }
+        if let Some(name) = &args.xdp {
+            scalar(Some(name), "relay.xdp_interface", "--xdp", flags);
+            self.xdp_interface =
+                Some(check_interface_name(name).map_err(|m| flag_err("--xdp", name, m))?);
+        }
+        if let Some(mode) = args.xdp_mode {
+            flags.insert(
+                "relay.xdp_mode",
+                ("--xdp-mode", format!("{mode:?}").to_lowercase()),
+            );
+            self.xdp_mode = mode;
         }
         if let Some(port) = args.min_port {
             scalar(Some(&port), "relay.min_port", "--min-port", flags);
@@ -1831,6 +1887,8 @@ impl Config {
                 max_port: *self.port_range.end(),
                 allow_peers: display_all(&self.allow_peers),
                 deny_peers: display_all(&self.deny_peers),
+                xdp_interface: self.xdp_interface.clone().unwrap_or_default(),
+                xdp_mode: self.xdp_mode,
             },
             limits: LimitsFile {
                 default_lifetime_secs: self.default_lifetime.as_secs(),
@@ -1924,6 +1982,11 @@ impl Config {
             ("server.workers", self.workers != fresh.workers),
             ("server.log_format", self.log_format != fresh.log_format),
             ("relay.ips", self.relay_ips != fresh.relay_ips),
+            (
+                "relay.xdp_interface",
+                self.xdp_interface != fresh.xdp_interface,
+            ),
+            ("relay.xdp_mode", self.xdp_mode != fresh.xdp_mode),
             (
                 "limits.max_connections",
                 self.max_connections != fresh.max_connections,

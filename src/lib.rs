@@ -516,6 +516,7 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         ),
         generation: Default::default(),
         settings: RwLock::new(Arc::new(settings)),
+        xdp: net::xdp::start(config.xdp_interface.as_deref(), config.xdp_mode),
     });
     let mut wakers = Vec::new();
     let mut commands = Vec::new();

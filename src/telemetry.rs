@@ -20,6 +20,8 @@ pub struct WorkerReport {
     pub send_errors: u64,
     /// Bytes allocated for stream clients' receive and send buffers.
     pub stream_buffer_bytes: u64,
+    /// What the XDP program relayed and passed (worker 0 reports it; src/net/xdp.rs).
+    pub kernel: crate::net::xdp::KernelTotals,
 }
 
 #[derive(Debug)]
@@ -83,6 +85,7 @@ impl WorkerReport {
         self.gauges.channels += other.gauges.channels;
         self.send_errors += other.send_errors;
         self.stream_buffer_bytes += other.stream_buffer_bytes;
+        self.kernel.add(&other.kernel);
     }
 }
 

@@ -117,6 +117,57 @@ pub fn render(report: &WorkerReport, usage: &UsageSnapshot, instance: Option<Ins
             ("to_client", stats.from_peer_bytes),
         ],
     );
+    // The same counts split by the path that relayed them: turnpike_relayed_* above are
+    // userspace's alone; the XDP program's (src/net/xdp.rs) come from its maps.
+    let kernel = &report.kernel;
+    for (name, help, values) in [
+        (
+            "turnpike_datapath_relayed_packets",
+            "Datagrams relayed, by direction and by the path that relayed them",
+            [
+                (stats.to_peer_packets, stats.from_peer_packets),
+                (kernel.to_peer_packets, kernel.to_client_packets),
+            ],
+        ),
+        (
+            "turnpike_datapath_relayed_bytes",
+            "Application bytes relayed, by direction and by the path that relayed them",
+            [
+                (stats.to_peer_bytes, stats.from_peer_bytes),
+                (kernel.to_peer_bytes, kernel.to_client_bytes),
+            ],
+        ),
+    ] {
+        let family = Family::<[(&'static str, String); 2], Counter>::default();
+        for (datapath, (to_peer, to_client)) in ["userspace", "kernel"].into_iter().zip(values) {
+            for (direction, n) in [("to_peer", to_peer), ("to_client", to_client)] {
+                family
+                    .get_or_create(&[
+                        ("datapath", datapath.to_owned()),
+                        ("direction", direction.to_owned()),
+                    ])
+                    .inc_by(n);
+            }
+        }
+        r.register(name, help, family);
+    }
+    gauge(
+        r,
+        "turnpike_xdp_attached",
+        "1 if the XDP program relays established channels in the kernel",
+        u64::from(kernel.attached),
+    );
+    let passed = Family::<Label, Counter>::default();
+    for (reason, n) in &kernel.passed {
+        passed
+            .get_or_create(&[("reason", (*reason).to_owned())])
+            .inc_by(*n);
+    }
+    r.register(
+        "turnpike_xdp_passed",
+        "Frames the XDP program handed to the kernel stack untouched, by reason",
+        passed,
+    );
     counter(
         r,
         "turnpike_binding_requests",

@@ -5,6 +5,7 @@ pub mod stream;
 pub mod tls;
 pub mod udp;
 pub mod worker;
+pub mod xdp;
 
 /// Errors of one connection that `accept` reports (it was reset or aborted before it was
 /// taken), as opposed to the listener's own trouble (out of descriptors or memory).

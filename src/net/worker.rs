@@ -103,6 +103,8 @@ pub struct WorkerShared {
     pub settings: RwLock<Arc<Settings>>,
     /// Where the record of each ended allocation goes; `submit` never blocks.
     pub usage: crate::usage::UsageSinks,
+    /// The attached XDP program, if any (src/net/xdp.rs).
+    pub xdp: Option<Arc<super::xdp::Datapath>>,
 }
 
 /// Everything a reload can change.
@@ -268,6 +270,8 @@ pub struct Worker {
     accept_log: LogBudget,
     relay_log: LogBudget,
     commands: mpsc::Receiver<Command>,
+    /// Mirrors channel events into the XDP maps (src/net/xdp.rs).
+    xdp: super::xdp::Hook,
 }
 
 impl Worker {
@@ -312,7 +316,9 @@ impl Worker {
                 }
             }
         }
+        let xdp = super::xdp::Hook::new(shared.xdp.clone(), index);
         let worker = Self {
+            xdp,
             index,
             poll,
             listeners: bound,
@@ -437,6 +443,7 @@ impl Worker {
                 .flatten()
                 .map(|c| c.queued.capacity() + c.framer.capacity())
                 .sum::<usize>() as u64,
+            kernel: self.xdp.report(now),
         };
         self.shared.telemetry.publish(self.index, &report, now);
     }
@@ -719,7 +726,8 @@ impl Worker {
     /// next Refresh). Permission and channel events have no consumer yet.
     fn apply_events(&mut self) {
         let mut cut_off = Vec::new();
-        while let Some(event) = self.server.poll_output() {
+        while let Some(mut event) = self.server.poll_output() {
+            self.xdp.apply(&mut event, &self.settings.server);
             match event {
                 Event::RelayReleased { relay } => self.close_relay(relay),
                 Event::AllocationEnded { tuple, reason, .. } => {

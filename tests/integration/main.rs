@@ -41,3 +41,4 @@ mod transports;
 mod uclient;
 mod usage;
 mod webrtc_rs;
+mod xdp;

@@ -1,0 +1,881 @@
+//! The kernel fast path (opt-in, Linux): the XDP program `ebpf/turnpike.bpf.c` relays the
+//! ChannelData of established UDP channels without the packets reaching userspace.
+//!
+//! Userspace stays authoritative. [`Hook::apply`] mirrors the core's events into the
+//! program's maps: an entry pair appears when a channel is bound (the core already checked
+//! the peer against the deny list and the permission), and goes when the channel or the
+//! permission for its peer expires or the allocation ends, so nothing is forwarded in the
+//! kernel that userspace would not forward. Everything else (STUN, Send/Data indications,
+//! TCP/TLS clients, peers without a channel, allocations under a bandwidth cap, anything
+//! the program finds unusual) takes the userspace path as before.
+//!
+//! What the kernel relayed is counted per allocation (a per-CPU map) and added to the
+//! allocation's usage when it ends; totals per direction and per pass reason are published
+//! with worker 0's report for `/metrics`.
+//!
+//! Nothing is pinned: the program is attached through a BPF link and the maps are held by
+//! file descriptors, so the kernel detaches and frees all of it when the process exits,
+//! crash included, and a restarted daemon starts from empty maps. An XDP program some other
+//! tool left attached to the interface is not removed: the attach fails and says so.
+//!
+//! Map layouts are fixed byte arrays, encoded here field by field (aya implements `Pod` for
+//! `[u8; N]`, so no `unsafe impl` is needed); the tests pin their sizes to the C structs.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::proto::{Event, FiveTuple, RelayAddress, ServerConfig, Transport};
+
+/// The indices of the program's `datapath_stats` array (`enum reason` in the C source), as
+/// the `reason` label of `turnpike_xdp_passed_total`; `None` for the counters that are not
+/// pass reasons.
+pub const REASONS: [Option<&str>; 18] = [
+    Some("not_ip"),
+    Some("not_udp"),
+    Some("ip_options"),
+    Some("fragment"),
+    Some("malformed"),
+    Some("stun"),
+    Some("no_entry"),
+    Some("length"),
+    Some("ttl"),
+    Some("no_route"),
+    Some("no_neighbour"),
+    Some("frag_needed"),
+    Some("no_checksum"),
+    Some("error"),
+    None, // TX_TO_PEER
+    None, // TX_TO_CLIENT
+    None, // BYTES_TO_PEER
+    None, // BYTES_TO_CLIENT
+];
+const TX_TO_PEER: usize = 14;
+const TX_TO_CLIENT: usize = 15;
+const BYTES_TO_PEER: usize = 16;
+const BYTES_TO_CLIENT: usize = 17;
+
+/// How often worker 0 reads the kernel's totals for its report.
+const TOTALS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the kernel path did, summed over CPUs, for `/metrics`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KernelTotals {
+    /// The program is attached.
+    pub attached: bool,
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+    /// Frames handed to the kernel stack, by the reason in [`REASONS`].
+    pub passed: Vec<(&'static str, u64)>,
+}
+
+impl KernelTotals {
+    /// Sums another worker's share (only worker 0 reports, so this is a plain merge).
+    pub fn add(&mut self, other: &KernelTotals) {
+        self.attached |= other.attached;
+        self.to_peer_packets += other.to_peer_packets;
+        self.to_peer_bytes += other.to_peer_bytes;
+        self.to_client_packets += other.to_client_packets;
+        self.to_client_bytes += other.to_client_bytes;
+        if self.passed.is_empty() {
+            self.passed.clone_from(&other.passed);
+        } else {
+            for ((_, sum), (_, n)) in self.passed.iter_mut().zip(&other.passed) {
+                *sum += n;
+            }
+        }
+    }
+
+    fn from_stats(stats: &[u64; REASONS.len()]) -> Self {
+        Self {
+            attached: true,
+            to_peer_packets: stats[TX_TO_PEER],
+            to_peer_bytes: stats[BYTES_TO_PEER],
+            to_client_packets: stats[TX_TO_CLIENT],
+            to_client_bytes: stats[BYTES_TO_CLIENT],
+            passed: REASONS
+                .iter()
+                .zip(stats)
+                .filter_map(|(name, n)| name.map(|name| (name, *n)))
+                .collect(),
+        }
+    }
+}
+
+/// One allocation's kernel counters (`struct alloc_counters`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub from_peer_packets: u64,
+    pub from_peer_bytes: u64,
+}
+
+// ---- map layouts (keep in step with ebpf/turnpike.bpf.c) ----
+
+/// Copies `parts` into a fixed-size array; the sizes are constants checked by the tests.
+fn layout<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
+    let mut out = [0; N];
+    let mut at = 0;
+    for part in parts {
+        out[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    debug_assert_eq!(at, N, "layout does not fill the struct");
+    out
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    }
+}
+
+/// The counter key of allocation `id` of `worker`: ids count from 1 in each worker, so the
+/// worker's index goes in the top 16 bits (2^48 allocations per worker and process life).
+pub fn counter_key(worker: usize, id: u64) -> u64 {
+    ((worker as u64) << 48) | (id & ((1 << 48) - 1))
+}
+
+/// The four map entries of one channel: client→peer key and value, peer→client key and
+/// value. All addresses are of one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelEntry {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub channel: u16,
+    pub relay: SocketAddr,
+    pub peer: SocketAddr,
+    pub counter: u64,
+}
+
+impl ChannelEntry {
+    /// `struct c2p_v{4,6}_key`.
+    pub fn c2p_key(&self) -> Vec<u8> {
+        [
+            ip_bytes(self.client.ip()),
+            ip_bytes(self.server.ip()),
+            self.client.port().to_be_bytes().to_vec(),
+            self.server.port().to_be_bytes().to_vec(),
+            self.channel.to_be_bytes().to_vec(),
+            vec![0; 2],
+        ]
+        .concat()
+    }
+
+    /// `struct c2p_v{4,6}_value`.
+    pub fn c2p_value(&self) -> Vec<u8> {
+        [
+            self.counter.to_ne_bytes().to_vec(),
+            ip_bytes(self.relay.ip()),
+            ip_bytes(self.peer.ip()),
+            self.relay.port().to_be_bytes().to_vec(),
+            self.peer.port().to_be_bytes().to_vec(),
+            vec![0; 4],
+        ]
+        .concat()
+    }
+
+    /// `struct p2c_v{4,6}_key`.
+    pub fn p2c_key(&self) -> Vec<u8> {
+        [
+            ip_bytes(self.peer.ip()),
+            ip_bytes(self.relay.ip()),
+            self.peer.port().to_be_bytes().to_vec(),
+            self.relay.port().to_be_bytes().to_vec(),
+        ]
+        .concat()
+    }
+
+    /// `struct p2c_v{4,6}_value`.
+    pub fn p2c_value(&self) -> Vec<u8> {
+        [
+            self.counter.to_ne_bytes().to_vec(),
+            ip_bytes(self.client.ip()),
+            ip_bytes(self.server.ip()),
+            self.client.port().to_be_bytes().to_vec(),
+            self.server.port().to_be_bytes().to_vec(),
+            self.channel.to_be_bytes().to_vec(),
+            vec![0; 2],
+        ]
+        .concat()
+    }
+}
+
+/// `struct alloc_counters` as the kernel stores it for one CPU.
+fn decode_counters(bytes: &[u8; 32]) -> Counters {
+    let word = |i: usize| {
+        let mut w = [0; 8];
+        w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+        u64::from_ne_bytes(w)
+    };
+    Counters {
+        to_peer_packets: word(0),
+        to_peer_bytes: word(1),
+        from_peer_packets: word(2),
+        from_peer_bytes: word(3),
+    }
+}
+
+// ---- the worker's side ----
+
+/// What a worker remembers of one of its UDP allocations, to turn the core's events into
+/// map updates: its counter, its relays, and its channels (installed or not).
+#[derive(Debug)]
+struct Mirror {
+    counter: u64,
+    counter_created: bool,
+    relays: Vec<RelayAddress>,
+    channels: Vec<Channel>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Channel {
+    number: u16,
+    peer: SocketAddr,
+    /// The permission for the peer's IP is live (the core said so last).
+    permitted: bool,
+    /// Its entries are in the maps now.
+    installed: bool,
+}
+
+/// A worker's handle on the kernel path; does nothing without an attached program.
+pub struct Hook {
+    datapath: Option<Arc<Datapath>>,
+    worker: usize,
+    allocations: HashMap<FiveTuple, Mirror>,
+    /// Whether the configuration last seen allowed the kernel path (no bandwidth cap).
+    allowed: bool,
+    totals: KernelTotals,
+    totals_read: Option<Instant>,
+}
+
+impl Hook {
+    pub fn new(datapath: Option<Arc<Datapath>>, worker: usize) -> Self {
+        Self {
+            datapath,
+            worker,
+            allocations: HashMap::new(),
+            allowed: true,
+            totals: KernelTotals::default(),
+            totals_read: None,
+        }
+    }
+
+    /// Mirrors one of the core's events into the maps. An `AllocationEnded` gets what the
+    /// kernel relayed for it added to its usage, so the usage record covers both paths.
+    pub fn apply(&mut self, event: &mut Event, config: &ServerConfig) {
+        let Some(datapath) = self.datapath.clone() else {
+            return;
+        };
+        // A bandwidth cap is enforced in userspace only: capped allocations keep every
+        // packet on that path. A reload that sets a cap takes live channels out of the maps.
+        let allowed = config.bandwidth_per_allocation.is_none();
+        if allowed != self.allowed {
+            self.allowed = allowed;
+            for (tuple, mirror) in &mut self.allocations {
+                for at in 0..mirror.channels.len() {
+                    sync(&datapath, tuple, mirror, at, allowed);
+                }
+            }
+        }
+        match event {
+            Event::AllocationCreated {
+                id, tuple, relays, ..
+            } => {
+                if tuple.transport != Transport::Udp {
+                    return;
+                }
+                if tuple.server.ip().is_unspecified() {
+                    datapath.warn_wildcard(tuple.server);
+                    return;
+                }
+                self.allocations.insert(
+                    *tuple,
+                    Mirror {
+                        counter: counter_key(self.worker, *id),
+                        counter_created: false,
+                        relays: relays.clone(),
+                        channels: Vec::new(),
+                    },
+                );
+            }
+            Event::ChannelBound {
+                tuple,
+                number,
+                peer,
+                ..
+            }
+            | Event::ChannelRefreshed {
+                tuple,
+                number,
+                peer,
+                ..
+            } => {
+                let Some(mirror) = self.allocations.get_mut(tuple) else {
+                    return;
+                };
+                let (number, peer) = (*number, *peer);
+                // Binding or refreshing a channel installs or refreshes its permission.
+                let at = match mirror.channels.iter().position(|c| c.number == number) {
+                    Some(at) => at,
+                    None => {
+                        mirror.channels.push(Channel {
+                            number,
+                            peer,
+                            permitted: true,
+                            installed: false,
+                        });
+                        mirror.channels.len() - 1
+                    }
+                };
+                mirror.channels[at].permitted = true;
+                sync(&datapath, tuple, mirror, at, allowed);
+            }
+            Event::ChannelExpired { tuple, number, .. } => {
+                let Some(mirror) = self.allocations.get_mut(tuple) else {
+                    return;
+                };
+                if let Some(at) = mirror.channels.iter().position(|c| c.number == *number) {
+                    sync(&datapath, tuple, mirror, at, false);
+                    mirror.channels.remove(at);
+                }
+            }
+            Event::PermissionExpired { tuple, peer } => {
+                let Some(mirror) = self.allocations.get_mut(tuple) else {
+                    return;
+                };
+                for at in 0..mirror.channels.len() {
+                    if mirror.channels[at].peer.ip() == *peer {
+                        mirror.channels[at].permitted = false;
+                        sync(&datapath, tuple, mirror, at, allowed);
+                    }
+                }
+            }
+            // A ChannelBind refresh after the permission lapsed creates it again.
+            Event::PermissionCreated { tuple, peer, .. } => {
+                let Some(mirror) = self.allocations.get_mut(tuple) else {
+                    return;
+                };
+                for at in 0..mirror.channels.len() {
+                    if mirror.channels[at].peer.ip() == *peer {
+                        mirror.channels[at].permitted = true;
+                        sync(&datapath, tuple, mirror, at, allowed);
+                    }
+                }
+            }
+            Event::AllocationEnded { tuple, usage, .. } => {
+                let Some(mut mirror) = self.allocations.remove(tuple) else {
+                    return;
+                };
+                for at in 0..mirror.channels.len() {
+                    sync(&datapath, tuple, &mut mirror, at, false);
+                }
+                if mirror.counter_created {
+                    let kernel = datapath.take_counters(mirror.counter);
+                    usage.to_peer_packets += kernel.to_peer_packets;
+                    usage.to_peer_bytes += kernel.to_peer_bytes;
+                    usage.from_peer_packets += kernel.from_peer_packets;
+                    usage.from_peer_bytes += kernel.from_peer_bytes;
+                }
+            }
+            Event::RelayReleased { .. } => {}
+        }
+    }
+
+    /// The kernel's totals for worker 0's report (read at most once a second); empty for
+    /// the other workers and without a program.
+    pub fn report(&mut self, now: Instant) -> KernelTotals {
+        let Some(datapath) = &self.datapath else {
+            return KernelTotals::default();
+        };
+        if self.worker != 0 {
+            return KernelTotals::default();
+        }
+        if self
+            .totals_read
+            .is_none_or(|at| now.duration_since(at) >= TOTALS_INTERVAL)
+        {
+            self.totals_read = Some(now);
+            self.totals = datapath.totals();
+        }
+        self.totals.clone()
+    }
+}
+
+/// The entries of channel `at` of an allocation, if its family allows the kernel path: a
+/// relay of the peer's family, the same family on the client's side (v4↔v6 stays in
+/// userspace for now), and no wildcard relay address.
+fn entry(tuple: &FiveTuple, mirror: &Mirror, at: usize) -> Option<ChannelEntry> {
+    let Channel {
+        number: channel,
+        peer,
+        ..
+    } = mirror.channels[at];
+    let relay = mirror
+        .relays
+        .iter()
+        .find(|r| r.local.is_ipv4() == peer.is_ipv4())?
+        .local;
+    let same_family =
+        tuple.client.is_ipv4() == peer.is_ipv4() && tuple.server.is_ipv4() == peer.is_ipv4();
+    if !same_family || relay.ip().is_unspecified() {
+        return None;
+    }
+    Some(ChannelEntry {
+        client: tuple.client,
+        server: tuple.server,
+        channel,
+        relay,
+        peer,
+        counter: mirror.counter,
+    })
+}
+
+/// Puts channel `at`'s entries into the maps or takes them out: in while its permission is
+/// live and `allowed` (no bandwidth cap), out otherwise.
+fn sync(datapath: &Datapath, tuple: &FiveTuple, mirror: &mut Mirror, at: usize, allowed: bool) {
+    let want = allowed && mirror.channels[at].permitted;
+    if want == mirror.channels[at].installed {
+        return;
+    }
+    let Some(entry) = entry(tuple, mirror, at) else {
+        return;
+    };
+    if !want {
+        datapath.remove(&entry);
+        mirror.channels[at].installed = false;
+        return;
+    }
+    if !mirror.counter_created {
+        if !datapath.create_counters(mirror.counter) {
+            return;
+        }
+        mirror.counter_created = true;
+    }
+    mirror.channels[at].installed = datapath.insert(&entry);
+}
+
+pub use kernel::Datapath;
+
+#[cfg(target_os = "linux")]
+mod kernel {
+    use super::{decode_counters, layout, ChannelEntry, Counters, KernelTotals, REASONS};
+    use crate::config::XdpMode;
+    use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+    use aya::programs::{Xdp, XdpFlags};
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// The program, built by scripts/build-xdp.sh and committed.
+    static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/turnpike.bpf.o");
+
+    struct Maps {
+        c2p_v4: HashMap<MapData, [u8; 16], [u8; 24]>,
+        p2c_v4: HashMap<MapData, [u8; 12], [u8; 24]>,
+        c2p_v6: HashMap<MapData, [u8; 40], [u8; 48]>,
+        p2c_v6: HashMap<MapData, [u8; 36], [u8; 48]>,
+        counters: PerCpuHashMap<MapData, [u8; 8], [u8; 32]>,
+        stats: PerCpuArray<MapData, u64>,
+        cpus: usize,
+        /// Holds the program and its link; dropped last, which detaches it.
+        _ebpf: aya::Ebpf,
+    }
+
+    /// The attached program and its maps, shared by the workers. The lock is taken only by
+    /// the control events (channel bound or gone, allocation ended) and the once-a-second
+    /// totals read, never per packet: the packets that matter never reach userspace.
+    pub struct Datapath {
+        maps: Mutex<Maps>,
+        pub interface: String,
+        pub mode: &'static str,
+        warned_wildcard: AtomicBool,
+        warned_full: AtomicBool,
+    }
+
+    impl std::fmt::Debug for Datapath {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Datapath")
+                .field("interface", &self.interface)
+                .field("mode", &self.mode)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// The error and its causes on one line.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            let words = cause.to_string();
+            if !text.contains(&words) {
+                text.push_str(": ");
+                text.push_str(&words);
+            }
+            source = cause.source();
+        }
+        text
+    }
+
+    /// Why an attach failed, in words an operator can act on.
+    fn explain(e: &dyn std::error::Error) -> String {
+        let text = chain(e);
+        let hint = if text.contains("Operation not permitted") || text.contains("os error 1)") {
+            " (needs root: CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON or CAP_SYS_ADMIN)"
+        } else if text.contains("os error 95") || text.contains("not supported") {
+            " (the driver has no native XDP: try relay.xdp_mode = \"generic\")"
+        } else if text.contains("os error 16") || text.contains("os error 17") {
+            " (another XDP program is attached to the interface)"
+        } else {
+            ""
+        };
+        format!("{text}{hint}")
+    }
+
+    impl Datapath {
+        /// Loads the program and attaches it to `interface`; the reason in words if that
+        /// fails.
+        pub fn start(interface: &str, mode: XdpMode) -> Result<Self, String> {
+            let mut ebpf = aya::Ebpf::load(OBJECT)
+                .map_err(|e| format!("cannot load the XDP program: {}", explain(&e)))?;
+            let program: &mut Xdp = ebpf
+                .program_mut("turnpike_xdp")
+                .ok_or("the XDP object has no program turnpike_xdp")?
+                .try_into()
+                .map_err(|e| format!("turnpike_xdp is not an XDP program: {e}"))?;
+            program
+                .load()
+                .map_err(|e| format!("the kernel refused the XDP program: {}", explain(&e)))?;
+            let attach = |program: &mut Xdp, flags| {
+                program
+                    .attach(interface, flags)
+                    .map_err(|e| format!("cannot attach to {interface}: {}", explain(&e)))
+            };
+            let mode = match mode {
+                XdpMode::Driver => attach(program, XdpFlags::DRV_MODE).map(|_| "driver")?,
+                XdpMode::Generic => attach(program, XdpFlags::SKB_MODE).map(|_| "generic")?,
+                XdpMode::Auto => match attach(program, XdpFlags::DRV_MODE) {
+                    Ok(_) => "driver",
+                    Err(native) => attach(program, XdpFlags::SKB_MODE)
+                        .map(|_| "generic")
+                        .map_err(|generic| format!("{native}; generic: {generic}"))?,
+                },
+            };
+            fn take<T>(ebpf: &mut aya::Ebpf, name: &str) -> Result<T, String>
+            where
+                T: TryFrom<aya::maps::Map>,
+                T::Error: std::fmt::Display,
+            {
+                let map = ebpf
+                    .take_map(name)
+                    .ok_or_else(|| format!("the XDP object has no map {name}"))?;
+                T::try_from(map).map_err(|e| format!("map {name}: {e}"))
+            }
+            let cpus = aya::util::nr_cpus()
+                .map_err(|(what, e)| format!("cannot count CPUs ({what}): {e}"))?;
+            let maps = Maps {
+                c2p_v4: take(&mut ebpf, "c2p_v4")?,
+                p2c_v4: take(&mut ebpf, "p2c_v4")?,
+                c2p_v6: take(&mut ebpf, "c2p_v6")?,
+                p2c_v6: take(&mut ebpf, "p2c_v6")?,
+                counters: take(&mut ebpf, "alloc_counters")?,
+                stats: take(&mut ebpf, "datapath_stats")?,
+                cpus,
+                _ebpf: ebpf,
+            };
+            Ok(Self {
+                maps: Mutex::new(maps),
+                interface: interface.to_owned(),
+                mode,
+                warned_wildcard: AtomicBool::new(false),
+                warned_full: AtomicBool::new(false),
+            })
+        }
+
+        fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+            self.maps.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        pub(super) fn warn_wildcard(&self, server: SocketAddr) {
+            if !self.warned_wildcard.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    listener = %server,
+                    "xdp: a wildcard listener's channels stay in userspace: listen on the \
+                     interface's own address to use the kernel path"
+                );
+            }
+        }
+
+        fn warn_full(&self, what: &str, e: &dyn std::error::Error) {
+            if !self.warned_full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    error = %chain(e),
+                    "xdp: cannot add to {what} (full?): such channels stay in userspace"
+                );
+            }
+        }
+
+        /// A zeroed counter entry for an allocation, before its first channel entry.
+        pub(super) fn create_counters(&self, key: u64) -> bool {
+            let mut maps = self.maps();
+            let zero = match PerCpuValues::try_from(vec![[0u8; 32]; maps.cpus]) {
+                Ok(zero) => zero,
+                Err(e) => {
+                    self.warn_full("alloc_counters", &e);
+                    return false;
+                }
+            };
+            match maps.counters.insert(key.to_ne_bytes(), zero, 0) {
+                Ok(()) => true,
+                Err(e) => {
+                    self.warn_full("alloc_counters", &e);
+                    false
+                }
+            }
+        }
+
+        /// Reads an allocation's counters, summed over CPUs, and deletes the entry.
+        pub(super) fn take_counters(&self, key: u64) -> Counters {
+            let mut maps = self.maps();
+            let key = key.to_ne_bytes();
+            let mut sum = Counters::default();
+            if let Ok(values) = maps.counters.get(&key, 0) {
+                for value in values.iter() {
+                    let c = decode_counters(value);
+                    sum.to_peer_packets += c.to_peer_packets;
+                    sum.to_peer_bytes += c.to_peer_bytes;
+                    sum.from_peer_packets += c.from_peer_packets;
+                    sum.from_peer_bytes += c.from_peer_bytes;
+                }
+            }
+            let _ = maps.counters.remove(&key);
+            sum
+        }
+
+        /// Adds a channel's two entries; whether both are in.
+        pub(super) fn insert(&self, e: &ChannelEntry) -> bool {
+            let mut maps = self.maps();
+            let result = if e.peer.is_ipv4() {
+                maps.c2p_v4
+                    .insert(layout(&[&e.c2p_key()]), layout(&[&e.c2p_value()]), 0)
+                    .and_then(|()| {
+                        maps.p2c_v4
+                            .insert(layout(&[&e.p2c_key()]), layout(&[&e.p2c_value()]), 0)
+                    })
+            } else {
+                maps.c2p_v6
+                    .insert(layout(&[&e.c2p_key()]), layout(&[&e.c2p_value()]), 0)
+                    .and_then(|()| {
+                        maps.p2c_v6
+                            .insert(layout(&[&e.p2c_key()]), layout(&[&e.p2c_value()]), 0)
+                    })
+            };
+            match result {
+                Ok(()) => true,
+                Err(err) => {
+                    drop(maps);
+                    self.remove(e);
+                    self.warn_full("the channel maps", &err);
+                    false
+                }
+            }
+        }
+
+        /// Removes a channel's two entries (those present).
+        pub(super) fn remove(&self, e: &ChannelEntry) {
+            let mut maps = self.maps();
+            if e.peer.is_ipv4() {
+                let _ = maps.c2p_v4.remove(&layout(&[&e.c2p_key()]));
+                let _ = maps.p2c_v4.remove(&layout(&[&e.p2c_key()]));
+            } else {
+                let _ = maps.c2p_v6.remove(&layout(&[&e.c2p_key()]));
+                let _ = maps.p2c_v6.remove(&layout(&[&e.p2c_key()]));
+            }
+        }
+
+        /// The program's counters, summed over CPUs.
+        pub fn totals(&self) -> KernelTotals {
+            let maps = self.maps();
+            let mut stats = [0u64; REASONS.len()];
+            for (i, sum) in stats.iter_mut().enumerate() {
+                if let Ok(values) = maps.stats.get(&(i as u32), 0) {
+                    *sum = values.iter().sum();
+                }
+            }
+            KernelTotals::from_stats(&stats)
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod kernel {
+    use super::{ChannelEntry, Counters, KernelTotals};
+    use crate::config::XdpMode;
+    use std::net::SocketAddr;
+
+    /// XDP exists only on Linux; [`Datapath::start`] always says so.
+    #[derive(Debug)]
+    pub struct Datapath {
+        pub interface: String,
+        pub mode: &'static str,
+    }
+
+    impl Datapath {
+        pub fn start(_interface: &str, _mode: XdpMode) -> Result<Self, String> {
+            Err("XDP is Linux only".into())
+        }
+        pub(super) fn warn_wildcard(&self, _: SocketAddr) {}
+        pub(super) fn create_counters(&self, _: u64) -> bool {
+            false
+        }
+        pub(super) fn take_counters(&self, _: u64) -> Counters {
+            Counters::default()
+        }
+        pub(super) fn insert(&self, _: &ChannelEntry) -> bool {
+            false
+        }
+        pub(super) fn remove(&self, _: &ChannelEntry) {}
+        pub fn totals(&self) -> KernelTotals {
+            KernelTotals::default()
+        }
+    }
+}
+
+/// Starts the kernel path if configured: the program attached to `interface`, or `None`
+/// after one log line that names the reason (relaying then stays in userspace).
+pub fn start(interface: Option<&str>, mode: crate::config::XdpMode) -> Option<Arc<Datapath>> {
+    let interface = interface?;
+    match Datapath::start(interface, mode) {
+        Ok(datapath) => {
+            tracing::info!(
+                interface,
+                mode = datapath.mode,
+                "xdp: established UDP channels are relayed in the kernel"
+            );
+            Some(Arc::new(datapath))
+        }
+        Err(reason) => {
+            tracing::warn!(
+                interface,
+                "xdp: kernel path not enabled, relaying in userspace: {reason}"
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(v6: bool) -> ChannelEntry {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        if v6 {
+            ChannelEntry {
+                client: a("[2001:db8::1]:5000"),
+                server: a("[2001:db8::2]:3478"),
+                channel: 0x4001,
+                relay: a("[2001:db8::2]:50000"),
+                peer: a("[2001:db8::3]:6000"),
+                counter: counter_key(1, 7),
+            }
+        } else {
+            ChannelEntry {
+                client: a("192.0.2.1:5000"),
+                server: a("192.0.2.2:3478"),
+                channel: 0x4001,
+                relay: a("192.0.2.2:50000"),
+                peer: a("198.51.100.3:6000"),
+                counter: counter_key(1, 7),
+            }
+        }
+    }
+
+    #[test]
+    fn layouts_have_the_c_structs_sizes() {
+        let e = entry(false);
+        assert_eq!(
+            [
+                e.c2p_key().len(),
+                e.c2p_value().len(),
+                e.p2c_key().len(),
+                e.p2c_value().len()
+            ],
+            [16, 24, 12, 24]
+        );
+        let e = entry(true);
+        assert_eq!(
+            [
+                e.c2p_key().len(),
+                e.c2p_value().len(),
+                e.p2c_key().len(),
+                e.p2c_value().len()
+            ],
+            [40, 48, 36, 48]
+        );
+    }
+
+    #[test]
+    fn fields_are_in_network_order_where_the_c_code_expects() {
+        let e = entry(false);
+        assert_eq!(
+            e.c2p_key(),
+            [192, 0, 2, 1, 192, 0, 2, 2, 0x13, 0x88, 0x0d, 0x96, 0x40, 0x01, 0, 0]
+        );
+        let counter = counter_key(1, 7).to_ne_bytes();
+        assert_eq!(&e.c2p_value()[..8], &counter);
+        assert_eq!(
+            &e.c2p_value()[8..],
+            &[192, 0, 2, 2, 198, 51, 100, 3, 0xc3, 0x50, 0x17, 0x70, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            e.p2c_key(),
+            [198, 51, 100, 3, 192, 0, 2, 2, 0x17, 0x70, 0xc3, 0x50]
+        );
+        assert_eq!(
+            &e.p2c_value()[8..],
+            &[192, 0, 2, 1, 192, 0, 2, 2, 0x13, 0x88, 0x0d, 0x96, 0x40, 0x01, 0, 0]
+        );
+    }
+
+    #[test]
+    fn counter_keys_differ_between_workers() {
+        assert_ne!(counter_key(0, 1), counter_key(1, 1));
+        assert_eq!(counter_key(0, 5), 5);
+        assert_eq!(counter_key(2, 5) >> 48, 2);
+    }
+
+    #[test]
+    fn the_reason_table_matches_the_program() {
+        // `enum reason` in ebpf/turnpike.bpf.c ends with these four.
+        let src = include_str!("../../ebpf/turnpike.bpf.c");
+        let body = src
+            .split("enum reason {")
+            .nth(1)
+            .and_then(|s| s.split("};").next())
+            .unwrap();
+        let names: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.trim().split([',', ' ', '=']).next())
+            .filter(|n| !n.is_empty() && !n.starts_with("/*") && *n != "REASONS")
+            .collect();
+        assert_eq!(names.len(), REASONS.len(), "{names:?}");
+        assert_eq!(names[TX_TO_PEER], "TX_TO_PEER");
+        assert_eq!(names[TX_TO_CLIENT], "TX_TO_CLIENT");
+        assert_eq!(names[BYTES_TO_PEER], "BYTES_TO_PEER");
+        assert_eq!(names[BYTES_TO_CLIENT], "BYTES_TO_CLIENT");
+        for (name, label) in names.iter().zip(REASONS) {
+            if let Some(label) = label {
+                assert_eq!(
+                    name.trim_start_matches("PASS_").to_lowercase(),
+                    label.replace("neighbour", "neigh"),
+                );
+            }
+        }
+    }
+}
