@@ -157,11 +157,17 @@ pub fn render(report: &WorkerReport, usage: &UsageSnapshot, instance: Option<Ins
         "1 if the XDP program relays established channels in the kernel",
         u64::from(kernel.attached),
     );
+    // Every reason, zero without the program, so the series exist before the first frame.
     let passed = Family::<Label, Counter>::default();
-    for (reason, n) in &kernel.passed {
+    for reason in crate::net::xdp::REASONS.into_iter().flatten() {
+        let n = kernel
+            .passed
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n);
         passed
-            .get_or_create(&[("reason", (*reason).to_owned())])
-            .inc_by(*n);
+            .get_or_create(&[("reason", reason.to_owned())])
+            .inc_by(n);
     }
     r.register(
         "turnpike_xdp_passed",
