@@ -1,6 +1,9 @@
 //! I/O drivers: the only code that touches sockets or reads the clock.
 
 pub mod batch;
+mod connections;
+mod listeners;
+mod relays;
 pub mod stream;
 pub mod tls;
 pub mod udp;
