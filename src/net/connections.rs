@@ -1,22 +1,26 @@
-//! The worker's TCP and TLS client connections (moved from worker.rs).
+//! A worker's TCP and TLS client connections (RFC 8656 framing, TLS through rustls): the
+//! slot table, registered as `Token(TOKEN_BASE + slot)`; reading into each connection's
+//! framer and writing its queue of answers and relayed data, with the queue limits that
+//! give backpressure; the deadlines a stalled or unauthenticated client is closed at; the
+//! choice of whom to evict at the total cap; and the caps themselves, shared by all workers.
+//! What the frames mean, and what closing a connection ends, is the worker's business.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use mio::{Interest, Token};
+use mio::{Interest, Registry, Token};
 
-use super::listeners::Bound;
 use super::stream::{Framer, MAX_FRAME};
-use super::worker::{Worker, CONN_BASE, READS_PER_TURN};
-use super::{is_connection_error, source_of};
+use super::{source_of, READS_PER_TURN};
 use crate::proto::{FiveTuple, Transport};
-use crate::unix_now;
 
+/// Connection slot `i` is `Token(TOKEN_BASE + i)`; tokens below are listeners and relays.
+pub(super) const TOKEN_BASE: usize = 1 << 40;
 /// A TCP client must send a whole message, and a TLS client finish its handshake, within this,
 /// and every frame must arrive whole within this of its first byte: a stalled or trickling
 /// client cannot pin a connection slot for longer.
@@ -33,9 +37,6 @@ const MAX_QUEUED_UNALLOCATED: usize = 16 * 1024;
 /// must not be lost behind media over TCP, where nobody retransmits it): relayed data stops
 /// short of it, and the client's requests are not handled while it is in use.
 const ANSWER_RESERVE: usize = 4 * 1024;
-/// After `accept` fails for want of descriptors or memory, try again this much later: the
-/// backlog is not announced again by an edge-triggered poll.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Plaintext handed to rustls at a time.
 const TLS_CHUNK: usize = 16 * 1024;
 
@@ -59,7 +60,7 @@ impl ConnectionLimits {
         }
     }
 
-    fn claim(&self, client: IpAddr) -> Result<(), Refusal> {
+    pub(super) fn claim(&self, client: IpAddr) -> Result<(), Refusal> {
         let source = source_of(client);
         let mut per_source = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
         let count = per_source.get(&source).copied().unwrap_or(0);
@@ -82,7 +83,7 @@ impl ConnectionLimits {
             .collect()
     }
 
-    fn release(&self, client: IpAddr) {
+    pub(super) fn release(&self, client: IpAddr) {
         let source = source_of(client);
         let mut per_source = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = per_source.get_mut(&source) {
@@ -97,7 +98,7 @@ impl ConnectionLimits {
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
+pub(super) enum Refusal {
     Source,
     Total,
 }
@@ -107,9 +108,9 @@ pub(super) struct Connection {
     stream: TcpStream,
     tuple: FiveTuple,
     tls: Option<rustls::ServerConnection>,
-    pub(super) framer: Framer,
+    framer: Framer,
     /// Plaintext waiting to be written (or handed to rustls).
-    pub(super) queued: Vec<u8>,
+    queued: Vec<u8>,
     opened: Instant,
     /// When the frame now partly received began to arrive.
     frame_started: Option<Instant>,
@@ -123,6 +124,10 @@ pub(super) struct Connection {
 }
 
 impl Connection {
+    pub(super) fn tuple(&self) -> FiveTuple {
+        self.tuple
+    }
+
     fn queue_limit(&self) -> usize {
         if self.allocated {
             MAX_QUEUED
@@ -132,83 +137,184 @@ impl Connection {
     }
 
     /// The answer reserve is in use: stop handling this client's requests until it reads.
-    fn congested(&self) -> bool {
+    pub(super) fn congested(&self) -> bool {
         self.queued.len() + ANSWER_RESERVE >= self.queue_limit()
+    }
+
+    /// Bytes allocated for its input and output.
+    fn buffered(&self) -> usize {
+        self.queued.capacity() + self.framer.capacity()
+    }
+
+    /// A frame of the client's was handled: it has sent a whole message (TCP), or finished
+    /// its handshake (TLS), and no longer runs against the handshake deadline.
+    pub(super) fn set_established(&mut self) {
+        self.established = true;
+    }
+
+    /// Whether it has an allocation now, as the core says after one of its requests.
+    pub(super) fn set_allocated(&mut self, allocated: bool) {
+        self.allocated = allocated;
+    }
+
+    /// The frames received so far, taken out while they are handed to the core (which may
+    /// queue answers on this connection meanwhile).
+    pub(super) fn take_framer(&mut self) -> Framer {
+        std::mem::take(&mut self.framer)
+    }
+
+    /// Puts the framer back after its frames were handled, and restarts the frame deadline
+    /// if a new frame began: `completed` if any frame was, `paused` if handling stopped for a
+    /// congested queue.
+    pub(super) fn put_framer(&mut self, framer: Framer, completed: bool, paused: bool) {
+        // While paused, waiting is on the server's side of the deadline.
+        if framer.pending() == 0 || paused {
+            self.frame_started = None;
+        } else if completed || self.frame_started.is_none() {
+            self.frame_started = Some(Instant::now());
+        }
+        self.framer = framer;
+    }
+
+    /// Reads into the framer (through rustls for TLS): `(more may be waiting, the client
+    /// closed its side)`.
+    pub(super) fn read(&mut self, buf: &mut [u8]) -> io::Result<(bool, bool)> {
+        for _ in 0..READS_PER_TURN {
+            // Never more than a whole frame ahead of what has been handled.
+            let room = MAX_FRAME
+                .saturating_sub(self.framer.pending())
+                .min(buf.len());
+            if room == 0 {
+                return Ok((true, false));
+            }
+            match &mut self.tls {
+                Some(tls) => match tls.read_tls(&mut self.stream) {
+                    Ok(0) => return Ok((false, true)),
+                    Ok(_) => {
+                        let state = tls.process_new_packets().map_err(|e| {
+                            // Best effort: tell the client why before closing.
+                            let _ = tls.write_tls(&mut self.stream);
+                            io::Error::other(e)
+                        })?;
+                        let mut available = state.plaintext_bytes_to_read();
+                        while available > 0 {
+                            let chunk = available.min(buf.len());
+                            let n = tls.reader().read(&mut buf[..chunk])?;
+                            self.framer.extend(&buf[..n]);
+                            available -= n;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, false)),
+                    Err(e) => return Err(e),
+                },
+                // At most up to a whole frame buffered: a client whose frames wait for its queue
+                // to drain holds no more than that.
+                None => match self.stream.read(&mut buf[..room]) {
+                    Ok(0) => return Ok((false, true)),
+                    Ok(n) => self.framer.extend(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, false)),
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Ok((true, false))
+    }
+
+    /// Queues bytes for the client: an answer to its own request, or relayed data, which
+    /// leaves the answer reserve free; false (and nothing queued) when there is no room.
+    pub(super) fn queue(&mut self, parts: &[&[u8]], answer: bool) -> bool {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let reserve = if answer { 0 } else { ANSWER_RESERVE };
+        if self.queued.len() + len + reserve > self.queue_limit() {
+            return false;
+        }
+        for part in parts {
+            self.queued.extend_from_slice(part);
+        }
+        true
+    }
+
+    /// Writes as much queued data as the socket takes (through rustls for TLS).
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        let Connection {
+            stream,
+            tls,
+            queued,
+            ..
+        } = self;
+        match tls {
+            Some(tls) => loop {
+                while tls.wants_write() {
+                    match tls.write_tls(stream) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                }
+                if queued.is_empty() || tls.is_handshaking() {
+                    release_idle(queued);
+                    return Ok(());
+                }
+                let n = tls.writer().write(&queued[..queued.len().min(TLS_CHUNK)])?;
+                queued.drain(..n);
+            },
+            None => {
+                while !queued.is_empty() {
+                    match stream.write(queued) {
+                        Ok(n) => {
+                            queued.drain(..n);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                }
+                release_idle(queued);
+                Ok(())
+            }
+        }
     }
 }
 
-impl Worker {
-    /// Accepts one connection on a TCP or TLS listener.
-    pub(super) fn accept(&mut self, index: usize) -> io::Result<()> {
-        let Some(Bound::Stream(listener, transport)) = self.listeners.get(index) else {
-            return Err(io::ErrorKind::WouldBlock.into());
-        };
-        let transport = *transport;
-        let (stream, client) = match listener.accept() {
-            Ok(accepted) => accepted,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
-            // The connection went away before it was taken (ECONNABORTED and the like): take
-            // the next one.
-            Err(e) if is_connection_error(&e) => return Ok(()),
-            // Out of descriptors or memory: leave the rest in the backlog and come back to it
-            // soon (no new readiness event would announce it).
-            Err(e) => {
-                let now = Instant::now();
-                if let Some(suppressed) = self.accept_log.allow(now) {
-                    tracing::warn!(error = %e, suppressed, "accept failed; retrying");
-                }
-                let (_, tokens) = self
-                    .accept_retry
-                    .get_or_insert_with(|| (now + ACCEPT_RETRY, Vec::new()));
-                if !tokens.contains(&Token(index)) {
-                    tokens.push(Token(index));
-                }
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-        };
-        let mut admitted = self.shared.connections.claim(client.ip());
-        if admitted == Err(Refusal::Total) && self.evict_unallocated() {
-            admitted = self.shared.connections.claim(client.ip());
-        }
-        if let Err(refusal) = admitted {
-            tracing::debug!(%client, ?refusal, "connection refused: too many connections");
-            return Ok(());
-        }
-        if let Err(e) = self.open_connection(stream, client, transport) {
-            tracing::debug!(%client, error = %e, "connection not opened");
-            self.shared.connections.release(client.ip());
-        }
-        Ok(())
-    }
+/// The connections of one worker.
+#[derive(Default)]
+pub(super) struct Connections {
+    slots: Vec<Option<Connection>>,
+    free: Vec<usize>,
+    by_tuple: HashMap<FiveTuple, usize>,
+}
 
+impl Connections {
     /// Registers an accepted connection in a free slot; on error nothing is left behind but
-    /// the caller's claim on the connection caps.
-    fn open_connection(
+    /// the caller's claim on the connection caps. `tls` is the certificate for a TLS
+    /// connection.
+    pub(super) fn open(
         &mut self,
+        registry: &Registry,
         mut stream: TcpStream,
         client: SocketAddr,
         transport: Transport,
+        tls: Option<&Arc<rustls::ServerConfig>>,
     ) -> io::Result<()> {
-        let tls = self.new_stream_session(&mut stream, client, transport)?;
+        let tls = new_stream_session(&mut stream, client, transport, tls)?;
         let now = Instant::now();
         let tuple = FiveTuple {
             client,
             server: stream.local_addr()?,
             transport,
         };
-        let slot = self.free_connections.pop().unwrap_or_else(|| {
-            self.connections.push(None);
-            self.connections.len() - 1
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
         });
-        if let Err(e) = self.poll.registry().register(
+        if let Err(e) = registry.register(
             &mut stream,
-            Token(CONN_BASE + slot),
+            Token(TOKEN_BASE + slot),
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            self.free_connections.push(slot);
+            self.free.push(slot);
             return Err(e);
         }
-        self.connections[slot] = Some(Connection {
+        self.slots[slot] = Some(Connection {
             stream,
             tuple,
             tls,
@@ -220,192 +326,67 @@ impl Worker {
             allocated: false,
             established: false,
         });
-        self.connection_slots.insert(tuple, slot);
+        self.by_tuple.insert(tuple, slot);
         Ok(())
     }
 
-    /// At the total cap, makes room by closing one of this worker's connections without an
-    /// allocation: one from the source holding the most connections, the oldest among
-    /// those. A few sources opening connections they never use cannot lock everyone else
-    /// out, and connections with an allocation are never closed for a newcomer.
-    fn evict_unallocated(&mut self) -> bool {
-        let candidates: Vec<(usize, IpAddr, Instant)> = self
-            .connections
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, c)| c.as_ref().map(|c| (slot, c)))
-            .filter(|(_, c)| !self.server.has_allocation(&c.tuple))
-            .map(|(slot, c)| (slot, c.tuple.client.ip(), c.opened))
-            .collect();
-        let held = self
-            .shared
-            .connections
-            .held(candidates.iter().map(|(_, ip, _)| *ip));
-        let victim = candidates
-            .iter()
-            .zip(held)
-            .max_by_key(|((_, _, opened), held)| (*held, std::cmp::Reverse(*opened)))
-            .map(|((slot, ..), _)| *slot);
-        match victim {
-            Some(slot) => {
-                self.close_connection(slot, "evicted: connection limit reached");
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn new_stream_session(
-        &self,
-        stream: &mut TcpStream,
-        client: SocketAddr,
-        transport: Transport,
-    ) -> io::Result<Option<rustls::ServerConnection>> {
-        stream.set_nodelay(true)?;
-        if transport != Transport::Tls {
-            return Ok(None);
-        }
-        let config = self.settings.tls.clone().ok_or_else(|| {
-            io::Error::other(format!(
-                "TLS connection from {client} but no certificate loaded"
-            ))
-        })?;
-        rustls::ServerConnection::new(config)
-            .map(Some)
-            .map_err(io::Error::other)
-    }
-
-    /// Reads what a connection has, handles its frames and flushes replies; true if it may
-    /// have more to read.
-    pub(super) fn service_connection(&mut self, slot: usize) -> bool {
-        let Some(connection) = self.connections.get_mut(slot).and_then(Option::as_mut) else {
-            return false;
-        };
-        if flush(connection).is_err() {
-            self.close_connection(slot, "write failed");
-            return false;
-        }
-        // A client that does not read its answers is not read from either, until its queue
-        // drains (a writable event brings it back here).
-        if connection.congested() {
-            return false;
-        }
-        let (more, closed) = match read_connection(connection, &mut self.recv_buf) {
-            Ok(progress) => progress,
-            Err(e) => {
-                self.close_connection(slot, &e.to_string());
-                return false;
-            }
-        };
-        let paused = match self.handle_frames(slot) {
-            Ok(paused) => paused,
-            Err(e) => {
-                self.close_connection(slot, &e);
-                return false;
-            }
-        };
-        let Some(connection) = self.connections[slot].as_mut() else {
-            return false;
-        };
-        if flush(connection).is_err() || closed {
-            self.close_connection(
-                slot,
-                if closed {
-                    "closed by client"
-                } else {
-                    "write failed"
-                },
-            );
-            return false;
-        }
-        // Frames left waiting for the queue to drain, which it just did without blocking:
-        // no event would bring them back.
-        more || (paused && !connection.congested())
-    }
-
-    /// Hands the complete frames a connection has received to the core, until its answer
-    /// reserve is in use; whether it stopped for that (frames are left in the framer).
-    fn handle_frames(&mut self, slot: usize) -> Result<bool, String> {
-        let Some(connection) = self.connections[slot].as_mut() else {
-            return Ok(false);
-        };
-        let tuple = connection.tuple;
-        let mut framer = std::mem::take(&mut connection.framer);
-        let mut completed = false;
-        let mut paused = false;
-        let result = loop {
-            if self.connections[slot]
-                .as_ref()
-                .is_some_and(Connection::congested)
-            {
-                paused = true;
-                break Ok(());
-            }
-            let range = match framer.next_frame() {
-                Ok(Some(range)) => range,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e.to_string()),
-            };
-            completed = true;
-            let now = Instant::now();
-            let data = &framer.data()[range];
-            let is_stun = data[0] < 0x40;
-            let reply = self.handle_client_message(now, unix_now(), tuple, data);
-            self.apply_events();
-            // Requests can create or end the allocation, which sets the queue limit.
-            let allocated = is_stun && self.server.has_allocation(&tuple);
-            if let Some(connection) = self.connections[slot].as_mut() {
-                connection.established = true;
-                // The answer first: a Refresh that ends the allocation gets its answer under
-                // the limit it was sent under.
-                if let Some(n) = reply {
-                    if !queue(connection, &[&self.out_buf[..n]], true) {
-                        self.send_errors += 1;
-                    }
-                }
-                if is_stun {
-                    connection.allocated = allocated;
-                }
-            }
-        };
-        if let Some(connection) = self.connections[slot].as_mut() {
-            // While paused, waiting is on the server's side of the deadline.
-            if framer.pending() == 0 || paused {
-                connection.frame_started = None;
-            } else if completed || connection.frame_started.is_none() {
-                connection.frame_started = Some(Instant::now());
-            }
-            connection.framer = framer;
-        }
-        self.flush_sends();
-        result.map(|()| paused)
-    }
-
-    pub(super) fn close_connection(&mut self, slot: usize, reason: &str) {
-        let Some(mut connection) = self.connections.get_mut(slot).and_then(Option::take) else {
-            return;
-        };
+    /// Closes the connection in `slot`, gives its place under the caps back, and returns its
+    /// 5-tuple (whose allocation the caller ends).
+    pub(super) fn close(
+        &mut self,
+        registry: &Registry,
+        slot: usize,
+        reason: &str,
+        limits: &ConnectionLimits,
+    ) -> Option<FiveTuple> {
+        let mut connection = self.slots.get_mut(slot).and_then(Option::take)?;
         tracing::debug!(client = %connection.tuple.client, reason, "connection closed");
-        let _ = self.poll.registry().deregister(&mut connection.stream);
-        self.connection_slots.remove(&connection.tuple);
-        self.free_connections.push(slot);
-        self.shared
-            .connections
-            .release(connection.tuple.client.ip());
-        self.server.close_connection(&connection.tuple);
-        self.apply_events();
+        let _ = registry.deregister(&mut connection.stream);
+        self.by_tuple.remove(&connection.tuple);
+        self.free.push(slot);
+        limits.release(connection.tuple.client.ip());
+        Some(connection.tuple)
     }
 
-    /// Closes connections whose handshake or current frame stalled, and ones that have gone
-    /// without an allocation for too long.
-    pub(super) fn sweep_connections(&mut self, now: Instant) {
-        self.last_sweep = now;
+    /// The slot of the connection with this 5-tuple.
+    #[inline]
+    pub(super) fn slot(&self, tuple: &FiveTuple) -> Option<usize> {
+        self.by_tuple.get(tuple).copied()
+    }
+
+    pub(super) fn get(&self, slot: usize) -> Option<&Connection> {
+        self.slots.get(slot)?.as_ref()
+    }
+
+    #[inline]
+    pub(super) fn get_mut(&mut self, slot: usize) -> Option<&mut Connection> {
+        self.slots.get_mut(slot)?.as_mut()
+    }
+
+    /// The slots of every open connection.
+    pub(super) fn open_slots(&self) -> Vec<usize> {
+        self.by_tuple.values().copied().collect()
+    }
+
+    /// Bytes allocated for the buffers of every open connection.
+    pub(super) fn buffer_bytes(&self) -> usize {
+        self.slots.iter().flatten().map(Connection::buffered).sum()
+    }
+
+    /// The connections to close, with the reason: their handshake or current frame stalled,
+    /// or they have gone without an allocation for too long. Refreshes whether each has an
+    /// allocation, as `has_allocation` says.
+    pub(super) fn expired(
+        &mut self,
+        now: Instant,
+        has_allocation: impl Fn(&FiveTuple) -> bool,
+    ) -> Vec<(usize, &'static str)> {
         let mut expired = Vec::new();
-        for (slot, connection) in self.connections.iter_mut().enumerate() {
+        for (slot, connection) in self.slots.iter_mut().enumerate() {
             let Some(connection) = connection else {
                 continue;
             };
-            connection.allocated = self.server.has_allocation(&connection.tuple);
+            connection.allocated = has_allocation(&connection.tuple);
             if connection.allocated {
                 connection.unallocated_since = now;
             }
@@ -423,108 +404,53 @@ impl Worker {
                 expired.push((slot, "no allocation"));
             }
         }
-        for (slot, reason) in expired {
-            self.close_connection(slot, reason);
-        }
+        expired
+    }
+
+    /// Whom to close to make room at the total cap: one of these connections without an
+    /// allocation, from the source holding the most connections, the oldest among those. A
+    /// few sources opening connections they never use cannot lock everyone else out, and
+    /// connections with an allocation are never closed for a newcomer.
+    pub(super) fn eviction_victim(
+        &self,
+        limits: &ConnectionLimits,
+        has_allocation: impl Fn(&FiveTuple) -> bool,
+    ) -> Option<usize> {
+        let candidates: Vec<(usize, IpAddr, Instant)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| c.as_ref().map(|c| (slot, c)))
+            .filter(|(_, c)| !has_allocation(&c.tuple))
+            .map(|(slot, c)| (slot, c.tuple.client.ip(), c.opened))
+            .collect();
+        let held = limits.held(candidates.iter().map(|(_, ip, _)| *ip));
+        candidates
+            .iter()
+            .zip(held)
+            .max_by_key(|((_, _, opened), held)| (*held, std::cmp::Reverse(*opened)))
+            .map(|((slot, ..), _)| *slot)
     }
 }
 
-/// Reads from a connection into its framer (through rustls for TLS): `(more may be
-/// waiting, the client closed its side)`.
-fn read_connection(connection: &mut Connection, buf: &mut [u8]) -> io::Result<(bool, bool)> {
-    for _ in 0..READS_PER_TURN {
-        // Never more than a whole frame ahead of what has been handled.
-        let room = MAX_FRAME
-            .saturating_sub(connection.framer.pending())
-            .min(buf.len());
-        if room == 0 {
-            return Ok((true, false));
-        }
-        match &mut connection.tls {
-            Some(tls) => match tls.read_tls(&mut connection.stream) {
-                Ok(0) => return Ok((false, true)),
-                Ok(_) => {
-                    let state = tls.process_new_packets().map_err(|e| {
-                        // Best effort: tell the client why before closing.
-                        let _ = tls.write_tls(&mut connection.stream);
-                        io::Error::other(e)
-                    })?;
-                    let mut available = state.plaintext_bytes_to_read();
-                    while available > 0 {
-                        let chunk = available.min(buf.len());
-                        let n = tls.reader().read(&mut buf[..chunk])?;
-                        connection.framer.extend(&buf[..n]);
-                        available -= n;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, false)),
-                Err(e) => return Err(e),
-            },
-            // At most up to a whole frame buffered: a client whose frames wait for its queue
-            // to drain holds no more than that.
-            None => match connection.stream.read(&mut buf[..room]) {
-                Ok(0) => return Ok((false, true)),
-                Ok(n) => connection.framer.extend(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, false)),
-                Err(e) => return Err(e),
-            },
-        }
+fn new_stream_session(
+    stream: &mut TcpStream,
+    client: SocketAddr,
+    transport: Transport,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) -> io::Result<Option<rustls::ServerConnection>> {
+    stream.set_nodelay(true)?;
+    if transport != Transport::Tls {
+        return Ok(None);
     }
-    Ok((true, false))
-}
-
-/// Queues bytes for a stream client: an answer to its own request, or relayed data, which
-/// leaves the answer reserve free; false (and nothing queued) when there is no room.
-pub(super) fn queue(connection: &mut Connection, parts: &[&[u8]], answer: bool) -> bool {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let reserve = if answer { 0 } else { ANSWER_RESERVE };
-    if connection.queued.len() + len + reserve > connection.queue_limit() {
-        return false;
-    }
-    for part in parts {
-        connection.queued.extend_from_slice(part);
-    }
-    true
-}
-
-/// Writes as much queued data as the socket takes (through rustls for TLS).
-pub(super) fn flush(connection: &mut Connection) -> io::Result<()> {
-    let Connection {
-        stream,
-        tls,
-        queued,
-        ..
-    } = connection;
-    match tls {
-        Some(tls) => loop {
-            while tls.wants_write() {
-                match tls.write_tls(stream) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) => return Err(e),
-                }
-            }
-            if queued.is_empty() || tls.is_handshaking() {
-                release_idle(queued);
-                return Ok(());
-            }
-            let n = tls.writer().write(&queued[..queued.len().min(TLS_CHUNK)])?;
-            queued.drain(..n);
-        },
-        None => {
-            while !queued.is_empty() {
-                match stream.write(queued) {
-                    Ok(n) => {
-                        queued.drain(..n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) => return Err(e),
-                }
-            }
-            release_idle(queued);
-            Ok(())
-        }
-    }
+    let config = tls.cloned().ok_or_else(|| {
+        io::Error::other(format!(
+            "TLS connection from {client} but no certificate loaded"
+        ))
+    })?;
+    rustls::ServerConnection::new(config)
+        .map(Some)
+        .map_err(io::Error::other)
 }
 
 /// Gives back what an emptied send queue grew to in a burst, so an idle connection does not

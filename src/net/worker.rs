@@ -2,43 +2,42 @@
 //! TLS, each a member of a `SO_REUSEPORT` group), its client connections, and the relay
 //! sockets of the allocations it created. It owns its [`Server`]; nothing on the packet path
 //! is shared or locked.
+//!
+//! The sockets live in three tables, each owning its state: [`Listeners`] (tokens from 0),
+//! [`Relays`] (from `relays::TOKEN_BASE`) and [`Connections`] (from
+//! `connections::TOKEN_BASE`). This module is the only one that drives the core: it hands
+//! what those sockets receive to the [`Server`], sends what it answers (datagrams through
+//! one `sendmmsg` batch, stream data through the connection's queue), and acts on what it
+//! reports (relay sockets to close, connections to cut off, usage records). The management
+//! plane's commands, reloads and the telemetry it publishes are handled here between turns.
 
 use crate::unix_now;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, UdpSocket};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Poll, Token, Waker};
 use tokio::sync::oneshot;
 
-use super::batch::{RecvBatch, SendBatch};
-use super::connections::Connection;
-pub use super::connections::ConnectionLimits;
-use super::listeners::Bound;
-pub use super::listeners::Listener;
-use super::relays::Relay;
+use super::batch::{RecvBatch, SendBatch, BATCH};
+use super::connections::{self, ConnectionLimits, Connections, Refusal};
+use super::listeners::{Accepted, Kind, Listener, Listeners};
+use super::relays::{self, Relays};
+use super::stream::channel_padding;
 use super::udp::Reservations;
+use super::READS_PER_TURN;
 use crate::proto::server::LogBudget;
 use crate::proto::wire::CHANNEL_HEADER_LEN;
 use crate::proto::{
-    ClientAction, EndReason, Event, FiveTuple, PendingAllocation, Revocations, Server,
+    ClientAction, EndReason, Event, FiveTuple, PeerAction, PendingAllocation, Revocations, Server,
     ServerConfig, SessionFilter, SessionInfo, Transport,
 };
 use crate::telemetry::{Telemetry, WorkerReport};
 
 const WAKER: Token = Token(usize::MAX);
-/// Tokens below this are listeners; relay slot `i` is `Token(RELAY_BASE + i)` and connection
-/// slot `i` is `Token(CONN_BASE + i)`.
-pub(super) const RELAY_BASE: usize = 1 << 20;
-pub(super) const CONN_BASE: usize = 1 << 40;
-/// Reads from one connection, or `recvmmsg` batches from one UDP socket, before turning to
-/// the next, so a busy socket cannot starve the rest (quinn's IO_LOOP_BOUND plays the same
-/// role).
-pub(super) const READS_PER_TURN: usize = 4;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
 /// Longest sleep between checks of the shutdown flag, timers and reloads.
@@ -103,37 +102,30 @@ pub struct RelaySettings {
 }
 
 pub struct Worker {
-    pub(super) index: usize,
-    pub(super) poll: Poll,
-    pub(super) listeners: Vec<Bound>,
-    pub(super) relays: Vec<Option<Relay>>,
-    pub(super) free_relays: Vec<usize>,
-    pub(super) relay_slots: HashMap<SocketAddr, usize>,
-    pub(super) connections: Vec<Option<Connection>>,
-    pub(super) free_connections: Vec<usize>,
-    pub(super) connection_slots: HashMap<FiveTuple, usize>,
-    pub(super) server: Server,
-    pub(super) shared: Arc<WorkerShared>,
-    pub(super) settings: Arc<Settings>,
-    pub(super) generation: u64,
-    pub(super) last_publish: Instant,
-    pub(super) last_sweep: Instant,
+    index: usize,
+    poll: Poll,
+    listeners: Listeners,
+    relays: Relays,
+    connections: Connections,
+    server: Server,
+    shared: Arc<WorkerShared>,
+    settings: Arc<Settings>,
+    generation: u64,
+    last_publish: Instant,
+    last_sweep: Instant,
     /// Sockets that may still hold data (mio is edge-triggered).
-    pub(super) ready: VecDeque<Token>,
+    ready: VecDeque<Token>,
     /// Stream reads land here.
-    pub(super) recv_buf: Vec<u8>,
+    recv_buf: Vec<u8>,
     /// Datagrams arrive here; taken out while its datagrams are handled.
-    pub(super) recv_batch: Option<Box<RecvBatch>>,
+    recv_batch: Option<Box<RecvBatch>>,
     /// Datagrams leave through here; flushed after each batch received and before a relay
     /// socket closes (its descriptor could otherwise be reused under a queued datagram).
-    pub(super) send_batch: SendBatch,
-    pub(super) out_buf: Vec<u8>,
-    pub(super) send_errors: u64,
-    /// Listeners whose `accept` failed, to be tried again at the instant given.
-    pub(super) accept_retry: Option<(Instant, Vec<Token>)>,
-    pub(super) accept_log: LogBudget,
-    pub(super) relay_log: LogBudget,
-    pub(super) commands: mpsc::Receiver<Command>,
+    send_batch: SendBatch,
+    out_buf: Vec<u8>,
+    send_errors: u64,
+    relay_log: LogBudget,
+    commands: mpsc::Receiver<Command>,
 }
 
 impl Worker {
@@ -153,41 +145,13 @@ impl Worker {
         let server = Server::new(settings.server.clone(), quotas, rand::random());
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let mut bound = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let token = Token(i);
-            let listener_is_tls = matches!(listener, Listener::Tls(_));
-            match listener {
-                Listener::Udp(socket) => {
-                    let addr = socket.local_addr()?;
-                    let mut socket = UdpSocket::from_std(socket);
-                    poll.registry()
-                        .register(&mut socket, token, Interest::READABLE)?;
-                    bound.push(Bound::Udp(socket, addr));
-                }
-                Listener::Tcp(listener) | Listener::Tls(listener) => {
-                    let transport = if listener_is_tls {
-                        Transport::Tls
-                    } else {
-                        Transport::Tcp
-                    };
-                    let mut listener = TcpListener::from_std(listener);
-                    poll.registry()
-                        .register(&mut listener, token, Interest::READABLE)?;
-                    bound.push(Bound::Stream(listener, transport));
-                }
-            }
-        }
+        let listeners = Listeners::register(poll.registry(), listeners)?;
         let worker = Self {
             index,
             poll,
-            listeners: bound,
-            relays: Vec::new(),
-            free_relays: Vec::new(),
-            relay_slots: HashMap::new(),
-            connections: Vec::new(),
-            free_connections: Vec::new(),
-            connection_slots: HashMap::new(),
+            listeners,
+            relays: Relays::default(),
+            connections: Connections::default(),
             server,
             shared,
             settings,
@@ -200,8 +164,6 @@ impl Worker {
             send_batch: SendBatch::default(),
             out_buf: vec![0; MAX_DATAGRAM + 1024],
             send_errors: 0,
-            accept_retry: None,
-            accept_log: LogBudget::default(),
             relay_log: LogBudget::default(),
             commands,
         };
@@ -215,7 +177,7 @@ impl Worker {
         while !self.shared.shutdown.load(Ordering::Relaxed) {
             let timeout = if self.ready.is_empty() {
                 let now = Instant::now();
-                let next_timer = [self.server.poll_timeout(), self.accept_retry_at()]
+                let next_timer = [self.server.poll_timeout(), self.listeners.retry_at()]
                     .into_iter()
                     .flatten()
                     .min();
@@ -248,8 +210,7 @@ impl Worker {
                 }
             }
             let now = Instant::now();
-            if self.accept_retry_at().is_some_and(|at| now >= at) {
-                let (_, tokens) = self.accept_retry.take().expect("checked above");
+            if let Some(tokens) = self.listeners.due_retries(now) {
                 self.ready.extend(tokens);
             }
             self.server.handle_timeout(now);
@@ -262,18 +223,13 @@ impl Worker {
                 self.publish(now);
             }
         }
-        let slots: Vec<usize> = self.connection_slots.values().copied().collect();
-        for slot in slots {
+        for slot in self.connections.open_slots() {
             self.close_connection(slot, "shutdown");
         }
         self.server.clear();
         self.apply_events();
         self.publish(Instant::now());
         Ok(())
-    }
-
-    fn accept_retry_at(&self) -> Option<Instant> {
-        self.accept_retry.as_ref().map(|(at, _)| *at)
     }
 
     fn reload_if_changed(&mut self) {
@@ -297,27 +253,22 @@ impl Worker {
             stats: self.server.stats.clone(),
             gauges: self.server.gauges(),
             send_errors: self.send_errors,
-            stream_buffer_bytes: self
-                .connections
-                .iter()
-                .flatten()
-                .map(|c| c.queued.capacity() + c.framer.capacity())
-                .sum::<usize>() as u64,
+            stream_buffer_bytes: self.connections.buffer_bytes() as u64,
         };
         self.shared.telemetry.publish(self.index, &report, now);
     }
 
     /// Serves one ready socket for a bounded amount of work; true if it may have more.
     fn service(&mut self, token: Token) -> bool {
-        if token.0 >= CONN_BASE {
-            return self.service_connection(token.0 - CONN_BASE);
+        if token.0 >= connections::TOKEN_BASE {
+            return self.service_connection(token.0 - connections::TOKEN_BASE);
         }
-        if token.0 >= RELAY_BASE {
-            return self.drain(|w| w.recv_from_peer(token.0 - RELAY_BASE));
+        if token.0 >= relays::TOKEN_BASE {
+            return self.drain(|w| w.recv_from_peer(token.0 - relays::TOKEN_BASE));
         }
-        match self.listeners.get(token.0) {
-            Some(Bound::Udp(..)) => self.drain(|w| w.recv_from_client(token.0)),
-            Some(Bound::Stream(..)) => self.drain(|w| w.accept(token.0)),
+        match self.listeners.kind(token.0) {
+            Some(Kind::Udp) => self.drain(|w| w.recv_from_client(token.0)),
+            Some(Kind::Stream) => self.drain(|w| w.accept(token.0)),
             None => false,
         }
     }
@@ -337,9 +288,45 @@ impl Worker {
         true
     }
 
+    // ---- datagrams: clients' over UDP, and peers' to every client ----
+
+    /// Handles one `recvmmsg` batch from a client-facing UDP socket.
+    fn recv_from_client(&mut self, index: usize) -> io::Result<()> {
+        let Some((fd, local)) = self.listeners.udp(index) else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let mut batch = self.recv_batch.take().expect("returned after every batch");
+        let received = batch.recv(fd, local, 0);
+        let count = *received.as_ref().unwrap_or(&0);
+        let (now, unix) = (Instant::now(), unix_now());
+        for i in 0..count {
+            let (slot, len, from) = batch.get(i);
+            let Some(client) = from else { continue };
+            let tuple = FiveTuple {
+                client,
+                server: local,
+                transport: Transport::Udp,
+            };
+            let reply = self.handle_client_message(now, unix, tuple, &slot[..len]);
+            // Close freed relay sockets before the answer goes out, so a client told its
+            // allocation is gone can have the port again at once.
+            self.apply_events();
+            if let Some(n) = reply {
+                self.send_errors += self.send_batch.push(fd, client, &[&self.out_buf[..n]]);
+            }
+        }
+        self.recv_batch = Some(batch);
+        self.flush_sends();
+        match received {
+            Ok(n) if n == BATCH => Ok(()),
+            Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs one message from a client through the core: data for a peer joins the send batch,
     /// an Allocate gets its relay sockets. Returns the length of the answer in `out_buf`.
-    pub(super) fn handle_client_message(
+    fn handle_client_message(
         &mut self,
         now: Instant,
         unix: u64,
@@ -357,7 +344,7 @@ impl Worker {
                 peer,
                 payload,
             } => {
-                if let Some(relay_fd) = self.relay_fd(relay) {
+                if let Some(relay_fd) = self.relays.fd(relay) {
                     self.send_errors += self.send_batch.push(relay_fd, peer, &[payload]);
                 }
                 None
@@ -366,15 +353,16 @@ impl Worker {
         }
     }
 
-    pub(super) fn flush_sends(&mut self) {
-        if !self.send_batch.is_empty() {
-            self.send_errors += self.send_batch.flush();
-        }
-    }
-
     /// Binds the relay sockets an authenticated Allocate needs and completes it.
-    pub(super) fn allocate(&mut self, now: Instant, pending: PendingAllocation) -> usize {
-        match self.bind_relays(now, &pending) {
+    fn allocate(&mut self, now: Instant, pending: PendingAllocation) -> usize {
+        let bound = self.relays.bind(
+            self.poll.registry(),
+            now,
+            &pending,
+            &self.settings.relay,
+            &self.shared.reservations,
+        );
+        match bound {
             Ok((relays, token)) => self.server.accept_allocation(
                 now,
                 crate::unix_now(),
@@ -394,18 +382,258 @@ impl Worker {
         }
     }
 
+    fn close_relay(&mut self, addr: std::net::SocketAddr) {
+        self.flush_sends();
+        self.relays.close(self.poll.registry(), addr);
+    }
+
+    /// Handles one `recvmmsg` batch from a relay socket: peers' data towards the client.
+    fn recv_from_peer(&mut self, slot: usize) -> io::Result<()> {
+        let Some((fd, relay_addr)) = self.relays.get(slot) else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let mut batch = self.recv_batch.take().expect("returned after every batch");
+        let received = batch.recv(fd, relay_addr, CHANNEL_HEADER_LEN);
+        let count = *received.as_ref().unwrap_or(&0);
+        let now = Instant::now();
+        for i in 0..count {
+            let (buf, len, from) = batch.get(i);
+            let Some(peer) = from else { continue };
+            let action =
+                self.server
+                    .handle_peer(now, relay_addr, peer, buf, len, &mut self.out_buf);
+            let (tuple, bytes, channel_data) = match action {
+                Some(PeerAction::ChannelData { tuple, len }) => (tuple, &buf[..len], true),
+                Some(PeerAction::DataIndication { tuple, len }) => {
+                    (tuple, &self.out_buf[..len], false)
+                }
+                None => continue,
+            };
+            if tuple.transport == Transport::Udp {
+                if let Some(listener) = self.listeners.udp_fd(tuple.server) {
+                    self.send_errors += self.send_batch.push(listener, tuple.client, &[bytes]);
+                }
+                continue;
+            }
+            // Over a stream, ChannelData is padded to a multiple of four (RFC 8656 §12.5).
+            let padding = if channel_data {
+                channel_padding(bytes.len())
+            } else {
+                &[]
+            };
+            let Some(slot) = self.connections.slot(&tuple) else {
+                continue;
+            };
+            let Some(connection) = self.connections.get_mut(slot) else {
+                continue;
+            };
+            if !connection.queue(&[bytes, padding], false) {
+                self.send_errors += 1;
+            }
+            let write_failed = connection.flush().is_err();
+            if write_failed {
+                self.close_connection(slot, "write failed");
+            }
+        }
+        self.recv_batch = Some(batch);
+        self.flush_sends();
+        match received {
+            Ok(n) if n == BATCH => Ok(()),
+            Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn flush_sends(&mut self) {
+        if !self.send_batch.is_empty() {
+            self.send_errors += self.send_batch.flush();
+        }
+    }
+
+    // ---- stream connections ----
+
+    /// Accepts one connection on a TCP or TLS listener.
+    fn accept(&mut self, index: usize) -> io::Result<()> {
+        let Some(Accepted {
+            stream,
+            client,
+            transport,
+        }) = self.listeners.accept(index)?
+        else {
+            return Ok(());
+        };
+        let mut admitted = self.shared.connections.claim(client.ip());
+        if admitted == Err(Refusal::Total) && self.evict_unallocated() {
+            admitted = self.shared.connections.claim(client.ip());
+        }
+        if let Err(refusal) = admitted {
+            tracing::debug!(%client, ?refusal, "connection refused: too many connections");
+            return Ok(());
+        }
+        let tls = self.settings.tls.as_ref();
+        let opened = self
+            .connections
+            .open(self.poll.registry(), stream, client, transport, tls);
+        if let Err(e) = opened {
+            tracing::debug!(%client, error = %e, "connection not opened");
+            self.shared.connections.release(client.ip());
+        }
+        Ok(())
+    }
+
+    /// At the total cap, makes room by closing one of this worker's connections without an
+    /// allocation (see [`Connections::eviction_victim`]); whether there was one.
+    fn evict_unallocated(&mut self) -> bool {
+        let victim = self
+            .connections
+            .eviction_victim(&self.shared.connections, |tuple| {
+                self.server.has_allocation(tuple)
+            });
+        match victim {
+            Some(slot) => {
+                self.close_connection(slot, "evicted: connection limit reached");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads what a connection has, handles its frames and flushes replies; true if it may
+    /// have more to read.
+    fn service_connection(&mut self, slot: usize) -> bool {
+        let Some(connection) = self.connections.get_mut(slot) else {
+            return false;
+        };
+        if connection.flush().is_err() {
+            self.close_connection(slot, "write failed");
+            return false;
+        }
+        // A client that does not read its answers is not read from either, until its queue
+        // drains (a writable event brings it back here).
+        if connection.congested() {
+            return false;
+        }
+        let read = connection.read(&mut self.recv_buf);
+        let (more, closed) = match read {
+            Ok(progress) => progress,
+            Err(e) => {
+                self.close_connection(slot, &e.to_string());
+                return false;
+            }
+        };
+        let paused = match self.handle_frames(slot) {
+            Ok(paused) => paused,
+            Err(e) => {
+                self.close_connection(slot, &e);
+                return false;
+            }
+        };
+        let Some(connection) = self.connections.get_mut(slot) else {
+            return false;
+        };
+        let write_failed = connection.flush().is_err();
+        let congested = connection.congested();
+        if write_failed || closed {
+            self.close_connection(
+                slot,
+                if closed {
+                    "closed by client"
+                } else {
+                    "write failed"
+                },
+            );
+            return false;
+        }
+        // Frames left waiting for the queue to drain, which it just did without blocking:
+        // no event would bring them back.
+        more || (paused && !congested)
+    }
+
+    /// Hands the complete frames a connection has received to the core, until its answer
+    /// reserve is in use; whether it stopped for that (frames are left in the framer).
+    fn handle_frames(&mut self, slot: usize) -> Result<bool, String> {
+        let Some(connection) = self.connections.get_mut(slot) else {
+            return Ok(false);
+        };
+        let tuple = connection.tuple();
+        let mut framer = connection.take_framer();
+        let mut completed = false;
+        let mut paused = false;
+        let result = loop {
+            if self.connections.get(slot).is_some_and(|c| c.congested()) {
+                paused = true;
+                break Ok(());
+            }
+            let range = match framer.next_frame() {
+                Ok(Some(range)) => range,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e.to_string()),
+            };
+            completed = true;
+            let now = Instant::now();
+            let data = &framer.data()[range];
+            let is_stun = data[0] < 0x40;
+            let reply = self.handle_client_message(now, unix_now(), tuple, data);
+            self.apply_events();
+            // Requests can create or end the allocation, which sets the queue limit.
+            let allocated = is_stun && self.server.has_allocation(&tuple);
+            if let Some(connection) = self.connections.get_mut(slot) {
+                connection.set_established();
+                // The answer first: a Refresh that ends the allocation gets its answer under
+                // the limit it was sent under.
+                if let Some(n) = reply {
+                    if !connection.queue(&[&self.out_buf[..n]], true) {
+                        self.send_errors += 1;
+                    }
+                }
+                if is_stun {
+                    connection.set_allocated(allocated);
+                }
+            }
+        };
+        if let Some(connection) = self.connections.get_mut(slot) {
+            connection.put_framer(framer, completed, paused);
+        }
+        self.flush_sends();
+        result.map(|()| paused)
+    }
+
+    fn close_connection(&mut self, slot: usize, reason: &str) {
+        let closed =
+            self.connections
+                .close(self.poll.registry(), slot, reason, &self.shared.connections);
+        if let Some(tuple) = closed {
+            self.server.close_connection(&tuple);
+            self.apply_events();
+        }
+    }
+
+    /// Closes connections whose handshake or current frame stalled, and ones that have gone
+    /// without an allocation for too long.
+    fn sweep_connections(&mut self, now: Instant) {
+        self.last_sweep = now;
+        let expired = self
+            .connections
+            .expired(now, |tuple| self.server.has_allocation(tuple));
+        for (slot, reason) in expired {
+            self.close_connection(slot, reason);
+        }
+    }
+
+    // ---- what the core and the management plane ask for ----
+
     /// Drains the core's output queue: closes the relay sockets it released, hands the
     /// record of each ended allocation to the usage sinks, and closes the stream connection
     /// of an allocation an operator ended (the client is cut off, not left to find out at its
     /// next Refresh). Permission and channel events have no consumer yet.
-    pub(super) fn apply_events(&mut self) {
+    fn apply_events(&mut self) {
         let mut cut_off = Vec::new();
         while let Some(event) = self.server.poll_output() {
             match event {
                 Event::RelayReleased { relay } => self.close_relay(relay),
                 Event::AllocationEnded { tuple, reason, .. } => {
                     if matches!(reason, EndReason::Kicked | EndReason::Revoked) {
-                        cut_off.extend(self.connection_slots.get(&tuple).copied());
+                        cut_off.extend(self.connections.slot(&tuple));
                     }
                     let realm = &self.settings.server.realm;
                     let (now, unix) = (Instant::now(), unix_now());
