@@ -4,10 +4,15 @@
 //! give backpressure; the deadlines a stalled or unauthenticated client is closed at; the
 //! choice of whom to evict at the total cap; and the caps themselves, shared by all workers.
 //! What the frames mean, and what closing a connection ends, is the worker's business.
+//!
+//! The bytes the buffers hold (`turnpike_stream_buffer_bytes`) are counted as they change:
+//! every change goes through an [`Entry`], which tells the table the connection's new size
+//! when it is dropped, so publishing the gauge walks nothing.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -111,6 +116,8 @@ pub(super) struct Connection {
     framer: Framer,
     /// Plaintext waiting to be written (or handed to rustls).
     queued: Vec<u8>,
+    /// What this connection's buffers count for in the table's `buffer_bytes`.
+    accounted: usize,
     opened: Instant,
     /// When the frame now partly received began to arrive.
     frame_started: Option<Instant>,
@@ -281,6 +288,40 @@ pub(super) struct Connections {
     slots: Vec<Option<Connection>>,
     free: Vec<usize>,
     by_tuple: HashMap<FiveTuple, usize>,
+    /// The sum of the open connections' `accounted`: bytes allocated for stream clients'
+    /// buffers.
+    buffer_bytes: usize,
+}
+
+/// A connection borrowed from the table to be read, written or queued to. Dropping it
+/// brings the table's byte count up to date with the sizes its buffers have now (queueing
+/// grows them, flushing and framing give memory back).
+pub(super) struct Entry<'a> {
+    connection: &'a mut Connection,
+    buffer_bytes: &'a mut usize,
+}
+
+impl Deref for Entry<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.connection
+    }
+}
+
+impl DerefMut for Entry<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.connection
+    }
+}
+
+impl Drop for Entry<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let now = self.connection.buffered();
+        *self.buffer_bytes = *self.buffer_bytes + now - self.connection.accounted;
+        self.connection.accounted = now;
+    }
 }
 
 impl Connections {
@@ -314,12 +355,14 @@ impl Connections {
             self.free.push(slot);
             return Err(e);
         }
+        // Empty buffers: nothing allocated to account for yet.
         self.slots[slot] = Some(Connection {
             stream,
             tuple,
             tls,
             framer: Framer::new(),
             queued: Vec::new(),
+            accounted: 0,
             opened: now,
             frame_started: None,
             unallocated_since: now,
@@ -344,6 +387,7 @@ impl Connections {
         let _ = registry.deregister(&mut connection.stream);
         self.by_tuple.remove(&connection.tuple);
         self.free.push(slot);
+        self.buffer_bytes -= connection.accounted;
         limits.release(connection.tuple.client.ip());
         Some(connection.tuple)
     }
@@ -359,8 +403,12 @@ impl Connections {
     }
 
     #[inline]
-    pub(super) fn get_mut(&mut self, slot: usize) -> Option<&mut Connection> {
-        self.slots.get_mut(slot)?.as_mut()
+    pub(super) fn get_mut(&mut self, slot: usize) -> Option<Entry<'_>> {
+        let connection = self.slots.get_mut(slot)?.as_mut()?;
+        Some(Entry {
+            connection,
+            buffer_bytes: &mut self.buffer_bytes,
+        })
     }
 
     /// The slots of every open connection.
@@ -370,7 +418,16 @@ impl Connections {
 
     /// Bytes allocated for the buffers of every open connection.
     pub(super) fn buffer_bytes(&self) -> usize {
-        self.slots.iter().flatten().map(Connection::buffered).sum()
+        debug_assert_eq!(
+            self.buffer_bytes,
+            self.slots
+                .iter()
+                .flatten()
+                .map(Connection::buffered)
+                .sum::<usize>(),
+            "the stream buffer count drifted from the buffers"
+        );
+        self.buffer_bytes
     }
 
     /// The connections to close, with the reason: their handshake or current frame stalled,
@@ -486,5 +543,95 @@ mod tests {
         let full = ConnectionLimits::new(1, 10);
         assert_eq!(full.claim(ip("192.0.2.1")), Ok(()));
         assert_eq!(full.claim(ip("192.0.2.2")), Err(Refusal::Total));
+    }
+
+    /// What the buffers of every open connection hold, counted the slow way.
+    fn walked(table: &Connections) -> usize {
+        table.slots.iter().flatten().map(Connection::buffered).sum()
+    }
+
+    #[test]
+    fn the_buffer_count_follows_every_growth_release_and_close() {
+        let poll = mio::Poll::new().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let limits = ConnectionLimits::new(10, 10);
+        let mut table = Connections::default();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (accepted, from) = listener.accept().unwrap();
+            accepted.set_nonblocking(true).unwrap();
+            limits.claim(from.ip()).unwrap();
+            let stream = TcpStream::from_std(accepted);
+            table
+                .open(poll.registry(), stream, from, Transport::Tcp, None)
+                .unwrap();
+            clients.push(client);
+        }
+        let counted = |table: &Connections, step: &str| {
+            assert_eq!(table.buffer_bytes, walked(table), "after {step}");
+            table.buffer_bytes
+        };
+        assert_eq!(counted(&table, "opening"), 0);
+
+        // Answers queued and written: each queue keeps what it grew to.
+        for slot in 0..3 {
+            let mut connection = table.get_mut(slot).unwrap();
+            assert!(connection.queue(&[&[1; 1000]], true));
+            connection.flush().unwrap();
+        }
+        assert!(counted(&table, "queueing") >= 3000);
+
+        // A Binding from each client lands in its framer.
+        let binding = [
+            0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+        ];
+        for client in &mut clients {
+            client.write_all(&binding).unwrap();
+        }
+        let mut buf = vec![0; 4096];
+        for slot in 0..3 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while table.get(slot).unwrap().framer.pending() < binding.len() {
+                assert!(Instant::now() < deadline, "the Binding never arrived");
+                table.get_mut(slot).unwrap().read(&mut buf).unwrap();
+            }
+        }
+        let before_frames = counted(&table, "reading");
+
+        // Taken out while its frames are handled, and put back.
+        let mut connection = table.get_mut(0).unwrap();
+        let mut framer = connection.take_framer();
+        drop(connection);
+        counted(&table, "taking the framer");
+        assert!(framer.next_frame().unwrap().is_some());
+        table.get_mut(0).unwrap().put_framer(framer, true, false);
+        assert_eq!(counted(&table, "putting the framer back"), before_frames);
+
+        // A burst the queue grew to past 16 KiB is given back once written.
+        let mut connection = table.get_mut(1).unwrap();
+        connection.set_allocated(true);
+        for _ in 0..40 {
+            assert!(connection.queue(&[&[2; 1000]], true));
+        }
+        drop(connection);
+        let grown = counted(&table, "a burst");
+        table.get_mut(1).unwrap().flush().unwrap();
+        assert_eq!(
+            table.get(1).unwrap().queued.capacity(),
+            0,
+            "burst not given back"
+        );
+        assert!(counted(&table, "giving the burst back") < grown);
+
+        // Closing takes a connection's bytes off; after the last, nothing is counted.
+        for slot in [1, 0, 2] {
+            assert!(table
+                .close(poll.registry(), slot, "test", &limits)
+                .is_some());
+            counted(&table, "closing");
+        }
+        assert_eq!(table.buffer_bytes, 0);
+        assert_eq!(table.buffer_bytes(), 0);
     }
 }

@@ -424,13 +424,14 @@ impl Worker {
             let Some(slot) = self.connections.slot(&tuple) else {
                 continue;
             };
-            let Some(connection) = self.connections.get_mut(slot) else {
+            let Some(mut connection) = self.connections.get_mut(slot) else {
                 continue;
             };
             if !connection.queue(&[bytes, padding], false) {
                 self.send_errors += 1;
             }
             let write_failed = connection.flush().is_err();
+            drop(connection);
             if write_failed {
                 self.close_connection(slot, "write failed");
             }
@@ -501,10 +502,11 @@ impl Worker {
     /// Reads what a connection has, handles its frames and flushes replies; true if it may
     /// have more to read.
     fn service_connection(&mut self, slot: usize) -> bool {
-        let Some(connection) = self.connections.get_mut(slot) else {
+        let Some(mut connection) = self.connections.get_mut(slot) else {
             return false;
         };
         if connection.flush().is_err() {
+            drop(connection);
             self.close_connection(slot, "write failed");
             return false;
         }
@@ -514,6 +516,7 @@ impl Worker {
             return false;
         }
         let read = connection.read(&mut self.recv_buf);
+        drop(connection);
         let (more, closed) = match read {
             Ok(progress) => progress,
             Err(e) => {
@@ -528,11 +531,12 @@ impl Worker {
                 return false;
             }
         };
-        let Some(connection) = self.connections.get_mut(slot) else {
+        let Some(mut connection) = self.connections.get_mut(slot) else {
             return false;
         };
         let write_failed = connection.flush().is_err();
         let congested = connection.congested();
+        drop(connection);
         if write_failed || closed {
             self.close_connection(
                 slot,
@@ -552,11 +556,12 @@ impl Worker {
     /// Hands the complete frames a connection has received to the core, until its answer
     /// reserve is in use; whether it stopped for that (frames are left in the framer).
     fn handle_frames(&mut self, slot: usize) -> Result<bool, String> {
-        let Some(connection) = self.connections.get_mut(slot) else {
+        let Some(mut connection) = self.connections.get_mut(slot) else {
             return Ok(false);
         };
         let tuple = connection.tuple();
         let mut framer = connection.take_framer();
+        drop(connection);
         let mut completed = false;
         let mut paused = false;
         let result = loop {
@@ -577,7 +582,7 @@ impl Worker {
             self.apply_events();
             // Requests can create or end the allocation, which sets the queue limit.
             let allocated = is_stun && self.server.has_allocation(&tuple);
-            if let Some(connection) = self.connections.get_mut(slot) {
+            if let Some(mut connection) = self.connections.get_mut(slot) {
                 connection.set_established();
                 // The answer first: a Refresh that ends the allocation gets its answer under
                 // the limit it was sent under.
@@ -591,7 +596,7 @@ impl Worker {
                 }
             }
         };
-        if let Some(connection) = self.connections.get_mut(slot) {
+        if let Some(mut connection) = self.connections.get_mut(slot) {
             connection.put_framer(framer, completed, paused);
         }
         self.flush_sends();
