@@ -229,6 +229,7 @@ impl Connection {
 
     /// Queues bytes for the client: an answer to its own request, or relayed data, which
     /// leaves the answer reserve free; false (and nothing queued) when there is no room.
+    #[inline]
     pub(super) fn queue(&mut self, parts: &[&[u8]], answer: bool) -> bool {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let reserve = if answer { 0 } else { ANSWER_RESERVE };
