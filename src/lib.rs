@@ -29,9 +29,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-use net::worker::{
-    Command, ConnectionLimits, Listener, RelaySettings, Settings, Worker, WorkerShared,
-};
+use net::connections::ConnectionLimits;
+use net::listeners::Listener;
+use net::worker::{Command, RelaySettings, Settings, Worker, WorkerShared};
 use proto::auth::{Credentials, NonceKey, Password};
 use proto::peer_filter::PeerFilter;
 use proto::{Quotas, ServerConfig};

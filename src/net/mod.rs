@@ -1,11 +1,19 @@
 //! I/O drivers: the only code that touches sockets or reads the clock.
 
 pub mod batch;
+pub mod connections;
+pub mod listeners;
+pub mod relays;
 pub mod stream;
 pub mod tls;
 pub mod udp;
 pub mod worker;
 pub mod xdp;
+
+/// Reads from one connection, or `recvmmsg` batches from one UDP socket, before turning to
+/// the next, so a busy socket cannot starve the rest (quinn's IO_LOOP_BOUND plays the same
+/// role).
+const READS_PER_TURN: usize = 4;
 
 /// Errors of one connection that `accept` reports (it was reset or aborted before it was
 /// taken), as opposed to the listener's own trouble (out of descriptors or memory).

@@ -924,3 +924,91 @@ fn a_stalled_stream_client_still_gets_the_answer_to_its_refresh() {
     assert!(answer.is_success(), "Refresh: {}", answer.describe());
     eprintln!("the Refresh answer came after {media_frames} relayed frames");
 }
+
+/// A TCP socket to `server` with a 4 KiB receive buffer, so what the server sends it backs up
+/// into the server's queue soon (autotuned buffers would absorb megabytes first).
+fn small_window_stream(server: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect_timeout(&server.into(), WAIT).unwrap();
+    socket.into()
+}
+
+/// `turnpike_stream_buffer_bytes` is kept as buffers grow, shrink and close rather than
+/// summed over every connection: after stream clients holding every kind of buffer close
+/// (ones that read their answers, ones that never read theirs, one whose relayed media backs
+/// up), the gauge is back at its baseline, round after round. A connection whose bytes were
+/// not taken off at close, or a change that was not counted, leaves it off zero for good.
+#[test]
+fn the_stream_buffer_gauge_returns_to_its_baseline_when_clients_close() {
+    const GAUGE: &str = "turnpike_stream_buffer_bytes";
+    let server = Server::start(&["--workers", "1"]);
+    let tcp = server.tcp();
+    assert_eq!(
+        crate::hardening::wait_for_metric(&server, GAUGE, 0.0, WAIT),
+        0.0,
+        "no connection yet, yet stream buffers are counted"
+    );
+    let request = stun_header(0x0001, 0, [5; 12]);
+    let burst: Vec<u8> = request.iter().copied().cycle().take(64 * 1024).collect();
+    for round in 0..2 {
+        // Clients that read their answer: their buffers stay allocated, nothing queued.
+        let mut readers: Vec<TcpStream> = (0..4)
+            .map(|_| TcpStream::connect_timeout(&tcp, WAIT).unwrap())
+            .collect();
+        for reader in &mut readers {
+            reader.set_read_timeout(Some(WAIT)).unwrap();
+            tcp_binding(reader).expect("a Binding over TCP");
+        }
+        // Clients that pipeline Bindings and never read: answers stay queued (bounded: at most
+        // 1 MiB each, for at most 1 s).
+        let mut hoarders = Vec::new();
+        for _ in 0..4 {
+            let mut stream = small_window_stream(tcp);
+            stream.set_nonblocking(true).unwrap();
+            let until = Instant::now() + Duration::from_secs(1);
+            for _ in 0..16 {
+                match stream.write(&burst) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("writing requests: {e}"),
+                }
+            }
+            hoarders.push(stream);
+        }
+        // A client with a channel that stops reading while a peer sends to it: relayed data
+        // stays queued (at most 1,000 datagrams of 1 KiB, paced).
+        let (username, password) = rest_credentials(SECRET, &format!("gauge-{round}"), 3600);
+        let mut stalled = TcpTurn::on(small_window_stream(tcp), &username, &password);
+        let (relay, peer) = allocate_with_channel_to_a_peer(&mut stalled);
+        for i in 0..1000 {
+            peer.send_to(&[7u8; 1020], relay).unwrap();
+            if i % 16 == 15 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let held = loop {
+            let held = crate::hardening::metric_sum(&metrics(&server), GAUGE);
+            if held >= 64.0 * 1024.0 || Instant::now() > deadline {
+                break held;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            held >= 64.0 * 1024.0,
+            "round {round}: only {held} bytes buffered with 9 clients, 5 of them not reading: \
+             nothing backed up, so this measured nothing"
+        );
+        drop((readers, hoarders, stalled, peer));
+        let after = crate::hardening::wait_for_metric(&server, GAUGE, 0.0, Duration::from_secs(10));
+        eprintln!("round {round}: {held} bytes buffered, {after} after every client closed");
+        assert_eq!(
+            after, 0.0,
+            "round {round}: {after} bytes still counted after every stream client closed"
+        );
+    }
+}
