@@ -89,14 +89,14 @@ fn api_from_config(path: &Path) -> Result<(String, Option<String>), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let config =
         Config::from_toml_str(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
-    let mut addr = config.api_listen;
+    let mut addr = config.api.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr.ip() {
             IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
             IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let token = config.api_tokens.first().map(|t| t.expose().to_owned());
+    let token = config.api.tokens.first().map(|t| t.expose().to_owned());
     Ok((format!("http://{addr}"), token))
 }
 

@@ -1,20 +1,21 @@
 //! Command line: `turnpike run`, `turnpike credentials`, `turnpike probe`, `turnpike drain`,
 //! `turnpike sessions`, `turnpike check-config`.
 //!
-//! Every configuration key has a flag (the kebab-case of its name). Flags for list keys
+//! Every configuration key has a flag (the kebab-case of its name), declared with the key
+//! in [`crate::config`] and registered here from [`Config::settings`]. Flags for list keys
 //! are repeatable and add to the list the config file sets; when the file does not set
 //! that key, they replace the built-in default instead (so `--listen 127.0.0.1:3478`
-//! alone does not also bind `0.0.0.0:3478`). Scalar flags override the file. Values
-//! that need more than `FromStr` (CIDRs, `NAME=PASSWORD`, the separator) are kept as
-//! strings here and parsed by [`crate::config::Config::apply_flags`], whose errors name
-//! the flag.
+//! alone does not also bind `0.0.0.0:3478`). Scalar flags override the file. Their
+//! values are read by [`Config::load`] with the key's own type, so file and flag are
+//! checked alike and its errors name the flag.
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{LogFormat, DEFAULT_CREDENTIAL_TTL_SECS, DEFAULT_SEPARATOR};
+use crate::config::{
+    Config, FlagKind, Overrides, Setting, DEFAULT_CREDENTIAL_TTL_SECS, DEFAULT_SEPARATOR,
+};
 
 /// turnpike: a STUN/TURN server with time-limited credentials and safe defaults.
 #[derive(Debug, Clone, Parser)]
@@ -24,8 +25,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-// Parsed once at startup, so the size of `RunArgs` does not matter.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the server.
@@ -46,159 +45,77 @@ pub enum Command {
     },
 }
 
-/// Flags of `turnpike run`. `Default` is "no flags given", for tests that build it directly.
-#[derive(Debug, Clone, Default, Args)]
+/// Flags of `turnpike run`: the config file, and a flag for every key of it.
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// TOML config file; without it the built-in defaults apply.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// One flag per key, from [`Config::settings`].
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
 
-    // [server]
-    /// Serve STUN/TURN over UDP and TCP on this address (repeatable; adds to server.listen).
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Vec<SocketAddr>,
-    /// Authentication realm (server.realm).
-    #[arg(long, value_name = "REALM")]
-    pub realm: Option<String>,
-    /// SOFTWARE attribute value; "" omits it (server.software).
-    #[arg(long, value_name = "TEXT")]
-    pub software: Option<String>,
-    /// Worker threads; 0 = one per CPU core (server.workers).
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// Log format (server.log_format).
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Redirect Allocate requests to this server with 300 Try Alternate (repeatable; adds
-    /// to server.alternate_servers).
-    #[arg(long, value_name = "IP:PORT")]
-    pub alternate_server: Vec<SocketAddr>,
-    /// Redirect new Allocates here while draining (repeatable; adds to
-    /// server.drain_alternate_servers).
-    #[arg(long, value_name = "IP:PORT")]
-    pub drain_alternate_server: Vec<SocketAddr>,
+/// A flag per [`Setting`]: the values stay strings here; [`Config::load`] reads them with
+/// the key's own type, so its errors name the flag.
+impl Args for Overrides {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for setting in Config::settings() {
+            let help = setting
+                .help
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let arg = Arg::new(setting.key)
+                .long(setting.flag.trim_start_matches("--"))
+                .value_name(setting.value_name)
+                .help_heading(setting.section())
+                .hide_possible_values(true);
+            cmd = cmd.arg(match setting.kind {
+                FlagKind::Value => arg
+                    .action(ArgAction::Set)
+                    .help(format!("{help} [{}]", setting.key)),
+                FlagKind::Switch => arg
+                    .action(ArgAction::Set)
+                    .num_args(0..=1)
+                    .default_missing_value("true")
+                    .help(format!(
+                        "{help} [{}; --{}=false]",
+                        setting.key,
+                        arg_long(setting)
+                    )),
+                FlagKind::List => arg
+                    .action(ArgAction::Append)
+                    .help(format!("{help} [{}, repeatable]", setting.key)),
+            });
+        }
+        cmd
+    }
 
-    // [auth]
-    /// REST API shared secret (repeatable; adds to auth.secrets; the first one signs).
-    #[arg(long, value_name = "SECRET")]
-    pub auth_secret: Vec<String>,
-    /// Separator between expiry and user in REST usernames (auth.separator).
-    #[arg(long, value_name = "CHAR")]
-    pub separator: Option<String>,
-    /// Nonce lifetime in seconds before 438 Stale Nonce (auth.nonce_lifetime_secs).
-    #[arg(long, value_name = "SECONDS")]
-    pub nonce_lifetime_secs: Option<u64>,
-    /// Default lifetime of issued credentials in seconds (auth.credential_ttl_secs).
-    #[arg(long, value_name = "SECONDS")]
-    pub credential_ttl_secs: Option<u64>,
-    /// Static long-term user (repeatable; adds to [auth.users]).
-    #[arg(long, value_name = "NAME=PASSWORD")]
-    pub user: Vec<String>,
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
 
-    // [relay]
-    /// Relay address (repeatable; adds to relay.ips).
-    #[arg(long, value_name = "IP")]
-    pub relay_ip: Vec<IpAddr>,
-    /// Relay established channels in the kernel with XDP on this interface (relay.xdp_interface;
-    /// Linux, root).
-    #[arg(long, value_name = "IFACE")]
-    pub xdp: Option<String>,
-    /// How to attach the XDP program (relay.xdp_mode).
-    #[arg(long, value_name = "MODE")]
-    pub xdp_mode: Option<crate::config::XdpMode>,
-    /// Public IP advertised in XOR-RELAYED-ADDRESS behind a 1:1 NAT (relay.external_ip).
-    #[arg(long, value_name = "IP")]
-    pub external_ip: Option<IpAddr>,
-    /// Public IP a 1:1 NAT maps a relay IP to (repeatable; adds to relay.external_ip_map).
-    #[arg(long, value_name = "PRIVATE=PUBLIC")]
-    pub external_ip_map: Vec<String>,
-    /// Lowest relay port (relay.min_port).
-    #[arg(long, value_name = "PORT")]
-    pub min_port: Option<u16>,
-    /// Highest relay port (relay.max_port).
-    #[arg(long, value_name = "PORT")]
-    pub max_port: Option<u16>,
-    /// Peer CIDR or IP to allow despite the default deny list (repeatable; adds to relay.allow_peers).
-    #[arg(long, value_name = "CIDR")]
-    pub allow_peer: Vec<String>,
-    /// Extra peer CIDR or IP to deny (repeatable; adds to relay.deny_peers).
-    #[arg(long, value_name = "CIDR")]
-    pub deny_peer: Vec<String>,
+fn arg_long(setting: &Setting) -> &'static str {
+    setting.flag.trim_start_matches("--")
+}
 
-    // [limits]
-    /// Allocation lifetime when the client asks for none, in seconds (limits.default_lifetime_secs).
-    #[arg(long, value_name = "SECONDS")]
-    pub default_lifetime_secs: Option<u64>,
-    /// Longest allocation lifetime granted, in seconds (limits.max_lifetime_secs).
-    #[arg(long, value_name = "SECONDS")]
-    pub max_lifetime_secs: Option<u64>,
-    /// Total allocations, all users (limits.max_allocations).
-    #[arg(long, value_name = "N")]
-    pub max_allocations: Option<usize>,
-    /// Allocations per username (limits.max_allocations_per_user).
-    #[arg(long, value_name = "N")]
-    pub max_allocations_per_user: Option<usize>,
-    /// Permissions per allocation (limits.max_permissions_per_allocation).
-    #[arg(long, value_name = "N")]
-    pub max_permissions_per_allocation: Option<usize>,
-    /// Channels per allocation (limits.max_channels_per_allocation).
-    #[arg(long, value_name = "N")]
-    pub max_channels_per_allocation: Option<usize>,
-    /// Relayed bytes/s per allocation and direction; 0 = unlimited (limits.bandwidth_per_allocation).
-    #[arg(long, value_name = "BYTES_PER_SEC")]
-    pub bandwidth_per_allocation: Option<u64>,
-    /// TCP and TLS client connections in total (limits.max_connections).
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// TCP and TLS client connections per source IP (limits.max_connections_per_source).
-    #[arg(long, value_name = "N")]
-    pub max_connections_per_source: Option<usize>,
-    /// 401/438 challenges per second for the whole server (limits.max_challenges_per_sec).
-    #[arg(long, value_name = "N")]
-    pub max_challenges_per_sec: Option<usize>,
+impl FromArgMatches for Overrides {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut overrides = Overrides::default();
+        for setting in Config::settings() {
+            if let Some(values) = matches.get_many::<String>(setting.key) {
+                overrides.push(setting, values.cloned().collect());
+            }
+        }
+        Ok(overrides)
+    }
 
-    // [api]
-    /// HTTP management API address (api.listen).
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub api_listen: Option<SocketAddr>,
-    /// Bearer token for the HTTP API (repeatable; adds to api.tokens).
-    #[arg(long, value_name = "TOKEN")]
-    pub api_token: Vec<String>,
-    /// STUN/TURN URI handed out by the API (repeatable; adds to api.uris).
-    #[arg(long, value_name = "URI")]
-    pub api_uri: Vec<String>,
-    /// Longest credential ttl the API grants on request, in seconds (api.max_ttl_secs).
-    #[arg(long, value_name = "SECONDS")]
-    pub api_max_ttl_secs: Option<u64>,
-    /// Browser origin allowed to call the API (repeatable; adds to api.cors_origins).
-    #[arg(long, value_name = "ORIGIN")]
-    pub api_cors_origin: Vec<String>,
-    /// Serve the ICE test page at /test on the API listener (api.test_page);
-    /// `--api-test-page=false` turns it off.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub api_test_page: Option<bool>,
-    /// Seconds a client gets to send a request head, to keep an idle keep-alive
-    /// connection, for a request to be handled and for a stalled response write
-    /// (api.request_timeout_secs).
-    #[arg(long, value_name = "SECONDS")]
-    pub api_request_timeout_secs: Option<u64>,
-    /// HTTP API connections in total (api.max_connections).
-    #[arg(long, value_name = "N")]
-    pub api_max_connections: Option<usize>,
-    /// HTTP API connections per source IP (api.max_connections_per_source).
-    #[arg(long, value_name = "N")]
-    pub api_max_connections_per_source: Option<usize>,
-
-    // [tls]
-    /// Serve TURN over TLS on this address (repeatable; adds to tls.listen).
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub tls_listen: Vec<SocketAddr>,
-    /// PEM certificate chain for TLS (tls.cert).
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for TLS (tls.key).
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
 /// Flags of `turnpike credentials`.
@@ -408,7 +325,33 @@ fn parse_separator_flag(s: &str) -> Result<char, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::net::{IpAddr, SocketAddr};
     use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::{LogFormat, Secret};
+
+    /// `turnpike run ARGS` as the daemon loads it: the config, or the error it prints.
+    fn run(args: &[&str]) -> Result<Config, String> {
+        let argv = ["turnpike", "run"].iter().chain(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        Config::load(args.config.as_deref(), &args.overrides).map_err(|e| e.to_string())
+    }
+
+    fn run_err(args: &[&str]) -> String {
+        run(args).unwrap_err()
+    }
+
+    /// A config file holding `text`; the directory goes when the guard is dropped.
+    fn config_file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("turnpike.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path.display().to_string())
+    }
 
     #[test]
     fn cli_is_consistent() {
@@ -417,9 +360,7 @@ mod tests {
 
     #[test]
     fn run_flags_parse() {
-        let cli = Cli::try_parse_from([
-            "turnpike",
-            "run",
+        let c = run(&[
             "--listen",
             "127.0.0.1:3478",
             "--listen",
@@ -436,14 +377,323 @@ mod tests {
             "alice=pw",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("expected run")
-        };
-        assert_eq!(args.listen.len(), 2);
-        assert_eq!(args.auth_secret, ["s1"]);
-        assert_eq!(args.min_port, Some(50000));
-        assert_eq!(args.log_format, Some(LogFormat::Json));
-        assert_eq!(args.user, ["alice=pw"]);
+        assert_eq!(c.server.listen.len(), 2);
+        let secrets: Vec<&str> = c.auth.secrets.iter().map(Secret::expose).collect();
+        assert_eq!(secrets, ["s1"]);
+        assert_eq!(c.relay.min_port.get(), 50000);
+        assert_eq!(c.server.log_format, LogFormat::Json);
+        assert_eq!(c.auth.users["alice"].expose(), "pw");
+        // A scalar flag is given once.
+        assert!(run(&["--realm", "a", "--realm", "b"])
+            .unwrap_err()
+            .contains("cannot be used multiple times"));
+    }
+
+    #[test]
+    fn flags_add_to_lists_and_override_scalars() {
+        let (_dir, path) = config_file(
+            "[server]\nlisten = [\"127.0.0.1:3478\"]\nrealm = \"file\"\n\
+             [auth]\nsecrets = [\"file-secret\"]\n[relay]\nallow_peers = [\"10.0.0.0/8\"]\n",
+        );
+        let c = run(&[
+            "--config",
+            &path,
+            "--listen",
+            "127.0.0.1:3479",
+            "--realm",
+            "flag",
+            "--auth-secret",
+            "flag-secret",
+            "--allow-peer",
+            "192.168.1.1",
+            "--min-port",
+            "50000",
+            "--max-port",
+            "50010",
+            "--workers",
+            "2",
+            "--bandwidth-per-allocation",
+            "0",
+            "--user",
+            "carol=pw",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.server.listen,
+            vec![
+                "127.0.0.1:3478".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:3479".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.server.realm, "flag");
+        let secrets: Vec<&str> = c.auth.secrets.iter().map(Secret::expose).collect();
+        assert_eq!(secrets, ["file-secret", "flag-secret"]);
+        assert_eq!(c.relay.allow_peers.len(), 2);
+        assert_eq!(c.relay.port_range(), 50000..=50010);
+        assert_eq!(c.server.workers.get(), 2);
+        assert_eq!(c.limits.bandwidth_per_allocation.get(), None);
+        assert_eq!(c.auth.users.keys().next().unwrap(), "carol");
+    }
+
+    #[test]
+    fn list_flags_replace_builtin_defaults() {
+        let flag = ["--listen", "127.0.0.1:40000"];
+        let c = run(&flag).unwrap();
+        assert_eq!(c.server.listen, vec!["127.0.0.1:40000".parse().unwrap()]);
+        // Same with a file that does not set the key.
+        let (_dir, path) = config_file("[server]\nrealm = \"r\"\n");
+        let c = run(&["--config", &path, flag[0], flag[1]]).unwrap();
+        assert_eq!(c.server.listen, vec!["127.0.0.1:40000".parse().unwrap()]);
+        // But a file's list is extended.
+        let (_dir, path) = config_file("[server]\nlisten = [\"127.0.0.1:1\"]\n");
+        let c = run(&["--config", &path, flag[0], flag[1]]).unwrap();
+        assert_eq!(c.server.listen.len(), 2);
+    }
+
+    #[test]
+    fn flag_errors_name_the_flag() {
+        let e = run_err(&["--allow-peer", "1.2.3"]);
+        assert!(e.starts_with("--allow-peer 1.2.3: "), "{e}");
+        assert!(e.contains("not a CIDR or IP"), "{e}");
+        let e = run_err(&["--min-port", "60000", "--max-port", "50000"]);
+        assert!(
+            e.starts_with("--min-port 60000: must be <= relay.max_port (50000)"),
+            "{e}"
+        );
+        let e = run_err(&["--max-port", "1000"]);
+        assert!(e.starts_with("--max-port 1000: must be >="), "{e}");
+        let e = run_err(&["--separator", "ab"]);
+        assert!(e.starts_with("--separator ab: "), "{e}");
+        let e = run_err(&["--user", "nopassword"]);
+        assert!(e.starts_with("--user nopassword: "), "{e}");
+        let e = run_err(&["--tls-listen", "0.0.0.0:5349"]);
+        assert!(
+            e.starts_with("--tls-listen 0.0.0.0:5349: needs tls.cert"),
+            "{e}"
+        );
+        let e = run_err(&["--config", "/nonexistent/turnpike.toml"]);
+        assert!(e.contains("/nonexistent/turnpike.toml"), "{e}");
+        let e = run_err(&["--api-test-page=maybe"]);
+        assert!(e.starts_with("--api-test-page maybe: "), "{e}");
+    }
+
+    /// A flag's value in an error is shown as the config renders it: secrets redacted.
+    #[test]
+    fn flag_errors_do_not_show_secrets() {
+        for (args, shown) in [
+            (&["--user", "=hunter2"][..], "--user =<redacted>: "),
+            (&["--user", "alice="][..], "--user alice=<redacted>: "),
+            (&["--auth-secret", ""][..], "--auth-secret <redacted>: "),
+            (&["--api-token", ""][..], "--api-token <redacted>: "),
+        ] {
+            let e = run_err(args);
+            assert!(e.starts_with(shown), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn flags_fix_file_errors() {
+        // As a file could say; a flag repairs it.
+        let (_dir, path) = config_file("[relay]\nmin_port = 60000\nmax_port = 50000\n");
+        assert!(run(&["--config", &path]).is_err());
+        let c = run(&["--config", &path, "--max-port", "65000"]).unwrap();
+        assert_eq!(c.relay.port_range(), 60000..=65000);
+    }
+
+    #[test]
+    fn api_flags() {
+        let c = run(&[
+            "--api-uri",
+            "turns:turn.example.com:443?transport=tcp",
+            "--api-cors-origin",
+            "https://app.example.com",
+            "--api-max-ttl-secs",
+            "90000",
+        ])
+        .unwrap();
+        assert_eq!(c.api.uris, ["turns:turn.example.com:443?transport=tcp"]);
+        assert_eq!(c.api.cors_origins, ["https://app.example.com"]);
+        assert_eq!(c.api.max_ttl_secs.get(), Duration::from_secs(90_000));
+        let e = run_err(&["--api-uri", "turn:"]);
+        assert!(e.starts_with("--api-uri turn:: "), "{e}");
+        let e = run_err(&["--api-cors-origin", "*"]);
+        assert!(e.starts_with("--api-cors-origin *: "), "{e}");
+        let e = run_err(&["--api-max-ttl-secs", "10"]);
+        assert!(e.starts_with("--api-max-ttl-secs 10: must be >="), "{e}");
+    }
+
+    #[test]
+    fn alternate_server_flags() {
+        let c = run(&[
+            "--alternate-server",
+            "127.0.0.1:3999",
+            "--alternate-server",
+            "127.0.0.1:4000",
+        ])
+        .unwrap();
+        assert_eq!(c.server.alternate_servers.len(), 2);
+        let e = run_err(&["--alternate-server", "127.0.0.1:0"]);
+        assert!(e.starts_with("--alternate-server 127.0.0.1:0: "), "{e}");
+        let e = run_err(&[
+            "--listen",
+            "127.0.0.1:3478",
+            "--alternate-server",
+            "127.0.0.1:3478",
+        ]);
+        assert!(e.starts_with("--alternate-server 127.0.0.1:3478: "), "{e}");
+    }
+
+    #[test]
+    fn external_ip_map_flag() {
+        let c = run(&["--external-ip-map", "10.77.0.2=203.0.113.77"]).unwrap();
+        assert_eq!(
+            c.relay.external_ip_map,
+            [(
+                "10.77.0.2".parse::<IpAddr>().unwrap(),
+                "203.0.113.77".parse::<IpAddr>().unwrap()
+            )]
+        );
+        let e = run_err(&["--external-ip-map", "10.0.0.1=::1"]);
+        assert!(e.starts_with("--external-ip-map 10.0.0.1=::1: "), "{e}");
+        let e = run_err(&[
+            "--external-ip-map",
+            "10.0.0.1=192.0.2.1",
+            "--external-ip-map",
+            "10.0.0.1=192.0.2.2",
+        ]);
+        assert!(
+            e.starts_with("--external-ip-map 10.0.0.1=192.0.2.2: ") && e.contains("twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn connection_limit_flags() {
+        let c = run(&[
+            "--max-connections",
+            "100",
+            "--max-connections-per-source",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                c.limits.max_connections.get(),
+                c.limits.max_connections_per_source.get()
+            ),
+            (100, 4)
+        );
+        let e = run_err(&["--max-connections-per-source", "0"]);
+        assert!(
+            e.starts_with("--max-connections-per-source 0: must be 1 to"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn numeric_flags_are_bounded() {
+        let max = u64::MAX.to_string();
+        let e = run_err(&["--max-lifetime-secs", &max]);
+        assert!(
+            e.starts_with("--max-lifetime-secs 18446744073709551615: must be 1 to 604800"),
+            "{e}"
+        );
+        let e = run_err(&["--workers", &usize::MAX.to_string()]);
+        assert!(e.starts_with("--workers "), "{e}");
+        let e = run_err(&["--nonce-lifetime-secs", "86401"]);
+        assert!(
+            e.starts_with("--nonce-lifetime-secs 86401: must be 1 to 86400"),
+            "{e}"
+        );
+        let e = run_err(&["--max-lifetime-secs=-1"]);
+        assert!(e.starts_with("--max-lifetime-secs -1: "), "{e}");
+    }
+
+    #[test]
+    fn api_connection_bound_flags() {
+        let c = run(&[
+            "--api-request-timeout-secs",
+            "2",
+            "--api-max-connections",
+            "16",
+            "--api-max-connections-per-source",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(c.api.request_timeout_secs.get(), Duration::from_secs(2));
+        assert_eq!(
+            (
+                c.api.max_connections.get(),
+                c.api.max_connections_per_source.get()
+            ),
+            (16, 4)
+        );
+        let e = run_err(&["--api-request-timeout-secs", "0"]);
+        assert!(
+            e.starts_with("--api-request-timeout-secs 0: must be 1 to 3600 seconds"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn challenge_cap_flag() {
+        let c = run(&["--max-challenges-per-sec", "7"]).unwrap();
+        assert_eq!(c.limits.max_challenges_per_sec.get(), 7);
+        let e = run_err(&["--max-challenges-per-sec", "0"]);
+        assert!(
+            e.starts_with("--max-challenges-per-sec 0: must be 1 to 1000000"),
+            "{e}"
+        );
+    }
+
+    /// Keys that had no flag before the model declared them: `[usage]` and
+    /// `api.revocations_file`; and a switch turned off.
+    #[test]
+    fn every_key_has_a_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = dir.path().join("usage.jsonl").display().to_string();
+        let c = run(&[
+            "--usage-log=false",
+            "--usage-file",
+            &usage,
+            "--usage-webhook-url",
+            "https://billing.example/turn",
+            "--usage-webhook-timeout-secs",
+            "2",
+            "--usage-queue-size",
+            "5",
+            "--api-revocations-file",
+            "/var/lib/turnpike/revocations.json",
+            "--api-test-page",
+        ])
+        .unwrap();
+        assert!(!c.usage.log && c.api.test_page);
+        assert_eq!(c.usage.file.as_deref(), Some(Path::new(&usage)));
+        assert_eq!(
+            c.usage.webhook_url.as_deref(),
+            Some("https://billing.example/turn")
+        );
+        assert_eq!(c.usage.webhook_timeout_secs.get(), Duration::from_secs(2));
+        assert_eq!(c.usage.queue_size.get(), 5);
+        assert!(c.api.revocations_file.is_some());
+        let e = run_err(&["--usage-webhook-url", "ftp://x.example/"]);
+        assert!(
+            e.starts_with("--usage-webhook-url ftp://x.example/: "),
+            "{e}"
+        );
+        let help = Cli::command()
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_help()
+            .to_string();
+        for setting in Config::settings() {
+            assert!(
+                help.contains(setting.flag),
+                "{} not in --help",
+                setting.flag
+            );
+        }
     }
 
     #[test]

@@ -1,12 +1,16 @@
-//! Configuration: the TOML file model, the typed runtime model and the conversion
-//! between them.
+//! Configuration: one typed model of the TOML file, read by serde, with the command line
+//! laid over it and the cross-key rules checked once in `validate`.
 //!
-//! "Parse, don't validate": the file is read once into [`FileConfig`] (serde, every
-//! section `deny_unknown_fields`), command-line flags are applied, and the result is
-//! converted into [`Config`], whose fields are already `SocketAddr`, `Duration`,
-//! `RangeInclusive<u16>`, `IpNet` and [`Secret`]. Nothing downstream re-checks a value.
+//! Each `[section]` is a struct declared with `section!`: one field per key, with its type,
+//! default, doc line, flag and whether a reload applies it. Addresses, networks, bounded
+//! numbers and durations are types ([`Secs`], [`Count`], ...), so a value out of range does
+//! not parse. The file is read with `deny_unknown_fields`; a flag's value goes through the
+//! same `Deserialize` ([`FlagValue`]), so file and flag are checked alike, and errors name
+//! the key and its line (toml's own spans, [`Doc`]) or the flag. Nothing downstream
+//! re-checks a value.
 //!
-//! Every error names the key (and, for file errors, the line) or the flag it came from.
+//! Adding a setting: a field in its section below, a line in config.example.toml, and the
+//! code that uses it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -16,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::de::{self, DeserializeOwned, IntoDeserializer, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::de::{DeTable, DeValue};
 
-use crate::cli::RunArgs;
 use crate::ice_uri::IceUri;
 
 /// Separator between expiry and user name in REST usernames: draft-uberti-behave-turn-rest
@@ -34,11 +38,11 @@ pub const DEFAULT_CREDENTIAL_TTL_SECS: u64 = 86_400;
 /// bound keeps the deadline from overflowing `Instant`.
 pub const MAX_API_REQUEST_TIMEOUT_SECS: u64 = 3600;
 
-/// Shown instead of secrets by [`Config::render_effective`] and `Debug`.
+/// Shown instead of secrets by [`Config::render_effective`], `Debug` and errors.
 const REDACTED: &str = "<redacted>";
 
-// Bounds of the numeric keys, checked at load (file, flags and reload alike) so that no
-// value can overflow a timer, truncate an attribute or ask for absurd resources.
+// Bounds of the numeric keys, checked where a value is read (file, flags and reload alike)
+// so that no value can overflow a timer, truncate an attribute or ask for absurd resources.
 
 const DAY_SECS: u64 = 86_400;
 /// Longest allocation lifetime (`limits.default_lifetime_secs`, `max_lifetime_secs`): a
@@ -70,12 +74,13 @@ pub const MAX_USAGE_QUEUE: usize = 1_000_000;
 pub const MAX_WEBHOOK_TIMEOUT_SECS: u64 = 60;
 
 // ---------------------------------------------------------------------------------
-// Runtime model
+// Value types
 // ---------------------------------------------------------------------------------
 
-/// A secret string (REST shared secret, static password, API token). `Debug` never shows
-/// it; call [`Secret::expose`] where the bytes are really needed.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret string (REST shared secret, static password, API token). `Debug` and
+/// `Serialize` never show it; call [`Secret::expose`] where the bytes are really needed.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
 pub struct Secret(String);
 
 impl Secret {
@@ -94,6 +99,14 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Always `"<redacted>"`: the effective config (`check-config`) and error messages are
+/// rendered by serializing, and neither may show a secret.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
 impl From<String> for Secret {
     fn from(secret: String) -> Self {
         Secret(secret)
@@ -107,7 +120,7 @@ impl From<&str> for Secret {
 }
 
 /// Log output format (`server.log_format`, `--log-format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -118,254 +131,692 @@ pub enum LogFormat {
 }
 
 /// How the XDP program is attached (`relay.xdp_mode`, `--xdp-mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// The driver's native XDP where it has one, else the kernel's generic (skb) XDP.
     #[default]
     Auto,
-    /// Native XDP only: fail over to userspace if the driver lacks it.
+    /// Native XDP only: fall back to userspace if the driver lacks it.
     Driver,
     /// Generic XDP (after the skb is built): works on any interface, saves less.
     Generic,
 }
 
-/// The effective configuration, fully parsed. Built by [`Config::load`],
-/// [`Config::from_toml_str`] or [`Config::default`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    /// UDP and TCP listening addresses.
-    pub listen: Vec<SocketAddr>,
-    pub realm: String,
-    /// SOFTWARE attribute value; `None` omits the attribute.
-    pub software: Option<String>,
-    /// Worker threads, already resolved (never 0).
-    pub workers: usize,
-    pub log_format: LogFormat,
-    /// Other servers that Allocate requests are redirected to (300 Try Alternate with
-    /// ALTERNATE-SERVER, RFC 8489 §10); empty = allocate here. Concrete addresses, no
-    /// port 0, no repeats.
-    pub alternate_servers: Vec<SocketAddr>,
-    /// Where new Allocates are redirected while the instance drains (`turnpike drain`);
-    /// entries naming this instance itself are skipped, so one fleet-wide list fits all.
-    pub drain_alternate_servers: Vec<SocketAddr>,
-    /// REST API shared secrets: the first signs, all verify. May be empty; the runtime
-    /// then generates one and warns.
-    pub secrets: Vec<Secret>,
-    /// Between expiry and user in REST usernames; one non-alphanumeric character.
-    pub separator: char,
-    pub nonce_lifetime: Duration,
-    /// Default ttl of credentials issued by `turnpike credentials` and the HTTP API.
-    pub credential_ttl: Duration,
-    /// Static long-term users, sorted by name, names unique.
-    pub static_users: Vec<(String, Secret)>,
-    /// Relay addresses; empty means the runtime picks them.
-    pub relay_ips: Vec<IpAddr>,
-    /// Public address advertised in XOR-RELAYED-ADDRESS behind a 1:1 NAT.
-    pub external_ip: Option<IpAddr>,
-    /// Per relay address (private → public) mappings behind a 1:1 NAT; they take
-    /// precedence over `external_ip`. Same family on both sides, each private address once.
-    pub external_ip_map: Vec<(IpAddr, IpAddr)>,
-    /// Relay ports; `start() >= 1` and `start() <= end()`.
-    pub port_range: RangeInclusive<u16>,
-    /// The interface whose XDP hook relays established channels in the kernel
-    /// (src/net/xdp.rs); `None` = userspace only. A valid Linux interface name.
-    pub xdp_interface: Option<String>,
-    pub xdp_mode: XdpMode,
-    /// Peers allowed despite the built-in deny list.
-    pub allow_peers: Vec<IpNet>,
-    /// Peers denied in addition to the built-in deny list.
-    pub deny_peers: Vec<IpNet>,
-    /// `0 < default_lifetime <= max_lifetime`.
-    pub default_lifetime: Duration,
-    pub max_lifetime: Duration,
-    pub max_allocations: usize,
-    pub max_allocations_per_user: usize,
-    pub max_permissions_per_allocation: usize,
-    pub max_channels_per_allocation: usize,
-    /// Relayed bytes per second per allocation and direction; `None` = unlimited.
-    pub bandwidth_per_allocation: Option<u64>,
-    /// TCP and TLS client connections on the whole server (>= 1).
-    pub max_connections: usize,
-    /// TCP and TLS client connections from one source IP (>= 1).
-    pub max_connections_per_source: usize,
-    /// 401/438 challenges per second for the whole server (>= 1), beside the fixed 100 per
-    /// source IP.
-    pub max_challenges_per_sec: usize,
-    pub api_listen: SocketAddr,
-    /// Bearer tokens for the HTTP API; empty = no token required on loopback (and the
-    /// API refuses to serve credentials beyond loopback).
-    pub api_tokens: Vec<Secret>,
-    /// STUN/TURN URIs the API hands out (`stun:`, `stuns:`, `turn:`, `turns:`); empty = the
-    /// API derives them from the listening, relay and external addresses.
-    pub api_uris: Vec<String>,
-    /// Longest ttl the API grants when a client asks for one; `>= credential_ttl`.
-    pub api_max_ttl: Duration,
-    /// Browser origins (`https://app.example.com`) allowed to call the API (CORS); empty =
-    /// no CORS headers.
-    pub api_cors_origins: Vec<String>,
-    /// Serve the ICE test page at `GET /test` on the API listener.
-    pub api_test_page: bool,
-    /// Bound on receiving a request head, on a keep-alive connection's idle time, on a
-    /// request's handling (body included) and on a stalled response write; `>= 1 s`.
-    pub api_request_timeout: Duration,
-    /// HTTP API connections in total (>= 1), WebSockets included.
-    pub api_max_connections: usize,
-    /// HTTP API connections from one source IP (>= 1).
-    pub api_max_connections_per_source: usize,
-    /// Where revocations are kept across restarts (written on every change, read at start
-    /// and on reload); `None` keeps them in memory only.
-    pub revocations_file: Option<PathBuf>,
-    /// TLS listening addresses; non-empty implies `tls_cert` and `tls_key` are set.
-    pub tls_listen: Vec<SocketAddr>,
-    /// `tls_cert` and `tls_key` are both set or both unset.
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    /// Where usage records (one per ended allocation) go (`[usage]`).
-    pub usage: UsageConfig,
+/// `value` if it is in `lo..=hi`, else the message every bound error uses.
+fn bounded(
+    value: u64,
+    lo: impl fmt::Display,
+    range: RangeInclusive<u64>,
+    unit: &str,
+) -> Result<u64, String> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "must be {lo} to {}{unit} (got {value})",
+            range.end()
+        ))
+    }
 }
 
-/// The usage record sinks (`[usage]`); see [`crate::usage`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct UsageConfig {
-    /// Each record as one info line on the log target `turnpike::usage`.
-    pub log: bool,
-    /// JSON lines appended here; reopened on SIGHUP (logrotate). The file, or its
-    /// directory, was writable when the config was checked.
-    pub file: Option<PathBuf>,
-    /// `http://` or `https://` URL that batches of records are POSTed to.
-    pub webhook_url: Option<String>,
-    /// Bound on one webhook request, connection set-up included; `>= 1 s`.
-    pub webhook_timeout: Duration,
-    /// Records waiting per sink before new ones are dropped (and counted); `>= 1`.
-    pub queue_size: usize,
+/// A number of seconds in `1..=MAX`, used as a [`Duration`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct Secs<const MAX: u64>(u64);
+
+impl<const MAX: u64> Secs<MAX> {
+    /// Panics outside `1..=MAX`; for defaults (`Config::default` is tested).
+    pub const fn new(secs: u64) -> Self {
+        assert!(secs >= 1 && secs <= MAX, "seconds out of range");
+        Secs(secs)
+    }
+
+    pub const fn get(self) -> Duration {
+        Duration::from_secs(self.0)
+    }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            // RFC 8489 §18.6: 3478 is the default STUN/TURN port over UDP and TCP. All IPv4
-            // interfaces so a fresh install answers; add `[::]:3478` for IPv6.
-            listen: vec![SocketAddr::from(([0, 0, 0, 0], 3478))],
-            // Any non-empty string works; REST credentials do not depend on it.
-            realm: "turnpike".to_owned(),
-            // RFC 8489 §14.14: SOFTWARE is optional; the name without a version tells
-            // an operator what answered without helping anyone pick an exploit.
-            software: Some("turnpike".to_owned()),
-            // One worker per core (DESIGN "Shape"): workers share nothing on the packet path.
-            workers: resolve_workers(0),
-            // Text for a terminal and journald; JSON is opt-in for log collectors.
-            log_format: LogFormat::Text,
-            // Redirecting is for draining or spreading load; a lone server allocates itself.
-            alternate_servers: Vec::new(),
-            // Nowhere: a draining lone server answers new Allocates with 508.
-            drain_alternate_servers: Vec::new(),
-            // None: `turnpike run` generates one and warns, so the first run works.
-            secrets: Vec::new(),
-            separator: DEFAULT_SEPARATOR,
-            // DESIGN "nonces" (and coturn's `stale-nonce`): 600 s, after which 438 Stale Nonce.
-            nonce_lifetime: Duration::from_secs(600),
-            credential_ttl: Duration::from_secs(DEFAULT_CREDENTIAL_TTL_SECS),
-            // Static users are opt-in; REST credentials expire, passwords do not.
-            static_users: Vec::new(),
-            // Empty: the runtime relays from the addresses it listens on.
-            relay_ips: Vec::new(),
-            // Only needed behind a 1:1 NAT (cloud VMs).
-            external_ip: None,
-            // Only needed when relay addresses sit behind different public addresses.
-            external_ip_map: Vec::new(),
-            // RFC 8656 §7.2: relay ports SHOULD come from 49152-65535, the IANA dynamic
-            // range (RFC 6335).
-            port_range: 49152..=65535,
-            // The kernel fast path is opt-in: it needs root (CAP_BPF, CAP_NET_ADMIN) and Linux.
-            xdp_interface: None,
-            xdp_mode: XdpMode::Auto,
-            // Nothing is opened beyond the built-in deny list (DESIGN "Security defaults").
-            allow_peers: Vec::new(),
-            deny_peers: Vec::new(),
-            // RFC 8656 §3.2: an allocation lives 10 minutes unless refreshed.
-            default_lifetime: Duration::from_secs(600),
-            // RFC 8656 §7.2: recommended maximum allocation lifetime of 1 hour.
-            max_lifetime: Duration::from_secs(3600),
-            // Fits in the default port range (16384 ports) with room to spare, and at the
-            // ≤ 2 KiB per idle allocation target costs about 20 MiB.
-            max_allocations: 10_000,
-            // A browser needs a handful; 100 keeps one leaked credential from taking the
-            // whole server (486 Allocation Quota Reached).
-            max_allocations_per_user: 100,
-            // One per remote candidate address; ICE rarely needs more than a dozen. A cap
-            // keeps per-allocation state bounded.
-            max_permissions_per_allocation: 64,
-            // Same reasoning as permissions; RFC 8656 allows 16384 channel numbers.
-            max_channels_per_allocation: 64,
-            // Unlimited: media bitrates vary too much for one safe number.
-            bandwidth_per_allocation: None,
-            // As many as allocations: a TCP/TLS client holds one connection per allocation
-            // (RFC 8656 §3.1); each costs a socket and bounded buffers.
-            max_connections: 10_000,
-            // Enough for the clients behind one NAT (an office, a carrier-grade NAT pool);
-            // low enough that one host cannot use up the whole server.
-            max_connections_per_source: 64,
-            // Challenges go to unverified source addresses, so this bounds what a spoofed
-            // flood can reflect; see `DEFAULT_MAX_CHALLENGES_PER_SEC` for the numbers.
-            max_challenges_per_sec: crate::proto::server::DEFAULT_MAX_CHALLENGES_PER_SEC as usize,
-            // DESIGN "Management plane": loopback, so no token is needed by default.
-            api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            api_tokens: Vec::new(),
-            // Derived from the addresses the server really listens on, so they are right
-            // without configuration; set them when clients reach the server by DNS name.
-            api_uris: Vec::new(),
-            // Same as the default credential ttl (draft-uberti recommends one day): a
-            // longer-lived credential outlives the user's revocation by that much.
-            api_max_ttl: Duration::from_secs(DEFAULT_CREDENTIAL_TTL_SECS),
-            // No browser origin may call the API until the operator names it.
-            api_cors_origins: Vec::new(),
-            // The test page hands out credentials to whoever loads it: opt-in.
-            api_test_page: false,
-            // A client on any real network sends a request head in well under a second;
-            // 10 s is the stream clients' first-message bound too (worker.rs).
-            api_request_timeout: Duration::from_secs(10),
-            // Management traffic is a few clients; 256 sockets are a small share of the
-            // descriptors TURN needs (LimitNOFILE=65536 in the unit), so an API flood
-            // cannot starve relay sockets and TCP/TLS accepts.
-            api_max_connections: 256,
-            // A quarter of the total: one host cannot hold every slot. A reverse proxy in
-            // front of the API is one source, so raise this with one.
-            api_max_connections_per_source: 64,
-            // In memory: a plain `turnpike run` writes no state; packages set a path.
-            revocations_file: None,
-            // TLS needs a certificate, so it is off until one is configured.
-            tls_listen: Vec::new(),
-            tls_cert: None,
-            tls_key: None,
-            usage: UsageConfig {
-                // The log is always there, so records are kept somewhere without setup.
-                log: true,
-                // Files and webhooks need a path or URL only the operator knows.
-                file: None,
-                webhook_url: None,
-                // Long enough for a receiver across a continent, short enough that a
-                // dead one holds a stopping daemon for only this long.
-                webhook_timeout: Duration::from_secs(5),
-                // 10,000 records (~4 MB) ride out a receiver restart of minutes at a
-                // hundred allocations ending per second.
-                queue_size: 10_000,
-            },
+impl<const MAX: u64> TryFrom<u64> for Secs<MAX> {
+    type Error = String;
+
+    fn try_from(secs: u64) -> Result<Self, String> {
+        bounded(secs, 1, 1..=MAX, " seconds").map(Secs)
+    }
+}
+
+/// A count in `1..=MAX` (allocations, connections, records, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct Count<const MAX: usize>(usize);
+
+impl<const MAX: usize> Count<MAX> {
+    /// Panics outside `1..=MAX`; for defaults (`Config::default` is tested).
+    pub const fn new(count: usize) -> Self {
+        assert!(count >= 1 && count <= MAX, "count out of range");
+        Count(count)
+    }
+
+    pub const fn get(self) -> usize {
+        self.0
+    }
+}
+
+impl<const MAX: usize> TryFrom<u64> for Count<MAX> {
+    type Error = String;
+
+    fn try_from(count: u64) -> Result<Self, String> {
+        let max = u64::try_from(MAX).unwrap_or(u64::MAX);
+        let count = bounded(count, 1, 1..=max, "")?;
+        // In range, so it fits.
+        Ok(Count(usize::try_from(count).unwrap_or(MAX)))
+    }
+}
+
+/// A relay port, `1..=65535`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct Port(u16);
+
+impl Port {
+    /// Panics on 0; for defaults.
+    pub const fn new(port: u16) -> Self {
+        assert!(port != 0, "port 0");
+        Port(port)
+    }
+
+    pub const fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl TryFrom<u64> for Port {
+    type Error = String;
+
+    fn try_from(port: u64) -> Result<Self, String> {
+        let port = bounded(port, 1, 1..=u16::MAX.into(), "")?;
+        Ok(Port(u16::try_from(port).unwrap_or(u16::MAX)))
+    }
+}
+
+/// `server.workers`: 0 = one per CPU core, else `1..=MAX_WORKERS` threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct Workers(usize);
+
+impl Workers {
+    /// One worker per CPU core (DESIGN "Shape"): workers share nothing on the packet path.
+    pub const PER_CORE: Workers = Workers(0);
+
+    /// The number of threads to start (never 0).
+    pub fn get(self) -> usize {
+        match self.0 {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)),
+            n => n,
         }
     }
 }
 
-/// `0` means one worker per CPU core (at most [`MAX_WORKERS`]).
-fn resolve_workers(workers: usize) -> usize {
-    if workers != 0 {
-        return workers;
+impl TryFrom<u64> for Workers {
+    type Error = String;
+
+    fn try_from(workers: u64) -> Result<Self, String> {
+        let max = u64::try_from(MAX_WORKERS).unwrap_or(u64::MAX);
+        let workers = bounded(workers, "0 (one per CPU core)", 0..=max, "")?;
+        Ok(Workers(usize::try_from(workers).unwrap_or(MAX_WORKERS)))
     }
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
+}
+
+/// `limits.bandwidth_per_allocation`: 0 = unlimited, else bytes per second in
+/// [`BANDWIDTH_RANGE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct Bandwidth(u64);
+
+impl Bandwidth {
+    pub const UNLIMITED: Bandwidth = Bandwidth(0);
+
+    /// Bytes per second per allocation and direction; `None` = unlimited.
+    pub const fn get(self) -> Option<u64> {
+        match self.0 {
+            0 => None,
+            rate => Some(rate),
+        }
+    }
+}
+
+impl TryFrom<u64> for Bandwidth {
+    type Error = String;
+
+    fn try_from(rate: u64) -> Result<Self, String> {
+        if rate == 0 || BANDWIDTH_RANGE.contains(&rate) {
+            return Ok(Bandwidth(rate));
+        }
+        let (lo, hi) = (BANDWIDTH_RANGE.start(), BANDWIDTH_RANGE.end());
+        Err(format!(
+            "must be 0 (unlimited) or {lo} to {hi} bytes per second (got {rate})"
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------------
-// Errors
+// Settings: the section structs and what the command line and a reload need to know
 // ---------------------------------------------------------------------------------
+
+/// One key of the file: its flag and how the command line sets it. Declared by `section!`
+/// next to the field, listed by [`Config::settings`].
+#[derive(Debug)]
+pub struct Setting {
+    /// `"relay.min_port"`.
+    pub key: &'static str,
+    /// `"--min-port"`: the kebab-case of the key (with the section in front where a name is
+    /// ambiguous, singular for lists).
+    pub flag: &'static str,
+    /// `"PORT"`, for `--help`.
+    pub value_name: &'static str,
+    /// The field's doc comment.
+    pub help: &'static str,
+    pub kind: FlagKind,
+    /// A reload keeps what the process started with (sockets, threads, logger, sinks).
+    pub restart: bool,
+    /// Lays one flag value over the config; `replace`: drop what the list holds first.
+    /// Returns the value as errors show it.
+    apply: fn(&mut Config, &str, bool) -> Result<String, String>,
+    differs: fn(&Config, &Config) -> bool,
+    normalize: fn(&mut Config),
+}
+
+impl Setting {
+    /// `"relay"` of `"relay.min_port"`.
+    pub fn section(&self) -> &'static str {
+        self.key
+            .split_once('.')
+            .map_or(self.key, |(section, _)| section)
+    }
+}
+
+/// How a flag takes its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagKind {
+    /// One value; it overrides the file.
+    Value,
+    /// `--flag` alone means true, `--flag=false` false.
+    Switch,
+    /// Repeatable; the values add to the file's list, or replace the built-in default when
+    /// the file does not set the key.
+    List,
+}
+
+/// How a key's type takes a flag's value and is tidied after loading.
+trait SettingValue: Sized {
+    const KIND: FlagKind = FlagKind::Value;
+
+    fn overlay(&mut self, flag: Self, _replace: bool) {
+        *self = flag;
+    }
+
+    fn normalize(&mut self) {}
+}
+
+macro_rules! scalar_settings {
+    ($($ty:ty),*) => { $(impl SettingValue for $ty {})* };
+}
+scalar_settings!(String, char, SocketAddr, LogFormat, XdpMode, Workers, Port, Bandwidth);
+
+impl<T> SettingValue for Option<T> {}
+
+impl<const MAX: u64> SettingValue for Secs<MAX> {}
+
+impl<const MAX: usize> SettingValue for Count<MAX> {}
+
+impl SettingValue for bool {
+    const KIND: FlagKind = FlagKind::Switch;
+}
+
+impl<T: PartialEq> SettingValue for Vec<T> {
+    const KIND: FlagKind = FlagKind::List;
+
+    fn overlay(&mut self, flag: Self, replace: bool) {
+        if replace {
+            self.clear();
+        }
+        extend_unique(self, flag);
+    }
+
+    /// Repeats dropped, the first occurrence kept in place.
+    fn normalize(&mut self) {
+        let items = std::mem::take(self);
+        extend_unique(self, items);
+    }
+}
+
+impl<V> SettingValue for BTreeMap<String, V> {
+    const KIND: FlagKind = FlagKind::List;
+
+    fn overlay(&mut self, flag: Self, replace: bool) {
+        if replace {
+            self.clear();
+        }
+        self.extend(flag);
+    }
+}
+
+/// Declares a section: the struct (serde, `deny_unknown_fields`, every key optional), its
+/// `Default` from the `= value` of each field, and a [`Setting`] per field. A field is
+///
+/// ```text
+/// /// Doc line: the flag's --help and the field's rustdoc.
+/// #[flag("--flag-name", "VALUE_NAME")]
+/// #[restart]                  // optional: a reload does not apply it
+/// #[serde(...)]               // optional: how the TOML form differs from the type's
+/// // Why the default is what it is.
+/// pub key_name: Type = default,
+/// ```
+macro_rules! section {
+    (
+        [$section:ident]
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                #[flag($flag:literal, $value_name:literal)]
+                $(#[restart $($restart:tt)?])?
+                $(#[serde($($serde:tt)*)])*
+                pub $field:ident: $ty:ty = $default:expr,
+            )*
+        }
+    ) => {
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        $(#[$meta])*
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            $(
+                $(#[doc = $doc])*
+                $(#[serde($($serde)*)])*
+                pub $field: $ty,
+            )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($field: $default,)* }
+            }
+        }
+
+        impl $name {
+            const SETTINGS: &'static [Setting] = &[$(
+                Setting {
+                    key: concat!(stringify!($section), ".", stringify!($field)),
+                    flag: $flag,
+                    value_name: $value_name,
+                    help: concat!($($doc, "\n",)*),
+                    kind: <$ty as SettingValue>::KIND,
+                    restart: false $($($restart)? || true)?,
+                    apply: |config, value, replace| {
+                        let patch: $name = flag_patch(stringify!($field), value, $value_name)?;
+                        let shown = shown(&patch, stringify!($field), value);
+                        config.$section.$field.overlay(patch.$field, replace);
+                        Ok(shown)
+                    },
+                    differs: |a, b| a.$section.$field != b.$section.$field,
+                    normalize: |config| config.$section.$field.normalize(),
+                },
+            )*];
+        }
+    };
+}
+
+section! {
+    [server]
+    /// `[server]`: where STUN/TURN is served and how the server names itself.
+    #[serde(expecting = "a table ([server])")]
+    pub struct Server {
+        /// Serve STUN/TURN over UDP and TCP on this address.
+        #[flag("--listen", "ADDR:PORT")]
+        #[restart]
+        #[serde(deserialize_with = "form::socket_addrs")]
+        // RFC 8489 §18.6: 3478 is the default STUN/TURN port over UDP and TCP. All IPv4
+        // interfaces so a fresh install answers; add `[::]:3478` for IPv6.
+        pub listen: Vec<SocketAddr> = vec![SocketAddr::from(([0, 0, 0, 0], 3478))],
+        /// Authentication realm in 401 challenges (1 to 127 characters).
+        #[flag("--realm", "REALM")]
+        // Any non-empty string works; REST credentials do not depend on it.
+        pub realm: String = "turnpike".to_owned(),
+        /// SOFTWARE attribute value; "" omits it.
+        #[flag("--software", "TEXT")]
+        // RFC 8489 §14.14: SOFTWARE is optional; the name without a version tells an
+        // operator what answered without helping anyone pick an exploit.
+        pub software: String = "turnpike".to_owned(),
+        /// Worker threads; 0 = one per CPU core.
+        #[flag("--workers", "N")]
+        #[restart]
+        pub workers: Workers = Workers::PER_CORE,
+        /// Log format: text or json.
+        #[flag("--log-format", "FORMAT")]
+        #[restart]
+        // Text for a terminal and journald; JSON is opt-in for log collectors.
+        pub log_format: LogFormat = LogFormat::Text,
+        /// Redirect Allocate requests to this server with 300 Try Alternate
+        /// (ALTERNATE-SERVER, RFC 8489 §10); a concrete IP and a port other than 0.
+        #[flag("--alternate-server", "IP:PORT")]
+        #[serde(deserialize_with = "form::alternate_servers")]
+        // Redirecting is for draining or spreading load; a lone server allocates itself.
+        pub alternate_servers: Vec<SocketAddr> = Vec::new(),
+        /// Redirect new Allocates here while draining (`turnpike drain`); entries naming
+        /// this instance are skipped, so one fleet-wide list fits all.
+        #[flag("--drain-alternate-server", "IP:PORT")]
+        #[serde(deserialize_with = "form::alternate_servers")]
+        // Nowhere: a draining lone server answers new Allocates with 508.
+        pub drain_alternate_servers: Vec<SocketAddr> = Vec::new(),
+    }
+}
+
+impl Server {
+    /// The SOFTWARE attribute; `None` omits it.
+    pub fn software(&self) -> Option<&str> {
+        Some(self.software.as_str()).filter(|s| !s.is_empty())
+    }
+}
+
+section! {
+    [auth]
+    /// `[auth]`: REST shared secrets, nonces and static users.
+    #[serde(expecting = "a table ([auth])")]
+    pub struct Auth {
+        /// REST API shared secret; the first signs, all verify.
+        #[flag("--auth-secret", "SECRET")]
+        // None: `turnpike run` generates one and warns, so the first run works.
+        pub secrets: Vec<Secret> = Vec::new(),
+        /// Separator between expiry and user in REST usernames: one character, not a
+        /// letter, digit or space.
+        #[flag("--separator", "CHAR")]
+        #[serde(deserialize_with = "form::separator")]
+        pub separator: char = DEFAULT_SEPARATOR,
+        /// Nonce lifetime in seconds before 438 Stale Nonce.
+        #[flag("--nonce-lifetime-secs", "SECONDS")]
+        // DESIGN "nonces" (and coturn's `stale-nonce`): 600 s, after which 438 Stale Nonce.
+        pub nonce_lifetime_secs: Secs<MAX_NONCE_LIFETIME_SECS> = Secs::new(600),
+        /// Default lifetime of issued credentials in seconds (`turnpike credentials`, the
+        /// HTTP API).
+        #[flag("--credential-ttl-secs", "SECONDS")]
+        pub credential_ttl_secs: Secs<MAX_CREDENTIAL_TTL_SECS> =
+            Secs::new(DEFAULT_CREDENTIAL_TTL_SECS),
+        /// Static long-term user ([auth.users] NAME = "PASSWORD").
+        #[flag("--user", "NAME=PASSWORD")]
+        // Static users are opt-in; REST credentials expire, passwords do not.
+        pub users: BTreeMap<String, Secret> = BTreeMap::new(),
+    }
+}
+
+section! {
+    [relay]
+    /// `[relay]`: relay addresses, ports and which peers may be reached.
+    #[serde(expecting = "a table ([relay])")]
+    pub struct Relay {
+        /// Relay address handed to clients; empty = the runtime picks them.
+        #[flag("--relay-ip", "IP")]
+        #[restart]
+        #[serde(deserialize_with = "form::advertised_ips")]
+        // Empty: the runtime relays from the addresses it listens on.
+        pub ips: Vec<IpAddr> = Vec::new(),
+        /// Public IP advertised in XOR-RELAYED-ADDRESS behind a 1:1 NAT.
+        #[flag("--external-ip", "IP")]
+        #[serde(with = "form::external_ip")]
+        // Only needed behind a 1:1 NAT (cloud VMs).
+        pub external_ip: Option<IpAddr> = None,
+        /// Public IP a 1:1 NAT maps a relay IP to (same family); wins over external_ip.
+        #[flag("--external-ip-map", "PRIVATE=PUBLIC")]
+        #[serde(with = "form::ip_mappings")]
+        // Only needed when relay addresses sit behind different public addresses.
+        pub external_ip_map: Vec<(IpAddr, IpAddr)> = Vec::new(),
+        /// Lowest relay port.
+        #[flag("--min-port", "PORT")]
+        // RFC 8656 §7.2: relay ports SHOULD come from 49152-65535, the IANA dynamic range
+        // (RFC 6335).
+        pub min_port: Port = Port::new(49152),
+        /// Highest relay port.
+        #[flag("--max-port", "PORT")]
+        pub max_port: Port = Port::new(65535),
+        /// Peer CIDR or IP to allow despite the built-in deny list.
+        #[flag("--allow-peer", "CIDR")]
+        #[serde(with = "form::peer_nets")]
+        // Nothing is opened beyond the built-in deny list (DESIGN "Security defaults").
+        pub allow_peers: Vec<IpNet> = Vec::new(),
+        /// Extra peer CIDR or IP to deny.
+        #[flag("--deny-peer", "CIDR")]
+        #[serde(with = "form::peer_nets")]
+        pub deny_peers: Vec<IpNet> = Vec::new(),
+        /// Relay established UDP channels in the kernel with XDP on this interface (Linux,
+        /// root); empty = userspace only.
+        #[flag("--xdp-interface", "IFACE")]
+        #[restart]
+        #[serde(with = "form::interface")]
+        // The kernel fast path is opt-in: it needs root (CAP_BPF, CAP_NET_ADMIN) and Linux.
+        pub xdp_interface: Option<String> = None,
+        /// How the XDP program is attached: auto, driver or generic.
+        #[flag("--xdp-mode", "MODE")]
+        #[restart]
+        pub xdp_mode: XdpMode = XdpMode::Auto,
+    }
+}
+
+impl Relay {
+    /// Relay ports; `validate` makes sure it is not empty.
+    pub fn port_range(&self) -> RangeInclusive<u16> {
+        self.min_port.get()..=self.max_port.get()
+    }
+}
+
+section! {
+    [limits]
+    /// `[limits]`: lifetimes, quotas and caps.
+    #[serde(expecting = "a table ([limits])")]
+    pub struct Limits {
+        /// Allocation lifetime when the client asks for none, in seconds.
+        #[flag("--default-lifetime-secs", "SECONDS")]
+        // RFC 8656 §3.2: an allocation lives 10 minutes unless refreshed.
+        pub default_lifetime_secs: Secs<MAX_ALLOCATION_LIFETIME_SECS> = Secs::new(600),
+        /// Longest allocation lifetime granted, in seconds.
+        #[flag("--max-lifetime-secs", "SECONDS")]
+        // RFC 8656 §7.2: recommended maximum allocation lifetime of 1 hour.
+        pub max_lifetime_secs: Secs<MAX_ALLOCATION_LIFETIME_SECS> = Secs::new(3600),
+        /// Allocations on the whole server, then 508.
+        #[flag("--max-allocations", "N")]
+        // Fits in the default port range (16384 ports) with room to spare, and at the
+        // ≤ 2 KiB per idle allocation target costs about 20 MiB.
+        pub max_allocations: Count<MAX_COUNT> = Count::new(10_000),
+        /// Allocations per username, then 486.
+        #[flag("--max-allocations-per-user", "N")]
+        // A browser needs a handful; 100 keeps one leaked credential from taking the whole
+        // server (486 Allocation Quota Reached).
+        pub max_allocations_per_user: Count<MAX_COUNT> = Count::new(100),
+        /// Permissions per allocation.
+        #[flag("--max-permissions-per-allocation", "N")]
+        // One per remote candidate address; ICE rarely needs more than a dozen. A cap keeps
+        // per-allocation state bounded.
+        pub max_permissions_per_allocation: Count<MAX_PER_ALLOCATION> = Count::new(64),
+        /// Channels per allocation.
+        #[flag("--max-channels-per-allocation", "N")]
+        // Same reasoning as permissions; RFC 8656 allows 16384 channel numbers.
+        pub max_channels_per_allocation: Count<MAX_PER_ALLOCATION> = Count::new(64),
+        /// Relayed bytes/s per allocation and direction; 0 = unlimited.
+        #[flag("--bandwidth-per-allocation", "BYTES_PER_SEC")]
+        // Unlimited: media bitrates vary too much for one safe number.
+        pub bandwidth_per_allocation: Bandwidth = Bandwidth::UNLIMITED,
+        /// TCP and TLS client connections in total.
+        #[flag("--max-connections", "N")]
+        #[restart]
+        // As many as allocations: a TCP/TLS client holds one connection per allocation
+        // (RFC 8656 §3.1); each costs a socket and bounded buffers.
+        pub max_connections: Count<MAX_COUNT> = Count::new(10_000),
+        /// TCP and TLS client connections per source IP.
+        #[flag("--max-connections-per-source", "N")]
+        #[restart]
+        // Enough for the clients behind one NAT (an office, a carrier-grade NAT pool); low
+        // enough that one host cannot use up the whole server.
+        pub max_connections_per_source: Count<MAX_COUNT> = Count::new(64),
+        /// 401/438 challenges per second for the whole server, beside the fixed 100 per
+        /// source IP.
+        #[flag("--max-challenges-per-sec", "N")]
+        // Challenges go to unverified source addresses, so this bounds what a spoofed flood
+        // can reflect; see `DEFAULT_MAX_CHALLENGES_PER_SEC` for the numbers.
+        pub max_challenges_per_sec: Count<MAX_COUNT> =
+            Count::new(crate::proto::server::DEFAULT_MAX_CHALLENGES_PER_SEC as usize),
+    }
+}
+
+section! {
+    [api]
+    /// `[api]`: the HTTP management API.
+    #[serde(expecting = "a table ([api])")]
+    pub struct Api {
+        /// HTTP management API address.
+        #[flag("--api-listen", "ADDR:PORT")]
+        #[restart]
+        #[serde(deserialize_with = "form::socket_addr")]
+        // DESIGN "Management plane": loopback, so no token is needed by default.
+        pub listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)),
+        /// Bearer token for the HTTP API; none = no token required on loopback (and no
+        /// credentials served beyond loopback).
+        #[flag("--api-token", "TOKEN")]
+        pub tokens: Vec<Secret> = Vec::new(),
+        /// STUN/TURN URI handed out by the API (stun:, stuns:, turn:, turns:); none = derived
+        /// from the listening, relay and external addresses.
+        #[flag("--api-uri", "URI")]
+        #[serde(deserialize_with = "form::ice_uris")]
+        // Derived from the addresses the server really listens on, so they are right
+        // without configuration; set them when clients reach the server by DNS name.
+        pub uris: Vec<String> = Vec::new(),
+        /// Longest credential ttl the API grants on request, in seconds.
+        #[flag("--api-max-ttl-secs", "SECONDS")]
+        // Same as the default credential ttl (draft-uberti recommends one day): a
+        // longer-lived credential outlives the user's revocation by that much.
+        pub max_ttl_secs: Secs<MAX_CREDENTIAL_TTL_SECS> = Secs::new(DEFAULT_CREDENTIAL_TTL_SECS),
+        /// Browser origin (https://app.example.com) allowed to call the API (CORS).
+        #[flag("--api-cors-origin", "ORIGIN")]
+        #[serde(deserialize_with = "form::origins")]
+        // No browser origin may call the API until the operator names it.
+        pub cors_origins: Vec<String> = Vec::new(),
+        /// Serve the ICE test page at /test on the API listener.
+        #[flag("--api-test-page", "BOOL")]
+        // The test page hands out credentials to whoever loads it: opt-in.
+        pub test_page: bool = false,
+        /// Seconds a client gets to send a request head, to keep an idle keep-alive
+        /// connection, for a request to be handled and for a stalled response write.
+        #[flag("--api-request-timeout-secs", "SECONDS")]
+        #[restart]
+        // A client on any real network sends a request head in well under a second; 10 s
+        // is the stream clients' first-message bound too (connections.rs).
+        pub request_timeout_secs: Secs<MAX_API_REQUEST_TIMEOUT_SECS> = Secs::new(10),
+        /// HTTP API connections in total, WebSockets included.
+        #[flag("--api-max-connections", "N")]
+        #[restart]
+        // Management traffic is a few clients; 256 sockets are a small share of the
+        // descriptors TURN needs (LimitNOFILE=65536 in the unit), so an API flood cannot
+        // starve relay sockets and TCP/TLS accepts.
+        pub max_connections: Count<MAX_COUNT> = Count::new(256),
+        /// HTTP API connections per source IP.
+        #[flag("--api-max-connections-per-source", "N")]
+        #[restart]
+        // A quarter of the total: one host cannot hold every slot. A reverse proxy in
+        // front of the API is one source, so raise this with one.
+        pub max_connections_per_source: Count<MAX_COUNT> = Count::new(64),
+        /// File the revocations are kept in across restarts (written on every change, read
+        /// at start and on reload); "" = in memory only.
+        #[flag("--api-revocations-file", "FILE")]
+        #[serde(with = "form::path")]
+        // In memory: a plain `turnpike run` writes no state; packages set a path.
+        pub revocations_file: Option<PathBuf> = None,
+    }
+}
+
+section! {
+    [tls]
+    /// `[tls]`: TURN over TLS (`turns:`).
+    #[serde(expecting = "a table ([tls])")]
+    pub struct Tls {
+        /// Serve TURN over TLS on this address (needs tls.cert and tls.key).
+        #[flag("--tls-listen", "ADDR:PORT")]
+        #[restart]
+        #[serde(deserialize_with = "form::socket_addrs")]
+        // TLS needs a certificate, so it is off until one is configured.
+        pub listen: Vec<SocketAddr> = Vec::new(),
+        /// PEM certificate chain for TLS.
+        #[flag("--tls-cert", "FILE")]
+        #[serde(with = "form::path")]
+        pub cert: Option<PathBuf> = None,
+        /// PEM private key for TLS.
+        #[flag("--tls-key", "FILE")]
+        #[serde(with = "form::path")]
+        pub key: Option<PathBuf> = None,
+    }
+}
+
+section! {
+    [usage]
+    /// `[usage]`: where usage records (one per ended allocation) go; see [`crate::usage`].
+    #[serde(expecting = "a table ([usage])")]
+    pub struct Usage {
+        /// Log each usage record as one info line on the log target `turnpike::usage`.
+        #[flag("--usage-log", "BOOL")]
+        #[restart]
+        // The log is always there, so records are kept somewhere without setup.
+        pub log: bool = true,
+        /// Append usage records as JSON lines to this file (reopened on SIGHUP); "" = none.
+        #[flag("--usage-file", "FILE")]
+        #[restart]
+        #[serde(with = "form::path")]
+        // Files and webhooks need a path or URL only the operator knows.
+        pub file: Option<PathBuf> = None,
+        /// POST batches of usage records to this http:// or https:// URL; "" = none.
+        #[flag("--usage-webhook-url", "URL")]
+        #[restart]
+        #[serde(with = "form::webhook_url")]
+        pub webhook_url: Option<String> = None,
+        /// Seconds one webhook request may take, connecting included.
+        #[flag("--usage-webhook-timeout-secs", "SECONDS")]
+        #[restart]
+        // Long enough for a receiver across a continent, short enough that a dead one
+        // holds a stopping daemon for only this long.
+        pub webhook_timeout_secs: Secs<MAX_WEBHOOK_TIMEOUT_SECS> = Secs::new(5),
+        /// Usage records waiting per sink before new ones are dropped (and counted).
+        #[flag("--usage-queue-size", "N")]
+        #[restart]
+        // 10,000 records (~4 MB) ride out a receiver restart of minutes at a hundred
+        // allocations ending per second.
+        pub queue_size: Count<MAX_USAGE_QUEUE> = Count::new(10_000),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The configuration
+// ---------------------------------------------------------------------------------
+
+/// The effective configuration, fully parsed. Built by [`Config::load`],
+/// [`Config::from_toml_str`] or [`Config::default`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    pub auth: Auth,
+    pub relay: Relay,
+    pub limits: Limits,
+    pub api: Api,
+    pub tls: Tls,
+    pub usage: Usage,
+}
+
+/// Flags given on the command line, each with its values: what [`Config::load`] lays over
+/// the file. `cli` fills it from the arguments of `turnpike run`.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides(Vec<(&'static Setting, Vec<String>)>);
+
+impl Overrides {
+    /// Sets `setting` to `values` (the last one counts for a [`FlagKind::Value`]).
+    pub fn push(&mut self, setting: &'static Setting, values: Vec<String>) {
+        self.0.push((setting, values));
+    }
+}
 
 /// Why a configuration was rejected. Every variant names the key, line or flag.
 #[derive(Debug, thiserror::Error)]
@@ -384,15 +835,14 @@ pub enum ConfigError {
     },
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
-    #[error(
-        "{origin}: unknown key `{key}` in {section} at line {line} (expected one of: {expected})"
-    )]
+    #[error("{origin}: unknown key `{key}` in {section} at line {line} ({expected})")]
     UnknownKey {
         origin: String,
         key: String,
         /// `[server]`, … or `the top level`.
         section: String,
         line: usize,
+        /// serde's `expected one of ...`.
         expected: String,
     },
     /// A key in the file has a wrong type or value.
@@ -415,216 +865,397 @@ pub enum ConfigError {
     },
 }
 
-// ---------------------------------------------------------------------------------
-// File model
-// ---------------------------------------------------------------------------------
+impl Config {
+    /// Every key, section by section in file order.
+    pub fn settings() -> impl Iterator<Item = &'static Setting> {
+        [
+            Server::SETTINGS,
+            Auth::SETTINGS,
+            Relay::SETTINGS,
+            Limits::SETTINGS,
+            Api::SETTINGS,
+            Tls::SETTINGS,
+            Usage::SETTINGS,
+        ]
+        .into_iter()
+        .flatten()
+    }
 
-/// The sections and keys the file may contain. `[auth.users]` holds arbitrary names.
-/// Kept in sync with the structs below by `schema_matches_file_model`.
-const SCHEMA: &[(&str, &[&str])] = &[
-    (
-        "server",
-        &[
-            "listen",
-            "realm",
-            "software",
-            "workers",
-            "log_format",
-            "alternate_servers",
-            "drain_alternate_servers",
-        ],
-    ),
-    (
-        "auth",
-        &[
-            "secrets",
-            "separator",
-            "nonce_lifetime_secs",
-            "credential_ttl_secs",
-            "users",
-        ],
-    ),
-    (
-        "relay",
-        &[
-            "ips",
-            "external_ip",
-            "external_ip_map",
-            "min_port",
-            "max_port",
-            "allow_peers",
-            "deny_peers",
-            "xdp_interface",
-            "xdp_mode",
-        ],
-    ),
-    (
-        "limits",
-        &[
-            "default_lifetime_secs",
-            "max_lifetime_secs",
-            "max_allocations",
-            "max_allocations_per_user",
-            "max_permissions_per_allocation",
-            "max_channels_per_allocation",
-            "bandwidth_per_allocation",
-            "max_connections",
-            "max_connections_per_source",
-            "max_challenges_per_sec",
-        ],
-    ),
-    (
-        "api",
-        &[
-            "listen",
-            "tokens",
-            "uris",
-            "max_ttl_secs",
-            "cors_origins",
-            "test_page",
-            "request_timeout_secs",
-            "max_connections",
-            "max_connections_per_source",
-            "revocations_file",
-        ],
-    ),
-    ("tls", &["listen", "cert", "key"]),
-    (
-        "usage",
-        &[
-            "log",
-            "file",
-            "webhook_url",
-            "webhook_timeout_secs",
-            "queue_size",
-        ],
-    ),
-];
+    /// Load the configuration `turnpike run` uses: the file at `path` (built-in defaults
+    /// without one), then the flags. List flags add to the file's lists; when the file
+    /// does not set the key they replace the built-in default. Scalar flags override.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let (mut config, doc) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let (config, doc) = Config::parse(&text, &path.display().to_string())?;
+                (config, Some(doc))
+            }
+            None => (Config::default(), None),
+        };
+        let mut sources = Sources {
+            doc: doc.as_ref(),
+            flags: HashMap::new(),
+        };
+        for (setting, values) in &overrides.0 {
+            let replace = !sources.in_file(setting.key);
+            for (i, value) in values.iter().enumerate() {
+                let shown =
+                    (setting.apply)(&mut config, value, replace && i == 0).map_err(|message| {
+                        ConfigError::Flag {
+                            flag: setting.flag.to_owned(),
+                            value: value.clone(),
+                            message,
+                        }
+                    })?;
+                sources.flags.insert(setting.key, (setting.flag, shown));
+            }
+        }
+        config.normalize();
+        config.validate(&sources)?;
+        Ok(config)
+    }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct FileConfig {
-    server: ServerFile,
-    auth: AuthFile,
-    relay: RelayFile,
-    limits: LimitsFile,
-    api: ApiFile,
-    tls: TlsFile,
-    usage: UsageFile,
-}
+    /// Parse and check a TOML document (no flags). `origin` names it in errors, usually
+    /// the file's path.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let (mut config, doc) = Config::parse(text, origin)?;
+        config.normalize();
+        config.validate(&Sources {
+            doc: Some(&doc),
+            flags: HashMap::new(),
+        })?;
+        Ok(config)
+    }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ServerFile {
-    listen: Vec<String>,
-    realm: String,
-    software: String,
-    workers: usize,
-    log_format: LogFormat,
-    alternate_servers: Vec<String>,
-    drain_alternate_servers: Vec<String>,
-}
+    fn parse(text: &str, origin: &str) -> Result<(Config, Doc), ConfigError> {
+        let root = DeTable::parse(text).map_err(|e| {
+            let line = e.span().map_or(1, |span| line_of(text, span.start));
+            ConfigError::Syntax {
+                origin: origin.to_owned(),
+                line,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        let doc = Doc::index(root.get_ref(), text, origin);
+        let config = Config::deserialize(toml::de::Deserializer::from(root))
+            .map_err(|e| doc.error(&e, text))?;
+        Ok((config, doc))
+    }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct AuthFile {
-    secrets: Vec<String>,
-    separator: String,
-    nonce_lifetime_secs: u64,
-    credential_ttl_secs: u64,
-    users: BTreeMap<String, String>,
-}
+    fn normalize(&mut self) {
+        for setting in Config::settings() {
+            (setting.normalize)(self);
+        }
+    }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RelayFile {
-    ips: Vec<String>,
-    external_ip: String,
-    external_ip_map: Vec<String>,
-    min_port: u16,
-    max_port: u16,
-    allow_peers: Vec<String>,
-    deny_peers: Vec<String>,
-    xdp_interface: String,
-    xdp_mode: XdpMode,
-}
+    /// What one key's type cannot say: rules across keys, and files that must be usable.
+    /// Runs after the flags, so a flag can fix (or break) what the file says.
+    fn validate(&self, src: &Sources<'_>) -> Result<(), ConfigError> {
+        let Config {
+            server,
+            auth,
+            relay,
+            limits,
+            api,
+            tls,
+            usage,
+        } = self;
+        if server.listen.is_empty() && tls.listen.is_empty() {
+            return Err(src.error(
+                "server.listen",
+                "no listening address: set server.listen (--listen) or tls.listen (--tls-listen)",
+            ));
+        }
+        // RFC 8489 §14.9: REALM is fewer than 128 characters; clients need one for 401s.
+        let realm_chars = server.realm.chars().count();
+        if realm_chars == 0 || realm_chars >= 128 {
+            return Err(src.error("server.realm", "must be 1 to 127 characters"));
+        }
+        // RFC 8489 §14.14: SOFTWARE is fewer than 128 characters.
+        if server.software.chars().count() >= 128 {
+            return Err(src.error(
+                "server.software",
+                "must be fewer than 128 characters (\"\" omits it)",
+            ));
+        }
+        if auth.secrets.iter().any(|s| s.expose().is_empty()) {
+            return Err(src.error("auth.secrets", "a secret must not be empty"));
+        }
+        if api.tokens.iter().any(|s| s.expose().is_empty()) {
+            return Err(src.error("api.tokens", "a token must not be empty"));
+        }
+        if let Some((name, _)) = auth
+            .users
+            .iter()
+            .find(|(n, p)| n.is_empty() || p.expose().is_empty())
+        {
+            let key = format!("auth.users.{name}");
+            let key = if src.in_file(&key) {
+                key.as_str()
+            } else {
+                "auth.users"
+            };
+            return Err(src.error(key, "user names and passwords must not be empty"));
+        }
+        if auth.credential_ttl_secs.get() > api.max_ttl_secs.get() {
+            let (c, m) = (auth.credential_ttl_secs.0, api.max_ttl_secs.0);
+            return Err(
+                match src.blame("auth.credential_ttl_secs", "api.max_ttl_secs") {
+                    "auth.credential_ttl_secs" => src.error(
+                        "auth.credential_ttl_secs",
+                        format!("must be <= api.max_ttl_secs ({m})"),
+                    ),
+                    _ => src.error(
+                        "api.max_ttl_secs",
+                        format!("must be >= auth.credential_ttl_secs ({c})"),
+                    ),
+                },
+            );
+        }
+        let (min, max) = (relay.min_port.get(), relay.max_port.get());
+        if min > max {
+            return Err(match src.blame("relay.min_port", "relay.max_port") {
+                "relay.min_port" => src.error(
+                    "relay.min_port",
+                    format!("must be <= relay.max_port ({max})"),
+                ),
+                _ => src.error(
+                    "relay.max_port",
+                    format!("must be >= relay.min_port ({min})"),
+                ),
+            });
+        }
+        if limits.default_lifetime_secs.get() > limits.max_lifetime_secs.get() {
+            let (d, m) = (limits.default_lifetime_secs.0, limits.max_lifetime_secs.0);
+            return Err(
+                match src.blame("limits.default_lifetime_secs", "limits.max_lifetime_secs") {
+                    "limits.default_lifetime_secs" => src.error(
+                        "limits.default_lifetime_secs",
+                        format!("must be <= limits.max_lifetime_secs ({m})"),
+                    ),
+                    _ => src.error(
+                        "limits.max_lifetime_secs",
+                        format!("must be >= limits.default_lifetime_secs ({d})"),
+                    ),
+                },
+            );
+        }
+        if let Some(own) = server
+            .alternate_servers
+            .iter()
+            .find(|a| server.listen.contains(a) || tls.listen.contains(a))
+        {
+            return Err(src.error(
+                "server.alternate_servers",
+                format!("{own} is this server's own listening address: clients would be redirected in a loop"),
+            ));
+        }
+        for (i, (private, public)) in relay.external_ip_map.iter().enumerate() {
+            if let Some((_, other)) = relay.external_ip_map[..i]
+                .iter()
+                .find(|(p, _)| p == private)
+            {
+                return Err(src.error(
+                    "relay.external_ip_map",
+                    format!("{private} is mapped twice (to {other} and to {public})"),
+                ));
+            }
+        }
+        match (&tls.cert, &tls.key) {
+            (Some(_), None) => return Err(src.error("tls.cert", "is set but tls.key is not")),
+            (None, Some(_)) => return Err(src.error("tls.key", "is set but tls.cert is not")),
+            (None, None) if !tls.listen.is_empty() => {
+                return Err(src.error(
+                    "tls.listen",
+                    "needs tls.cert and tls.key (--tls-cert, --tls-key)",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(path) = &usage.file {
+            check_appendable(path).map_err(|m| src.error("usage.file", m))?;
+        }
+        Ok(())
+    }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct LimitsFile {
-    default_lifetime_secs: u64,
-    max_lifetime_secs: u64,
-    max_allocations: usize,
-    max_allocations_per_user: usize,
-    max_permissions_per_allocation: usize,
-    max_channels_per_allocation: usize,
-    bandwidth_per_allocation: u64,
-    max_connections: usize,
-    max_connections_per_source: usize,
-    max_challenges_per_sec: usize,
-}
+    /// The effective configuration as TOML, secrets shown as `"<redacted>"` (printed by
+    /// `turnpike check-config`). It parses back to this config apart from the secrets.
+    pub fn render_effective(&self) -> String {
+        let body = toml::to_string(self)
+            .unwrap_or_else(|e| format!("# cannot render the effective config: {e}\n"));
+        format!("# turnpike effective configuration (secrets redacted)\n\n{body}")
+    }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct ApiFile {
-    listen: String,
-    tokens: Vec<String>,
-    uris: Vec<String>,
-    max_ttl_secs: u64,
-    cors_origins: Vec<String>,
-    test_page: bool,
-    request_timeout_secs: u64,
-    max_connections: usize,
-    max_connections_per_source: usize,
-    revocations_file: String,
-}
+    /// Settings worth a startup warning (STYLE §4: risky knobs are loud): peers opened
+    /// inside loopback or private ranges, and an HTTP API beyond loopback without a token.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for allowed in &self.relay.allow_peers {
+            for (range, what) in RISKY_PEER_RANGES {
+                let range: IpNet = range.parse().expect("valid built-in CIDR");
+                if allowed.contains(&range.network()) || range.contains(&allowed.network()) {
+                    out.push(format!(
+                        "relay.allow_peers opens {allowed}, which overlaps {range} ({what}): \
+                         clients holding credentials can relay into it"
+                    ));
+                }
+            }
+        }
+        // With a secret set, the core treats such a name as a REST credential
+        // (`auth::rest_expiry`), so the static password is never looked at.
+        let separator = self.auth.separator;
+        for name in self.auth.users.keys() {
+            if let Some(expiry) = crate::proto::auth::rest_expiry(name, separator) {
+                out.push(format!(
+                    "auth.users: `{name}` parses as a REST username (expiry {expiry}, separator \
+                     `{separator}`), so it is checked as a REST credential and its static \
+                     password is refused whenever auth.secrets is set; rename it"
+                ));
+            }
+        }
+        if !self.api.listen.ip().is_loopback() && self.api.tokens.is_empty() {
+            out.push(format!(
+                "api.listen {} is not loopback and api.tokens is empty: anyone who can reach \
+                 it can mint TURN credentials",
+                self.api.listen
+            ));
+        }
+        out
+    }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct TlsFile {
-    listen: Vec<String>,
-    cert: String,
-    key: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct UsageFile {
-    log: bool,
-    file: String,
-    webhook_url: String,
-    webhook_timeout_secs: u64,
-    queue_size: usize,
-}
-
-/// File defaults are the runtime defaults written back, so they are stated once, in
-/// `Default for Config`.
-impl Default for FileConfig {
-    fn default() -> Self {
-        let mut file = Config::default().to_file(false);
-        file.server.workers = 0;
-        file
+    /// The keys that differ between this (running) configuration and `fresh` but only take
+    /// effect at restart: a reload keeps the sockets, threads and logger it started with.
+    pub fn changes_needing_restart(&self, fresh: &Config) -> Vec<&'static str> {
+        Config::settings()
+            .filter(|s| s.restart && (s.differs)(self, fresh))
+            .map(|s| s.key)
+            .collect()
     }
 }
 
-macro_rules! section_default {
-    ($($ty:ident => $field:ident),*) => {$(
-        impl Default for $ty {
-            fn default() -> Self {
-                FileConfig::default().$field
-            }
-        }
-    )*};
-}
-section_default!(ServerFile => server, AuthFile => auth, RelayFile => relay,
-    LimitsFile => limits, ApiFile => api, TlsFile => tls, UsageFile => usage);
+/// Ranges whose opening through `allow_peers` deserves a warning.
+const RISKY_PEER_RANGES: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "this network"),
+    ("10.0.0.0/8", "RFC 1918 private"),
+    ("100.64.0.0/10", "carrier-grade NAT"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local, including cloud metadata"),
+    ("172.16.0.0/12", "RFC 1918 private"),
+    ("192.168.0.0/16", "RFC 1918 private"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("fc00::/7", "unique local"),
+    ("fe80::/10", "link-local"),
+];
 
-/// Where each key of a parsed document is.
-#[derive(Debug, Default)]
+// ---------------------------------------------------------------------------------
+// Where values came from, for error messages
+// ---------------------------------------------------------------------------------
+
+/// The keys of a TOML document and where they are, from toml's own spans: it turns the
+/// position in a toml error into "key (line N)", gives `validate` the line of a key, and
+/// says which keys the file sets.
+#[derive(Debug)]
 struct Doc {
     origin: String,
-    /// `"relay.min_port"` → (line of the key, byte span of the value).
-    keys: HashMap<String, (usize, Range<usize>)>,
+    keys: Vec<DocKey>,
+}
+
+#[derive(Debug)]
+struct DocKey {
+    /// `"relay.min_port"`, `"auth.users.bob"`.
+    path: String,
+    /// Where the key's own name starts in `path` (a quoted name may hold dots).
+    name_at: usize,
+    /// 1-based line of the key (of the header, for a `[section]`).
+    line: usize,
+    key: Range<usize>,
+    value: Range<usize>,
+}
+
+impl Doc {
+    fn index(root: &DeTable<'_>, text: &str, origin: &str) -> Doc {
+        let newlines: Vec<usize> = text.match_indices('\n').map(|(at, _)| at).collect();
+        let line_of = |offset: usize| newlines.partition_point(|&at| at < offset) + 1;
+        let mut keys = Vec::new();
+        let mut tables = vec![(String::new(), root)];
+        while let Some((prefix, table)) = tables.pop() {
+            for (key, value) in table.iter() {
+                let name: &str = key.get_ref();
+                let path = match prefix.as_str() {
+                    "" => name.to_owned(),
+                    prefix => format!("{prefix}.{name}"),
+                };
+                if let DeValue::Table(table) = value.get_ref() {
+                    tables.push((path.clone(), table));
+                }
+                keys.push(DocKey {
+                    name_at: path.len() - name.len(),
+                    path,
+                    line: line_of(key.span().start),
+                    key: key.span(),
+                    value: value.span(),
+                });
+            }
+        }
+        Doc {
+            origin: origin.to_owned(),
+            keys,
+        }
+    }
+
+    fn line(&self, path: &str) -> Option<usize> {
+        self.keys.iter().find(|k| k.path == path).map(|k| k.line)
+    }
+
+    /// A serde error while reading the document, named by the key it points at.
+    fn error(&self, err: &toml::de::Error, text: &str) -> ConfigError {
+        let origin = self.origin.clone();
+        let message = err.message().trim().to_owned();
+        let Some(span) = err.span() else {
+            return ConfigError::Parse { origin, message };
+        };
+        let within = |outer: &Range<usize>| outer.start <= span.start && span.end <= outer.end;
+        // The error points at a key itself: serde's `deny_unknown_fields`.
+        if let Some(key) = self.keys.iter().find(|k| within(&k.key)) {
+            let name = &key.path[key.name_at..];
+            let section = match key.name_at {
+                0 => "the top level".to_owned(),
+                at => format!("[{}]", &key.path[..at - 1]),
+            };
+            if let Some(expected) = message.strip_prefix(&format!("unknown field `{name}`, ")) {
+                return ConfigError::UnknownKey {
+                    origin,
+                    key: name.to_owned(),
+                    section,
+                    line: key.line,
+                    expected: expected.to_owned(),
+                };
+            }
+        }
+        let owner = self
+            .keys
+            .iter()
+            .filter(|k| within(&k.value))
+            .min_by_key(|k| k.value.len());
+        match owner {
+            Some(key) => ConfigError::InvalidValue {
+                origin,
+                key: key.path.clone(),
+                line: key.line,
+                message,
+            },
+            None => ConfigError::Syntax {
+                origin,
+                line: line_of(text, span.start),
+                message,
+            },
+        }
+    }
 }
 
 /// 1-based line of a byte offset.
@@ -637,140 +1268,23 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Check the document's shape against [`SCHEMA`] and record where every key is.
-fn index_document(text: &str, origin: &str) -> Result<Doc, ConfigError> {
-    let root = DeTable::parse(text).map_err(|e| toml_error(&e, text, origin, None))?;
-    let mut doc = Doc {
-        origin: origin.to_owned(),
-        keys: HashMap::new(),
-    };
-    // Several problems: report the first in the file, not the first alphabetically.
-    let mut problems: Vec<(usize, ConfigError)> = Vec::new();
-    let sections = || {
-        SCHEMA
-            .iter()
-            .map(|(s, _)| format!("[{s}]"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    for (section, value) in root.get_ref().iter() {
-        let name: &str = section.get_ref();
-        let line = line_of(text, section.span().start);
-        let Some((_, known)) = SCHEMA.iter().find(|(s, _)| *s == name) else {
-            problems.push((
-                section.span().start,
-                ConfigError::UnknownKey {
-                    origin: origin.to_owned(),
-                    key: name.to_owned(),
-                    section: "the top level".to_owned(),
-                    line,
-                    expected: sections(),
-                },
-            ));
-            continue;
-        };
-        doc.keys.insert(name.to_owned(), (line, value.span()));
-        let DeValue::Table(table) = value.get_ref() else {
-            problems.push((
-                section.span().start,
-                ConfigError::InvalidValue {
-                    origin: origin.to_owned(),
-                    key: name.to_owned(),
-                    line,
-                    message: format!("must be a table ([{name}])"),
-                },
-            ));
-            continue;
-        };
-        for (key, value) in table.iter() {
-            let key_name: &str = key.get_ref();
-            let line = line_of(text, key.span().start);
-            if !known.contains(&key_name) {
-                problems.push((
-                    key.span().start,
-                    ConfigError::UnknownKey {
-                        origin: origin.to_owned(),
-                        key: key_name.to_owned(),
-                        section: format!("[{name}]"),
-                        line,
-                        expected: known.join(", "),
-                    },
-                ));
-                continue;
-            }
-            let dotted = format!("{name}.{key_name}");
-            if let (DeValue::Table(users), "auth.users") = (value.get_ref(), dotted.as_str()) {
-                for (user, password) in users.iter() {
-                    let user: &str = user.get_ref();
-                    doc.keys.insert(
-                        format!("auth.users.{user}"),
-                        (line_of(text, password.span().start), password.span()),
-                    );
-                }
-            }
-            doc.keys.insert(dotted, (line, value.span()));
-        }
-    }
-    match problems.into_iter().min_by_key(|(at, _)| *at) {
-        Some((_, problem)) => Err(problem),
-        None => Ok(doc),
-    }
-}
-
-/// Turn a toml/serde error into one that names the key whose value it points at.
-fn toml_error(err: &toml::de::Error, text: &str, origin: &str, doc: Option<&Doc>) -> ConfigError {
-    let message = err.message().trim().to_owned();
-    let Some(span) = err.span() else {
-        return ConfigError::Parse {
-            origin: origin.to_owned(),
-            message,
-        };
-    };
-    let owner = doc.and_then(|doc| {
-        doc.keys
-            .iter()
-            .filter(|(_, (_, v))| v.start <= span.start && span.end <= v.end)
-            .min_by_key(|(_, (_, v))| v.len())
-    });
-    match owner {
-        Some((key, (line, _))) => ConfigError::InvalidValue {
-            origin: origin.to_owned(),
-            key: key.clone(),
-            line: *line,
-            message,
-        },
-        None => ConfigError::Syntax {
-            origin: origin.to_owned(),
-            line: line_of(text, span.start),
-            message,
-        },
-    }
-}
-
-fn parse_file(text: &str, origin: &str) -> Result<(FileConfig, Doc), ConfigError> {
-    let doc = index_document(text, origin)?;
-    let file: FileConfig =
-        toml::from_str(text).map_err(|e| toml_error(&e, text, origin, Some(&doc)))?;
-    Ok((file, doc))
-}
-
-// ---------------------------------------------------------------------------------
-// Where a value came from, for error messages
-// ---------------------------------------------------------------------------------
-
 #[derive(Default)]
 struct Sources<'a> {
     doc: Option<&'a Doc>,
-    /// Config key → (flag, last value given) for keys set on the command line.
+    /// Config key → (flag, last value given, as errors show it) for keys set by flags.
     flags: HashMap<&'static str, (&'static str, String)>,
 }
 
 impl Sources<'_> {
     fn in_file(&self, key: &str) -> bool {
-        self.doc.is_some_and(|d| d.keys.contains_key(key))
+        self.doc.and_then(|d| d.line(key)).is_some()
     }
 
     fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        debug_assert!(
+            Config::settings().any(|s| s.key == key) || key.starts_with("auth.users."),
+            "no such key: {key}"
+        );
         let message = message.into();
         if let Some((flag, value)) = self.flags.get(key) {
             return ConfigError::Flag {
@@ -779,10 +1293,7 @@ impl Sources<'_> {
                 message,
             };
         }
-        match self
-            .doc
-            .and_then(|d| d.keys.get(key).map(|(line, _)| (d, *line)))
-        {
+        match self.doc.and_then(|d| d.line(key).map(|line| (d, line))) {
             Some((doc, line)) => ConfigError::InvalidValue {
                 origin: doc.origin.clone(),
                 key: key.to_owned(),
@@ -811,7 +1322,297 @@ impl Sources<'_> {
 }
 
 // ---------------------------------------------------------------------------------
-// Value parsers (shared by file and flags; errors say what is wrong, callers add where)
+// Flags: one command-line value through the key's own `Deserialize`
+// ---------------------------------------------------------------------------------
+
+/// The section `T` with only `field` set, from one flag value: serde reads it exactly as it
+/// reads the file (the `#[serde]` forms, the bounded types, the same messages).
+fn flag_patch<T: DeserializeOwned>(
+    field: &'static str,
+    value: &str,
+    value_name: &'static str,
+) -> Result<T, String> {
+    let value = FlagValue { value, value_name };
+    T::deserialize(de::value::MapDeserializer::<_, de::value::Error>::new(
+        std::iter::once((field, value)),
+    ))
+    .map_err(|e| e.to_string())
+}
+
+/// A flag's value as errors show it: as the config renders it (so secrets are
+/// `<redacted>`), else as given.
+fn shown<T: Serialize>(section: &T, field: &str, given: &str) -> String {
+    fn plain(value: &toml::Value) -> String {
+        match value {
+            toml::Value::String(s) => s.clone(),
+            value => value.to_string(),
+        }
+    }
+    let value = toml::Table::try_from(section)
+        .ok()
+        .and_then(|mut t| t.remove(field));
+    match value {
+        Some(toml::Value::Array(items)) => items.last().map(plain),
+        Some(toml::Value::Table(pairs)) => pairs
+            .iter()
+            .next_back()
+            .map(|(k, v)| format!("{k}={}", plain(v))),
+        Some(value) => Some(plain(&value)),
+        None => None,
+    }
+    .unwrap_or_else(|| given.to_owned())
+}
+
+/// One command-line value, deserialized as the type of its key: numbers and booleans are
+/// parsed from the text, a list gets it as its one item, a table as its one `NAME=VALUE`
+/// entry, and everything else sees the string.
+#[derive(Clone, Copy)]
+struct FlagValue<'a> {
+    value: &'a str,
+    /// `"NAME=PASSWORD"`, for the message when a pair is missing its `=`.
+    value_name: &'static str,
+}
+
+impl FlagValue<'_> {
+    fn number<N: std::str::FromStr>(self) -> Result<N, de::value::Error> {
+        self.value
+            .parse()
+            .map_err(|_| de::Error::custom(format!("`{}` is not a whole number", self.value)))
+    }
+}
+
+impl<'de> IntoDeserializer<'de, de::value::Error> for FlagValue<'_> {
+    type Deserializer = Self;
+
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+macro_rules! flag_numbers {
+    ($($method:ident => $visit:ident: $ty:ty),*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+            visitor.$visit(self.number::<$ty>()?)
+        }
+    )*};
+}
+
+impl<'de> Deserializer<'de> for FlagValue<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_str(self.value)
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self.value {
+            "true" => visitor.visit_bool(true),
+            "false" => visitor.visit_bool(false),
+            other => Err(de::Error::custom(format!("`{other}` is not true or false"))),
+        }
+    }
+
+    flag_numbers!(
+        deserialize_u8 => visit_u8: u8, deserialize_u16 => visit_u16: u16,
+        deserialize_u32 => visit_u32: u32, deserialize_u64 => visit_u64: u64,
+        deserialize_i8 => visit_i8: i8, deserialize_i16 => visit_i16: i16,
+        deserialize_i32 => visit_i32: i32, deserialize_i64 => visit_i64: i64
+    );
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_seq(de::value::SeqDeserializer::new(std::iter::once(self)))
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        // An empty name is left to `validate`, whose message shows the value redacted.
+        let (name, value) = self
+            .value
+            .split_once('=')
+            .ok_or_else(|| de::Error::custom(format!("expected {}", self.value_name)))?;
+        let value = FlagValue { value, ..self };
+        visitor.visit_map(de::value::MapDeserializer::new(std::iter::once((
+            name, value,
+        ))))
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_enum(self.value.into_deserializer())
+    }
+
+    serde::forward_to_deserialize_any! {
+        i128 u128 f32 f64 char str string bytes byte_buf unit unit_struct tuple
+        tuple_struct struct identifier ignored_any
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// TOML forms of keys whose type's own serde form is not the file's
+// ---------------------------------------------------------------------------------
+
+/// `#[serde(with = ...)]` and `deserialize_with` helpers. Flags go through them too.
+mod form {
+    use super::*;
+
+    /// Each string of a list through `parse`.
+    fn list<'de, D: Deserializer<'de>, T>(
+        d: D,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Result<Vec<T>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| parse(s).map_err(de::Error::custom))
+            .collect()
+    }
+
+    /// `""` (or only spaces) is `None`, anything else goes through `parse`.
+    fn blank<'de, D: Deserializer<'de>, T>(
+        d: D,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        parse(&s).map(Some).map_err(de::Error::custom)
+    }
+
+    fn write_blank<S: Serializer, T>(
+        value: &Option<T>,
+        s: S,
+        show: fn(&T) -> String,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&value.as_ref().map(show).unwrap_or_default())
+    }
+
+    pub fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        parse_socket_addr(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+
+    pub fn socket_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+        list(d, parse_socket_addr)
+    }
+
+    pub fn alternate_servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+        list(d, parse_alternate_server)
+    }
+
+    pub fn advertised_ips<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+        list(d, parse_advertised_ip)
+    }
+
+    pub fn ice_uris<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        list(d, parse_ice_uri)
+    }
+
+    pub fn origins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        list(d, parse_origin)
+    }
+
+    pub fn separator<'de, D: Deserializer<'de>>(d: D) -> Result<char, D::Error> {
+        parse_separator(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+
+    pub mod external_ip {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
+            blank(d, parse_advertised_ip)
+        }
+
+        pub fn serialize<S: Serializer>(ip: &Option<IpAddr>, s: S) -> Result<S::Ok, S::Error> {
+            write_blank(ip, s, IpAddr::to_string)
+        }
+    }
+
+    pub mod path {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+            blank(d, |s| Ok(PathBuf::from(s)))
+        }
+
+        pub fn serialize<S: Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+            write_blank(path, s, |p| p.to_string_lossy().into_owned())
+        }
+    }
+
+    pub mod interface {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+            blank(d, check_interface_name)
+        }
+
+        pub fn serialize<S: Serializer>(name: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+            write_blank(name, s, String::clone)
+        }
+    }
+
+    pub mod webhook_url {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+            blank(d, parse_webhook_url)
+        }
+
+        pub fn serialize<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+            write_blank(url, s, String::clone)
+        }
+    }
+
+    pub mod ip_mappings {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<(IpAddr, IpAddr)>, D::Error> {
+            list(d, parse_ip_mapping)
+        }
+
+        pub fn serialize<S: Serializer>(
+            pairs: &[(IpAddr, IpAddr)],
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            s.collect_seq(
+                pairs
+                    .iter()
+                    .map(|(private, public)| format!("{private}={public}")),
+            )
+        }
+    }
+
+    pub mod peer_nets {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+            list(d, parse_peer_net)
+        }
+
+        pub fn serialize<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(nets.iter().map(IpNet::to_string))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Value parsers (errors say what is wrong; callers add where)
 // ---------------------------------------------------------------------------------
 
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
@@ -820,25 +1621,15 @@ fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{s}` is not an ADDR:PORT socket address (IPv6 as [::1]:3478)"))
 }
 
-fn parse_ip(s: &str) -> Result<IpAddr, String> {
-    s.trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not an IP address"))
-}
-
-/// A Linux interface name (IFNAMSIZ: at most 15 bytes; no '/', ':' or whitespace; not "."
-/// or ".."), so a typo is an error naming the key rather than a failed attach.
-fn check_interface_name(name: &str) -> Result<String, String> {
-    let bad = |c: char| c == '/' || c == ':' || c.is_whitespace() || c.is_control();
-    if name.is_empty() || name.len() > 15 || name == "." || name == ".." || name.contains(bad) {
-        return Err(format!(
-            "{name:?} is not an interface name (1-15 bytes, no '/', ':' or spaces)"
-        ));
-    }
-    Ok(name.to_owned())
-}
-
 /// A relay or external address is handed to clients, so it must be a real unicast address.
+fn parse_advertised_ip(s: &str) -> Result<IpAddr, String> {
+    let ip = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not an IP address"))?;
+    check_advertised_ip(ip)
+}
+
 fn check_advertised_ip(ip: IpAddr) -> Result<IpAddr, String> {
     if ip.is_unspecified() || ip.is_multicast() {
         Err(format!(
@@ -851,10 +1642,7 @@ fn check_advertised_ip(ip: IpAddr) -> Result<IpAddr, String> {
 
 /// An alternate server for 300 Try Alternate: a concrete `IP:PORT` a client can reach.
 pub fn parse_alternate_server(s: &str) -> Result<SocketAddr, String> {
-    check_alternate_server(parse_socket_addr(s)?)
-}
-
-fn check_alternate_server(addr: SocketAddr) -> Result<SocketAddr, String> {
+    let addr = parse_socket_addr(s)?;
     if addr.port() == 0 {
         return Err(format!("`{addr}` needs a port other than 0"));
     }
@@ -869,8 +1657,7 @@ pub fn parse_ip_mapping(s: &str) -> Result<(IpAddr, IpAddr), String> {
             "`{s}` is not a PRIVATE=PUBLIC pair of IP addresses (e.g. \"10.0.0.5=203.0.113.5\")"
         )
     })?;
-    let private = parse_ip(private).and_then(check_advertised_ip)?;
-    let public = parse_ip(public).and_then(check_advertised_ip)?;
+    let (private, public) = (parse_advertised_ip(private)?, parse_advertised_ip(public)?);
     if private.is_ipv4() != public.is_ipv4() {
         return Err(format!(
             "`{s}` maps between address families; both sides must be IPv4 or both IPv6"
@@ -935,7 +1722,20 @@ pub fn parse_origin(s: &str) -> Result<String, String> {
 
 /// A webhook URL: `http://` or `https://`, a host, a port in 1..=65535 if given, no user
 /// name or password (ureq would not send them; put a token in the path or query).
+/// A Linux interface name (IFNAMSIZ: at most 15 bytes; no '/', ':' or whitespace; not "."
+/// or ".."), so a typo is an error naming the key rather than a failed attach.
+fn check_interface_name(name: &str) -> Result<String, String> {
+    let bad = |c: char| c == '/' || c == ':' || c.is_whitespace() || c.is_control();
+    if name.len() > 15 || name == "." || name == ".." || name.contains(bad) {
+        return Err(format!(
+            "{name:?} is not an interface name (1-15 bytes, no '/', ':' or spaces)"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 pub fn parse_webhook_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
     let not_http = || format!("{s:?} is not an http:// or https:// URL");
     let uri: ureq::http::Uri = s.parse().map_err(|e| format!("{} ({e})", not_http()))?;
     let (Some("http" | "https"), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
@@ -982,10 +1782,6 @@ fn check_appendable(path: &Path) -> Result<(), String> {
     }
 }
 
-fn non_empty_path(s: &str) -> Option<PathBuf> {
-    (!s.is_empty()).then(|| PathBuf::from(s))
-}
-
 /// Append to `list`, dropping repeats, keeping the first occurrence's position.
 fn extend_unique<T: PartialEq>(list: &mut Vec<T>, more: impl IntoIterator<Item = T>) {
     for item in more {
@@ -995,1095 +1791,9 @@ fn extend_unique<T: PartialEq>(list: &mut Vec<T>, more: impl IntoIterator<Item =
     }
 }
 
-// ---------------------------------------------------------------------------------
-// Building and checking a Config
-// ---------------------------------------------------------------------------------
-
-impl Config {
-    /// Load the configuration `turnpike run` uses: the file at `path` (or `args.config`
-    /// when `path` is `None`; built-in defaults when both are `None`), then the flags.
-    ///
-    /// List flags add to the file's lists; when the file does not set the key they
-    /// replace the built-in default. Scalar flags override.
-    pub fn load(path: Option<&Path>, args: &RunArgs) -> Result<Config, ConfigError> {
-        let path = path.or(args.config.as_deref());
-        let (mut config, doc) = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                let origin = path.display().to_string();
-                let (file, doc) = parse_file(&text, &origin)?;
-                let config = Config::from_file(file, &doc)?;
-                (config, Some(doc))
-            }
-            None => (Config::default(), None),
-        };
-        let mut sources = Sources {
-            doc: doc.as_ref(),
-            flags: HashMap::new(),
-        };
-        let in_file = |key: &str| doc.as_ref().is_some_and(|d| d.keys.contains_key(key));
-        config.apply_flags_inner(args, &in_file, &mut sources.flags)?;
-        config.validate(&sources)?;
-        Ok(config)
-    }
-
-    /// Parse and check a TOML document (no flags). `origin` names it in errors, usually
-    /// the file's path.
-    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let (file, doc) = parse_file(text, origin)?;
-        let config = Config::from_file(file, &doc)?;
-        config.validate(&Sources {
-            doc: Some(&doc),
-            flags: HashMap::new(),
-        })?;
-        Ok(config)
-    }
-
-    /// Apply `turnpike run` flags to an already loaded config, then re-check it. List
-    /// flags add to lists, except that a list still equal to its built-in default is
-    /// replaced; scalar flags override. [`Config::load`] does this too (knowing exactly
-    /// which keys the file set); `args.config` is ignored here.
-    pub fn apply_flags(&mut self, args: &RunArgs) -> Result<(), ConfigError> {
-        let listen_is_default = self.listen == Config::default().listen;
-        let keep = |key: &str| !(key == "server.listen" && listen_is_default);
-        let mut sources = Sources::default();
-        self.apply_flags_inner(args, &keep, &mut sources.flags)?;
-        self.validate(&sources)
-    }
-
-    /// Convert the file model, parsing every string. Cross-key checks are in `validate`.
-    fn from_file(file: FileConfig, doc: &Doc) -> Result<Config, ConfigError> {
-        let src = Sources {
-            doc: Some(doc),
-            flags: HashMap::new(),
-        };
-        let FileConfig {
-            server,
-            auth,
-            relay,
-            limits,
-            api,
-            tls,
-            usage,
-        } = file;
-
-        let listen = parse_list(&src, "server.listen", &server.listen, parse_socket_addr)?;
-        let relay_ips = parse_list(&src, "relay.ips", &relay.ips, |s| {
-            parse_ip(s).and_then(check_advertised_ip)
-        })?;
-        let allow_peers = parse_list(
-            &src,
-            "relay.allow_peers",
-            &relay.allow_peers,
-            parse_peer_net,
-        )?;
-        let deny_peers = parse_list(&src, "relay.deny_peers", &relay.deny_peers, parse_peer_net)?;
-        let tls_listen = parse_list(&src, "tls.listen", &tls.listen, parse_socket_addr)?;
-        let alternate_servers = parse_list(
-            &src,
-            "server.alternate_servers",
-            &server.alternate_servers,
-            parse_alternate_server,
-        )?;
-        let drain_alternate_servers = parse_list(
-            &src,
-            "server.drain_alternate_servers",
-            &server.drain_alternate_servers,
-            parse_alternate_server,
-        )?;
-        let external_ip_map = parse_list(
-            &src,
-            "relay.external_ip_map",
-            &relay.external_ip_map,
-            parse_ip_mapping,
-        )?;
-        let external_ip = match relay.external_ip.trim() {
-            "" => None,
-            s => Some(
-                parse_ip(s)
-                    .and_then(check_advertised_ip)
-                    .map_err(|m| src.error("relay.external_ip", m))?,
-            ),
-        };
-        let xdp_interface = match relay.xdp_interface.as_str() {
-            "" => None,
-            name => {
-                Some(check_interface_name(name).map_err(|m| src.error("relay.xdp_interface", m))?)
-            }
-        };
-        let separator =
-            parse_separator(&auth.separator).map_err(|m| src.error("auth.separator", m))?;
-        let api_listen = parse_socket_addr(&api.listen).map_err(|m| src.error("api.listen", m))?;
-        let api_uris = parse_list(&src, "api.uris", &api.uris, parse_ice_uri)?;
-        let api_cors_origins =
-            parse_list(&src, "api.cors_origins", &api.cors_origins, parse_origin)?;
-        let webhook_url = match usage.webhook_url.trim() {
-            "" => None,
-            url => Some(parse_webhook_url(url).map_err(|m| src.error("usage.webhook_url", m))?),
-        };
-
-        Ok(Config {
-            listen,
-            realm: server.realm,
-            software: (!server.software.is_empty()).then_some(server.software),
-            workers: resolve_workers(server.workers),
-            log_format: server.log_format,
-            alternate_servers,
-            drain_alternate_servers,
-            secrets: unique_secrets(auth.secrets),
-            separator,
-            nonce_lifetime: Duration::from_secs(auth.nonce_lifetime_secs),
-            credential_ttl: Duration::from_secs(auth.credential_ttl_secs),
-            static_users: auth
-                .users
-                .into_iter()
-                .map(|(name, password)| (name, Secret(password)))
-                .collect(),
-            relay_ips,
-            external_ip,
-            external_ip_map,
-            port_range: relay.min_port..=relay.max_port,
-            xdp_interface,
-            xdp_mode: relay.xdp_mode,
-            allow_peers,
-            deny_peers,
-            default_lifetime: Duration::from_secs(limits.default_lifetime_secs),
-            max_lifetime: Duration::from_secs(limits.max_lifetime_secs),
-            max_allocations: limits.max_allocations,
-            max_allocations_per_user: limits.max_allocations_per_user,
-            max_permissions_per_allocation: limits.max_permissions_per_allocation,
-            max_channels_per_allocation: limits.max_channels_per_allocation,
-            bandwidth_per_allocation: (limits.bandwidth_per_allocation != 0)
-                .then_some(limits.bandwidth_per_allocation),
-            max_connections: limits.max_connections,
-            max_connections_per_source: limits.max_connections_per_source,
-            max_challenges_per_sec: limits.max_challenges_per_sec,
-            api_listen,
-            api_tokens: unique_secrets(api.tokens),
-            api_uris,
-            api_max_ttl: Duration::from_secs(api.max_ttl_secs),
-            api_cors_origins,
-            api_test_page: api.test_page,
-            api_request_timeout: Duration::from_secs(api.request_timeout_secs),
-            api_max_connections: api.max_connections,
-            api_max_connections_per_source: api.max_connections_per_source,
-            revocations_file: non_empty_path(&api.revocations_file),
-            tls_listen,
-            tls_cert: non_empty_path(&tls.cert),
-            tls_key: non_empty_path(&tls.key),
-            usage: UsageConfig {
-                log: usage.log,
-                file: non_empty_path(&usage.file),
-                webhook_url,
-                webhook_timeout: Duration::from_secs(usage.webhook_timeout_secs),
-                queue_size: usage.queue_size,
-            },
-        })
-    }
-
-    /// `keep_list(key)`: whether flags for that list key add to it (true) or replace it.
-    fn apply_flags_inner(
-        &mut self,
-        args: &RunArgs,
-        keep_list: &dyn Fn(&str) -> bool,
-        flags: &mut HashMap<&'static str, (&'static str, String)>,
-    ) -> Result<(), ConfigError> {
-        fn list<T: PartialEq + Clone + fmt::Display>(
-            target: &mut Vec<T>,
-            given: &[T],
-            key: &'static str,
-            flag: &'static str,
-            keep: bool,
-            flags: &mut HashMap<&'static str, (&'static str, String)>,
-        ) {
-            if let Some(last) = given.last() {
-                if !keep {
-                    target.clear();
-                }
-                extend_unique(target, given.iter().cloned());
-                flags.insert(key, (flag, last.to_string()));
-            }
-        }
-        fn scalar<T: fmt::Display>(
-            value: Option<&T>,
-            key: &'static str,
-            flag: &'static str,
-            flags: &mut HashMap<&'static str, (&'static str, String)>,
-        ) -> bool {
-            if let Some(value) = value {
-                flags.insert(key, (flag, value.to_string()));
-            }
-            value.is_some()
-        }
-        let flag_err = |flag: &str, value: &str, message: String| ConfigError::Flag {
-            flag: flag.to_owned(),
-            value: value.to_owned(),
-            message,
-        };
-
-        // [server]
-        let keep = keep_list("server.listen");
-        list(
-            &mut self.listen,
-            &args.listen,
-            "server.listen",
-            "--listen",
-            keep,
-            flags,
-        );
-        if scalar(args.realm.as_ref(), "server.realm", "--realm", flags) {
-            self.realm = args.realm.clone().unwrap_or_default();
-        }
-        if let Some(software) = &args.software {
-            scalar(Some(software), "server.software", "--software", flags);
-            self.software = (!software.is_empty()).then(|| software.clone());
-        }
-        if let Some(workers) = args.workers {
-            scalar(Some(&workers), "server.workers", "--workers", flags);
-            self.workers = resolve_workers(workers);
-        }
-        if let Some(format) = args.log_format {
-            flags.insert("server.log_format", ("--log-format", format!("{format:?}")));
-            self.log_format = format;
-        }
-        let mut alternates = Vec::new();
-        for addr in &args.alternate_server {
-            alternates.push(
-                check_alternate_server(*addr)
-                    .map_err(|m| flag_err("--alternate-server", &addr.to_string(), m))?,
-            );
-        }
-        list(
-            &mut self.alternate_servers,
-            &alternates,
-            "server.alternate_servers",
-            "--alternate-server",
-            keep_list("server.alternate_servers"),
-            flags,
-        );
-        let mut drain_alternates = Vec::new();
-        for addr in &args.drain_alternate_server {
-            drain_alternates.push(
-                check_alternate_server(*addr)
-                    .map_err(|m| flag_err("--drain-alternate-server", &addr.to_string(), m))?,
-            );
-        }
-        list(
-            &mut self.drain_alternate_servers,
-            &drain_alternates,
-            "server.drain_alternate_servers",
-            "--drain-alternate-server",
-            keep_list("server.drain_alternate_servers"),
-            flags,
-        );
-
-        // [auth]
-        if let Some(last) = args.auth_secret.last() {
-            let more = unique_secrets(args.auth_secret.clone());
-            extend_unique(&mut self.secrets, more);
-            flags.insert("auth.secrets", ("--auth-secret", redact_flag(last)));
-        }
-        if let Some(s) = &args.separator {
-            self.separator = parse_separator(s).map_err(|m| flag_err("--separator", s, m))?;
-            flags.insert("auth.separator", ("--separator", s.clone()));
-        }
-        if let Some(secs) = args.nonce_lifetime_secs {
-            scalar(
-                Some(&secs),
-                "auth.nonce_lifetime_secs",
-                "--nonce-lifetime-secs",
-                flags,
-            );
-            self.nonce_lifetime = Duration::from_secs(secs);
-        }
-        if let Some(secs) = args.credential_ttl_secs {
-            scalar(
-                Some(&secs),
-                "auth.credential_ttl_secs",
-                "--credential-ttl-secs",
-                flags,
-            );
-            self.credential_ttl = Duration::from_secs(secs);
-        }
-        for user in &args.user {
-            let shown = match user.split_once('=') {
-                Some((name, _)) => format!("{name}={REDACTED}"),
-                None => user.clone(),
-            };
-            let (name, password) = user
-                .split_once('=')
-                .filter(|(n, p)| !n.is_empty() && !p.is_empty())
-                .ok_or_else(|| {
-                    flag_err(
-                        "--user",
-                        &shown,
-                        "expected NAME=PASSWORD with both parts non-empty".to_owned(),
-                    )
-                })?;
-            let password = Secret::from(password);
-            match self.static_users.iter_mut().find(|(n, _)| n == name) {
-                Some(existing) => existing.1 = password,
-                None => self.static_users.push((name.to_owned(), password)),
-            }
-            flags.insert("auth.users", ("--user", shown));
-        }
-        self.static_users.sort_by(|a, b| a.0.cmp(&b.0));
-
-        // [relay]
-        let keep = keep_list("relay.ips");
-        let mut relay_ips = Vec::new();
-        for ip in &args.relay_ip {
-            relay_ips.push(
-                check_advertised_ip(*ip).map_err(|m| flag_err("--relay-ip", &ip.to_string(), m))?,
-            );
-        }
-        list(
-            &mut self.relay_ips,
-            &relay_ips,
-            "relay.ips",
-            "--relay-ip",
-            keep,
-            flags,
-        );
-        if let Some(ip) = args.external_ip {
-            self.external_ip = Some(
-                check_advertised_ip(ip)
-                    .map_err(|m| flag_err("--external-ip", &ip.to_string(), m))?,
-            );
-            flags.insert("relay.external_ip", ("--external-ip", ip.to_string()));
-        }
-        if let Some(last) = args.external_ip_map.last() {
-            let mut pairs = Vec::new();
-            for s in &args.external_ip_map {
-                pairs.push(parse_ip_mapping(s).map_err(|m| flag_err("--external-ip-map", s, m))?);
-            }
-            if !keep_list("relay.external_ip_map") {
-                self.external_ip_map.clear();
-            }
-            extend_unique(&mut self.external_ip_map, pairs);
-            flags.insert(
-                "relay.external_ip_map",
-                ("--external-ip-map", last.trim().to_owned()),
-            );
-        }
-        if let Some(name) = &args.xdp {
-            scalar(Some(name), "relay.xdp_interface", "--xdp", flags);
-            self.xdp_interface =
-                Some(check_interface_name(name).map_err(|m| flag_err("--xdp", name, m))?);
-        }
-        if let Some(mode) = args.xdp_mode {
-            flags.insert(
-                "relay.xdp_mode",
-                ("--xdp-mode", format!("{mode:?}").to_lowercase()),
-            );
-            self.xdp_mode = mode;
-        }
-        if let Some(port) = args.min_port {
-            scalar(Some(&port), "relay.min_port", "--min-port", flags);
-            self.port_range = port..=*self.port_range.end();
-        }
-        if let Some(port) = args.max_port {
-            scalar(Some(&port), "relay.max_port", "--max-port", flags);
-            self.port_range = *self.port_range.start()..=port;
-        }
-        for (given, target, key, flag) in [
-            (
-                &args.allow_peer,
-                &mut self.allow_peers,
-                "relay.allow_peers",
-                "--allow-peer",
-            ),
-            (
-                &args.deny_peer,
-                &mut self.deny_peers,
-                "relay.deny_peers",
-                "--deny-peer",
-            ),
-        ] {
-            let mut nets = Vec::new();
-            for s in given {
-                nets.push(parse_peer_net(s).map_err(|m| flag_err(flag, s, m))?);
-            }
-            list(target, &nets, key, flag, keep_list(key), flags);
-        }
-
-        // [limits]
-        if let Some(secs) = args.default_lifetime_secs {
-            scalar(
-                Some(&secs),
-                "limits.default_lifetime_secs",
-                "--default-lifetime-secs",
-                flags,
-            );
-            self.default_lifetime = Duration::from_secs(secs);
-        }
-        if let Some(secs) = args.max_lifetime_secs {
-            scalar(
-                Some(&secs),
-                "limits.max_lifetime_secs",
-                "--max-lifetime-secs",
-                flags,
-            );
-            self.max_lifetime = Duration::from_secs(secs);
-        }
-        for (value, target, key, flag) in [
-            (
-                args.max_allocations,
-                &mut self.max_allocations,
-                "limits.max_allocations",
-                "--max-allocations",
-            ),
-            (
-                args.max_allocations_per_user,
-                &mut self.max_allocations_per_user,
-                "limits.max_allocations_per_user",
-                "--max-allocations-per-user",
-            ),
-            (
-                args.max_permissions_per_allocation,
-                &mut self.max_permissions_per_allocation,
-                "limits.max_permissions_per_allocation",
-                "--max-permissions-per-allocation",
-            ),
-            (
-                args.max_channels_per_allocation,
-                &mut self.max_channels_per_allocation,
-                "limits.max_channels_per_allocation",
-                "--max-channels-per-allocation",
-            ),
-            (
-                args.max_connections,
-                &mut self.max_connections,
-                "limits.max_connections",
-                "--max-connections",
-            ),
-            (
-                args.max_connections_per_source,
-                &mut self.max_connections_per_source,
-                "limits.max_connections_per_source",
-                "--max-connections-per-source",
-            ),
-            (
-                args.max_challenges_per_sec,
-                &mut self.max_challenges_per_sec,
-                "limits.max_challenges_per_sec",
-                "--max-challenges-per-sec",
-            ),
-        ] {
-            if let Some(value) = value {
-                scalar(Some(&value), key, flag, flags);
-                *target = value;
-            }
-        }
-        if let Some(bps) = args.bandwidth_per_allocation {
-            scalar(
-                Some(&bps),
-                "limits.bandwidth_per_allocation",
-                "--bandwidth-per-allocation",
-                flags,
-            );
-            self.bandwidth_per_allocation = (bps != 0).then_some(bps);
-        }
-
-        // [api]
-        if let Some(addr) = args.api_listen {
-            scalar(Some(&addr), "api.listen", "--api-listen", flags);
-            self.api_listen = addr;
-        }
-        if let Some(last) = args.api_token.last() {
-            extend_unique(&mut self.api_tokens, unique_secrets(args.api_token.clone()));
-            flags.insert("api.tokens", ("--api-token", redact_flag(last)));
-        }
-        for (given, target, key, flag, parse) in [
-            (
-                &args.api_uri,
-                &mut self.api_uris,
-                "api.uris",
-                "--api-uri",
-                parse_ice_uri as fn(&str) -> Result<String, String>,
-            ),
-            (
-                &args.api_cors_origin,
-                &mut self.api_cors_origins,
-                "api.cors_origins",
-                "--api-cors-origin",
-                parse_origin,
-            ),
-        ] {
-            let mut parsed = Vec::new();
-            for s in given {
-                parsed.push(parse(s).map_err(|m| flag_err(flag, s, m))?);
-            }
-            list(target, &parsed, key, flag, keep_list(key), flags);
-        }
-        if let Some(secs) = args.api_max_ttl_secs {
-            scalar(Some(&secs), "api.max_ttl_secs", "--api-max-ttl-secs", flags);
-            self.api_max_ttl = Duration::from_secs(secs);
-        }
-        if let Some(on) = args.api_test_page {
-            scalar(Some(&on), "api.test_page", "--api-test-page", flags);
-            self.api_test_page = on;
-        }
-        if let Some(secs) = args.api_request_timeout_secs {
-            scalar(
-                Some(&secs),
-                "api.request_timeout_secs",
-                "--api-request-timeout-secs",
-                flags,
-            );
-            self.api_request_timeout = Duration::from_secs(secs);
-        }
-        for (value, target, key, flag) in [
-            (
-                args.api_max_connections,
-                &mut self.api_max_connections,
-                "api.max_connections",
-                "--api-max-connections",
-            ),
-            (
-                args.api_max_connections_per_source,
-                &mut self.api_max_connections_per_source,
-                "api.max_connections_per_source",
-                "--api-max-connections-per-source",
-            ),
-        ] {
-            if let Some(value) = value {
-                scalar(Some(&value), key, flag, flags);
-                *target = value;
-            }
-        }
-
-        // [tls]
-        let keep = keep_list("tls.listen");
-        list(
-            &mut self.tls_listen,
-            &args.tls_listen,
-            "tls.listen",
-            "--tls-listen",
-            keep,
-            flags,
-        );
-        if let Some(path) = &args.tls_cert {
-            flags.insert("tls.cert", ("--tls-cert", path.display().to_string()));
-            self.tls_cert = non_empty_path(&path.to_string_lossy());
-        }
-        if let Some(path) = &args.tls_key {
-            flags.insert("tls.key", ("--tls-key", path.display().to_string()));
-            self.tls_key = non_empty_path(&path.to_string_lossy());
-        }
-        Ok(())
-    }
-
-    /// Checks that involve a value's range or several keys; run after flags are applied
-    /// so a flag can fix (or break) what the file says.
-    fn validate(&self, src: &Sources<'_>) -> Result<(), ConfigError> {
-        if self.listen.is_empty() && self.tls_listen.is_empty() {
-            return Err(src.error(
-                "server.listen",
-                "no listening address: set server.listen (--listen) or tls.listen (--tls-listen)",
-            ));
-        }
-        // RFC 8489 §14.9: REALM is fewer than 128 characters; clients need one for 401s.
-        let realm_chars = self.realm.chars().count();
-        if realm_chars == 0 || realm_chars >= 128 {
-            return Err(src.error("server.realm", "must be 1 to 127 characters"));
-        }
-        // RFC 8489 §14.14: SOFTWARE is fewer than 128 characters.
-        if self
-            .software
-            .as_ref()
-            .is_some_and(|s| s.chars().count() >= 128)
-        {
-            return Err(src.error(
-                "server.software",
-                "must be fewer than 128 characters (\"\" omits it)",
-            ));
-        }
-        if self.secrets.iter().any(|s| s.expose().is_empty()) {
-            return Err(src.error("auth.secrets", "a secret must not be empty"));
-        }
-        if self.api_tokens.iter().any(|s| s.expose().is_empty()) {
-            return Err(src.error("api.tokens", "a token must not be empty"));
-        }
-        if let Some((name, _)) = self
-            .static_users
-            .iter()
-            .find(|(n, p)| n.is_empty() || p.expose().is_empty())
-        {
-            let key = format!("auth.users.{name}");
-            let key = if src.in_file(&key) {
-                key
-            } else {
-                "auth.users".to_owned()
-            };
-            return Err(src.error(&key, "user names and passwords must not be empty"));
-        }
-        self.check_ranges(src)?;
-        if self.credential_ttl > self.api_max_ttl {
-            let (c, m) = (self.credential_ttl.as_secs(), self.api_max_ttl.as_secs());
-            return Err(
-                match src.blame("auth.credential_ttl_secs", "api.max_ttl_secs") {
-                    "auth.credential_ttl_secs" => src.error(
-                        "auth.credential_ttl_secs",
-                        format!("must be <= api.max_ttl_secs ({m})"),
-                    ),
-                    _ => src.error(
-                        "api.max_ttl_secs",
-                        format!("must be >= auth.credential_ttl_secs ({c})"),
-                    ),
-                },
-            );
-        }
-
-        let (min, max) = (*self.port_range.start(), *self.port_range.end());
-        if min > max {
-            return Err(match src.blame("relay.min_port", "relay.max_port") {
-                "relay.min_port" => src.error(
-                    "relay.min_port",
-                    format!("must be <= relay.max_port ({max})"),
-                ),
-                _ => src.error(
-                    "relay.max_port",
-                    format!("must be >= relay.min_port ({min})"),
-                ),
-            });
-        }
-
-        if self.default_lifetime > self.max_lifetime {
-            let (d, m) = (self.default_lifetime.as_secs(), self.max_lifetime.as_secs());
-            return Err(
-                match src.blame("limits.default_lifetime_secs", "limits.max_lifetime_secs") {
-                    "limits.default_lifetime_secs" => src.error(
-                        "limits.default_lifetime_secs",
-                        format!("must be <= limits.max_lifetime_secs ({m})"),
-                    ),
-                    _ => src.error(
-                        "limits.max_lifetime_secs",
-                        format!("must be >= limits.default_lifetime_secs ({d})"),
-                    ),
-                },
-            );
-        }
-
-        if let Some(own) = self
-            .alternate_servers
-            .iter()
-            .find(|a| self.listen.contains(a) || self.tls_listen.contains(a))
-        {
-            return Err(src.error(
-                "server.alternate_servers",
-                format!("{own} is this server's own listening address: clients would be redirected in a loop"),
-            ));
-        }
-        for (i, (private, public)) in self.external_ip_map.iter().enumerate() {
-            if let Some((_, other)) = self.external_ip_map[..i].iter().find(|(p, _)| p == private) {
-                return Err(src.error(
-                    "relay.external_ip_map",
-                    format!("{private} is mapped twice (to {other} and to {public})"),
-                ));
-            }
-        }
-
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(_), None) => return Err(src.error("tls.cert", "is set but tls.key is not")),
-            (None, Some(_)) => return Err(src.error("tls.key", "is set but tls.cert is not")),
-            (None, None) if !self.tls_listen.is_empty() => {
-                return Err(src.error(
-                    "tls.listen",
-                    "needs tls.cert and tls.key (--tls-cert, --tls-key)",
-                ))
-            }
-            _ => {}
-        }
-        if let Some(path) = &self.usage.file {
-            check_appendable(path).map_err(|m| src.error("usage.file", m))?;
-        }
-        Ok(())
-    }
-
-    /// Every numeric key within its bounds (the constants at the top of this file).
-    fn check_ranges(&self, src: &Sources<'_>) -> Result<(), ConfigError> {
-        const SECONDS: &str = " seconds";
-        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let (min_port, max_port) = (*self.port_range.start(), *self.port_range.end());
-        let checks: [(&str, u64, RangeInclusive<u64>, &str); 20] = [
-            (
-                "server.workers",
-                count(self.workers),
-                1..=count(MAX_WORKERS),
-                "",
-            ),
-            (
-                "auth.nonce_lifetime_secs",
-                self.nonce_lifetime.as_secs(),
-                1..=MAX_NONCE_LIFETIME_SECS,
-                SECONDS,
-            ),
-            (
-                "auth.credential_ttl_secs",
-                self.credential_ttl.as_secs(),
-                1..=MAX_CREDENTIAL_TTL_SECS,
-                SECONDS,
-            ),
-            (
-                "api.max_ttl_secs",
-                self.api_max_ttl.as_secs(),
-                1..=MAX_CREDENTIAL_TTL_SECS,
-                SECONDS,
-            ),
-            ("relay.min_port", min_port.into(), 1..=65_535, ""),
-            ("relay.max_port", max_port.into(), 1..=65_535, ""),
-            (
-                "limits.default_lifetime_secs",
-                self.default_lifetime.as_secs(),
-                1..=MAX_ALLOCATION_LIFETIME_SECS,
-                SECONDS,
-            ),
-            (
-                "limits.max_lifetime_secs",
-                self.max_lifetime.as_secs(),
-                1..=MAX_ALLOCATION_LIFETIME_SECS,
-                SECONDS,
-            ),
-            (
-                "limits.max_allocations",
-                count(self.max_allocations),
-                1..=count(MAX_COUNT),
-                "",
-            ),
-            (
-                "limits.max_allocations_per_user",
-                count(self.max_allocations_per_user),
-                1..=count(MAX_COUNT),
-                "",
-            ),
-            (
-                "limits.max_permissions_per_allocation",
-                count(self.max_permissions_per_allocation),
-                1..=count(MAX_PER_ALLOCATION),
-                "",
-            ),
-            (
-                "limits.max_channels_per_allocation",
-                count(self.max_channels_per_allocation),
-                1..=count(MAX_PER_ALLOCATION),
-                "",
-            ),
-            (
-                "limits.max_connections",
-                count(self.max_connections),
-                1..=count(MAX_COUNT),
-                "",
-            ),
-            (
-                "limits.max_connections_per_source",
-                count(self.max_connections_per_source),
-                1..=count(MAX_COUNT),
-                "",
-            ),
-            (
-                "limits.max_challenges_per_sec",
-                count(self.max_challenges_per_sec),
-                1..=count(MAX_COUNT),
-                "",
-            ),
-            (
-                "api.request_timeout_secs",
-                self.api_request_timeout.as_secs(),
-                1..=MAX_API_REQUEST_TIMEOUT_SECS,
-                SECONDS,
-            ),
-            (
-                "api.max_connections",
-                count(self.api_max_connections),
-                1..=count(MAX_COUNT),
-                "",
-            ),
-            (
-                "api.max_connections_per_source",
-                count(self.api_max_connections_per_source),
-                1..=count(MAX_COUNT),
-                "",
-            ),
-            (
-                "usage.webhook_timeout_secs",
-                self.usage.webhook_timeout.as_secs(),
-                1..=MAX_WEBHOOK_TIMEOUT_SECS,
-                SECONDS,
-            ),
-            (
-                "usage.queue_size",
-                count(self.usage.queue_size),
-                1..=count(MAX_USAGE_QUEUE),
-                "",
-            ),
-        ];
-        for (key, value, range, unit) in checks {
-            if !range.contains(&value) {
-                let (lo, hi) = (range.start(), range.end());
-                // 0 never reaches here for workers: it was resolved to the core count.
-                let lo = if key == "server.workers" {
-                    "0 (one per CPU core)".to_owned()
-                } else {
-                    lo.to_string()
-                };
-                return Err(src.error(key, format!("must be {lo} to {hi}{unit} (got {value})")));
-            }
-        }
-        if let Some(rate) = self.bandwidth_per_allocation {
-            if !BANDWIDTH_RANGE.contains(&rate) {
-                let (lo, hi) = (BANDWIDTH_RANGE.start(), BANDWIDTH_RANGE.end());
-                return Err(src.error(
-                    "limits.bandwidth_per_allocation",
-                    format!("must be 0 (unlimited) or {lo} to {hi} bytes per second (got {rate})"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The file model of this config; with `redact`, secrets become `"<redacted>"`.
-    fn to_file(&self, redact: bool) -> FileConfig {
-        let show = |s: &Secret| {
-            if redact {
-                REDACTED.to_owned()
-            } else {
-                s.expose().to_owned()
-            }
-        };
-        FileConfig {
-            server: ServerFile {
-                listen: display_all(&self.listen),
-                realm: self.realm.clone(),
-                software: self.software.clone().unwrap_or_default(),
-                workers: self.workers,
-                log_format: self.log_format,
-                alternate_servers: display_all(&self.alternate_servers),
-                drain_alternate_servers: display_all(&self.drain_alternate_servers),
-            },
-            auth: AuthFile {
-                secrets: self.secrets.iter().map(show).collect(),
-                separator: self.separator.to_string(),
-                nonce_lifetime_secs: self.nonce_lifetime.as_secs(),
-                credential_ttl_secs: self.credential_ttl.as_secs(),
-                users: self
-                    .static_users
-                    .iter()
-                    .map(|(n, p)| (n.clone(), show(p)))
-                    .collect(),
-            },
-            relay: RelayFile {
-                ips: display_all(&self.relay_ips),
-                external_ip: self.external_ip.map(|a| a.to_string()).unwrap_or_default(),
-                external_ip_map: self
-                    .external_ip_map
-                    .iter()
-                    .map(|(private, public)| format!("{private}={public}"))
-                    .collect(),
-                min_port: *self.port_range.start(),
-                max_port: *self.port_range.end(),
-                allow_peers: display_all(&self.allow_peers),
-                deny_peers: display_all(&self.deny_peers),
-                xdp_interface: self.xdp_interface.clone().unwrap_or_default(),
-                xdp_mode: self.xdp_mode,
-            },
-            limits: LimitsFile {
-                default_lifetime_secs: self.default_lifetime.as_secs(),
-                max_lifetime_secs: self.max_lifetime.as_secs(),
-                max_allocations: self.max_allocations,
-                max_allocations_per_user: self.max_allocations_per_user,
-                max_permissions_per_allocation: self.max_permissions_per_allocation,
-                max_channels_per_allocation: self.max_channels_per_allocation,
-                bandwidth_per_allocation: self.bandwidth_per_allocation.unwrap_or(0),
-                max_connections: self.max_connections,
-                max_connections_per_source: self.max_connections_per_source,
-                max_challenges_per_sec: self.max_challenges_per_sec,
-            },
-            api: ApiFile {
-                listen: self.api_listen.to_string(),
-                tokens: self.api_tokens.iter().map(show).collect(),
-                uris: self.api_uris.clone(),
-                max_ttl_secs: self.api_max_ttl.as_secs(),
-                cors_origins: self.api_cors_origins.clone(),
-                test_page: self.api_test_page,
-                request_timeout_secs: self.api_request_timeout.as_secs(),
-                max_connections: self.api_max_connections,
-                max_connections_per_source: self.api_max_connections_per_source,
-                revocations_file: path_string(&self.revocations_file),
-            },
-            tls: TlsFile {
-                listen: display_all(&self.tls_listen),
-                cert: path_string(&self.tls_cert),
-                key: path_string(&self.tls_key),
-            },
-            usage: UsageFile {
-                log: self.usage.log,
-                file: path_string(&self.usage.file),
-                webhook_url: self.usage.webhook_url.clone().unwrap_or_default(),
-                webhook_timeout_secs: self.usage.webhook_timeout.as_secs(),
-                queue_size: self.usage.queue_size,
-            },
-        }
-    }
-
-    /// The effective configuration as TOML, secrets shown as `"<redacted>"` (printed by
-    /// `turnpike check-config`). It parses back to this config apart from the secrets.
-    pub fn render_effective(&self) -> String {
-        let body = toml::to_string(&self.to_file(true))
-            .unwrap_or_else(|e| format!("# cannot render the effective config: {e}\n"));
-        format!("# turnpike effective configuration (secrets redacted; workers resolved)\n\n{body}")
-    }
-
-    /// Settings worth a startup warning (STYLE §4: risky knobs are loud): peers opened
-    /// inside loopback or private ranges, and an HTTP API beyond loopback without a token.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for allowed in &self.allow_peers {
-            for (range, what) in RISKY_PEER_RANGES {
-                let range: IpNet = range.parse().expect("valid built-in CIDR");
-                if allowed.contains(&range.network()) || range.contains(&allowed.network()) {
-                    out.push(format!(
-                        "relay.allow_peers opens {allowed}, which overlaps {range} ({what}): \
-                         clients holding credentials can relay into it"
-                    ));
-                }
-            }
-        }
-        // With a secret set, the core treats such a name as a REST credential
-        // (`auth::rest_expiry`), so the static password is never looked at.
-        for (name, _) in &self.static_users {
-            if let Some(expiry) = crate::proto::auth::rest_expiry(name, self.separator) {
-                out.push(format!(
-                    "auth.users: `{name}` parses as a REST username (expiry {expiry}, separator \
-                     `{sep}`), so it is checked as a REST credential and its static password is \
-                     refused whenever auth.secrets is set; rename it",
-                    sep = self.separator
-                ));
-            }
-        }
-        if !self.api_listen.ip().is_loopback() && self.api_tokens.is_empty() {
-            out.push(format!(
-                "api.listen {} is not loopback and api.tokens is empty: anyone who can reach \
-                 it can mint TURN credentials",
-                self.api_listen
-            ));
-        }
-        out
-    }
-
-    /// The keys that differ between this (running) configuration and `fresh` but only take
-    /// effect at restart: a reload keeps the sockets, threads and logger it started with.
-    pub fn changes_needing_restart(&self, fresh: &Config) -> Vec<&'static str> {
-        let changed = [
-            ("server.listen", self.listen != fresh.listen),
-            ("server.workers", self.workers != fresh.workers),
-            ("server.log_format", self.log_format != fresh.log_format),
-            ("relay.ips", self.relay_ips != fresh.relay_ips),
-            (
-                "relay.xdp_interface",
-                self.xdp_interface != fresh.xdp_interface,
-            ),
-            ("relay.xdp_mode", self.xdp_mode != fresh.xdp_mode),
-            (
-                "limits.max_connections",
-                self.max_connections != fresh.max_connections,
-            ),
-            (
-                "limits.max_connections_per_source",
-                self.max_connections_per_source != fresh.max_connections_per_source,
-            ),
-            ("api.listen", self.api_listen != fresh.api_listen),
-            (
-                "api.request_timeout_secs",
-                self.api_request_timeout != fresh.api_request_timeout,
-            ),
-            (
-                "api.max_connections",
-                self.api_max_connections != fresh.api_max_connections,
-            ),
-            (
-                "api.max_connections_per_source",
-                self.api_max_connections_per_source != fresh.api_max_connections_per_source,
-            ),
-            ("tls.listen", self.tls_listen != fresh.tls_listen),
-            ("usage.log", self.usage.log != fresh.usage.log),
-            ("usage.file", self.usage.file != fresh.usage.file),
-            (
-                "usage.webhook_url",
-                self.usage.webhook_url != fresh.usage.webhook_url,
-            ),
-            (
-                "usage.webhook_timeout_secs",
-                self.usage.webhook_timeout != fresh.usage.webhook_timeout,
-            ),
-            (
-                "usage.queue_size",
-                self.usage.queue_size != fresh.usage.queue_size,
-            ),
-        ];
-        changed
-            .into_iter()
-            .filter_map(|(key, changed)| changed.then_some(key))
-            .collect()
-    }
-}
-
-/// Ranges whose opening through `allow_peers` deserves a warning.
-const RISKY_PEER_RANGES: &[(&str, &str)] = &[
-    ("0.0.0.0/8", "this network"),
-    ("10.0.0.0/8", "RFC 1918 private"),
-    ("100.64.0.0/10", "carrier-grade NAT"),
-    ("127.0.0.0/8", "loopback"),
-    ("169.254.0.0/16", "link-local, including cloud metadata"),
-    ("172.16.0.0/12", "RFC 1918 private"),
-    ("192.168.0.0/16", "RFC 1918 private"),
-    ("::1/128", "loopback"),
-    ("::ffff:0:0/96", "IPv4-mapped"),
-    ("fc00::/7", "unique local"),
-    ("fe80::/10", "link-local"),
-];
-
-/// Parse every item of a list key, dropping repeats; errors name the key.
-fn parse_list<T: PartialEq>(
-    src: &Sources<'_>,
-    key: &str,
-    items: &[String],
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<Vec<T>, ConfigError> {
-    let mut out = Vec::new();
-    for item in items {
-        extend_unique(&mut out, [parse(item).map_err(|m| src.error(key, m))?]);
-    }
-    Ok(out)
-}
-
-fn display_all<T: fmt::Display>(items: &[T]) -> Vec<String> {
-    items.iter().map(ToString::to_string).collect()
-}
-
-fn unique_secrets(items: Vec<String>) -> Vec<Secret> {
-    let mut out = Vec::new();
-    extend_unique(&mut out, items.into_iter().map(Secret));
-    out
-}
-
-fn redact_flag(_secret: &str) -> String {
-    REDACTED.to_owned()
-}
-
-fn path_string(path: &Option<PathBuf>) -> String {
-    path.as_ref()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
 
     const EXAMPLE: &str = include_str!("../config.example.toml");
 
@@ -2107,24 +1817,53 @@ mod tests {
     }
 
     #[test]
-    fn schema_matches_file_model() {
-        let table = toml::Table::try_from(FileConfig::default()).unwrap();
-        let from_model: BTreeSet<String> = table
+    fn defaults_are_valid() {
+        let config = Config::default();
+        assert!(config.validate(&Sources::default()).is_ok());
+        // Every bounded default is in range too: they render and parse back.
+        assert_eq!(load(&config.render_effective()).unwrap(), config);
+    }
+
+    /// The model, its settings and the example agree: every field of every section is a
+    /// setting (the effective config lists exactly the settings' keys), and the example
+    /// documents each one.
+    #[test]
+    fn settings_match_the_model_and_the_example() {
+        let table = toml::Table::try_from(Config::default()).unwrap();
+        let from_model: Vec<String> = table
             .iter()
             .flat_map(|(s, v)| {
                 let keys = v.as_table().unwrap().keys();
                 keys.map(move |k| format!("{s}.{k}"))
             })
             .collect();
-        let from_schema: BTreeSet<String> = SCHEMA
-            .iter()
-            .flat_map(|(s, keys)| keys.iter().map(move |k| format!("{s}.{k}")))
-            .collect();
-        assert_eq!(from_model, from_schema);
-        // And the example documents every key.
-        let doc = index_document(EXAMPLE, "example").unwrap();
-        for key in &from_schema {
-            assert!(doc.keys.contains_key(key), "example lacks {key}");
+        let from_settings: Vec<&str> = Config::settings().map(|s| s.key).collect();
+        assert_eq!(from_model, from_settings);
+        let (_, doc) = Config::parse(EXAMPLE, "example").unwrap();
+        for key in &from_settings {
+            assert!(doc.line(key).is_some(), "example lacks {key}");
+        }
+    }
+
+    /// Each flag is the kebab-case of its key, or of `section_key`, a list's in the
+    /// singular; each has a value name and a doc line for `--help`.
+    #[test]
+    fn flags_are_named_after_their_keys() {
+        for s in Config::settings() {
+            let (section, field) = s.key.split_once('.').unwrap();
+            let flag = s.flag.strip_prefix("--").unwrap().replace('-', "_");
+            let names = [field.to_owned(), format!("{section}_{field}")];
+            let singular = |n: &String| n.strip_suffix('s').map(str::to_owned);
+            assert!(
+                names.contains(&flag)
+                    || (s.kind == FlagKind::List
+                        && names.iter().filter_map(singular).any(|n| n == flag)),
+                "{} for {}",
+                s.flag,
+                s.key
+            );
+            assert!(!s.help.trim().is_empty(), "{} has no doc line", s.key);
+            assert!(!s.value_name.is_empty(), "{}", s.key);
         }
     }
 
@@ -2140,6 +1879,11 @@ mod tests {
         assert!(e.contains("`zzz`") && e.contains("line 2"), "{e}");
         let e = err("[relay]\nallow_peer = []\n");
         assert!(e.contains("allow_peers"), "expected keys listed: {e}");
+        // A quoted name may hold dots; the section is still the table it is in.
+        let e = err("[server]\n\"a.b\" = 1\n");
+        assert!(e.contains("unknown key `a.b` in [server] at line 2"), "{e}");
+        let e = err("[auth.users]\nbob = \"pw\"\n[auth.users.x]\n");
+        assert!(e.contains("auth.users.x (line 3)"), "{e}");
     }
 
     #[test]
@@ -2240,153 +1984,35 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(c.listen.len(), 2, "duplicates dropped");
-        assert_eq!(c.software, None);
-        assert_eq!(c.workers, 3);
-        assert_eq!(c.log_format, LogFormat::Json);
-        assert_eq!(c.secrets[0].expose(), "one");
-        assert_eq!(c.separator, '-');
-        assert_eq!(c.static_users[0].0, "alice");
-        assert_eq!(c.static_users[1].1.expose(), "pw2");
-        assert_eq!(c.external_ip, Some("203.0.113.7".parse().unwrap()));
-        assert_eq!(c.port_range, 40000..=40100);
-        let peers: Vec<String> = c.allow_peers.iter().map(|n| n.to_string()).collect();
+        assert_eq!(c.server.listen.len(), 2, "duplicates dropped");
+        assert_eq!(c.server.software(), None);
+        assert_eq!(c.server.workers.get(), 3);
+        assert_eq!(c.server.log_format, LogFormat::Json);
+        assert_eq!(c.auth.secrets[0].expose(), "one");
+        assert_eq!(c.auth.separator, '-');
+        let users: Vec<(&str, &str)> = c
+            .auth
+            .users
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.expose()))
+            .collect();
+        assert_eq!(users, [("alice", "pw1"), ("bob", "pw2")], "sorted by name");
+        assert_eq!(c.relay.external_ip, Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(c.relay.port_range(), 40000..=40100);
+        let peers: Vec<String> = c.relay.allow_peers.iter().map(|n| n.to_string()).collect();
         assert_eq!(peers, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
-        assert_eq!(c.bandwidth_per_allocation, Some(125_000));
-        assert_eq!(c.tls_cert, Some(PathBuf::from("/etc/turnpike/cert.pem")));
+        assert_eq!(c.limits.bandwidth_per_allocation.get(), Some(125_000));
+        assert_eq!(c.tls.cert, Some(PathBuf::from("/etc/turnpike/cert.pem")));
         assert_eq!(c.warnings().len(), 3, "{:?}", c.warnings());
-    }
-
-    #[test]
-    fn flags_add_to_lists_and_override_scalars() {
-        let text = "[server]\nlisten = [\"127.0.0.1:3478\"]\nrealm = \"file\"\n\
-                    [auth]\nsecrets = [\"file-secret\"]\n[relay]\nallow_peers = [\"10.0.0.0/8\"]\n";
-        let dir = std::env::temp_dir().join(format!("turnpike-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("flags.toml");
-        std::fs::write(&path, text).unwrap();
-        let args = RunArgs {
-            config: Some(path.clone()),
-            listen: vec!["127.0.0.1:3479".parse().unwrap()],
-            realm: Some("flag".into()),
-            auth_secret: vec!["flag-secret".into()],
-            allow_peer: vec!["192.168.1.1".into()],
-            min_port: Some(50000),
-            max_port: Some(50010),
-            workers: Some(2),
-            bandwidth_per_allocation: Some(0),
-            user: vec!["carol=pw".into()],
-            ..RunArgs::default()
-        };
-        let c = Config::load(None, &args).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(
-            c.listen,
-            vec![
-                "127.0.0.1:3478".parse::<SocketAddr>().unwrap(),
-                "127.0.0.1:3479".parse().unwrap()
-            ]
-        );
-        assert_eq!(c.realm, "flag");
-        let secrets: Vec<&str> = c.secrets.iter().map(Secret::expose).collect();
-        assert_eq!(secrets, ["file-secret", "flag-secret"]);
-        assert_eq!(c.allow_peers.len(), 2);
-        assert_eq!(c.port_range, 50000..=50010);
-        assert_eq!(c.workers, 2);
-        assert_eq!(c.bandwidth_per_allocation, None);
-        assert_eq!(c.static_users[0].0, "carol");
-    }
-
-    #[test]
-    fn list_flags_replace_builtin_defaults() {
-        let args = RunArgs {
-            listen: vec!["127.0.0.1:40000".parse().unwrap()],
-            ..RunArgs::default()
-        };
-        let c = Config::load(None, &args).unwrap();
-        assert_eq!(c.listen, vec!["127.0.0.1:40000".parse().unwrap()]);
-        // Same through apply_flags on a config whose listen is still the default.
-        let mut c = Config::default();
-        c.apply_flags(&args).unwrap();
-        assert_eq!(c.listen, vec!["127.0.0.1:40000".parse().unwrap()]);
-        // But a file's list is extended.
-        let mut c = load("[server]\nlisten = [\"127.0.0.1:1\"]\n").unwrap();
-        c.apply_flags(&args).unwrap();
-        assert_eq!(c.listen.len(), 2);
-    }
-
-    #[test]
-    fn flag_errors_name_the_flag() {
-        let bad = |args: RunArgs| Config::load(None, &args).unwrap_err().to_string();
-        let e = bad(RunArgs {
-            allow_peer: vec!["1.2.3".into()],
-            ..RunArgs::default()
-        });
-        assert!(e.starts_with("--allow-peer 1.2.3: "), "{e}");
-        assert!(e.contains("not a CIDR or IP"), "{e}");
-        let e = bad(RunArgs {
-            min_port: Some(60000),
-            max_port: Some(50000),
-            ..RunArgs::default()
-        });
-        assert!(
-            e.starts_with("--min-port 60000: must be <= relay.max_port (50000)"),
-            "{e}"
-        );
-        let e = bad(RunArgs {
-            max_port: Some(1000),
-            ..RunArgs::default()
-        });
-        assert!(e.starts_with("--max-port 1000: must be >="), "{e}");
-        let e = bad(RunArgs {
-            separator: Some("ab".into()),
-            ..RunArgs::default()
-        });
-        assert!(e.starts_with("--separator ab: "), "{e}");
-        let e = bad(RunArgs {
-            user: vec!["nopassword".into()],
-            ..RunArgs::default()
-        });
-        assert!(e.starts_with("--user nopassword: "), "{e}");
-        let e = bad(RunArgs {
-            tls_listen: vec!["0.0.0.0:5349".parse().unwrap()],
-            ..RunArgs::default()
-        });
-        assert!(
-            e.starts_with("--tls-listen 0.0.0.0:5349: needs tls.cert"),
-            "{e}"
-        );
-        let e = bad(RunArgs {
-            config: Some(PathBuf::from("/nonexistent/turnpike.toml")),
-            ..RunArgs::default()
-        });
-        assert!(e.contains("/nonexistent/turnpike.toml"), "{e}");
-    }
-
-    #[test]
-    fn flags_fix_file_errors() {
-        // As a file could say; a flag repairs it.
-        let mut c = Config {
-            port_range: RangeInclusive::new(60000, 50000),
-            ..Config::default()
-        };
-        let args = RunArgs {
-            max_port: Some(65000),
-            ..RunArgs::default()
-        };
-        c.apply_flags(&args).unwrap();
-        assert_eq!(c.port_range, 60000..=65000);
     }
 
     #[test]
     fn secret_debug_is_redacted() {
         let s = Secret::from("hunter2".to_owned());
         assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
-        let c = Config {
-            secrets: vec![s.clone()],
-            static_users: vec![("u".into(), Secret::from("pw-xyz"))],
-            ..Config::default()
-        };
+        let mut c = Config::default();
+        c.auth.secrets = vec![s.clone()];
+        c.auth.users.insert("u".into(), Secret::from("pw-xyz"));
         let debug = format!("{c:?}");
         assert!(
             !debug.contains("hunter2") && !debug.contains("pw-xyz"),
@@ -2409,15 +2035,11 @@ mod tests {
         assert!(text.contains(REDACTED), "{text}");
         let back = load(&text).unwrap();
         let redacted = Secret::from(REDACTED);
-        assert_eq!(
-            back,
-            Config {
-                secrets: vec![redacted.clone()],
-                static_users: vec![("bob".into(), redacted.clone())],
-                api_tokens: vec![redacted],
-                ..c
-            }
-        );
+        let mut expected = c.clone();
+        expected.auth.secrets = vec![redacted.clone()];
+        expected.auth.users = BTreeMap::from([("bob".into(), redacted.clone())]);
+        expected.api.tokens = vec![redacted];
+        assert_eq!(back, expected);
         assert_eq!(
             load(&Config::default().render_effective()).unwrap(),
             Config::default()
@@ -2446,10 +2068,10 @@ mod tests {
              max_ttl_secs = 172800\ncors_origins = [\"https://App.example.com\", \"http://localhost:3000\"]\n",
         )
         .unwrap();
-        assert_eq!(c.api_uris.len(), 2);
-        assert_eq!(c.api_max_ttl, Duration::from_secs(172_800));
+        assert_eq!(c.api.uris.len(), 2);
+        assert_eq!(c.api.max_ttl_secs.get(), Duration::from_secs(172_800));
         assert_eq!(
-            c.api_cors_origins,
+            c.api.cors_origins,
             ["https://app.example.com", "http://localhost:3000"]
         );
         assert_eq!(load(&c.render_effective()).unwrap(), c);
@@ -2465,43 +2087,16 @@ mod tests {
             e.contains("api.max_ttl_secs (line 2): must be >= auth.credential_ttl_secs"),
             "{e}"
         );
-
-        let args = RunArgs {
-            api_uri: vec!["turns:turn.example.com:443?transport=tcp".into()],
-            api_cors_origin: vec!["https://app.example.com".into()],
-            api_max_ttl_secs: Some(90_000),
-            ..RunArgs::default()
-        };
-        let c = Config::load(None, &args).unwrap();
-        assert_eq!(c.api_uris, ["turns:turn.example.com:443?transport=tcp"]);
-        assert_eq!(c.api_cors_origins, ["https://app.example.com"]);
-        assert_eq!(c.api_max_ttl, Duration::from_secs(90_000));
-        let bad = |args: RunArgs| Config::load(None, &args).unwrap_err().to_string();
-        let e = bad(RunArgs {
-            api_uri: vec!["turn:".into()],
-            ..RunArgs::default()
-        });
-        assert!(e.starts_with("--api-uri turn:: "), "{e}");
-        let e = bad(RunArgs {
-            api_cors_origin: vec!["*".into()],
-            ..RunArgs::default()
-        });
-        assert!(e.starts_with("--api-cors-origin *: "), "{e}");
-        let e = bad(RunArgs {
-            api_max_ttl_secs: Some(10),
-            ..RunArgs::default()
-        });
-        assert!(e.starts_with("--api-max-ttl-secs 10: must be >="), "{e}");
     }
 
     #[test]
-    fn alternate_servers_key_and_flag() {
+    fn alternate_servers_key() {
         let c = load(
             "[server]\nalternate_servers = [\"192.0.2.20:3478\", \"[2001:db8::20]:3478\", \"192.0.2.20:3478\"]\n",
         )
         .unwrap();
         assert_eq!(
-            c.alternate_servers,
+            c.server.alternate_servers,
             vec![
                 "192.0.2.20:3478".parse::<SocketAddr>().unwrap(),
                 "[2001:db8::20]:3478".parse().unwrap()
@@ -2529,39 +2124,17 @@ mod tests {
             e.contains("server.alternate_servers (line 3)") && e.contains("loop"),
             "{e}"
         );
-
-        let args = RunArgs {
-            alternate_server: vec![
-                "127.0.0.1:3999".parse().unwrap(),
-                "127.0.0.1:4000".parse().unwrap(),
-            ],
-            ..RunArgs::default()
-        };
-        let c = Config::load(None, &args).unwrap();
-        assert_eq!(c.alternate_servers.len(), 2);
-        let bad = |args: RunArgs| Config::load(None, &args).unwrap_err().to_string();
-        let e = bad(RunArgs {
-            alternate_server: vec!["127.0.0.1:0".parse().unwrap()],
-            ..RunArgs::default()
-        });
-        assert!(e.starts_with("--alternate-server 127.0.0.1:0: "), "{e}");
-        let e = bad(RunArgs {
-            listen: vec!["127.0.0.1:3478".parse().unwrap()],
-            alternate_server: vec!["127.0.0.1:3478".parse().unwrap()],
-            ..RunArgs::default()
-        });
-        assert!(e.starts_with("--alternate-server 127.0.0.1:3478: "), "{e}");
     }
 
     #[test]
-    fn external_ip_map_key_and_flag() {
+    fn external_ip_map_key() {
         let c = load(
             "[relay]\nexternal_ip = \"203.0.113.1\"\n\
              external_ip_map = [\"10.0.0.5=203.0.113.5\", \" fd00::5 = 2001:db8::5 \"]\n",
         )
         .unwrap();
         assert_eq!(
-            c.external_ip_map,
+            c.relay.external_ip_map,
             vec![
                 (
                     "10.0.0.5".parse::<IpAddr>().unwrap(),
@@ -2589,39 +2162,18 @@ mod tests {
             e.contains("relay.external_ip_map (line 3)") && e.contains("mapped twice"),
             "{e}"
         );
-
-        let args = RunArgs {
-            external_ip_map: vec!["10.77.0.2=203.0.113.77".into()],
-            ..RunArgs::default()
-        };
-        let c = Config::load(None, &args).unwrap();
-        assert_eq!(
-            c.external_ip_map,
-            [(
-                "10.77.0.2".parse().unwrap(),
-                "203.0.113.77".parse().unwrap()
-            )]
-        );
-        let bad = |args: RunArgs| Config::load(None, &args).unwrap_err().to_string();
-        let e = bad(RunArgs {
-            external_ip_map: vec!["10.0.0.1=::1".into()],
-            ..RunArgs::default()
-        });
-        assert!(e.starts_with("--external-ip-map 10.0.0.1=::1: "), "{e}");
-        let e = bad(RunArgs {
-            external_ip_map: vec!["10.0.0.1=192.0.2.1".into(), "10.0.0.1=192.0.2.2".into()],
-            ..RunArgs::default()
-        });
-        assert!(
-            e.starts_with("--external-ip-map 10.0.0.1=192.0.2.2: ") && e.contains("twice"),
-            "{e}"
-        );
     }
 
     #[test]
-    fn connection_limits_key_and_flag() {
+    fn connection_limits_key() {
         let c = load("[limits]\nmax_connections = 500\nmax_connections_per_source = 8\n").unwrap();
-        assert_eq!((c.max_connections, c.max_connections_per_source), (500, 8));
+        assert_eq!(
+            (
+                c.limits.max_connections.get(),
+                c.limits.max_connections_per_source.get()
+            ),
+            (500, 8)
+        );
         assert_eq!(load(&c.render_effective()).unwrap(), c);
         let e = err("[limits]\nmax_connections = 0\n");
         assert!(
@@ -2635,27 +2187,6 @@ mod tests {
         );
         let e = err("[limits]\nmax_connections = -1\n");
         assert!(e.contains("limits.max_connections (line 2)"), "{e}");
-
-        let args = RunArgs {
-            max_connections: Some(100),
-            max_connections_per_source: Some(4),
-            ..RunArgs::default()
-        };
-        let c = Config::load(None, &args).unwrap();
-        assert_eq!((c.max_connections, c.max_connections_per_source), (100, 4));
-        let e = Config::load(
-            None,
-            &RunArgs {
-                max_connections_per_source: Some(0),
-                ..RunArgs::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.starts_with("--max-connections-per-source 0: must be 1 to"),
-            "{e}"
-        );
     }
 
     #[test]
@@ -2671,14 +2202,15 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.usage,
-            UsageConfig {
+            Usage {
                 log: false,
                 file: Some(file.clone()),
                 webhook_url: Some("https://billing.example/turn?token=x".to_owned()),
-                webhook_timeout: Duration::from_secs(2),
-                queue_size: 5,
+                webhook_timeout_secs: Secs::new(2),
+                queue_size: Count::new(5),
             }
         );
+        assert_eq!(c.usage.webhook_timeout_secs.get(), Duration::from_secs(2));
         assert_eq!(load(&c.render_effective()).unwrap(), c);
         // check-config only looks: the file is not created.
         assert!(!file.exists());
@@ -2704,7 +2236,7 @@ mod tests {
     }
 
     #[test]
-    fn numeric_keys_are_bounded_in_files_and_flags() {
+    fn numeric_keys_are_bounded_in_files() {
         for (text, wanted) in [
             (
                 "[limits]\nmax_lifetime_secs = 18446744073709551615\n",
@@ -2737,37 +2269,11 @@ mod tests {
         assert_eq!(
             load("[limits]\ndefault_lifetime_secs = 604800\nmax_lifetime_secs = 604800\n")
                 .unwrap()
-                .max_lifetime,
+                .limits
+                .max_lifetime_secs
+                .get(),
             Duration::from_secs(MAX_ALLOCATION_LIFETIME_SECS)
         );
-        let bad = |args: RunArgs| Config::load(None, &args).unwrap_err().to_string();
-        let e = bad(RunArgs {
-            max_lifetime_secs: Some(u64::MAX),
-            ..RunArgs::default()
-        });
-        assert!(
-            e.starts_with("--max-lifetime-secs 18446744073709551615: must be 1 to 604800"),
-            "{e}"
-        );
-        let e = bad(RunArgs {
-            workers: Some(usize::MAX),
-            ..RunArgs::default()
-        });
-        assert!(e.starts_with("--workers "), "{e}");
-        // apply_flags checks the flags it applies too.
-        let mut c = Config::default();
-        let e = c
-            .apply_flags(&RunArgs {
-                nonce_lifetime_secs: Some(86_401),
-                ..RunArgs::default()
-            })
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("--nonce-lifetime-secs 86401: must be 1 to 86400"),
-            "{e}"
-        );
-        assert!(Config::default().check_ranges(&Sources::default()).is_ok());
     }
 
     #[test]
@@ -2791,15 +2297,13 @@ mod tests {
     fn changes_needing_restart_are_listed() {
         let running = Config::default();
         assert!(running.changes_needing_restart(&running.clone()).is_empty());
-        let fresh = Config {
-            listen: vec!["127.0.0.1:3479".parse().unwrap()],
-            workers: running.workers + 1,
-            api_listen: "127.0.0.1:8081".parse().unwrap(),
-            // Reloadable: not listed.
-            max_allocations: 5,
-            secrets: vec![Secret::from("new")],
-            ..running.clone()
-        };
+        let mut fresh = running.clone();
+        fresh.server.listen = vec!["127.0.0.1:3479".parse().unwrap()];
+        fresh.server.workers = Workers::try_from(running.server.workers.get() as u64 + 1).unwrap();
+        fresh.api.listen = "127.0.0.1:8081".parse().unwrap();
+        // Reloadable: not listed.
+        fresh.limits.max_allocations = Count::new(5);
+        fresh.auth.secrets = vec![Secret::from("new")];
         assert_eq!(
             running.changes_needing_restart(&fresh),
             ["server.listen", "server.workers", "api.listen"]
@@ -2807,14 +2311,17 @@ mod tests {
     }
 
     #[test]
-    fn api_connection_bounds_key_and_flag() {
+    fn api_connection_bounds_key() {
         let c = load(
             "[api]\nrequest_timeout_secs = 3\nmax_connections = 40\nmax_connections_per_source = 5\n",
         )
         .unwrap();
-        assert_eq!(c.api_request_timeout, Duration::from_secs(3));
+        assert_eq!(c.api.request_timeout_secs.get(), Duration::from_secs(3));
         assert_eq!(
-            (c.api_max_connections, c.api_max_connections_per_source),
+            (
+                c.api.max_connections.get(),
+                c.api.max_connections_per_source.get()
+            ),
             (40, 5)
         );
         assert_eq!(load(&c.render_effective()).unwrap(), c);
@@ -2839,61 +2346,17 @@ mod tests {
             let e = err(text);
             assert!(e.contains(expected), "{e}");
         }
-
-        let args = RunArgs {
-            api_request_timeout_secs: Some(2),
-            api_max_connections: Some(16),
-            api_max_connections_per_source: Some(4),
-            ..RunArgs::default()
-        };
-        let c = Config::load(None, &args).unwrap();
-        assert_eq!(c.api_request_timeout, Duration::from_secs(2));
-        assert_eq!(
-            (c.api_max_connections, c.api_max_connections_per_source),
-            (16, 4)
-        );
-        let e = Config::load(
-            None,
-            &RunArgs {
-                api_request_timeout_secs: Some(0),
-                ..RunArgs::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.starts_with("--api-request-timeout-secs 0: must be 1 to 3600 seconds"),
-            "{e}"
-        );
     }
 
     #[test]
-    fn challenge_cap_key_and_flag() {
-        assert_eq!(Config::default().max_challenges_per_sec, 5_000);
+    fn challenge_cap_key() {
+        assert_eq!(Config::default().limits.max_challenges_per_sec.get(), 5_000);
         let c = load("[limits]\nmax_challenges_per_sec = 200\n").unwrap();
-        assert_eq!(c.max_challenges_per_sec, 200);
+        assert_eq!(c.limits.max_challenges_per_sec.get(), 200);
         assert_eq!(load(&c.render_effective()).unwrap(), c);
         let e = err("[limits]\n\nmax_challenges_per_sec = 0\n");
         assert!(
             e.contains("limits.max_challenges_per_sec (line 3): must be 1 to 1000000 (got 0)"),
-            "{e}"
-        );
-        let args = RunArgs {
-            max_challenges_per_sec: Some(7),
-            ..RunArgs::default()
-        };
-        assert_eq!(Config::load(None, &args).unwrap().max_challenges_per_sec, 7);
-        let e = Config::load(
-            None,
-            &RunArgs {
-                max_challenges_per_sec: Some(0),
-                ..RunArgs::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.starts_with("--max-challenges-per-sec 0: must be 1 to 1000000"),
             "{e}"
         );
     }
@@ -2901,10 +2364,8 @@ mod tests {
     #[test]
     fn default_warnings_are_empty() {
         assert!(Config::default().warnings().is_empty());
-        let c = Config {
-            api_listen: "0.0.0.0:8080".parse().unwrap(),
-            ..Config::default()
-        };
+        let mut c = Config::default();
+        c.api.listen = "0.0.0.0:8080".parse().unwrap();
         assert_eq!(c.warnings().len(), 1);
     }
 

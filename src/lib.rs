@@ -94,23 +94,25 @@ impl Control {
             .revocations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .reload(config.revocations_file.as_deref(), unix_now());
+            .reload(config.api.revocations_file.as_deref(), unix_now());
         if let Err(e) = &revocations {
             tracing::error!(error = %e, "revocations file not read; the revocations in force stay");
         }
         self.push_revocations();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.config = config.clone();
+        self.quotas.set_limits(
+            config.limits.max_allocations.get(),
+            config.limits.max_allocations_per_user.get(),
+        );
         self.quotas
-            .set_limits(config.max_allocations, config.max_allocations_per_user);
-        self.quotas
-            .set_max_challenges_per_sec(config.max_challenges_per_sec as u64);
+            .set_max_challenges_per_sec(config.limits.max_challenges_per_sec.get() as u64);
         self.publish(Settings {
             tls,
             server: Arc::new(self.server_settings(&state)),
             relay: RelaySettings {
                 ips: self.relay_ips.clone(),
-                ports: config.port_range.clone(),
+                ports: config.relay.port_range(),
             },
         });
         Ok(())
@@ -168,14 +170,15 @@ impl Control {
         let own_ip = |ip: IpAddr| {
             self.own_addresses.iter().any(|a| a.ip() == ip)
                 || self.relay_ips.contains(&ip)
-                || config.external_ip == Some(ip)
+                || config.relay.external_ip == Some(ip)
                 || config
+                    .relay
                     .external_ip_map
                     .iter()
                     .any(|&(_, public)| public == ip)
         };
-        let mut targets = config.alternate_servers.clone();
-        for &addr in &config.drain_alternate_servers {
+        let mut targets = config.server.alternate_servers.clone();
+        for &addr in &config.server.drain_alternate_servers {
             let own = own_ports.contains(&addr.port()) && own_ip(addr.ip());
             if !own && !targets.contains(&addr) {
                 targets.push(addr);
@@ -337,7 +340,7 @@ impl Running {
 /// (static users only) it is `fallback`.
 pub fn nonce_key(config: &config::Config, fallback: &NonceKey) -> NonceKey {
     use hmac::{Hmac, Mac};
-    match config.secrets.first() {
+    match config.auth.secrets.first() {
         Some(secret) => {
             let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.expose().as_bytes())
                 .expect("HMAC accepts keys of any length");
@@ -358,38 +361,46 @@ pub fn server_config(
 ) -> ServerConfig {
     let password = |s: &config::Secret| Password(s.expose().to_owned());
     ServerConfig {
-        realm: config.realm.clone(),
-        software: config.software.clone(),
+        realm: config.server.realm.clone(),
+        software: config.server.software().map(str::to_owned),
         credentials: Credentials {
-            secrets: config.secrets.iter().map(password).collect(),
-            separator: config.separator,
+            secrets: config.auth.secrets.iter().map(password).collect(),
+            separator: config.auth.separator,
             static_users: config
-                .static_users
+                .auth
+                .users
                 .iter()
                 .map(|(name, secret)| (name.clone(), password(secret)))
                 .collect(),
         },
         nonce_key: nonce_key.clone(),
-        nonce_lifetime: config.nonce_lifetime,
-        default_lifetime: config.default_lifetime,
-        max_lifetime: config.max_lifetime,
-        max_permissions_per_allocation: config.max_permissions_per_allocation,
-        max_channels_per_allocation: config.max_channels_per_allocation,
-        bandwidth_per_allocation: config.bandwidth_per_allocation,
+        nonce_lifetime: config.auth.nonce_lifetime_secs.get(),
+        default_lifetime: config.limits.default_lifetime_secs.get(),
+        max_lifetime: config.limits.max_lifetime_secs.get(),
+        max_permissions_per_allocation: config.limits.max_permissions_per_allocation.get(),
+        max_channels_per_allocation: config.limits.max_channels_per_allocation.get(),
+        bandwidth_per_allocation: config.limits.bandwidth_per_allocation.get(),
         // The relay's own addresses, configured and advertised, are denied peers in every
         // form (NAT64 and the like carry IPv4 inside), before any allocation has used them;
         // an `allow_peers` range that names one still opens it.
         peer_filter: PeerFilter::new(
-            config.allow_peers.clone(),
+            config.relay.allow_peers.clone(),
             config
+                .relay
                 .deny_peers
                 .iter()
                 .copied()
                 .chain(
                     relay_ips
                         .iter()
-                        .chain(config.external_ip.iter())
-                        .chain(config.external_ip_map.iter().map(|(_, public)| public))
+                        .chain(config.relay.external_ip.iter())
+                        .chain(
+                            config
+                                .relay
+                                .external_ip_map
+                                .iter()
+                                .map(|(_, public)| public),
+                        )
                         .map(|&ip| ipnet::IpNet::from(ip)),
                 )
                 .collect(),
@@ -398,12 +409,13 @@ pub fn server_config(
         // Specific mappings first: the core takes the first entry naming the relay IP, else
         // the first catch-all of the same family.
         external_ips: config
+            .relay
             .external_ip_map
             .iter()
             .map(|&(private, public)| (Some(private), public))
-            .chain(config.external_ip.map(|ip| (None, ip)))
+            .chain(config.relay.external_ip.map(|ip| (None, ip)))
             .collect(),
-        alternate_servers: config.alternate_servers.clone(),
+        alternate_servers: config.server.alternate_servers.clone(),
         draining: false,
         relay_ipv4: relay_ips.iter().any(IpAddr::is_ipv4),
         relay_ipv6: relay_ips.iter().any(IpAddr::is_ipv6),
@@ -414,10 +426,11 @@ pub fn server_config(
 /// address this host would use to reach the internet (found with a connected UDP socket,
 /// which sends nothing), else loopback.
 pub fn resolve_relay_ips(config: &config::Config) -> Vec<IpAddr> {
-    if !config.relay_ips.is_empty() {
-        return config.relay_ips.clone();
+    if !config.relay.ips.is_empty() {
+        return config.relay.ips.clone();
     }
     let mut ips: Vec<IpAddr> = config
+        .server
         .listen
         .iter()
         .map(SocketAddr::ip)
@@ -442,8 +455,8 @@ pub fn resolve_relay_ips(config: &config::Config) -> Vec<IpAddr> {
 
 /// The TLS configuration, when TLS listeners are configured.
 fn load_tls(config: &config::Config) -> io::Result<Option<Arc<rustls::ServerConfig>>> {
-    match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) if !config.tls_listen.is_empty() => {
+    match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) if !config.tls.listen.is_empty() => {
             net::tls::load(cert, key).map(Some)
         }
         _ => Ok(None),
@@ -460,26 +473,26 @@ pub fn unix_now() -> u64 {
 
 /// Binds every socket and starts the workers. When this returns, the server is serving.
 pub fn start(config: &config::Config) -> io::Result<Running> {
-    let workers = config.workers.max(1);
+    let workers = config.server.workers.get();
     let tls_config = load_tls(config)?;
     // One listener group per address; each worker takes one member of every group.
     let mut groups: Vec<Vec<Listener>> = Vec::new();
     let (mut udp, mut tcp, mut tls) = (Vec::new(), Vec::new(), Vec::new());
-    for addr in &config.listen {
+    for addr in &config.server.listen {
         let (udp_group, tcp_group) = net::udp::bind_udp_and_tcp_groups(*addr, workers)?;
         udp.push(udp_group[0].local_addr()?);
         tcp.push(tcp_group[0].local_addr()?);
         groups.push(udp_group.into_iter().map(Listener::Udp).collect());
         groups.push(tcp_group.into_iter().map(Listener::Tcp).collect());
     }
-    for addr in &config.tls_listen {
+    for addr in &config.tls.listen {
         let group = net::udp::bind_tcp_listener_group(*addr, workers)?;
         tls.push(group[0].local_addr()?);
         groups.push(group.into_iter().map(Listener::Tls).collect());
     }
     let relay_ips = resolve_relay_ips(config);
     let revocations =
-        sessions::RevocationStore::open(config.revocations_file.as_deref(), unix_now())
+        sessions::RevocationStore::open(config.api.revocations_file.as_deref(), unix_now())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let random_nonce_key = NonceKey::new(rand::random());
     let mut own_addresses = udp.clone();
@@ -493,15 +506,15 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         )),
         relay: RelaySettings {
             ips: relay_ips.clone(),
-            ports: config.port_range.clone(),
+            ports: config.relay.port_range(),
         },
         tls: tls_config,
     };
     let quotas = Arc::new(Quotas::new(
-        config.max_allocations,
-        config.max_allocations_per_user,
+        config.limits.max_allocations.get(),
+        config.limits.max_allocations_per_user.get(),
     ));
-    quotas.set_max_challenges_per_sec(config.max_challenges_per_sec as u64);
+    quotas.set_max_challenges_per_sec(config.limits.max_challenges_per_sec.get() as u64);
     let telemetry = Arc::new(telemetry::Telemetry::new(workers));
     let usage = usage::UsageSinks::start(&config.usage, telemetry.clone())?;
     let shared = Arc::new(WorkerShared {
@@ -511,12 +524,12 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         usage,
         // Bounds on stream connections (DESIGN "quotas on everything"); fixed until restart.
         connections: ConnectionLimits::new(
-            config.max_connections,
-            config.max_connections_per_source,
+            config.limits.max_connections.get(),
+            config.limits.max_connections_per_source.get(),
         ),
         generation: Default::default(),
         settings: RwLock::new(Arc::new(settings)),
-        xdp: net::xdp::start(config.xdp_interface.as_deref(), config.xdp_mode),
+        xdp: net::xdp::start(config.relay.xdp_interface.as_deref(), config.relay.xdp_mode),
     });
     let mut wakers = Vec::new();
     let mut commands = Vec::new();
@@ -597,12 +610,13 @@ mod tests {
 
     #[test]
     fn instances_sharing_a_secret_accept_each_others_nonces() {
-        let with = |secrets: &[&str]| config::Config {
-            secrets: secrets
+        let with = |secrets: &[&str]| {
+            let mut config = config::Config::default();
+            config.auth.secrets = secrets
                 .iter()
                 .map(|s| config::Secret::new(s.to_string()))
-                .collect(),
-            ..config::Config::default()
+                .collect();
+            config
         };
         let client: std::net::SocketAddr = "198.51.100.7:4000".parse().unwrap();
         // Each instance has its own random fallback; the secret decides.
@@ -624,19 +638,15 @@ mod tests {
     #[test]
     fn relay_addresses_are_denied_peers_from_the_start() {
         let relay: IpAddr = "1.2.3.4".parse().unwrap();
-        let config = config::Config {
-            external_ip: Some("5.6.7.8".parse().unwrap()),
-            ..config::Config::default()
-        };
+        let mut config = config::Config::default();
+        config.relay.external_ip = Some("5.6.7.8".parse().unwrap());
         let filter = server_config(&config, &[], &[relay], &NonceKey::new([0; 32])).peer_filter;
         for denied in ["1.2.3.4", "64:ff9b::102:304", "::ffff:1.2.3.4", "5.6.7.8"] {
             assert!(!filter.is_allowed(denied.parse().unwrap()), "{denied}");
         }
         assert!(filter.is_allowed("1.2.3.5".parse().unwrap()));
-        let open = config::Config {
-            allow_peers: vec!["1.2.3.0/24".parse().unwrap()],
-            ..config::Config::default()
-        };
+        let mut open = config::Config::default();
+        open.relay.allow_peers = vec!["1.2.3.0/24".parse().unwrap()];
         let filter = server_config(&open, &[], &[relay], &NonceKey::new([0; 32])).peer_filter;
         assert!(filter.is_allowed(relay));
     }

@@ -19,14 +19,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            let config = match Config::load(args.config.as_deref(), &args) {
+            let config = match Config::load(args.config.as_deref(), &args.overrides) {
                 Ok(config) => config,
                 Err(e) => {
                     eprintln!("turnpike: {e}");
                     return ExitCode::from(2);
                 }
             };
-            init_logging(config.log_format);
+            init_logging(config.server.log_format);
             match run(&args, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -102,10 +102,10 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
     if let Some(deaths) = running.take_worker_deaths() {
         watch_workers(deaths)?;
     }
-    let api_listener = std::net::TcpListener::bind(config.api_listen).map_err(|e| {
+    let api_listener = std::net::TcpListener::bind(config.api.listen).map_err(|e| {
         std::io::Error::new(
             e.kind(),
-            format!("cannot listen on api {}: {e}", config.api_listen),
+            format!("cannot listen on api {}: {e}", config.api.listen),
         )
     })?;
     let api_addr = api_listener.local_addr()?;
@@ -125,9 +125,9 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
         tls = ?running.tls,
         api = %api_addr,
         relay_ips = ?running.relay_ips,
-        relay_ports = ?config.port_range,
-        realm = %config.realm,
-        workers = config.workers,
+        relay_ports = ?config.relay.port_range(),
+        realm = %config.server.realm,
+        workers = config.server.workers.get(),
         "turnpike serving"
     );
     let ready = serde_json::json!({
@@ -150,7 +150,7 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
         notify(&[NotifyState::Reloading]);
         // Whatever the new config says: logrotate sends SIGHUP after renaming the file.
         running.reopen_usage_file();
-        match Config::load(args.config.as_deref(), args) {
+        match Config::load(args.config.as_deref(), &args.overrides) {
             Ok(mut fresh) => {
                 ensure_secret(&mut fresh, generated.as_ref());
                 for warning in fresh.warnings() {
@@ -185,7 +185,7 @@ fn run(args: &RunArgs, mut config: Config) -> std::io::Result<()> {
 /// With neither a secret nor a static user configured, generates a secret (or reuses the one
 /// generated at startup, so a reload does not invalidate credentials) and warns.
 fn ensure_secret(config: &mut Config, generated: Option<&Secret>) -> Option<Secret> {
-    if !config.secrets.is_empty() || !config.static_users.is_empty() {
+    if !config.auth.secrets.is_empty() || !config.auth.users.is_empty() {
         return None;
     }
     let secret = generated.cloned().unwrap_or_else(|| {
@@ -196,7 +196,7 @@ fn ensure_secret(config: &mut Config, generated: Option<&Secret>) -> Option<Secr
         );
         secret
     });
-    config.secrets.push(secret.clone());
+    config.auth.secrets.push(secret.clone());
     Some(secret)
 }
 

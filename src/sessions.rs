@@ -408,6 +408,7 @@ impl Control {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .config
+            .server
             .realm
             .clone();
         let mut found: Vec<(SessionId, SessionInfo)> = answers
@@ -463,8 +464,8 @@ impl Control {
             let until = store.add(
                 username,
                 until,
-                config.separator,
-                config.credential_ttl.as_secs(),
+                config.auth.separator,
+                config.auth.credential_ttl_secs.get().as_secs(),
                 unix_now,
             )?;
             (until, store.snapshot())

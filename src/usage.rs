@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::UsageConfig;
+use crate::config;
 use crate::proto::allocation::Usage;
 use crate::proto::{EndReason, Event};
 use crate::telemetry::Telemetry;
@@ -225,12 +225,12 @@ impl UsageSinks {
     }
 
     /// Opens the file and starts a thread per configured sink. The error names the key.
-    pub fn start(config: &UsageConfig, telemetry: Arc<Telemetry>) -> io::Result<UsageSinks> {
+    pub fn start(config: &config::Usage, telemetry: Arc<Telemetry>) -> io::Result<UsageSinks> {
         let mut sinks = UsageSinks::none(telemetry.clone());
         let mut queues = Vec::new();
         let mut threads = Vec::new();
         let mut spawn = |sink: Sink, body: Box<dyn FnOnce(Receiver<Message>) + Send>| {
-            let (tx, rx) = sync_channel(config.queue_size);
+            let (tx, rx) = sync_channel(config.queue_size.get());
             let handle = std::thread::Builder::new()
                 .name(format!("turnpike-usage-{}", sink.as_str()))
                 .spawn(move || body(rx))?;
@@ -258,7 +258,7 @@ impl UsageSinks {
         }
         let mut flush_wait = LOCAL_FLUSH;
         if let Some(url) = &config.webhook_url {
-            let webhook = Webhook::new(url, config.webhook_timeout)
+            let webhook = Webhook::new(url, config.webhook_timeout_secs.get())
                 .map_err(|e| io::Error::other(format!("usage.webhook_url {url}: {e}")))?;
             let (closing, telemetry) = (sinks.closing.clone(), telemetry.clone());
             spawn(
@@ -266,7 +266,7 @@ impl UsageSinks {
                 Box::new(move |rx| webhook.run(rx, &closing, &telemetry)),
             )?;
             // The webhook gets one request's time to take what is left.
-            flush_wait = flush_wait.max(config.webhook_timeout + Duration::from_secs(1));
+            flush_wait = flush_wait.max(config.webhook_timeout_secs.get() + Duration::from_secs(1));
         }
         sinks.queues = RwLock::new(Some(queues));
         sinks.threads = Mutex::new(threads);

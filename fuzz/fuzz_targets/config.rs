@@ -12,15 +12,13 @@ use turnpike::proto::auth::NonceKey;
 /// compare everything else.
 fn redacted(mut config: Config) -> Config {
     let r = |_: &Secret| Secret::new("<redacted>");
-    config.secrets = config.secrets.iter().map(r).collect();
-    config.secrets.dedup();
-    config.api_tokens = config.api_tokens.iter().map(r).collect();
-    config.api_tokens.dedup();
-    config.static_users = config
-        .static_users
-        .iter()
-        .map(|(name, s)| (name.clone(), r(s)))
-        .collect();
+    config.auth.secrets = config.auth.secrets.iter().map(r).collect();
+    config.auth.secrets.dedup();
+    config.api.tokens = config.api.tokens.iter().map(r).collect();
+    config.api.tokens.dedup();
+    for password in config.auth.users.values_mut() {
+        *password = r(password);
+    }
     config
 }
 
@@ -32,8 +30,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = config.warnings();
-    let relay_ips: Vec<_> = config.listen.iter().map(|a| a.ip()).collect();
-    let _ = turnpike::server_config(&config, &config.listen, &relay_ips, &NonceKey::new([0; 32]));
+    let listen = &config.server.listen;
+    let relay_ips: Vec<_> = listen.iter().map(|a| a.ip()).collect();
+    let _ = turnpike::server_config(&config, listen, &relay_ips, &NonceKey::new([0; 32]));
     let rendered = config.render_effective();
     let again = Config::from_toml_str(&rendered, "rendered")
         .unwrap_or_else(|e| panic!("effective config does not parse back: {e}\n{rendered}"));

@@ -87,26 +87,31 @@ fn issue(ctx: &ApiContext, params: &Params) -> Result<Credential, ApiError> {
     let user = params
         .get("username")?
         .ok_or_else(|| ApiError::bad_request("missing parameter `username`"))?;
-    check_username(user, config.separator)?;
+    check_username(user, config.auth.separator)?;
     let ttl = match params.get("ttl")? {
-        None => config.credential_ttl.as_secs(),
+        None => config.auth.credential_ttl_secs.get().as_secs(),
         Some(ttl) => ttl.parse::<u64>().ok().filter(|&t| t > 0).ok_or_else(|| {
             ApiError::bad_request("parameter `ttl` must be a positive integer (seconds)")
         })?,
     }
-    .min(config.api_max_ttl.as_secs());
-    let secret = config.secrets.first().ok_or_else(|| {
+    .min(config.api.max_ttl_secs.get().as_secs());
+    let secret = config.auth.secrets.first().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no auth secret configured (auth.secrets)",
         )
     })?;
-    let (username, password) =
-        mint_rest_credential(secret.expose(), user, config.separator, unix_now(), ttl);
-    let uris = if config.api_uris.is_empty() {
+    let (username, password) = mint_rest_credential(
+        secret.expose(),
+        user,
+        config.auth.separator,
+        unix_now(),
+        ttl,
+    );
+    let uris = if config.api.uris.is_empty() {
         default_uris(&config, &ctx.udp, &ctx.tls, &ctx.relay_ips)
     } else {
-        config.api_uris.clone()
+        config.api.uris.clone()
     };
     Ok(Credential {
         username,
@@ -151,13 +156,14 @@ pub fn default_uris(
 ) -> Vec<String> {
     let mapped = relay_ips.first().and_then(|relay| {
         config
+            .relay
             .external_ip_map
             .iter()
             .find(|(private, _)| private == relay)
             .map(|&(_, public)| public)
     });
     let host = mapped
-        .or(config.external_ip)
+        .or(config.relay.external_ip)
         .or_else(|| relay_ips.first().copied())
         .or_else(|| udp.first().map(SocketAddr::ip));
     let Some(host) = host else {

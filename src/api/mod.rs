@@ -115,7 +115,7 @@ fn app(ctx: Arc<ApiContext>, loopback: bool) -> Router {
 }
 
 fn app_with(ctx: Arc<ApiContext>, loopback: bool, limits: signal::Limits) -> Router {
-    let request_timeout = ctx.config().api_request_timeout;
+    let request_timeout = ctx.config().api.request_timeout_secs.get();
     let rooms = Arc::new(signal::Rooms::new(limits));
     let state = AppState {
         ctx,
@@ -227,7 +227,7 @@ fn check_token(config: &Config, loopback: bool, headers: &HeaderMap) -> Result<(
 
 /// [`check_token`] for a token from anywhere (a header, or `?token=` for WebSockets).
 fn check_token_value(config: &Config, loopback: bool, given: Option<&str>) -> Result<(), ApiError> {
-    if config.api_tokens.is_empty() {
+    if config.api.tokens.is_empty() {
         return if loopback {
             Ok(())
         } else {
@@ -247,7 +247,8 @@ fn check_token_value(config: &Config, loopback: bool, given: Option<&str>) -> Re
     // token is compared so the time does not tell which one matched.
     let given = Sha256::digest(given.as_bytes());
     let matched = config
-        .api_tokens
+        .api
+        .tokens
         .iter()
         .fold(subtle::Choice::from(0), |found, token| {
             found | Sha256::digest(token.expose().as_bytes()).ct_eq(&given)
@@ -278,7 +279,8 @@ async fn cors(State(state): State<AppState>, request: Request, next: Next) -> Re
         state
             .ctx
             .config()
-            .api_cors_origins
+            .api
+            .cors_origins
             .iter()
             .any(|allowed| allowed.eq_ignore_ascii_case(origin))
     });

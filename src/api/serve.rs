@@ -59,9 +59,9 @@ pub(crate) struct Bounds {
 impl Bounds {
     pub(crate) fn from_config(config: &Config) -> Self {
         Bounds {
-            request_timeout: config.api_request_timeout,
-            max_connections: config.api_max_connections,
-            max_per_source: config.api_max_connections_per_source,
+            request_timeout: config.api.request_timeout_secs.get(),
+            max_connections: config.api.max_connections.get(),
+            max_per_source: config.api.max_connections_per_source.get(),
         }
     }
 }

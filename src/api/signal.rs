@@ -234,7 +234,7 @@ impl Drop for Reservation {
 
 /// 404 unless the test page is enabled.
 fn enabled(state: &AppState) -> Result<(), ApiError> {
-    if state.ctx.config().api_test_page {
+    if state.ctx.config().api.test_page {
         Ok(())
     } else {
         Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint"))

@@ -39,7 +39,7 @@ pub(super) async fn call_script(State(state): State<AppState>) -> Response {
 }
 
 fn asset(state: &AppState, body: &'static str, content_type: &'static str) -> Response {
-    if !state.ctx.config().api_test_page {
+    if !state.ctx.config().api.test_page {
         return ApiError::new(StatusCode::NOT_FOUND, "no such endpoint").into_response();
     }
     let mut response = body.into_response();
@@ -72,10 +72,8 @@ mod tests {
     fn get_all(enabled: bool, paths: &[&str]) -> Vec<(u16, String, String)> {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let config = Config {
-            api_test_page: enabled,
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.api.test_page = enabled;
         let ctx = Arc::new(ApiContext {
             config: RwLock::new(Arc::new(config)),
             telemetry: Arc::new(Telemetry::new(1)),

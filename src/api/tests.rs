@@ -29,10 +29,9 @@ impl Drop for Api {
 }
 
 fn test_config() -> Config {
-    Config {
-        secrets: vec![Secret::from(SECRET), Secret::from("older")],
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.auth.secrets = vec![Secret::from(SECRET), Secret::from("older")];
+    config
 }
 
 fn start(config: Config) -> Api {
@@ -184,15 +183,14 @@ fn bad_parameters_are_400_naming_the_parameter() {
 
 #[test]
 fn ice_servers_drop_into_rtc_peer_connection() {
-    let api = start(Config {
-        api_uris: vec![
-            "stun:turn.example.com".into(),
-            "turn:turn.example.com?transport=udp".into(),
-            "turns:turn.example.com:443?transport=tcp".into(),
-            "STUN:upper.example.com".into(),
-        ],
-        ..test_config()
-    });
+    let mut config = test_config();
+    config.api.uris = vec![
+        "stun:turn.example.com".into(),
+        "turn:turn.example.com?transport=udp".into(),
+        "turns:turn.example.com:443?transport=tcp".into(),
+        "STUN:upper.example.com".into(),
+    ];
+    let api = start(config);
     let body = get(&api, "/api/v1/ice?username=carol&ttl=600").json();
     assert_eq!(body["ttl"], 600);
     let servers = body["iceServers"].as_array().unwrap();
@@ -226,10 +224,8 @@ fn default_uris_prefer_external_then_relay_then_listen() {
         "127.0.0.1:40123".parse().unwrap(),
         "[::]:5349".parse().unwrap(),
     ];
-    let mut config = Config {
-        external_ip: Some("2001:db8::5".parse().unwrap()),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.relay.external_ip = Some("2001:db8::5".parse().unwrap());
     let relay = ["203.0.113.9".parse().unwrap()];
     assert_eq!(
         default_uris(&config, &udp, &tls, &relay),
@@ -242,7 +238,7 @@ fn default_uris_prefer_external_then_relay_then_listen() {
         ]
     );
     // A mapping for the first relay IP wins over the catch-all external IP.
-    config.external_ip_map = vec![
+    config.relay.external_ip_map = vec![
         (
             "192.0.2.1".parse().unwrap(),
             "198.51.100.1".parse().unwrap(),
@@ -256,8 +252,8 @@ fn default_uris_prefer_external_then_relay_then_listen() {
         default_uris(&config, &udp, &[], &relay)[0],
         "stun:198.51.100.9:3478"
     );
-    config.external_ip_map.clear();
-    config.external_ip = None;
+    config.relay.external_ip_map.clear();
+    config.relay.external_ip = None;
     assert_eq!(
         default_uris(&config, &udp, &[], &relay)[0],
         "stun:203.0.113.9:3478"
@@ -272,10 +268,9 @@ fn default_uris_prefer_external_then_relay_then_listen() {
 
 #[test]
 fn tokens_are_required_once_configured_and_reload() {
-    let api = start(Config {
-        api_tokens: vec![Secret::from("tok-1"), Secret::from("tok-2")],
-        ..test_config()
-    });
+    let mut config = test_config();
+    config.api.tokens = vec![Secret::from("tok-1"), Secret::from("tok-2")];
+    let api = start(config);
     let path = "/api/v1/credentials?username=a";
     let reply = get(&api, path);
     assert_eq!(reply.status, 401, "{reply:?}");
@@ -304,10 +299,9 @@ fn tokens_are_required_once_configured_and_reload() {
     );
 
     // A reload replaces the tokens.
-    *api.ctx.config.write().unwrap() = Arc::new(Config {
-        api_tokens: vec![Secret::from("tok-new")],
-        ..test_config()
-    });
+    let mut config = test_config();
+    config.api.tokens = vec![Secret::from("tok-new")];
+    *api.ctx.config.write().unwrap() = Arc::new(config);
     let reply = request(api.addr, "GET", path, &[("Authorization", "Bearer tok-1")]);
     assert_eq!(reply.status, 403);
     let reply = request(
@@ -330,7 +324,7 @@ fn beyond_loopback_tokens_are_mandatory() {
         e.reason,
         "api.tokens must be set when api.listen is not loopback"
     );
-    config.api_tokens = vec![Secret::from("t")];
+    config.api.tokens = vec![Secret::from("t")];
     let e = check_token(&config, false, &headers).unwrap_err();
     assert_eq!(e.status, StatusCode::UNAUTHORIZED);
     let mut headers = HeaderMap::new();
@@ -369,10 +363,7 @@ fn listener_beyond_loopback_without_tokens_refuses() {
 
 #[test]
 fn no_secret_is_503() {
-    let api = start(Config {
-        secrets: Vec::new(),
-        ..Config::default()
-    });
+    let api = start(Config::default());
     let reply = get(&api, "/api/v1/credentials?username=a");
     assert_eq!(reply.status, 503, "{reply:?}");
     assert!(reply.error().contains("auth.secrets"));
@@ -380,11 +371,10 @@ fn no_secret_is_503() {
 
 #[test]
 fn cors_allow_list() {
-    let api = start(Config {
-        api_cors_origins: vec!["https://app.example.com".into()],
-        api_tokens: vec![Secret::from("tok")],
-        ..test_config()
-    });
+    let mut config = test_config();
+    config.api.cors_origins = vec!["https://app.example.com".into()];
+    config.api.tokens = vec![Secret::from("tok")];
+    let api = start(config);
     let preflight = |origin: &str| {
         request(
             api.addr,

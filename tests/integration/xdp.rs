@@ -5,7 +5,7 @@
 //! ```text
 //!   P-c eth0 203.0.113.10 ──┐
 //!   P-p eth0 203.0.113.20 ──┼── bridge br0 in P-b
-//!   P-s eth0 203.0.113.1  ──┘   (turnpike --xdp eth0)
+//!   P-s eth0 203.0.113.1  ──┘   (turnpike --xdp-interface eth0)
 //! ```
 //!
 //! The test process makes its sockets inside the namespaces (a thread enters one with
@@ -447,7 +447,7 @@ fn wait_for_metrics(lab: &Lab, what: &str, ok: impl Fn(&str) -> bool) -> String 
 #[test]
 fn channel_data_round_trip_takes_the_kernel_path_with_valid_checksums() {
     let Some(mut lab) = Lab::new() else { return };
-    lab.start_server(&["--xdp", "eth0", "--xdp-mode", "generic"]);
+    lab.start_server(&["--xdp-interface", "eth0", "--xdp-mode", "generic"]);
     assert!(
         lab.log().contains("relayed in the kernel"),
         "the program did not attach:\n{}",
@@ -520,7 +520,7 @@ fn channel_data_round_trip_takes_the_kernel_path_with_valid_checksums() {
 #[test]
 fn forwarding_stops_when_the_allocation_is_deleted() {
     let Some(mut lab) = Lab::new() else { return };
-    lab.start_server(&["--xdp", "eth0", "--xdp-mode", "generic"]);
+    lab.start_server(&["--xdp-interface", "eth0", "--xdp-mode", "generic"]);
     let mut client = lab.client();
     let peer = lab.peer();
     let relayed = client.allocate().expect_success("Allocate").relayed();
@@ -556,7 +556,7 @@ fn forwarding_stops_when_the_allocation_is_deleted() {
 /// userspace as without the option. Runs on loopback, no root needed.
 #[test]
 fn without_the_interface_one_line_says_why_and_userspace_relays() {
-    let server = Server::start(&["--xdp", "tpnoiface0"]);
+    let server = Server::start(&["--xdp-interface", "tpnoiface0"]);
     let mut client = UdpTurn::rest(&server, "fallback");
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.allocate().expect_success("Allocate");

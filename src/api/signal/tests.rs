@@ -66,17 +66,15 @@ fn serve(config: Config, limits: Limits) -> Server {
 use std::future::IntoFuture;
 
 fn enabled() -> Config {
-    Config {
-        api_test_page: true,
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.api.test_page = true;
+    config
 }
 
 fn with_token(token: &str) -> Config {
-    Config {
-        api_tokens: vec![Secret::new(token.to_owned())],
-        ..enabled()
-    }
+    let mut config = enabled();
+    config.api.tokens = vec![Secret::new(token.to_owned())];
+    config
 }
 
 /// `(status, body)` of a plain HTTP/1.0 request.
@@ -248,9 +246,10 @@ fn oversize_binary_unknown_and_flooding_messages_close_the_socket() {
 fn unknown_rooms_disabled_page_and_tokens() {
     // Disabled page: every endpoint of the call is 404, even with a valid token.
     let server = serve(
-        Config {
-            api_test_page: false,
-            ..with_token("tok")
+        {
+            let mut config = with_token("tok");
+            config.api.test_page = false;
+            config
         },
         Limits::default(),
     );
