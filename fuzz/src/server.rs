@@ -479,18 +479,16 @@ impl Harness {
         } else {
             vec![]
         };
+        let credentials = Credentials {
+            secrets: vec![Password(SECRET.into()), Password(OLD_SECRET.into())],
+            separator: ':',
+            static_users: vec![
+                ("alice".into(), Password("wonderland".into())),
+                ("bob".into(), Password("builder".into())),
+            ],
+        };
         let config = Arc::new(ServerConfig {
-            realm: REALM.into(),
             software: (!setup.no_software).then(|| "turnpike".into()),
-            credentials: Credentials {
-                secrets: vec![Password(SECRET.into()), Password(OLD_SECRET.into())],
-                separator: ':',
-                static_users: vec![
-                    ("alice".into(), Password("wonderland".into())),
-                    ("bob".into(), Password("builder".into())),
-                ],
-            },
-            nonce_key: NonceKey::new(NONCE_KEY),
             nonce_lifetime: Duration::from_secs(NONCE_LIFETIME),
             default_lifetime: Duration::from_secs(DEFAULT_LIFETIME),
             max_lifetime: Duration::from_secs(MAX_LIFETIME),
@@ -515,9 +513,8 @@ impl Harness {
             } else {
                 vec![]
             },
-            draining: false,
-            relay_ipv4: true,
             relay_ipv6: setup.relay_ipv6,
+            ..ServerConfig::new(REALM, credentials, NonceKey::new(NONCE_KEY))
         });
         let quotas = Arc::new(Quotas::new(max_total, max_per_user));
         let now = Instant::now();

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use stun_types::attribute::{Nonce, Realm, Username};
 use stun_types::message::{
@@ -13,7 +13,6 @@ use stun_types::message::{
 use turn_types::attribute::{ChannelNumber, RequestedTransport, XorPeerAddress};
 use turn_types::message::{ALLOCATE, CHANNEL_BIND};
 use turnpike::proto::auth::{rest_password, Credentials, NonceKey, Password};
-use turnpike::proto::peer_filter::PeerFilter;
 use turnpike::proto::{ClientAction, FiveTuple, Quotas, Server, ServerConfig, Transport};
 
 pub const SECRET: &str = "secret";
@@ -32,28 +31,15 @@ pub struct Fixture {
 }
 
 fn server() -> Server {
+    let credentials = Credentials {
+        secrets: vec![Password(SECRET.into())],
+        separator: ':',
+        static_users: vec![],
+    };
     let config = ServerConfig {
-        realm: REALM.into(),
-        software: None,
-        credentials: Credentials {
-            secrets: vec![Password(SECRET.into())],
-            separator: ':',
-            static_users: vec![],
-        },
-        nonce_key: NonceKey::new(NONCE_KEY),
-        nonce_lifetime: Duration::from_secs(600),
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
         max_permissions_per_allocation: 8,
         max_channels_per_allocation: 8,
-        bandwidth_per_allocation: None,
-        peer_filter: PeerFilter::new(vec![], vec![]),
-        own_addresses: vec![],
-        external_ips: vec![],
-        alternate_servers: vec![],
-        draining: false,
-        relay_ipv4: true,
-        relay_ipv6: false,
+        ..ServerConfig::new(REALM, credentials, NonceKey::new(NONCE_KEY))
     };
     Server::new(Arc::new(config), Arc::new(Quotas::new(10, 10)), [7; 32])
 }
