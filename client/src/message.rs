@@ -79,9 +79,15 @@ impl Request {
         self.add(&RawAttribute::new(atype.into(), value))
     }
 
-    /// The `stun-types` writer underneath, for callers that add attributes themselves.
-    pub fn writer(&mut self) -> &mut MessageWriteVec {
-        &mut self.msg
+    /// Lets `attrs` add attributes with the `stun-types` writer underneath, given this
+    /// message's transaction id (which XOR-encoded addresses need).
+    pub fn with_writer(
+        &mut self,
+        attrs: impl FnOnce(&mut MessageWriteVec, TransactionId),
+    ) -> &mut Self {
+        let transaction = self.transaction_id();
+        attrs(&mut self.msg, transaction);
+        self
     }
 
     /// REQUESTED-TRANSPORT (RFC 8656 §18.7): the protocol number, 17 for UDP.
