@@ -26,6 +26,10 @@ use turnpike_proto::wire::{
 use crate::message::{self, Credentials, Request, Signer};
 use crate::response::{Incoming, Response};
 
+/// The longest any timer of the client runs (a caller's timeout or a doubled RTO beyond it
+/// is cut to this), so no deadline overflows `Instant`.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 /// How the client reaches the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -63,7 +67,7 @@ pub struct Config {
     pub max_transmits: u32,
     /// How long a request may wait for its answer, from its first transmission (Ti =
     /// 39.5 s; over UDP, with the defaults, this is also when the last wait of 16 × RTO
-    /// ends).
+    /// ends). At most a day.
     pub timeout: Duration,
     /// 438 Stale Nonce answers one transaction retries with the fresh nonce; the next one
     /// ends it ([`Error::StaleNonce`]).
@@ -343,7 +347,7 @@ impl Client {
             signed: false,
             stale_nonces: 0,
             transmits: 0,
-            rto: self.config.rto,
+            rto: Duration::ZERO,
             retransmit_at: None,
             deadline: now,
         });
@@ -420,7 +424,7 @@ impl Client {
                     continue;
                 }
                 tx.transmits += 1;
-                tx.rto = tx.rto.saturating_mul(2);
+                tx.rto = tx.rto.saturating_mul(2).min(MAX_WAIT);
                 tx.retransmit_at = Some(now + tx.rto);
                 self.output.push_back(Output::Transmit(tx.request.clone()));
             }
@@ -483,9 +487,9 @@ impl Client {
         tx.request = request.finish(signer);
         tx.signed = signer.is_some();
         tx.transmits = 1;
-        tx.rto = self.config.rto;
+        tx.rto = self.config.rto.min(MAX_WAIT);
         tx.retransmit_at = (self.config.transport == Transport::Udp).then(|| now + tx.rto);
-        tx.deadline = now + self.config.timeout;
+        tx.deadline = now + self.config.timeout.min(MAX_WAIT);
         self.output.push_back(Output::Transmit(tx.request.clone()));
     }
 

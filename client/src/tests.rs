@@ -732,3 +732,25 @@ fn rest_credentials_come_from_the_servers_minter() {
     let signer = credentials.signer(REALM, "n");
     assert!(!format!("{signer:?}").contains(&credentials.password));
 }
+
+#[test]
+fn huge_timeouts_are_cut_to_a_day_instead_of_overflowing() {
+    let mut config = Config::new(Transport::Udp, None);
+    config.timeout = Duration::MAX;
+    config.rto = Duration::MAX;
+    config.max_transmits = u32::MAX;
+    let mut client = Client::new(config, [1; 32]);
+    let t0 = start();
+    client.binding(t0);
+    assert!(matches!(client.poll_output(), Some(Output::Transmit(_))));
+    let day = Duration::from_secs(24 * 3600);
+    assert_eq!(client.poll_timeout(), Some(t0 + day));
+    client.handle_timeout(t0 + day);
+    assert!(matches!(
+        client.poll_output(),
+        Some(Output::Event(Event::Failed {
+            error: Error::Timeout,
+            ..
+        }))
+    ));
+}
