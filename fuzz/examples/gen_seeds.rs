@@ -5,7 +5,8 @@
 //! regenerating shows no diff unless the generator or the protocol changed.
 //!
 //! * `stun_codec`: RFC 5769 §2.1–2.4 and RFC 8489 App. B.1, and every request, indication
-//!   and response a TURN client and server exchange, built with the `stun-types` builders.
+//!   and response a TURN client and server exchange, built with turnpike-client's
+//!   `Request` and the core's `wire::Response`.
 //! * `server`: `arbitrary` inputs found by a seeded random search (zero-biased, so most
 //!   choices are the valid variant 0) that reach allocations, permissions, channels,
 //!   relaying both ways, refreshes and expiry; the search keeps the smallest input for
