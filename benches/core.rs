@@ -5,7 +5,6 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use turn_types::attribute::Lifetime;
 use turn_types::message::REFRESH;
 use turnpike::proto::wire::parse_stun;
 use turnpike::proto::{ClientAction, PeerAction};
@@ -16,9 +15,8 @@ mod fixture;
 
 fn core(c: &mut Criterion) {
     let mut f = fixture::with_channel();
-    let refresh = fixture::signed(REFRESH, &f.nonce, |m| {
-        use stun_types::message::MessageWriteExt;
-        let _ = m.add_attribute(&Lifetime::new(600));
+    let refresh = fixture::signed(REFRESH, &f.nonce, |r| {
+        r.lifetime(600);
     });
 
     c.bench_function("parse_stun (signed Refresh)", |b| {

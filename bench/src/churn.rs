@@ -10,11 +10,14 @@
 //! (6 tries from 250 ms, doubling) and 401/438 retries per transaction.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 
 use serde_json::json;
+use turnpike_client::wire::{
+    self, ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, PROTOCOL_UDP, REFRESH,
+};
+use turnpike_client::{Credentials, Request, Response, Signer, TransactionId};
 
-use crate::stun::{self, Builder};
 use crate::sys::{self, Epoll};
 
 const RTO_NS: u64 = 250_000_000;
@@ -55,7 +58,7 @@ struct Slot {
     step: Step,
     /// When to act next: start (Idle), retransmit (transactions), refresh/delete (Live).
     at: u64,
-    tid: [u8; 12],
+    tid: TransactionId,
     req: Vec<u8>,
     tries: u32,
     auth_retries: u32,
@@ -83,7 +86,8 @@ struct Counts {
 
 struct Shared {
     realm: Option<String>,
-    nonce: Vec<u8>,
+    /// Empty until the first challenge.
+    nonce: String,
     peer: SocketAddrV4,
     server: SocketAddrV4,
     secret: String,
@@ -100,33 +104,28 @@ fn rand_between(lo: u64, hi: u64) -> u64 {
 
 impl Slot {
     fn build(&mut self, sh: &Shared) {
-        let tid: [u8; 12] = rand::random();
-        self.tid = tid;
-        let peer = sh.peer;
-        let b = match self.step {
-            Step::Allocate => Builder::new(stun::ALLOCATE, &tid).requested_transport_udp(),
-            Step::Permission => Builder::new(stun::CREATE_PERMISSION, &tid).xor_peer(peer),
-            Step::Bind => Builder::new(stun::CHANNEL_BIND, &tid)
-                .channel(CHANNEL)
-                .xor_peer(peer),
-            Step::Refresh => Builder::new(stun::REFRESH, &tid).lifetime(600),
-            Step::Delete => Builder::new(stun::REFRESH, &tid).lifetime(0),
+        self.tid = TransactionId::from(rand::random::<u128>());
+        let peer = SocketAddr::V4(sh.peer);
+        let mut request = match self.step {
+            Step::Allocate => Request::new(ALLOCATE, self.tid),
+            Step::Permission => Request::new(CREATE_PERMISSION, self.tid),
+            Step::Bind => Request::new(CHANNEL_BIND, self.tid),
+            Step::Refresh | Step::Delete => Request::new(REFRESH, self.tid),
             Step::Idle | Step::Live => return,
         };
-        let key = sh
+        match self.step {
+            Step::Allocate => request.requested_transport(PROTOCOL_UDP),
+            Step::Permission => request.peer(peer),
+            Step::Bind => request.channel(CHANNEL).peer(peer),
+            Step::Refresh => request.lifetime(600),
+            _ => request.lifetime(0),
+        };
+        let signer = sh
             .realm
             .as_ref()
-            .map(|r| (r, stun::long_term_key(&self.username, r, &self.password)));
-        let auth = match &key {
-            Some((realm, key)) if !sh.nonce.is_empty() => Some((
-                self.username.as_str(),
-                realm.as_str(),
-                sh.nonce.as_slice(),
-                key,
-            )),
-            _ => None,
-        };
-        self.req = b.auth(auth).finish();
+            .filter(|_| !sh.nonce.is_empty())
+            .map(|realm| Signer::new(&self.username, &self.password, realm, &sh.nonce));
+        self.req = request.finish(signer.as_ref());
     }
 
     fn transmit(&mut self, now: u64) {
@@ -173,7 +172,7 @@ fn run_inner(a: &ChurnArgs) -> io::Result<()> {
     let peer = sys::udp_socket(lo)?;
     let mut sh = Shared {
         realm: None,
-        nonce: Vec::new(),
+        nonce: String::new(),
         peer: sys::local_v4(&peer)?,
         server: a.server,
         secret: a.secret.clone(),
@@ -192,7 +191,7 @@ fn run_inner(a: &ChurnArgs) -> io::Result<()> {
             sock: None,
             step: Step::Idle,
             at: start + ramp * i as u64 / a.allocations as u64,
-            tid: [0; 12],
+            tid: TransactionId::from(0),
             req: Vec::new(),
             tries: 0,
             auth_retries: 0,
@@ -268,13 +267,11 @@ fn run_inner(a: &ChurnArgs) -> io::Result<()> {
                     sock.connect(sh.server)?;
                     ep.add(sys::fd(&sock), s.index as u64)?;
                     s.sock = Some(sock);
-                    let (u, p) = stun::rest_credential(
-                        &sh.secret,
-                        &format!("{}-{}", sh.user, s.index),
-                        3600,
-                    );
-                    s.username = u;
-                    s.password = p;
+                    let user = format!("{}-{}", sh.user, s.index);
+                    let credential =
+                        Credentials::rest(&sh.secret, &user, ':', crate::unix_now(), 3600);
+                    s.username = credential.username;
+                    s.password = credential.password;
                     s.refreshed = false;
                     s.sent = 0;
                     c.cycles += 1;
@@ -288,10 +285,7 @@ fn run_inner(a: &ChurnArgs) -> io::Result<()> {
                     } else {
                         // A little relaying, spread over the first part of the life.
                         if s.sent < a.packets {
-                            let mut frame = Vec::with_capacity(4 + a.size);
-                            frame.extend_from_slice(&CHANNEL.to_be_bytes());
-                            frame.extend_from_slice(&(a.size as u16).to_be_bytes());
-                            frame.extend_from_slice(&payload);
+                            let frame = turnpike_client::channel_data(CHANNEL, &payload, false);
                             if let Some(sock) = &s.sock {
                                 if sock.send(&frame).is_ok() {
                                     c.sent += 1;
@@ -354,7 +348,7 @@ fn run_inner(a: &ChurnArgs) -> io::Result<()> {
                     Err(_) => continue,
                 };
                 let msg = &buf[..n];
-                if n >= 4 && msg[0] & 0xC0 == 0x40 {
+                if wire::classify(msg) == wire::Kind::ChannelData {
                     c.client_rx += 1;
                     continue;
                 }
@@ -393,23 +387,22 @@ fn run_inner(a: &ChurnArgs) -> io::Result<()> {
 }
 
 fn on_response(s: &mut Slot, msg: &[u8], sh: &mut Shared, c: &mut Counts, cycle_ns: u64, now: u64) {
-    let Some(r) = stun::parse_response(msg) else {
+    let Ok(r) = Response::parse(msg) else {
         return;
     };
-    if r.tid != s.tid || matches!(s.step, Step::Idle | Step::Live) {
+    if r.transaction_id() != s.tid || matches!(s.step, Step::Idle | Step::Live) {
         return;
     }
-    let class = r.typ & 0x0110;
-    if class == stun::ERROR {
-        let code = r.error.unwrap_or(0);
+    if r.is_error() {
+        let code = r.error_code().unwrap_or(0);
         if (code == 401 || code == 438) && s.auth_retries < MAX_AUTH_RETRIES {
             c.challenges += 1;
             s.auth_retries += 1;
-            if let Some(n) = r.nonce {
+            if let Some(n) = r.nonce() {
                 sh.nonce = n;
             }
             if sh.realm.is_none() {
-                sh.realm = r.realm;
+                sh.realm = r.realm();
             }
             s.tries = 0;
             s.build(sh);
@@ -435,7 +428,7 @@ fn on_response(s: &mut Slot, msg: &[u8], sh: &mut Shared, c: &mut Counts, cycle_
         }
         return;
     }
-    if class != stun::SUCCESS {
+    if !r.is_success() {
         return;
     }
     match s.step {

@@ -8,7 +8,8 @@
 use std::io;
 use std::net::{SocketAddrV4, UdpSocket};
 
-use crate::stun;
+use turnpike_client::Incoming;
+
 use crate::sys::{self, Epoll, Mmsg, TimerFd, BATCH};
 
 /// First bytes of every payload.
@@ -300,14 +301,14 @@ pub fn run_thread(plan: ThreadPlan) -> io::Result<Counts> {
                         }
                         for k in 0..n {
                             let m = &rx.bufs[k][..rx.lens[k]];
-                            let p = match plan.framing {
-                                Framing::Raw => Some(m),
-                                Framing::Channel
-                                    if m.len() >= 4 && (0x40..0x80).contains(&m[0]) =>
-                                {
-                                    Some(&m[4..])
+                            let p = match (plan.framing, Incoming::parse(m)) {
+                                (Framing::Raw, _) => Some(m),
+                                (Framing::Channel, Incoming::ChannelData { payload, .. }) => {
+                                    Some(payload)
                                 }
-                                Framing::Indication => stun::data_indication_payload(m),
+                                (Framing::Indication, Incoming::Data { payload, .. }) => {
+                                    Some(payload)
+                                }
                                 _ => None,
                             };
                             if p.is_some_and(|p| record(&mut c.rtt, p, now)) {

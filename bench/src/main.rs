@@ -15,14 +15,17 @@ mod churn;
 mod forwarder;
 mod load;
 mod setup;
-mod stun;
 mod sys;
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
+use turnpike_client::{
+    channel_data_header, channel_data_padding, send_indication_prefix, Credentials, TransactionId,
+};
 
 /// Longest measurement or hold, seconds.
 const MAX_DURATION: f64 = 600.0;
@@ -224,6 +227,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Seconds since the Unix epoch, for the REST credentials' expiry.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn parse_range(s: &Option<String>) -> Result<Option<(u16, u16)>, String> {
     let Some(s) = s else { return Ok(None) };
     let (a, b) = s.split_once('-').ok_or("--client-ports wants LO-HI")?;
@@ -243,8 +253,9 @@ fn make_allocs(a: &LoadArgs, n: usize) -> Result<Vec<setup::Alloc>, String> {
         .enumerate()
         .map(|(i, s)| {
             s.connect(a.server).ok();
-            let (u, p) = stun::rest_credential(&a.secret, &format!("{}-{i}", a.user), a.ttl);
-            setup::Alloc::new(s, u, p, a.realm.clone())
+            let user = format!("{}-{i}", a.user);
+            let credential = Credentials::rest(&a.secret, &user, ':', unix_now(), a.ttl);
+            setup::Alloc::new(s, credential.username, credential.password, a.realm.clone())
         })
         .collect())
 }
@@ -422,22 +433,25 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
     let mut keep: Vec<setup::Alloc> = Vec::new();
     for (i, al) in allocs.into_iter().enumerate() {
         let t = i % threads;
-        let fr = match framing {
-            load::Framing::Channel => stun::channel_data_framing(al.channel, a.size),
+        // What goes in front of each payload, and the zero bytes after it. The Send
+        // indication's transaction id is rewritten per packet (IPv4 peers: the XOR does not
+        // depend on it).
+        let size = a.size as u16;
+        let (prefix, pad) = match framing {
+            load::Framing::Channel => (channel_data_header(al.channel, size).to_vec(), 0),
             load::Framing::Indication => {
-                stun::send_indication_framing(al.peer.expect("peer"), a.size)
+                let peer = SocketAddr::V4(al.peer.expect("peer"));
+                let prefix = send_indication_prefix(TransactionId::from(0), peer, size);
+                (prefix, channel_data_padding(a.size, true))
             }
-            load::Framing::Raw => stun::Framing {
-                prefix: Vec::new(),
-                pad: 0,
-            },
+            load::Framing::Raw => (Vec::new(), 0),
         };
         let sock = al.sock.try_clone().map_err(|e| e.to_string())?;
         plans[t].flows.push(load::Flow {
             sock,
             id: i as u32,
-            prefix: fr.prefix,
-            pad: fr.pad,
+            prefix,
+            pad,
             dest: a.server,
         });
         keep.push(al);

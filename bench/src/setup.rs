@@ -4,9 +4,11 @@
 //! flight, retransmission with backoff, everything bounded in time.
 
 use std::io;
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 
-use crate::stun::{self, Builder};
+use turnpike_client::wire::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, PROTOCOL_UDP, REFRESH};
+use turnpike_client::{Request, Response, Signer, TransactionId};
+
 use crate::sys::{self, Epoll};
 
 /// First retransmission timeout; doubles per retry.
@@ -29,11 +31,12 @@ pub struct Alloc {
     pub sock: UdpSocket,
     pub username: String,
     password: String,
+    /// `--realm`, else the one the first challenge names.
     realm: Option<String>,
-    nonce: Vec<u8>,
-    key: Option<[u8; 16]>,
+    /// The realm, nonce and key once a challenge (or another allocation) supplied them.
+    signer: Option<Signer>,
     step: Step,
-    tid: [u8; 12],
+    tid: TransactionId,
     req: Vec<u8>,
     deadline: u64,
     tries: u32,
@@ -51,10 +54,9 @@ impl Alloc {
             username,
             password,
             realm,
-            nonce: Vec::new(),
-            key: None,
+            signer: None,
             step: Step::Done,
-            tid: [0; 12],
+            tid: TransactionId::from(0),
             req: Vec::new(),
             deadline: 0,
             tries: 0,
@@ -71,37 +73,32 @@ impl Alloc {
     }
 
     fn build(&mut self) {
-        let tid: [u8; 12] = rand::random();
-        self.tid = tid;
-        let b = match self.step {
-            Step::Allocate => Builder::new(stun::ALLOCATE, &tid).requested_transport_udp(),
-            Step::Permission => {
-                Builder::new(stun::CREATE_PERMISSION, &tid).xor_peer(self.peer.expect("peer"))
-            }
-            Step::Bind => Builder::new(stun::CHANNEL_BIND, &tid)
-                .channel(self.channel)
-                .xor_peer(self.peer.expect("peer")),
-            Step::Delete => Builder::new(stun::REFRESH, &tid).lifetime(0),
+        self.tid = TransactionId::from(rand::random::<u128>());
+        let peer = || SocketAddr::V4(self.peer.expect("peer"));
+        let mut request = match self.step {
+            Step::Allocate => Request::new(ALLOCATE, self.tid),
+            Step::Permission => Request::new(CREATE_PERMISSION, self.tid),
+            Step::Bind => Request::new(CHANNEL_BIND, self.tid),
+            Step::Delete => Request::new(REFRESH, self.tid),
             Step::Done | Step::Failed => return,
         };
-        let auth = match (&self.realm, &self.key) {
-            (Some(r), Some(k)) if !self.nonce.is_empty() => {
-                Some((self.username.as_str(), r.as_str(), self.nonce.as_slice(), k))
-            }
-            _ => None,
+        match self.step {
+            Step::Allocate => request.requested_transport(PROTOCOL_UDP),
+            Step::Permission => request.peer(peer()),
+            Step::Bind => request.channel(self.channel).peer(peer()),
+            _ => request.lifetime(0),
         };
-        self.req = b.auth(auth).finish();
+        self.req = request.finish(self.signer.as_ref());
     }
 
     /// Starts with a realm and nonce another allocation of this run was given, so the first
     /// Allocate is already authenticated. A server binds nonces to the client IP (turnpike)
     /// or answers 438 with a fresh one (coturn); either way no 401 per allocation, which a
     /// server's per-source challenge cap would otherwise throttle.
-    fn prime(&mut self, realm: &str, nonce: &[u8]) {
-        if self.nonce.is_empty() {
-            self.key = Some(stun::long_term_key(&self.username, realm, &self.password));
+    fn prime(&mut self, realm: &str, nonce: &str) {
+        if self.signer.is_none() {
+            self.signer = Some(Signer::new(&self.username, &self.password, realm, nonce));
             self.realm = Some(realm.to_owned());
-            self.nonce = nonce.to_vec();
         }
     }
 
@@ -127,33 +124,39 @@ impl Alloc {
     }
 
     fn on_datagram(&mut self, msg: &[u8], plan: &Plan, now: u64) {
-        let Some(r) = stun::parse_response(msg) else {
+        let Ok(r) = Response::parse(msg) else {
             return;
         };
-        if r.tid != self.tid || matches!(self.step, Step::Done | Step::Failed) {
+        if r.transaction_id() != self.tid || matches!(self.step, Step::Done | Step::Failed) {
             return;
         }
-        let method = r.typ & !0x0110;
-        if r.typ & 0x0110 == stun::SUCCESS {
-            if method == stun::ALLOCATE {
-                self.relayed = r.relayed;
+        if r.is_success() {
+            if r.method() == ALLOCATE {
+                self.relayed = match r.relayed() {
+                    Some(SocketAddr::V4(relayed)) => Some(relayed),
+                    _ => None,
+                };
             }
             if self.step == Step::Delete {
                 self.step = Step::Done;
             } else {
                 self.advance(plan);
             }
-        } else if r.typ & 0x0110 == stun::ERROR {
-            let code = r.error.unwrap_or(0);
+        } else if r.is_error() {
+            let code = r.error_code().unwrap_or(0);
             if (code == 401 || code == 438) && self.auth_retries < MAX_AUTH_RETRIES {
                 self.auth_retries += 1;
-                if let Some(n) = r.nonce {
-                    self.nonce = n;
-                }
-                if self.realm.is_none() || self.key.is_none() {
-                    let realm = self.realm.clone().or(r.realm).unwrap_or_default();
-                    self.key = Some(stun::long_term_key(&self.username, &realm, &self.password));
-                    self.realm = Some(realm);
+                if let Some(nonce) = r.nonce() {
+                    match &mut self.signer {
+                        Some(signer) => signer.set_nonce(&nonce),
+                        None => {
+                            let realm = self.realm.clone().or(r.realm()).unwrap_or_default();
+                            let signer =
+                                Signer::new(&self.username, &self.password, &realm, &nonce);
+                            self.signer = Some(signer);
+                            self.realm = Some(realm);
+                        }
+                    }
                 }
             } else if self.step == Step::Delete {
                 // 437 (already gone) and the like: nothing left to delete.
@@ -194,7 +197,7 @@ fn drive(allocs: &mut [Alloc], first: Step, plan: &Plan, window: usize) -> io::R
     let mut ready = Vec::new();
     let mut buf = [0u8; 2048];
     // The first realm and nonce any allocation learns, handed to the ones not started yet.
-    let mut shared: Option<(String, Vec<u8>)> = None;
+    let mut shared: Option<(String, String)> = None;
     loop {
         let now = sys::now_ns();
         while active.len() < window.max(1) {
@@ -226,8 +229,11 @@ fn drive(allocs: &mut [Alloc], first: Step, plan: &Plan, window: usize) -> io::R
             while let Ok(n) = a.sock.recv(&mut buf) {
                 a.on_datagram(&buf[..n], plan, now);
             }
-            if shared.is_none() && !a.nonce.is_empty() {
-                shared = a.realm.clone().map(|realm| (realm, a.nonce.clone()));
+            if shared.is_none() {
+                shared = a
+                    .signer
+                    .as_ref()
+                    .map(|s| (s.realm().to_owned(), s.nonce().to_owned()));
             }
         }
         for &i in &active {

@@ -1,7 +1,8 @@
-//! The TCP/TLS stream framer (`turnpike::net::stream`): a byte stream cut into arbitrary
-//! reads must yield exactly the frames (and the error, at the same place) that framing the
-//! whole stream at once yields, the framer must never hold more than one partial frame once
-//! drained, and every frame must be something the server can classify.
+//! The TCP/TLS stream framer (`turnpike::proto::stream`; the daemon's `net::stream`): a byte
+//! stream cut into arbitrary reads must yield exactly the frames (and the error, at the same
+//! place) that framing the whole stream at once yields, the framer must never hold more
+//! than one partial frame once drained, and every frame must be something the server can
+//! classify.
 //!
 //! Input: byte 0 = how to cut the stream (0: one read; else reads of 1..=4*b0 bytes from a
 //! PRNG seeded by byte 1), then the stream itself.

@@ -1,7 +1,8 @@
 //! Code shared by the fuzz targets and the seed generator (`examples/gen_seeds.rs`).
 //!
-//! * [`msg`]: STUN/TURN message builders on top of `stun-types`, the same way a client
-//!   writes them (long-term credentials, MESSAGE-INTEGRITY(-SHA256), FINGERPRINT).
+//! * [`msg`]: STUN/TURN message builders on turnpike-client's `Request` and `Signer`, the
+//!   way a client writes them (long-term credentials, MESSAGE-INTEGRITY(-SHA256),
+//!   FINGERPRINT).
 //! * [`server`]: the `server` target's whole harness: an `arbitrary`-decoded setup and
 //!   sequence of operations driven against one sans-IO `Server` on a virtual clock, with
 //!   a model of what the public API lets us observe and the invariants checked after every

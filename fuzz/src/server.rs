@@ -465,6 +465,7 @@ pub struct Depth {
 
 impl Harness {
     pub fn new(setup: Setup) -> Self {
+        msg::reset_transaction_ids();
         let pick = |n: u8, zero: usize, modulo: usize| {
             if n == 0 {
                 zero
@@ -479,18 +480,16 @@ impl Harness {
         } else {
             vec![]
         };
+        let credentials = Credentials {
+            secrets: vec![Password(SECRET.into()), Password(OLD_SECRET.into())],
+            separator: ':',
+            static_users: vec![
+                ("alice".into(), Password("wonderland".into())),
+                ("bob".into(), Password("builder".into())),
+            ],
+        };
         let config = Arc::new(ServerConfig {
-            realm: REALM.into(),
             software: (!setup.no_software).then(|| "turnpike".into()),
-            credentials: Credentials {
-                secrets: vec![Password(SECRET.into()), Password(OLD_SECRET.into())],
-                separator: ':',
-                static_users: vec![
-                    ("alice".into(), Password("wonderland".into())),
-                    ("bob".into(), Password("builder".into())),
-                ],
-            },
-            nonce_key: NonceKey::new(NONCE_KEY),
             nonce_lifetime: Duration::from_secs(NONCE_LIFETIME),
             default_lifetime: Duration::from_secs(DEFAULT_LIFETIME),
             max_lifetime: Duration::from_secs(MAX_LIFETIME),
@@ -515,9 +514,8 @@ impl Harness {
             } else {
                 vec![]
             },
-            draining: false,
-            relay_ipv4: true,
             relay_ipv6: setup.relay_ipv6,
+            ..ServerConfig::new(REALM, credentials, NonceKey::new(NONCE_KEY))
         });
         let quotas = Arc::new(Quotas::new(max_total, max_per_user));
         let now = Instant::now();
@@ -648,7 +646,7 @@ impl Harness {
         &self,
         method: Method,
         who: &Signed,
-        attrs: impl FnOnce(&mut stun_types::message::MessageWriteVec, TransactionId),
+        attrs: impl FnOnce(&mut msg::Request),
     ) -> (FiveTuple, Vec<u8>, Expect) {
         let tuple = self.client(who.client);
         let (username, password, realm, creds_valid) = self.credentials(&who.cred);
@@ -666,18 +664,14 @@ impl Harness {
         };
         let unsigned = matches!(who.extra, Extra::Unsigned);
         let extra = who.extra.clone();
-        let mut bytes = msg::request(method, (!unsigned).then_some(&auth), trailer, |m, tid| {
-            attrs(m, tid);
+        let mut bytes = msg::request(method, (!unsigned).then_some(&auth), trailer, |m| {
+            attrs(m);
             match &extra {
                 Extra::Attribute(t, value) => {
-                    let raw =
-                        stun_types::attribute::RawAttribute::new(AttributeType::new(*t), value);
-                    msg::add(m, &raw);
+                    m.raw(*t, value);
                 }
                 Extra::Software(s) => {
-                    if let Ok(software) = Software::new(s) {
-                        msg::add(m, &software);
-                    }
+                    m.software(s);
                 }
                 _ => {}
             }
@@ -746,14 +740,18 @@ impl Harness {
                 dont_fragment,
                 then,
             } => {
-                let (tuple, bytes, expect) = self.signed(ALLOCATE, who, |m, _| {
+                let (tuple, bytes, expect) = self.signed(ALLOCATE, who, |m| {
                     match transport {
-                        0 => msg::add(m, &RequestedTransport::new(PROTOCOL_UDP)),
+                        0 => {
+                            m.requested_transport(PROTOCOL_UDP);
+                        }
                         1 => {}
-                        p => msg::add(m, &RequestedTransport::new(*p)),
+                        p => {
+                            m.requested_transport(*p);
+                        }
                     }
                     if let Some(l) = lifetime {
-                        msg::add(m, &Lifetime::new(*l));
+                        m.lifetime(*l);
                     }
                     if let Some(v6) = family {
                         let family = if *v6 {
@@ -761,35 +759,34 @@ impl Harness {
                         } else {
                             AddressFamily::IPV4
                         };
-                        msg::add(m, &RequestedAddressFamily::new(family));
+                        m.requested_family(family);
                     }
                     if let Some(v6) = additional {
-                        // Raw, because `AdditionalAddressFamily::new` refuses IPv4 (a client
-                        // bug we want the server to see).
+                        // Either codepoint, and IPv4 too (a client bug we want the server to
+                        // see: 400).
                         let atype = if *draft {
                             wire::DRAFT_ADDITIONAL_ADDRESS_FAMILY
                         } else {
                             AdditionalAddressFamily::TYPE
                         };
-                        let value = [if *v6 { 2 } else { 1 }, 0, 0, 0];
-                        msg::add(m, &stun_types::attribute::RawAttribute::new(atype, &value));
+                        m.raw(atype.value(), &[if *v6 { 2 } else { 1 }, 0, 0, 0]);
                     }
                     if let Some(e) = even_port {
-                        msg::add(m, &EvenPort::new(*e));
+                        m.even_port(*e);
                     }
                     if let Some(t) = token {
-                        msg::add(m, &ReservationToken::new(*t));
+                        m.reservation_token(*t);
                     }
                     if *dont_fragment {
-                        msg::add(m, &DontFragment::new());
+                        m.dont_fragment();
                     }
                 });
                 self.client_datagram(tuple, &bytes, expect, Some(then));
             }
             Op::Refresh { who, lifetime } => {
-                let (tuple, bytes, expect) = self.signed(REFRESH, who, |m, _| {
+                let (tuple, bytes, expect) = self.signed(REFRESH, who, |m| {
                     if let Some(l) = lifetime {
-                        msg::add(m, &Lifetime::new(*l));
+                        m.lifetime(*l);
                     }
                 });
                 self.client_datagram(tuple, &bytes, expect, None);
@@ -799,9 +796,9 @@ impl Harness {
                     .chain(more.iter().take(10))
                     .map(|p| self.peer(*p))
                     .collect();
-                let (tuple, bytes, expect) = self.signed(CREATE_PERMISSION, who, |m, tid| {
+                let (tuple, bytes, expect) = self.signed(CREATE_PERMISSION, who, |m| {
                     for peer in &peers {
-                        msg::add(m, &XorPeerAddress::new(*peer, tid));
+                        m.peer(*peer);
                     }
                 });
                 self.client_datagram(tuple, &bytes, expect, None);
@@ -809,9 +806,8 @@ impl Harness {
             Op::ChannelBind { who, channel, peer } => {
                 let peer = self.peer(*peer);
                 let number = channel.number();
-                let (tuple, bytes, expect) = self.signed(CHANNEL_BIND, who, |m, tid| {
-                    msg::add(m, &ChannelNumber::new(number));
-                    msg::add(m, &XorPeerAddress::new(peer, tid));
+                let (tuple, bytes, expect) = self.signed(CHANNEL_BIND, who, |m| {
+                    m.channel(number).peer(peer);
                 });
                 self.client_datagram(tuple, &bytes, expect, None);
             }
@@ -825,10 +821,10 @@ impl Harness {
                 let tuple = self.client(*client);
                 let peer = self.peer(*peer);
                 let payload = vec![*fill; *len as usize % MAX_PAYLOAD];
-                let bytes = msg::indication(SEND, Trailer::default(), |m, tid| {
-                    msg::add(m, &XorPeerAddress::new(peer, tid));
+                let bytes = msg::indication(SEND, Trailer::default(), |m| {
+                    m.peer(peer);
                     if !no_data {
-                        msg::add(m, &Data::new(&payload));
+                        m.data(&payload);
                     }
                 });
                 self.client_datagram(tuple, &bytes, Expect::Unknown, None);
@@ -858,22 +854,12 @@ impl Harness {
                 let trailer = Trailer {
                     fingerprint: *fingerprint,
                 };
-                let bytes = msg::request(BINDING, None, trailer, |m, _| {
+                let bytes = msg::request(BINDING, None, trailer, |m| {
                     if let Some(value) = change {
-                        let value = value.to_be_bytes();
-                        msg::add(
-                            m,
-                            &stun_types::attribute::RawAttribute::new(wire::CHANGE_REQUEST, &value),
-                        );
+                        m.raw(wire::CHANGE_REQUEST.value(), &value.to_be_bytes());
                     }
                     if let Some(t) = unknown {
-                        msg::add(
-                            m,
-                            &stun_types::attribute::RawAttribute::new(
-                                AttributeType::new(*t),
-                                &[1, 2, 3, 4],
-                            ),
-                        );
+                        m.raw(*t, &[1, 2, 3, 4]);
                     }
                 });
                 self.client_datagram(tuple, &bytes, Expect::Unknown, None);

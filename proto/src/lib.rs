@@ -1,4 +1,5 @@
-//! The protocol core: STUN Binding, TURN allocations, authentication and peer filtering.
+//! The protocol core: STUN Binding, TURN allocations, authentication, peer filtering and
+//! the framing of STUN and ChannelData on TCP/TLS streams.
 //!
 //! This crate contains no networking code and never reads the clock. Callers pass each
 //! datagram with its addresses and the current time (`Instant` for lifetimes, Unix seconds for
@@ -18,6 +19,7 @@ pub mod peer_filter;
 pub mod server;
 pub mod sessions;
 pub mod stats;
+pub mod stream;
 pub mod wire;
 
 pub use allocation::{RelayAddress, Usage};

@@ -109,6 +109,37 @@ pub struct ServerConfig {
     pub relay_ipv6: bool,
 }
 
+impl ServerConfig {
+    /// A configuration with `realm`, `credentials` and `nonce_key` and the daemon's defaults
+    /// for everything else (config.example.toml): nonces and allocations live 600 s,
+    /// lifetimes are clamped to 3600 s, 64 permissions and 64 channels per allocation, no
+    /// bandwidth cap, the default peer deny list, IPv4 relays only, no SOFTWARE, no own or
+    /// external addresses, no alternate servers, not draining. For tests, fuzzing and
+    /// benchmarks, which change what they exercise with `..ServerConfig::new(..)`; the daemon
+    /// maps every field from its configuration (`turnpike::server_config`).
+    pub fn new(realm: impl Into<String>, credentials: Credentials, nonce_key: NonceKey) -> Self {
+        Self {
+            realm: realm.into(),
+            software: None,
+            credentials,
+            nonce_key,
+            nonce_lifetime: Duration::from_secs(600),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            max_permissions_per_allocation: 64,
+            max_channels_per_allocation: 64,
+            bandwidth_per_allocation: None,
+            peer_filter: PeerFilter::new(vec![], vec![]),
+            own_addresses: vec![],
+            external_ips: vec![],
+            alternate_servers: vec![],
+            draining: false,
+            relay_ipv4: true,
+            relay_ipv6: false,
+        }
+    }
+}
+
 /// Counts shared by all workers, touched only when an allocation is created or freed, or an
 /// unauthenticated request is challenged.
 #[derive(Debug)]

@@ -42,28 +42,17 @@ const REALM: &str = "turnpike.test";
 const UNIX_NOW: u64 = 1_700_000_000;
 
 fn config() -> ServerConfig {
+    let credentials = Credentials {
+        secrets: vec![Password(SECRET.into()), Password("old-secret".into())],
+        separator: ':',
+        static_users: vec![("alice".into(), Password("wonderland".into()))],
+    };
     ServerConfig {
-        realm: REALM.into(),
         software: Some("turnpike".into()),
-        credentials: Credentials {
-            secrets: vec![Password(SECRET.into()), Password("old-secret".into())],
-            separator: ':',
-            static_users: vec![("alice".into(), Password("wonderland".into()))],
-        },
-        nonce_key: NonceKey::new([9; 32]),
-        nonce_lifetime: Duration::from_secs(600),
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
         max_permissions_per_allocation: 4,
         max_channels_per_allocation: 4,
-        bandwidth_per_allocation: None,
-        peer_filter: PeerFilter::new(vec![], vec![]),
         own_addresses: vec!["192.0.2.10:3478".parse().unwrap()],
-        external_ips: vec![],
-        alternate_servers: vec![],
-        draining: false,
-        relay_ipv4: true,
-        relay_ipv6: false,
+        ..ServerConfig::new(REALM, credentials, NonceKey::new([9; 32]))
     }
 }
 

@@ -116,6 +116,54 @@ fn hmac_input(data: &[u8], offset: usize, attr_len: usize, mut update: impl FnMu
     update(&data[4..offset]);
 }
 
+/// Adds MESSAGE-INTEGRITY (`Sha1`, RFC 8489 §14.5) or MESSAGE-INTEGRITY-SHA256 (`Sha256`,
+/// §14.6) computed with a long-term `key` as it is (`stun-types` would derive the key itself,
+/// always as SHA-256 of the credentials for MESSAGE-INTEGRITY-SHA256). Requests (the client
+/// crate) and responses share it. `false`, and nothing written, when it does not fit.
+pub fn add_message_integrity<W: MessageWrite>(
+    writer: &mut W,
+    key: &[u8],
+    algorithm: IntegrityAlgorithm,
+) -> bool {
+    let mac_len = match algorithm {
+        IntegrityAlgorithm::Sha1 => 20,
+        IntegrityAlgorithm::Sha256 => 32,
+    };
+    if writer
+        .max_size()
+        .is_some_and(|max| writer.len() + 4 + mac_len > max)
+    {
+        return false;
+    }
+    // Written with a zero value (which sets the header length to count it), then computed
+    // over everything before it and filled in (RFC 8489 §14.5, §14.6).
+    let zeros = [0u8; 32];
+    let placeholder = match algorithm {
+        IntegrityAlgorithm::Sha1 => RawAttribute::new(MessageIntegrity::TYPE, &zeros[..20]),
+        IntegrityAlgorithm::Sha256 => RawAttribute::new(MessageIntegritySha256::TYPE, &zeros),
+    };
+    writer.push_attribute_unchecked(&placeholder);
+    let len = writer.len();
+    let data = writer.mut_data();
+    let (signed, value) = data.split_at_mut(len - mac_len);
+    let signed = &signed[..len - mac_len - 4];
+    match algorithm {
+        IntegrityAlgorithm::Sha1 => {
+            let mut mac =
+                <Hmac<Sha1> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+            mac.update(signed);
+            value.copy_from_slice(&mac.finalize().into_bytes());
+        }
+        IntegrityAlgorithm::Sha256 => {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+                .expect("HMAC accepts keys of any length");
+            mac.update(signed);
+            value.copy_from_slice(&mac.finalize().into_bytes());
+        }
+    }
+    true
+}
+
 /// What a datagram from a client is, decided from its first byte (RFC 8656 §12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -316,45 +364,7 @@ impl<'b> Response<'b> {
     /// Adds MESSAGE-INTEGRITY (`Sha1`) or MESSAGE-INTEGRITY-SHA256 (`Sha256`) computed with
     /// the key the request was verified with, then FINGERPRINT; returns the length written.
     pub fn finish_signed(mut self, key: &impl AsRef<[u8]>, algorithm: IntegrityAlgorithm) -> usize {
-        let key = key.as_ref();
-        let mac_len = match algorithm {
-            IntegrityAlgorithm::Sha1 => 20,
-            IntegrityAlgorithm::Sha256 => 32,
-        };
-        // Written with a zero value (which sets the header length to count it), then computed
-        // over everything before it and filled in (RFC 8489 §14.5, §14.6).
-        let fits = self
-            .writer
-            .max_size()
-            .is_some_and(|max| self.writer.len() + 4 + mac_len <= max);
-        if fits {
-            let zeros = [0u8; 32];
-            let placeholder = match algorithm {
-                IntegrityAlgorithm::Sha1 => RawAttribute::new(MessageIntegrity::TYPE, &zeros[..20]),
-                IntegrityAlgorithm::Sha256 => {
-                    RawAttribute::new(MessageIntegritySha256::TYPE, &zeros)
-                }
-            };
-            self.writer.push_attribute_unchecked(&placeholder);
-            let len = self.writer.len();
-            let data = self.writer.mut_data();
-            let (signed, value) = data.split_at_mut(len - mac_len);
-            let signed = &signed[..len - mac_len - 4];
-            match algorithm {
-                IntegrityAlgorithm::Sha1 => {
-                    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(key)
-                        .expect("HMAC accepts keys of any length");
-                    mac.update(signed);
-                    value.copy_from_slice(&mac.finalize().into_bytes());
-                }
-                IntegrityAlgorithm::Sha256 => {
-                    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-                        .expect("HMAC accepts keys of any length");
-                    mac.update(signed);
-                    value.copy_from_slice(&mac.finalize().into_bytes());
-                }
-            }
-        }
+        add_message_integrity(&mut self.writer, key.as_ref(), algorithm);
         self.finish()
     }
 

@@ -1,6 +1,6 @@
-//! A client connection to a STUN/TURN server over UDP, TCP or TLS, with STUN transactions
-//! (RFC 8489 §6.2: retransmissions over UDP, one send over streams) and RFC 8656 §12.5
-//! stream framing.
+//! A client connection to a STUN/TURN server over UDP, TCP or TLS: datagrams, or stream
+//! frames cut by the client's `Framer` (RFC 8656 §12.5). The transactions on it (RFC 8489
+//! §6.2: retransmissions over UDP, one send over streams) are turnpike-client's.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -10,13 +10,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
-use crate::net::stream::frame_len;
-use crate::proto::wire::{self, Message, TransactionId};
-
-/// The first UDP retransmission timeout (RFC 8489 §6.2.1 suggests 500 ms); it doubles.
-const INITIAL_RTO: Duration = Duration::from_millis(500);
-/// Largest frame read; STUN over streams cannot be longer.
-const MAX_FRAME: usize = crate::net::stream::MAX_FRAME;
+use turnpike_client::{Framer, MAX_FRAME};
 
 enum Io {
     Udp(UdpSocket),
@@ -30,7 +24,7 @@ pub struct Conn {
     pub server: SocketAddr,
     pub local: SocketAddr,
     /// Stream bytes not yet handed out as frames.
-    pending: Vec<u8>,
+    pending: Framer,
 }
 
 /// The local IP the system would use to reach `server` (a connected UDP socket sends nothing).
@@ -125,7 +119,7 @@ impl Conn {
             io: Io::Udp(socket),
             server,
             local,
-            pending: Vec::new(),
+            pending: Framer::new(),
         })
     }
 
@@ -140,7 +134,7 @@ impl Conn {
             io: Io::Tcp(stream),
             server,
             local,
-            pending: Vec::new(),
+            pending: Framer::new(),
         })
     }
 
@@ -184,7 +178,7 @@ impl Conn {
             io: Io::Tls(Box::new(rustls::StreamOwned::new(tls, stream))),
             server,
             local,
-            pending: Vec::new(),
+            pending: Framer::new(),
         })
     }
 
@@ -209,8 +203,8 @@ impl Conn {
         let mut buf = vec![0u8; MAX_FRAME];
         loop {
             if self.is_stream() {
-                match frame_len(&self.pending) {
-                    Ok(Some(len)) => return Ok(Some(self.pending.drain(..len).collect())),
+                match self.pending.next_frame() {
+                    Ok(Some(range)) => return Ok(Some(self.pending.data()[range].to_vec())),
                     Ok(None) => {}
                     Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
                 }
@@ -244,7 +238,7 @@ impl Conn {
                         "server closed the connection",
                     ))
                 }
-                Ok(n) if self.is_stream() => self.pending.extend_from_slice(&buf[..n]),
+                Ok(n) if self.is_stream() => self.pending.extend(&buf[..n]),
                 Ok(n) => return Ok(Some(buf[..n].to_vec())),
                 Err(e)
                     if matches!(
@@ -256,53 +250,6 @@ impl Conn {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Sends a request and waits for the response with the same transaction ID, retransmitting
-    /// over UDP (500 ms, doubling). Returns the response and the round-trip time since the
-    /// last transmission. Other traffic (ChannelData, indications) is skipped.
-    pub fn transaction(
-        &mut self,
-        request: &[u8],
-        id: TransactionId,
-        timeout: Duration,
-    ) -> Result<(Vec<u8>, Duration), String> {
-        let started = Instant::now();
-        let deadline = started + timeout;
-        let mut rto = INITIAL_RTO;
-        let mut sent_at = Instant::now();
-        let mut retransmit_at = sent_at + rto;
-        self.send(request).map_err(|e| self.describe(&e, timeout))?;
-        loop {
-            let wait_until = if self.is_stream() {
-                deadline
-            } else {
-                deadline.min(retransmit_at)
-            };
-            match self.recv(wait_until) {
-                Ok(Some(frame)) => {
-                    if wire::classify(&frame) != wire::Kind::Stun {
-                        continue;
-                    }
-                    let Ok(msg) = Message::from_bytes(&frame) else {
-                        continue;
-                    };
-                    if msg.transaction_id() == id && msg.is_response() {
-                        return Ok((frame.clone(), sent_at.elapsed()));
-                    }
-                }
-                Ok(None) if Instant::now() >= deadline => {
-                    return Err(timeout_reason(self.server, timeout))
-                }
-                Ok(None) => {
-                    rto *= 2;
-                    sent_at = Instant::now();
-                    retransmit_at = sent_at + rto;
-                    self.send(request).map_err(|e| self.describe(&e, timeout))?;
-                }
-                Err(e) => return Err(self.describe(&e, timeout)),
             }
         }
     }

@@ -1,25 +1,22 @@
 //! What the probe does against one URL: Binding, then for TURN Allocate (with the 401 →
 //! nonce → authenticated retry and 438 handling), CreatePermission and ChannelBind for a
 //! second local socket, a sequence-numbered burst relayed both ways, and Refresh(0).
+//!
+//! The protocol is turnpike-client's [`Client`] (it answers the challenges and retransmits
+//! over UDP); this module drives it over a [`Conn`] with the real clock and turns how each
+//! transaction ended into the verdict's words.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use stun_types::attribute::{AttributeWrite, MappedSocketAddr};
-use stun_types::message::MessageWriteVec;
-
-use super::conn::Conn;
-use crate::proto::wire::{
-    self, AddressFamily, AlternateServer, AttributeType, ChannelNumber, ErrorCode,
-    IntegrityAlgorithm, Lifetime, LongTermKeyCredentials, Message, MessageClass,
-    MessageIntegrityCredentials, MessageWrite, MessageWriteExt, Method, Nonce, Realm,
-    RequestedAddressFamily, RequestedTransport, TransactionId, Username, XorMappedAddress,
-    XorPeerAddress, XorRelayedAddress, ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMISSION, DATA,
-    REFRESH,
+use turnpike_client::{
+    wire::{AddressFamily, ErrorCode, ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMISSION, REFRESH},
+    Allocate, Answer, Client, Config, Credentials, Error, Event, Incoming, Method, Op, Output,
+    Response, TransactionId, Transport,
 };
 
-/// OTHER-ADDRESS (RFC 5780 §7.4): a second server address for NAT behaviour tests.
-pub const OTHER_ADDRESS: AttributeType = AttributeType::new(0x802C);
+use super::conn::{timeout_reason, Conn};
+
 /// The channel the probe binds (RFC 8656 §12: 0x4000–0x4FFF).
 const CHANNEL: u16 = 0x4000;
 /// Marks the probe's relayed packets so stray traffic is not counted.
@@ -61,73 +58,110 @@ pub struct RelayResult {
     pub client_received: usize,
 }
 
-/// Builds a request; attributes are added in order, then integrity and FINGERPRINT.
-struct Request {
-    msg: MessageWriteVec,
+/// 438 answers a transaction retries: the third ends it ("three times in a row").
+const STALE_NONCE_RETRIES: u32 = 2;
+
+/// A client for `conn`'s transport; every transaction waits up to `timeout` (retransmitting
+/// over UDP from 500 ms, doubling, until then).
+fn client(conn: &Conn, credentials: Option<&UserPass>, timeout: Duration) -> Client {
+    let transport = if conn.is_stream() {
+        Transport::Stream
+    } else {
+        Transport::Udp
+    };
+    let credentials = credentials.map(|c| Credentials::new(&c.username, &c.password));
+    let mut config = Config::new(transport, credentials);
+    config.timeout = timeout;
+    config.max_transmits = u32::MAX;
+    config.stale_nonce_retries = STALE_NONCE_RETRIES;
+    Client::new(config, rand::random())
 }
 
-impl Request {
-    fn new(method: Method) -> Request {
-        Request {
-            msg: Message::builder_request(method, MessageWriteVec::new()),
+/// Why a transaction gave no answer: the connection, or the protocol.
+enum Failure {
+    Io(String),
+    Client(Error),
+}
+
+/// Runs `client`'s transaction `id` over `conn` to its end: sends what the client asks,
+/// hands it what arrives, wakes it when its timer is due. Returns the answer and the time
+/// since the request's last transmission.
+fn run(
+    conn: &mut Conn,
+    client: &mut Client,
+    id: TransactionId,
+) -> Result<(Answer, Duration), Failure> {
+    let timeout = client.config().timeout;
+    let mut sent_at = Instant::now();
+    loop {
+        while let Some(output) = client.poll_output() {
+            match output {
+                Output::Transmit(bytes) => {
+                    conn.send(&bytes)
+                        .map_err(|e| Failure::Io(conn.describe(&e, timeout)))?;
+                    sent_at = Instant::now();
+                }
+                Output::Event(Event::Answered {
+                    id: done, answer, ..
+                }) if done == id => return Ok((answer, sent_at.elapsed())),
+                Output::Event(Event::Failed {
+                    id: done, error, ..
+                }) if done == id => return Err(Failure::Client(error)),
+                Output::Event(_) => {}
+            }
+        }
+        let Some(wake) = client.poll_timeout() else {
+            return Err(Failure::Client(Error::Timeout));
+        };
+        match conn.recv(wake) {
+            // Relayed data arriving meanwhile is not what this waits for.
+            Ok(Some(frame)) => {
+                let _ = client.handle_input(Instant::now(), &frame);
+            }
+            Ok(None) => client.handle_timeout(Instant::now()),
+            Err(e) => return Err(Failure::Io(conn.describe(&e, timeout))),
         }
     }
+}
 
-    fn id(&self) -> TransactionId {
-        self.msg.transaction_id()
-    }
-
-    fn add(&mut self, attribute: &dyn AttributeWrite) {
-        let _ = self.msg.add_attribute(attribute);
-    }
-
-    fn finish(mut self, auth: Option<&Auth>) -> Vec<u8> {
-        if let Some(auth) = auth {
-            if let Ok(user) = Username::new(&auth.user.username) {
-                self.add(&user);
-            }
-            if let Ok(realm) = Realm::new(&auth.realm) {
-                self.add(&realm);
-            }
-            if let Ok(nonce) = Nonce::new(&auth.nonce) {
-                self.add(&nonce);
-            }
-            let _ = self
-                .msg
-                .add_message_integrity(&auth.credentials(), IntegrityAlgorithm::Sha1);
+/// A transaction's end in the verdict's words: the answer if it was a success, else why not.
+/// `realm` is the one the request was signed for ("" if it was not).
+fn success(
+    method: Method,
+    outcome: Result<(Answer, Duration), Failure>,
+    server: SocketAddr,
+    timeout: Duration,
+    realm: &str,
+) -> Result<(Answer, Duration), String> {
+    let name = method_name(method);
+    match outcome {
+        Ok((answer, rtt)) => {
+            let response = answer.response();
+            let Some(error) = response.error() else {
+                return Ok((answer, rtt));
+            };
+            let (code, reason) = match error {
+                Ok(e) => (e.code(), e.reason().to_owned()),
+                Err(_) => (0, "error response without ERROR-CODE".to_owned()),
+            };
+            Err(describe_error(method, code, &reason, &response, realm))
         }
-        let _ = self.msg.add_fingerprint();
-        self.msg.finish()
+        Err(Failure::Io(reason)) => Err(reason),
+        Err(Failure::Client(error)) => Err(match error {
+            Error::Timeout => timeout_reason(server, timeout),
+            Error::MissingRealm => format!("{name}: 401 without REALM"),
+            Error::MissingNonce(438) => "438 Stale Nonce without a new NONCE".to_owned(),
+            Error::MissingNonce(code) => format!("{name}: {code} without NONCE"),
+            Error::NoCredentials { realm } => format!(
+                "401 Unauthorized (realm \"{realm}\"): no credentials given \
+                 (use --secret, --username/--password or --credentials-url)"
+            ),
+            Error::StaleNonce(_) => format!("{name}: 438 Stale Nonce three times in a row"),
+            Error::BadIntegrity => {
+                format!("{name}: the response's MESSAGE-INTEGRITY does not verify")
+            }
+        }),
     }
-}
-
-/// Long-term credential state: the realm and nonce the server handed out.
-struct Auth {
-    user: UserPass,
-    realm: String,
-    nonce: String,
-}
-
-impl Auth {
-    fn credentials(&self) -> MessageIntegrityCredentials {
-        LongTermKeyCredentials::new(
-            self.user.username.clone(),
-            self.user.password.clone(),
-            self.realm.clone(),
-        )
-        .into()
-    }
-}
-
-/// An error response: code and reason phrase.
-fn error_of(msg: &Message<'_>) -> Option<(u16, String)> {
-    if !msg.has_class(MessageClass::Error) {
-        return None;
-    }
-    Some(match msg.attribute::<ErrorCode>() {
-        Ok(e) => (e.code(), e.reason().to_owned()),
-        Err(_) => (0, "error response without ERROR-CODE".to_owned()),
-    })
 }
 
 fn method_name(method: Method) -> &'static str {
@@ -146,7 +180,7 @@ fn describe_error(
     method: Method,
     code: u16,
     reason: &str,
-    msg: &Message<'_>,
+    response: &Response<'_>,
     realm: &str,
 ) -> String {
     let reason = if reason.is_empty() {
@@ -160,12 +194,11 @@ fn describe_error(
         403 if peer_request => "403 Forbidden: server refuses to relay to this client's \
                                 address (peer denied)"
             .to_owned(),
-        300 => match msg.attribute::<AlternateServer>() {
-            Ok(alt) => format!(
-                "300 Try Alternate: the server redirects to {} (probe that address)",
-                alt.server()
+        300 => match response.alternate_server() {
+            Some(alternate) => format!(
+                "300 Try Alternate: the server redirects to {alternate} (probe that address)"
             ),
-            Err(_) => "300 Try Alternate without ALTERNATE-SERVER".to_owned(),
+            None => "300 Try Alternate without ALTERNATE-SERVER".to_owned(),
         },
         437 => format!("{}: 437 Allocation Mismatch: {reason}", method_name(method)),
         440 => format!(
@@ -182,30 +215,18 @@ fn describe_error(
 
 /// One Binding request: the mapped address (XOR-MAPPED-ADDRESS, else MAPPED-ADDRESS).
 pub fn binding(conn: &mut Conn, timeout: Duration) -> Result<BindingResult, String> {
-    let request = Request::new(BINDING);
-    let id = request.id();
-    let bytes = request.finish(None);
-    let (reply, rtt) = conn.transaction(&bytes, id, timeout)?;
-    let msg = Message::from_bytes(&reply).map_err(|e| format!("Binding: bad response: {e}"))?;
-    if let Some((code, reason)) = error_of(&msg) {
-        return Err(describe_error(BINDING, code, &reason, &msg, ""));
-    }
-    let mapped = match msg.attribute::<XorMappedAddress>() {
-        Ok(xor) => xor.addr(id),
-        Err(_) => msg
-            .raw_attribute(wire::MAPPED_ADDRESS)
-            .and_then(|raw| MappedSocketAddr::from_raw(&raw).ok())
-            .map(|m| m.addr())
-            .ok_or("Binding: the response has no (XOR-)MAPPED-ADDRESS")?,
-    };
-    let other_address = msg
-        .raw_attribute(OTHER_ADDRESS)
-        .and_then(|raw| MappedSocketAddr::from_raw(&raw).ok())
-        .map(|m| m.addr());
+    let mut client = client(conn, None, timeout);
+    let id = client.binding(Instant::now());
+    let outcome = run(conn, &mut client, id);
+    let (answer, rtt) = success(BINDING, outcome, conn.server, timeout, "")?;
+    let response = answer.response();
+    let mapped = response
+        .mapped()
+        .ok_or("Binding: the response has no (XOR-)MAPPED-ADDRESS")?;
     Ok(BindingResult {
         mapped,
         rtt,
-        other_address,
+        other_address: response.other_address(),
     })
 }
 
@@ -213,7 +234,8 @@ pub fn binding(conn: &mut Conn, timeout: Duration) -> Result<BindingResult, Stri
 pub struct TurnSession<'c> {
     conn: &'c mut Conn,
     timeout: Duration,
-    auth: Option<Auth>,
+    /// Made by `allocate`, with the credentials it is given.
+    client: Option<Client>,
     pub result: RelayResult,
 }
 
@@ -222,7 +244,7 @@ impl<'c> TurnSession<'c> {
         TurnSession {
             conn,
             timeout,
-            auth: None,
+            client: None,
             result: RelayResult::default(),
         }
     }
@@ -232,50 +254,20 @@ impl<'c> TurnSession<'c> {
         self.conn.local
     }
 
-    /// Sends an authenticated request built by `build`, taking a new nonce on 438 (twice
-    /// at most). Returns the success response.
-    fn authed(&mut self, method: Method, build: &dyn Fn(&mut Request)) -> Result<Vec<u8>, String> {
-        for _ in 0..3 {
-            let mut request = Request::new(method);
-            build(&mut request);
-            let id = request.id();
-            let bytes = request.finish(self.auth.as_ref());
-            let (reply, _) = self.conn.transaction(&bytes, id, self.timeout)?;
-            let msg = Message::from_bytes(&reply)
-                .map_err(|e| format!("{}: bad response: {e}", method_name(method)))?;
-            let realm = self.auth.as_ref().map_or("", |a| a.realm.as_str());
-            match error_of(&msg) {
-                None => {
-                    if let Some(auth) = &self.auth {
-                        if msg.validate_integrity(&auth.credentials()).is_err() {
-                            return Err(format!(
-                                "{}: the response's MESSAGE-INTEGRITY does not verify",
-                                method_name(method)
-                            ));
-                        }
-                    }
-                    return Ok(reply);
-                }
-                Some((438, _)) => {
-                    let nonce = msg
-                        .attribute::<Nonce>()
-                        .map_err(|_| "438 Stale Nonce without a new NONCE".to_owned())?;
-                    if let Some(auth) = &mut self.auth {
-                        auth.nonce = nonce.nonce().to_owned();
-                        if let Ok(realm) = msg.attribute::<Realm>() {
-                            auth.realm = realm.realm().to_owned();
-                        }
-                    }
-                }
-                Some((code, reason)) => {
-                    return Err(describe_error(method, code, &reason, &msg, realm))
-                }
-            }
+    /// Runs `op` to its end: the success answer, or the verdict's reason.
+    fn transact(&mut self, op: Op) -> Result<Answer, String> {
+        let method = op.method();
+        let conn = &mut *self.conn;
+        let client = self
+            .client
+            .get_or_insert_with(|| client(conn, None, self.timeout));
+        let id = client.start(Instant::now(), op);
+        let outcome = run(conn, client, id);
+        let realm = client.signer().map_or("", |s| s.realm()).to_owned();
+        if self.result.realm.is_none() {
+            self.result.realm = client.realm().map(str::to_owned);
         }
-        Err(format!(
-            "{}: 438 Stale Nonce three times in a row",
-            method_name(method)
-        ))
+        success(method, outcome, conn.server, self.timeout, &realm).map(|(answer, _)| answer)
     }
 
     /// Allocate: first without credentials to learn REALM and NONCE (401), then signed.
@@ -284,77 +276,35 @@ impl<'c> TurnSession<'c> {
             IpAddr::V4(_) => None,
             IpAddr::V6(_) => Some(AddressFamily::IPV6),
         };
-        let build = move |r: &mut Request| {
-            r.add(&RequestedTransport::new(wire::PROTOCOL_UDP));
-            if let Some(family) = family {
-                r.add(&RequestedAddressFamily::new(family));
-            }
-        };
-        let mut request = Request::new(ALLOCATE);
-        build(&mut request);
-        let id = request.id();
-        let bytes = request.finish(None);
-        let (reply, _) = self.conn.transaction(&bytes, id, self.timeout)?;
-        let msg =
-            Message::from_bytes(&reply).map_err(|e| format!("Allocate: bad response: {e}"))?;
-        let reply = match error_of(&msg) {
-            None => reply.clone(),
-            Some((401, _)) => {
-                let realm = msg
-                    .attribute::<Realm>()
-                    .map(|r| r.realm().to_owned())
-                    .map_err(|_| "Allocate: 401 without REALM".to_owned())?;
-                let nonce = msg
-                    .attribute::<Nonce>()
-                    .map(|n| n.nonce().to_owned())
-                    .map_err(|_| "Allocate: 401 without NONCE".to_owned())?;
-                self.result.realm = Some(realm.clone());
-                let Some(user) = user else {
-                    return Err(format!(
-                        "401 Unauthorized (realm \"{realm}\"): no credentials given \
-                         (use --secret, --username/--password or --credentials-url)"
-                    ));
-                };
-                self.auth = Some(Auth {
-                    user: user.clone(),
-                    realm,
-                    nonce,
-                });
-                self.authed(ALLOCATE, &build)?
-            }
-            Some((code, reason)) => return Err(describe_error(ALLOCATE, code, &reason, &msg, "")),
-        };
-        let msg = Message::from_bytes(&reply).map_err(|e| format!("Allocate: {e}"))?;
-        let relayed = msg
-            .attribute::<XorRelayedAddress>()
-            .map(|a| a.addr(msg.transaction_id()))
-            .map_err(|_| "Allocate: the response has no XOR-RELAYED-ADDRESS".to_owned())?;
-        self.result.lifetime = msg.attribute::<Lifetime>().ok().map(|l| l.seconds());
+        self.client = Some(client(self.conn, user, self.timeout));
+        let answer = self.transact(Op::Allocate(Allocate {
+            family,
+            ..Allocate::default()
+        }))?;
+        let response = answer.response();
+        let relayed = response
+            .relayed()
+            .ok_or("Allocate: the response has no XOR-RELAYED-ADDRESS")?;
+        self.result.lifetime = response.lifetime();
         self.result.relayed = Some(relayed);
         Ok(relayed)
     }
 
     pub fn create_permission(&mut self, peer: SocketAddr) -> Result<(), String> {
-        self.authed(CREATE_PERMISSION, &move |r: &mut Request| {
-            let id = r.id();
-            r.add(&XorPeerAddress::new(peer, id));
-        })
-        .map(|_| ())
+        self.transact(Op::CreatePermission(vec![peer])).map(|_| ())
     }
 
     pub fn channel_bind(&mut self, peer: SocketAddr) -> Result<(), String> {
-        self.authed(CHANNEL_BIND, &move |r: &mut Request| {
-            let id = r.id();
-            r.add(&ChannelNumber::new(CHANNEL));
-            r.add(&XorPeerAddress::new(peer, id));
+        self.transact(Op::ChannelBind {
+            channel: CHANNEL,
+            peer,
         })
         .map(|_| ())
     }
 
     /// Deletes the allocation (Refresh with LIFETIME 0).
     pub fn release(&mut self) -> Result<(), String> {
-        self.authed(REFRESH, &|r: &mut Request| r.add(&Lifetime::new(0)))
-            .map(|_| ())
+        self.transact(Op::Refresh { lifetime: Some(0) }).map(|_| ())
     }
 
     /// Sends `count` sequence-numbered packets through the channel to `peer`, which echoes
@@ -364,14 +314,8 @@ impl<'c> TurnSession<'c> {
         let mut back = vec![false; count];
         for seq in 0..count {
             let payload = test_packet(seq as u32);
-            let mut frame = Vec::with_capacity(wire::CHANNEL_HEADER_LEN + PACKET_LEN + 3);
-            frame.extend_from_slice(&CHANNEL.to_be_bytes());
-            frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-            frame.extend_from_slice(&payload);
-            if self.conn.is_stream() {
-                // RFC 8656 §12.5: over streams ChannelData is padded to a multiple of 4.
-                frame.resize(frame.len().next_multiple_of(4), 0);
-            }
+            // RFC 8656 §12.5: over streams ChannelData is padded to a multiple of 4.
+            let frame = turnpike_client::channel_data(CHANNEL, &payload, self.conn.is_stream());
             let sent_at = Instant::now();
             if self.conn.send(&frame).is_err() {
                 break;
@@ -438,27 +382,17 @@ fn packet_seq(data: &[u8]) -> Option<u32> {
 /// The sequence number of a test packet the relay delivered to the client, as ChannelData
 /// on our channel or as a Data indication.
 fn relayed_seq(frame: &[u8]) -> Option<u32> {
-    match wire::classify(frame) {
-        wire::Kind::ChannelData => {
-            let (channel, len) = wire::channel_data_header(frame)?;
-            (channel == CHANNEL).then_some(())?;
-            packet_seq(&frame[wire::CHANNEL_HEADER_LEN..wire::CHANNEL_HEADER_LEN + len])
-        }
-        wire::Kind::Stun => {
-            let msg = Message::from_bytes(frame).ok()?;
-            if !msg.has_method(DATA) || !msg.has_class(MessageClass::Indication) {
-                return None;
-            }
-            let data = msg.attribute::<wire::Data>().ok()?;
-            packet_seq(data.data())
-        }
-        wire::Kind::Other => None,
+    match Incoming::parse(frame) {
+        Incoming::ChannelData { channel, payload } if channel == CHANNEL => packet_seq(payload),
+        Incoming::Data { payload, .. } => packet_seq(payload),
+        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use turnpike_client::Request;
 
     #[test]
     fn test_packets_round_trip_through_channel_data() {
@@ -473,8 +407,8 @@ mod tests {
 
     #[test]
     fn error_reasons_are_specific() {
-        let request = Request::new(CREATE_PERMISSION).finish(None);
-        let msg = Message::from_bytes(&request).unwrap();
+        let request = Request::new(CREATE_PERMISSION, TransactionId::from(1)).finish(None);
+        let msg = Response::parse(&request).unwrap();
         assert_eq!(
             describe_error(CREATE_PERMISSION, 403, "Forbidden", &msg, "r"),
             "403 Forbidden: server refuses to relay to this client's address (peer denied)"

@@ -1,20 +1,16 @@
 //! A sans-IO `Server` with one allocation, a permission and channel 0x4000 to a peer, for the
-//! zero-allocation test and the criterion benchmarks (included with `#[path]`).
+//! zero-allocation test and the criterion benchmarks (included with `#[path]`). The
+//! allocation is made by turnpike-client's `Client`, driven against the core in process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use stun_types::attribute::{Nonce, Realm, Username};
-use stun_types::message::{
-    IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageIntegrityCredentials,
-    MessageWrite, MessageWriteExt, MessageWriteVec, Method,
-};
-use turn_types::attribute::{ChannelNumber, RequestedTransport, XorPeerAddress};
-use turn_types::message::{ALLOCATE, CHANNEL_BIND};
-use turnpike::proto::auth::{rest_password, Credentials, NonceKey, Password};
-use turnpike::proto::peer_filter::PeerFilter;
+use turnpike::proto::auth::{Credentials as Users, NonceKey, Password};
 use turnpike::proto::{ClientAction, FiveTuple, Quotas, Server, ServerConfig, Transport};
+use turnpike_client::{
+    Allocate, Client, Config, Credentials, Event, Method, Output, Request, TransactionId,
+};
 
 pub const SECRET: &str = "secret";
 pub const REALM: &str = "example.org";
@@ -32,92 +28,96 @@ pub struct Fixture {
 }
 
 fn server() -> Server {
+    let users = Users {
+        secrets: vec![Password(SECRET.into())],
+        separator: ':',
+        static_users: vec![],
+    };
     let config = ServerConfig {
-        realm: REALM.into(),
-        software: None,
-        credentials: Credentials {
-            secrets: vec![Password(SECRET.into())],
-            separator: ':',
-            static_users: vec![],
-        },
-        nonce_key: NonceKey::new(NONCE_KEY),
-        nonce_lifetime: Duration::from_secs(600),
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
         max_permissions_per_allocation: 8,
         max_channels_per_allocation: 8,
-        bandwidth_per_allocation: None,
-        peer_filter: PeerFilter::new(vec![], vec![]),
-        own_addresses: vec![],
-        external_ips: vec![],
-        alternate_servers: vec![],
-        draining: false,
-        relay_ipv4: true,
-        relay_ipv6: false,
+        ..ServerConfig::new(REALM, users, NonceKey::new(NONCE_KEY))
     };
     Server::new(Arc::new(config), Arc::new(Quotas::new(10, 10)), [7; 32])
 }
 
-/// A request signed with a REST credential for "alice" and `nonce`.
-pub fn signed(method: Method, nonce: &str, attrs: impl FnOnce(&mut MessageWriteVec)) -> Vec<u8> {
-    let username = format!("{}:alice", UNIX + 3600);
-    let password = rest_password(SECRET, &username);
-    let mut msg = Message::builder_request(method, MessageWriteVec::new());
-    attrs(&mut msg);
-    msg.add_attribute(&Username::new(&username).unwrap())
-        .unwrap();
-    msg.add_attribute(&Realm::new(REALM).unwrap()).unwrap();
-    msg.add_attribute(&Nonce::new(nonce).unwrap()).unwrap();
-    let credentials: MessageIntegrityCredentials =
-        LongTermKeyCredentials::new(username, password, REALM.into()).into();
-    msg.add_message_integrity(&credentials, IntegrityAlgorithm::Sha1)
-        .unwrap();
-    msg.finish()
+/// A REST credential for "alice", valid for an hour from `UNIX`.
+fn alice() -> Credentials {
+    Credentials::rest(SECRET, "alice", ':', UNIX, 3600)
+}
+
+/// A request signed with alice's credential and `nonce` (no FINGERPRINT).
+pub fn signed(method: Method, nonce: &str, attrs: impl FnOnce(&mut Request)) -> Vec<u8> {
+    let mut request = Request::new(method, TransactionId::from(0x7e57));
+    attrs(&mut request);
+    request.finish_with(Some(&alice().signer(REALM, nonce)), false)
+}
+
+/// Runs the client's outputs through the server until the transaction `id` ends; every
+/// Allocate gets `relay`.
+fn drive(fixture: &mut Fixture, client: &mut Client, id: TransactionId) {
+    let Fixture {
+        server,
+        now,
+        tuple,
+        relay,
+        out,
+        ..
+    } = fixture;
+    while let Some(output) = client.poll_output() {
+        let request = match output {
+            Output::Transmit(request) => request,
+            Output::Event(Event::Answered {
+                id: done, answer, ..
+            }) if done == id => {
+                let response = answer.response();
+                assert!(response.is_success(), "{}", response.describe());
+                return;
+            }
+            Output::Event(event) => panic!("{event:?}"),
+        };
+        let n = match server.handle_client(*now, UNIX, *tuple, &request, out) {
+            ClientAction::Reply(n) => n,
+            ClientAction::Allocate(pending) => {
+                server.accept_allocation(*now, UNIX, pending, &[*relay], None, out)
+            }
+            other => panic!("{other:?}"),
+        };
+        while server.poll_output().is_some() {}
+        let _ = client.handle_input(*now, &out[..n]);
+    }
+    panic!("the transaction did not end");
 }
 
 /// An allocation for 198.51.100.1:4000 relayed at 192.0.2.1:50000, with channel 0x4000 bound
 /// to 8.8.8.8:5000.
 pub fn with_channel() -> Fixture {
-    let mut server = server();
-    let now = Instant::now();
-    let tuple = FiveTuple {
-        client: "198.51.100.1:4000".parse().unwrap(),
-        server: "192.0.2.1:3478".parse().unwrap(),
-        transport: Transport::Udp,
+    let mut fixture = Fixture {
+        server: server(),
+        now: Instant::now(),
+        tuple: FiveTuple {
+            client: "198.51.100.1:4000".parse().unwrap(),
+            server: "192.0.2.1:3478".parse().unwrap(),
+            transport: Transport::Udp,
+        },
+        relay: "192.0.2.1:50000".parse().unwrap(),
+        peer: "8.8.8.8:5000".parse().unwrap(),
+        nonce: String::new(),
+        out: vec![0u8; 70_000],
     };
-    let relay: SocketAddr = "192.0.2.1:50000".parse().unwrap();
-    let peer: SocketAddr = "8.8.8.8:5000".parse().unwrap();
-    let mut out = vec![0u8; 70_000];
-    let nonce = NonceKey::new(NONCE_KEY).issue(tuple.client, UNIX);
-    let allocate = signed(ALLOCATE, &nonce, |m| {
-        m.add_attribute(&RequestedTransport::new(17)).unwrap()
-    });
-    let ClientAction::Allocate(pending) =
-        server.handle_client(now, UNIX, tuple, &allocate, &mut out)
-    else {
-        panic!("allocate not accepted")
-    };
-    server.accept_allocation(now, 0, pending, &[relay], None, &mut out);
-    let bind = signed(CHANNEL_BIND, &nonce, |m| {
-        let transaction = m.transaction_id();
-        m.add_attribute(&ChannelNumber::new(0x4000)).unwrap();
-        m.add_attribute(&XorPeerAddress::new(peer, transaction))
-            .unwrap();
-    });
-    let ClientAction::Reply(n) = server.handle_client(now, UNIX, tuple, &bind, &mut out) else {
-        panic!("no ChannelBind answer")
-    };
-    assert_eq!(
-        Message::from_bytes(&out[..n]).unwrap().class(),
-        MessageClass::Success
+    let mut client = Client::new(
+        Config::new(turnpike_client::Transport::Udp, Some(alice())),
+        [5; 32],
     );
-    Fixture {
-        server,
-        now,
-        tuple,
-        relay,
-        peer,
-        nonce,
-        out,
-    }
+    let now = fixture.now;
+    let allocate = client.allocate(now, Allocate::default());
+    drive(&mut fixture, &mut client, allocate);
+    let bind = client.channel_bind(now, 0x4000, fixture.peer);
+    drive(&mut fixture, &mut client, bind);
+    fixture.nonce = client
+        .signer()
+        .expect("signed after the 401")
+        .nonce()
+        .to_owned();
+    fixture
 }

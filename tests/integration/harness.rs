@@ -25,9 +25,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use hmac::Mac as _;
-
 /// REST secret every test server is started with.
 pub const SECRET: &str = "turnpike-test-secret";
 /// Realm every test server is started with.
@@ -194,19 +191,16 @@ pub fn unix_now() -> u64 {
 }
 
 /// TURN REST credentials (draft-uberti-behave-turn-rest):
-/// `username = "<unix expiry>:<user>"`, `password = base64(HMAC-SHA1(secret, username))`.
+/// `username = "<unix expiry>:<user>"`, `password = base64(HMAC-SHA1(secret, username))`,
+/// from the one minter (the core's, through turnpike-client; checked against the draft's
+/// example in `proto::auth`).
 pub fn rest_credentials(secret: &str, user: &str, ttl_secs: u64) -> (String, String) {
-    let username = format!("{}:{user}", unix_now() + ttl_secs);
-    let password = rest_password(secret, &username);
-    (username, password)
+    turnpike_client::mint_rest_credential(secret, user, ':', unix_now(), ttl_secs)
 }
 
 /// `base64(HMAC-SHA1(secret, username))`.
 pub fn rest_password(secret: &str, username: &str) -> String {
-    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
-        .expect("HMAC accepts any key length");
-    mac.update(username.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    turnpike_client::rest_password(secret, username)
 }
 
 /// A STUN Binding request (RFC 8489) with no attributes.

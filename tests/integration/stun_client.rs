@@ -1,23 +1,20 @@
-//! Raw STUN/TURN messages and clients for the tests that speak the protocol themselves:
-//! requests built with `stun-types`/`turn-types` (RFC 8489, RFC 8656), an owned response
-//! (`Resp`), and minimal TURN clients over UDP (`UdpTurn`, one 5-tuple) and TCP (`TcpTurn`,
-//! messages framed by their own header, RFC 8489 §6.2.2).
+//! Raw STUN/TURN messages and blocking clients for the tests that speak the protocol
+//! themselves, on turnpike-client's codec: requests written by `Request` and signed by a
+//! `Signer` (RFC 8489 §9.2), an owned response (`Resp`) read through `Response`, and minimal
+//! TURN clients over UDP (`UdpTurn`, one 5-tuple) and TCP (`TcpTurn`, frames cut by the
+//! client's `Framer`, RFC 8656 §12.5). What stays here is the socket I/O, the tests' own
+//! nonce handling (they assert the 401s and 438s), and builders of malformed input.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use stun_types::attribute::{AttributeType, ErrorCode, Nonce, Realm, Username};
-use stun_types::message::{
-    IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass, MessageWrite,
-    MessageWriteExt, MessageWriteVec, Method, TransactionId,
-};
-use turn_types::attribute::{
-    ChannelNumber, Data, Lifetime, RequestedAddressFamily, RequestedTransport, XorPeerAddress,
-    XorRelayedAddress,
-};
-use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH, SEND};
+use stun_types::attribute::AttributeType;
+use stun_types::message::{Message, MessageWriteExt, MessageWriteVec, Method, TransactionId};
+use turn_types::attribute::{RequestedAddressFamily, RequestedTransport};
+use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH};
 use turn_types::AddressFamily;
+use turnpike_client::{Framer, Request, Response, Signer};
 
 use crate::harness::{rest_credentials, Server, REALM, SECRET};
 
@@ -50,40 +47,41 @@ pub fn ipv6_relay(w: &mut MessageWriteVec, tid: TransactionId) {
 }
 
 /// XOR-PEER-ADDRESS `peer`: CreatePermission's attribute.
-pub fn peer_address(peer: SocketAddr) -> impl Fn(&mut MessageWriteVec, TransactionId) {
-    move |w, tid| {
-        w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
+fn peer_address(peer: SocketAddr) -> impl Fn(&mut Request) {
+    move |r| {
+        r.peer(peer);
     }
 }
 
 /// CHANNEL-NUMBER `channel` and XOR-PEER-ADDRESS `peer`: ChannelBind's attributes.
-pub fn channel_binding(
-    channel: u16,
-    peer: SocketAddr,
-) -> impl Fn(&mut MessageWriteVec, TransactionId) {
-    move |w, tid| {
-        w.add_attribute(&ChannelNumber::new(channel)).unwrap();
-        w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
+fn channel_binding(channel: u16, peer: SocketAddr) -> impl Fn(&mut Request) {
+    move |r| {
+        r.channel(channel).peer(peer);
     }
 }
 
-/// A request with `attrs`, signed for `auth = (username, password, nonce)` if given, with
-/// FINGERPRINT.
+/// A request with `attrs`, signed for `auth = (username, password, nonce)` if given (the
+/// MD5 key and MESSAGE-INTEGRITY), with FINGERPRINT.
 pub fn build_request(method: Method, attrs: Attrs, auth: Option<(&str, &str, &str)>) -> Vec<u8> {
-    let mut w = Message::builder_request(method, MessageWriteVec::new());
-    let tid = w.transaction_id();
-    attrs(&mut w, tid);
-    if let Some((user, pass, nonce)) = auth {
-        w.add_attribute(&Username::new(user).unwrap()).unwrap();
-        w.add_attribute(&Realm::new(REALM).unwrap()).unwrap();
-        w.add_attribute(&Nonce::new(nonce).unwrap()).unwrap();
-        let credentials =
-            LongTermKeyCredentials::new(user.to_string(), pass.to_string(), REALM.to_string());
-        w.add_message_integrity(&credentials.into(), IntegrityAlgorithm::Sha1)
-            .unwrap();
-    }
-    w.add_fingerprint().unwrap();
-    w.finish()
+    build(
+        method,
+        &|r| {
+            r.with_writer(attrs);
+        },
+        auth,
+    )
+}
+
+/// [`build_request`] with the attributes written by the client's own `Request` methods.
+fn build(
+    method: Method,
+    attrs: &dyn Fn(&mut Request),
+    auth: Option<(&str, &str, &str)>,
+) -> Vec<u8> {
+    let mut request = Request::new(method, TransactionId::generate());
+    attrs(&mut request);
+    let signer = auth.map(|(user, pass, nonce)| Signer::new(user, pass, REALM, nonce));
+    request.finish(signer.as_ref())
 }
 
 /// An Allocate request (REQUESTED-TRANSPORT UDP), signed for `auth = (username, password,
@@ -112,13 +110,9 @@ pub fn stun_header(msg_type: u16, length: u16, txid: [u8; 12]) -> Vec<u8> {
     m
 }
 
-/// A ChannelData message (RFC 8656 §12.4).
+/// A ChannelData message (RFC 8656 §12.4), unpadded as over UDP.
 pub fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + payload.len());
-    out.extend_from_slice(&channel.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
+    turnpike_client::channel_data(channel, payload, false)
 }
 
 /// The next datagram on `sock` within `wait`, with its sender.
@@ -144,70 +138,50 @@ impl Resp {
         Message::from_bytes(&self.0).expect("response parses as STUN")
     }
 
+    /// The client's view of it.
+    pub fn response(&self) -> Response<'_> {
+        Response::parse(&self.0).expect("response parses as STUN")
+    }
+
     pub fn is_success(&self) -> bool {
-        self.msg().has_class(MessageClass::Success)
+        self.response().is_success()
     }
 
     /// The ERROR-CODE of an error response (panics if it has none), `None` otherwise.
     pub fn code(&self) -> Option<u16> {
-        let msg = self.msg();
-        if !msg.has_class(MessageClass::Error) {
-            return None;
-        }
-        Some(
-            msg.attribute::<ErrorCode>()
+        self.response().error().map(|error| {
+            error
                 .map(|e| e.code())
-                .unwrap_or_else(|e| panic!("error response without a valid ERROR-CODE: {e:?}")),
-        )
+                .unwrap_or_else(|e| panic!("error response without a valid ERROR-CODE: {e:?}"))
+        })
     }
 
     pub fn nonce(&self) -> Option<String> {
-        self.msg()
-            .attribute::<Nonce>()
-            .ok()
-            .map(|n| n.nonce().to_string())
+        self.response().nonce()
     }
 
     pub fn realm(&self) -> Option<String> {
-        self.msg()
-            .attribute::<Realm>()
-            .ok()
-            .map(|r| r.realm().to_string())
+        self.response().realm()
     }
 
     pub fn has(&self, atype: AttributeType) -> bool {
-        self.msg().has_attribute(atype)
+        self.response().has(atype)
     }
 
     /// The XOR-RELAYED-ADDRESS; panics (naming the response) if there is none.
     pub fn relayed(&self) -> SocketAddr {
-        let msg = self.msg();
-        msg.attribute::<XorRelayedAddress>()
-            .unwrap_or_else(|e| panic!("no XOR-RELAYED-ADDRESS in {}: {e:?}", self.describe()))
-            .addr(msg.transaction_id())
+        self.try_relayed()
+            .unwrap_or_else(|| panic!("no XOR-RELAYED-ADDRESS in {}", self.describe()))
     }
 
     /// The XOR-RELAYED-ADDRESS, if present.
     pub fn try_relayed(&self) -> Option<SocketAddr> {
-        let msg = self.msg();
-        msg.attribute::<XorRelayedAddress>()
-            .ok()
-            .map(|a| a.addr(msg.transaction_id()))
+        self.response().relayed()
     }
 
     /// "Allocate success" or "Allocate error 401 (Unauthorized)", for failure messages.
     pub fn describe(&self) -> String {
-        // Registers TURN method and attribute names for Display (idempotent).
-        turn_types::debug_init();
-        let msg = self.msg();
-        let method = msg.method();
-        match msg.class() {
-            MessageClass::Error => match msg.attribute::<ErrorCode>() {
-                Ok(e) => format!("{method} error {} ({})", e.code(), e.reason()),
-                Err(e) => format!("{method} error without ERROR-CODE ({e:?})"),
-            },
-            class => format!("{method} {class:?}"),
-        }
+        self.response().describe()
     }
 
     pub fn expect_success(self, what: &str) -> Resp {
@@ -300,7 +274,7 @@ impl UdpTurn {
                     if from != self.server || n < 20 || buf[0] > 0x03 {
                         continue;
                     }
-                    if let Ok(msg) = Message::from_bytes(&buf[..n]) {
+                    if let Ok(msg) = Response::parse(&buf[..n]) {
                         if msg.transaction_id() == tid && msg.is_response() {
                             return Some(Resp(buf[..n].to_vec()));
                         }
@@ -331,7 +305,17 @@ impl UdpTurn {
 
     /// The request signed with this client's credentials and `nonce`.
     pub fn signed(&self, method: Method, attrs: Attrs, nonce: &str) -> Resp {
-        self.transact(&build_request(
+        self.signed_with(
+            method,
+            &|r| {
+                r.with_writer(attrs);
+            },
+            nonce,
+        )
+    }
+
+    fn signed_with(&self, method: Method, attrs: &dyn Fn(&mut Request), nonce: &str) -> Resp {
+        self.transact(&build(
             method,
             attrs,
             Some((&self.username, &self.password, nonce)),
@@ -349,15 +333,21 @@ impl UdpTurn {
 
     /// An authenticated request: gets a nonce first if needed and retries once on 438.
     pub fn request(&mut self, method: Method, attrs: Attrs) -> Resp {
+        self.request_with(method, &|r| {
+            r.with_writer(attrs);
+        })
+    }
+
+    fn request_with(&mut self, method: Method, attrs: &dyn Fn(&mut Request)) -> Resp {
         let nonce = match &self.nonce {
             Some(n) => n.clone(),
             None => self.fetch_nonce(),
         };
-        let resp = self.signed(method, attrs, &nonce);
+        let resp = self.signed_with(method, attrs, &nonce);
         if resp.code() == Some(438) {
             let fresh = resp.nonce().expect("438 without NONCE");
             self.nonce = Some(fresh.clone());
-            return self.signed(method, attrs, &fresh);
+            return self.signed_with(method, attrs, &fresh);
         }
         resp
     }
@@ -367,27 +357,26 @@ impl UdpTurn {
     }
 
     pub fn refresh(&mut self, lifetime: u32) -> Resp {
-        self.request(REFRESH, &move |w, _| {
-            w.add_attribute(&Lifetime::new(lifetime)).unwrap();
+        self.request_with(REFRESH, &move |r| {
+            r.lifetime(lifetime);
         })
     }
 
     pub fn create_permission(&mut self, peer: SocketAddr) -> Resp {
-        self.request(CREATE_PERMISSION, &peer_address(peer))
+        self.request_with(CREATE_PERMISSION, &peer_address(peer))
     }
 
     pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Resp {
-        self.request(CHANNEL_BIND, &channel_binding(channel, peer))
+        self.request_with(CHANNEL_BIND, &channel_binding(channel, peer))
     }
 
     /// A Send indication (RFC 8656 §11.1) to `peer`; indications are not signed.
     pub fn send_indication(&self, peer: SocketAddr, payload: &[u8]) {
-        let mut w = Message::builder_indication(SEND, MessageWriteVec::new());
-        let tid = w.transaction_id();
-        w.add_attribute(&XorPeerAddress::new(peer, tid)).unwrap();
-        w.add_attribute(&Data::new(payload)).unwrap();
-        w.add_fingerprint().unwrap();
-        self.send_raw(&w.finish());
+        self.send_raw(&turnpike_client::send_indication(
+            TransactionId::generate(),
+            peer,
+            payload,
+        ));
     }
 
     pub fn send_channel_data(&self, channel: u16, payload: &[u8]) {
@@ -410,6 +399,8 @@ pub struct TcpTurn {
     username: String,
     password: String,
     nonce: Option<String>,
+    /// Bytes read and not yet handed out as frames.
+    framer: Framer,
 }
 
 impl TcpTurn {
@@ -428,6 +419,7 @@ impl TcpTurn {
             username: username.to_string(),
             password: password.to_string(),
             nonce: None,
+            framer: Framer::new(),
         }
     }
 
@@ -466,19 +458,24 @@ impl TcpTurn {
     /// The next frame on the stream, framed by its own header (RFC 8656 §12.5): a STUN
     /// message, or a ChannelData message with its padding to a multiple of four stripped.
     pub fn read_frame(&mut self) -> std::io::Result<Vec<u8>> {
-        let mut header = [0u8; 4];
-        self.stream.read_exact(&mut header)?;
-        let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        let (body, padded) = if header[0] & 0xc0 == 0 {
-            (16 + len, 16 + len)
-        } else {
-            (len, len.next_multiple_of(4))
-        };
-        let mut frame = header.to_vec();
-        frame.resize(4 + padded, 0);
-        self.stream.read_exact(&mut frame[4..])?;
-        frame.truncate(4 + body);
-        Ok(frame)
+        let mut buf = [0u8; 4096];
+        loop {
+            let next = self
+                .framer
+                .next_frame()
+                .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))?;
+            if let Some(range) = next {
+                let mut frame = self.framer.data()[range].to_vec();
+                if frame[0] & 0xc0 != 0 {
+                    frame.truncate(4 + usize::from(u16::from_be_bytes([frame[2], frame[3]])));
+                }
+                return Ok(frame);
+            }
+            match self.stream.read(&mut buf)? {
+                0 => return Err(ErrorKind::UnexpectedEof.into()),
+                n => self.framer.extend(&buf[..n]),
+            }
+        }
     }
 
     /// Allocate: unauthenticated for the nonce (expects 401), then signed.
@@ -489,6 +486,12 @@ impl TcpTurn {
     /// An authenticated request: gets a nonce first if needed (asserting the 401), retries
     /// once on 438.
     pub fn request(&mut self, method: Method, attrs: Attrs) -> Resp {
+        self.request_with(method, &|r| {
+            r.with_writer(attrs);
+        })
+    }
+
+    fn request_with(&mut self, method: Method, attrs: &dyn Fn(&mut Request)) -> Resp {
         let nonce = match self.nonce.clone() {
             Some(nonce) => nonce,
             None => {
@@ -506,27 +509,26 @@ impl TcpTurn {
         };
         self.nonce = Some(nonce.clone());
         let (user, pass) = (self.username.clone(), self.password.clone());
-        let resp = self.transact(&build_request(method, attrs, Some((&user, &pass, &nonce))));
+        let resp = self.transact(&build(method, attrs, Some((&user, &pass, &nonce))));
         if resp.code() == Some(438) {
             let fresh = resp.nonce().expect("438 without NONCE");
             self.nonce = Some(fresh.clone());
-            return self.transact(&build_request(method, attrs, Some((&user, &pass, &fresh))));
+            return self.transact(&build(method, attrs, Some((&user, &pass, &fresh))));
         }
         resp
     }
 
     pub fn create_permission(&mut self, peer: SocketAddr) -> Resp {
-        self.request(CREATE_PERMISSION, &peer_address(peer))
+        self.request_with(CREATE_PERMISSION, &peer_address(peer))
     }
 
     pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Resp {
-        self.request(CHANNEL_BIND, &channel_binding(channel, peer))
+        self.request_with(CHANNEL_BIND, &channel_binding(channel, peer))
     }
 
     /// Sends ChannelData, padded to a multiple of four as streams require (RFC 8656 §12.5).
     pub fn send_channel_data(&mut self, channel: u16, payload: &[u8]) {
-        let mut frame = channel_data(channel, payload);
-        frame.resize(frame.len().next_multiple_of(4), 0);
+        let frame = turnpike_client::channel_data(channel, payload, true);
         self.stream.write_all(&frame).expect("write ChannelData");
     }
 }
