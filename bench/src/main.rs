@@ -11,6 +11,8 @@
 //!
 //! Linux only (recvmmsg/sendmmsg, epoll, timerfd, /proc), IPv4 loopback.
 
+#![forbid(unsafe_code)]
+
 mod churn;
 mod forwarder;
 mod load;

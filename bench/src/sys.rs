@@ -1,42 +1,45 @@
-//! Thin wrappers over the Linux syscalls the load generator needs: `recvmmsg`/`sendmmsg`
-//! batches, `epoll`, an absolute `timerfd`, `CLOCK_MONOTONIC`, and `/proc` readers.
-//! IPv4 only: everything the benchmark does is on 127.0.0.1.
+//! Thin wrappers over the Linux system interfaces the load generator needs: `recvmmsg`/
+//! `sendmmsg` batches, `epoll`, an absolute `timerfd`, `CLOCK_MONOTONIC`, and `/proc`
+//! readers, all through nix's safe wrappers (the same `recvmmsg`/`sendmmsg` calls as the
+//! daemon's src/net/batch.rs). IPv4 only: everything the benchmark does is on 127.0.0.1.
 
-use std::io;
-use std::mem::{size_of, zeroed};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{self, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::resource::{self, Resource, UsageWho};
+use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrIn};
+use nix::sys::time::{TimeSpec, TimeValLike};
+use nix::sys::timerfd::{self, Expiration, TimerFlags, TimerSetTimeFlags};
+use nix::time::ClockId;
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH: usize = 64;
 /// Bytes per datagram buffer (the payload is capped well below this).
 pub const BUF: usize = 2048;
 
-/// Nanoseconds on `CLOCK_MONOTONIC` (the clock `timerfd` and `Instant` use).
+/// Nanoseconds on `CLOCK_MONOTONIC`: the clock `timerfd` is armed on, as absolute times, and
+/// the one `Instant` reads (which does not expose its value, so it cannot arm the timer).
 pub fn now_ns() -> u64 {
-    let mut ts: libc::timespec = unsafe { zeroed() };
-    // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    let ts = nix::time::clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always readable");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
-/// CPU time (user + system) of this process, in nanoseconds.
+/// CPU time (user + system) of this process, in nanoseconds (`getrusage(RUSAGE_SELF)`).
 pub fn self_cpu_ns() -> u64 {
-    let mut ru: libc::rusage = unsafe { zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let us = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
-    (us(ru.ru_utime) + us(ru.ru_stime)) * 1000
+    resource::getrusage(UsageWho::RUSAGE_SELF).map_or(0, |ru| {
+        (ru.user_time().num_microseconds() + ru.system_time().num_microseconds()) as u64 * 1000
+    })
 }
 
 /// Clock ticks per second for `/proc/PID/stat` (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
 pub fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as u64,
+        _ => 100,
     }
 }
 
@@ -103,38 +106,21 @@ pub fn proc_rss_bytes(pid: u32) -> io::Result<u64> {
     Err(io::Error::other("no VmRSS"))
 }
 
-/// Raises RLIMIT_NOFILE to its hard limit (10,000 allocations need 10,000 sockets).
+/// Raises RLIMIT_NOFILE to its hard limit (10,000 allocations need 10,000 sockets); returns
+/// the hard limit, 0 if it could not be read.
 pub fn raise_nofile() -> u64 {
-    let mut rl: libc::rlimit = unsafe { zeroed() };
-    // SAFETY: valid pointers to a local rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
-            rl.rlim_cur = rl.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+    match resource::getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_, max)) => {
+            let _ = resource::setrlimit(Resource::RLIMIT_NOFILE, max, max);
+            max
         }
+        Err(_) => 0,
     }
-    rl.rlim_cur as u64
 }
 
 /// Asks for precise timer wakeups (the default slack is 50 µs).
 pub fn tight_timer_slack() {
-    // SAFETY: PR_SET_TIMERSLACK takes an integer argument.
-    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
-}
-
-fn to_sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    let mut s: libc::sockaddr_in = unsafe { zeroed() };
-    s.sin_family = libc::AF_INET as libc::sa_family_t;
-    s.sin_port = a.port().to_be();
-    s.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-    s
-}
-
-fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)),
-        u16::from_be(s.sin_port),
-    )
+    let _ = nix::sys::prctl::set_timerslack(1);
 }
 
 /// A batch of datagram buffers usable for both `recvmmsg` and `sendmmsg`: after a receive,
@@ -142,243 +128,158 @@ fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
 pub struct Mmsg {
     pub bufs: Box<[[u8; BUF]]>,
     pub lens: [usize; BATCH],
-    addrs: Box<[libc::sockaddr_in]>,
-    iov: Box<[libc::iovec]>,
-    hdrs: Box<[libc::mmsghdr]>,
+    addrs: [Option<SockaddrIn>; BATCH],
+    /// Separate headers for each direction: nix's `sendmmsg` points a header's address at the
+    /// caller's array, and `recvmmsg` does not point it back at the header's own slot.
+    rx_hdrs: MultiHeaders<SockaddrIn>,
+    tx_hdrs: MultiHeaders<SockaddrIn>,
 }
 
 impl Mmsg {
     pub fn new() -> Self {
-        let mut m = Mmsg {
+        Mmsg {
             bufs: vec![[0u8; BUF]; BATCH].into_boxed_slice(),
             lens: [0; BATCH],
-            addrs: vec![to_sockaddr(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)); BATCH]
-                .into_boxed_slice(),
-            iov: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0
-                };
-                BATCH
-            ]
-            .into_boxed_slice(),
-            // SAFETY: mmsghdr is plain old data; all-zero is a valid (empty) value.
-            hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-        };
-        // The boxes never move their heap storage, so these pointers stay valid.
-        for i in 0..BATCH {
-            m.iov[i].iov_base = m.bufs[i].as_mut_ptr().cast();
-            let h = &mut m.hdrs[i].msg_hdr;
-            h.msg_name = (&mut m.addrs[i] as *mut libc::sockaddr_in).cast();
-            h.msg_iov = &mut m.iov[i];
-            h.msg_iovlen = 1;
+            addrs: [Some(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into()); BATCH],
+            rx_hdrs: MultiHeaders::preallocate(BATCH, None),
+            tx_hdrs: MultiHeaders::preallocate(BATCH, None),
         }
-        m
     }
 
     /// Source address of received datagram `i` (or the destination set for sending).
     pub fn addr(&self, i: usize) -> SocketAddrV4 {
-        from_sockaddr(&self.addrs[i])
+        self.addrs[i].map_or(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), Into::into)
     }
 
     pub fn set_addr(&mut self, i: usize, a: SocketAddrV4) {
-        self.addrs[i] = to_sockaddr(a);
+        self.addrs[i] = Some(a.into());
     }
 
     /// Receives up to `BATCH` datagrams without blocking; 0 when none is waiting.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        for i in 0..BATCH {
-            self.iov[i].iov_len = BUF;
-            self.hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            self.hdrs[i].msg_hdr.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
-        }
-        // SAFETY: every header points at live buffers owned by `self`.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
+    pub fn recv(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let mut bufs = self.bufs.iter_mut();
+        let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
+            std::array::from_fn(|_| [IoSliceMut::new(bufs.next().expect("BATCH buffers"))]);
+        let msgs = match recvmmsg(
+            fd.as_raw_fd(),
+            &mut self.rx_hdrs,
+            iovs.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
+            Ok(msgs) => msgs,
+            // A previous send to a closed port reports ICMP unreachable here: skip it.
+            Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNREFUSED) => return Ok(0),
+            Err(e) => return Err(e.into()),
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                // A previous send to a closed port reports ICMP unreachable here: skip it.
-                io::ErrorKind::ConnectionRefused => Ok(0),
-                _ => Err(e),
-            };
-        }
-        let n = n as usize;
-        for i in 0..n {
-            self.lens[i] = self.hdrs[i].msg_len as usize;
+        let mut n = 0;
+        for (i, m) in msgs.enumerate() {
+            self.lens[i] = m.bytes;
+            self.addrs[i] = m.address;
+            n += 1;
         }
         Ok(n)
     }
 
     /// Sends datagrams `0..n` (`bufs[i][..lens[i]]` to `addr(i)`); returns how many went out
     /// before the socket would block.
-    pub fn send(&mut self, fd: RawFd, n: usize) -> io::Result<usize> {
-        for i in 0..n {
-            self.iov[i].iov_len = self.lens[i];
-            self.hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            self.hdrs[i].msg_hdr.msg_flags = 0;
-        }
+    pub fn send(&mut self, fd: BorrowedFd<'_>, n: usize) -> io::Result<usize> {
+        let n = n.min(BATCH);
+        let iovs: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|i| {
+            [IoSlice::new(if i < n {
+                &self.bufs[i][..self.lens[i]]
+            } else {
+                &[]
+            })]
+        });
         let mut done = 0;
         let mut refused = 0;
         while done < n {
-            // SAFETY: headers `done..n` point at live buffers owned by `self`.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.hdrs.as_mut_ptr().add(done),
-                    (n - done) as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => break,
-                    // A pending ICMP error from an earlier datagram: retry (bounded).
-                    io::ErrorKind::ConnectionRefused if refused < 4 => {
-                        refused += 1;
-                        continue;
-                    }
-                    _ => return Err(e),
-                }
+            match sendmmsg(
+                fd.as_raw_fd(),
+                &mut self.tx_hdrs,
+                &iovs[done..n],
+                &self.addrs[done..n],
+                [],
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(sent) => done += sent.count(),
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => break,
+                // A pending ICMP error from an earlier datagram: retry (bounded).
+                Err(Errno::ECONNREFUSED) if refused < 4 => refused += 1,
+                Err(e) => return Err(e.into()),
             }
-            done += r as usize;
         }
         Ok(done)
     }
 }
 
-/// A level-triggered epoll set; tokens are `u64`s chosen by the caller.
+/// A level-triggered epoll set; tokens are `u64`s chosen by the caller. (Not mio: its
+/// registrations are edge-triggered, and the loops here read a bounded number of batches per
+/// wakeup and rely on being woken again for the rest.)
 pub struct Epoll {
-    fd: RawFd,
-    events: Vec<libc::epoll_event>,
+    ep: epoll::Epoll,
+    events: Vec<EpollEvent>,
 }
 
 impl Epoll {
     pub fn new() -> io::Result<Self> {
-        // SAFETY: plain syscall.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Epoll {
-            fd,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
+            ep: epoll::Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+            events: vec![EpollEvent::empty(); 256],
         })
     }
 
-    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
-        // SAFETY: valid epoll fd and event pointer.
-        if unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+    pub fn add(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        Ok(self
+            .ep
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))?)
     }
 
-    /// Waits up to `timeout_ms` (-1: forever) and returns the ready tokens.
+    /// Waits up to `timeout_ms` (negative: forever) and returns the ready tokens.
     pub fn wait(&mut self, timeout_ms: i32, out: &mut Vec<u64>) -> io::Result<()> {
         out.clear();
-        // SAFETY: `events` is a writable buffer of the given length.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd,
-                self.events.as_mut_ptr(),
-                self.events.len() as i32,
-                timeout_ms,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
+        let timeout = EpollTimeout::try_from(timeout_ms).unwrap_or(EpollTimeout::NONE);
+        match self.ep.wait(&mut self.events, timeout) {
+            Ok(n) => {
+                out.extend(self.events[..n].iter().map(|e| e.data()));
                 Ok(())
-            } else {
-                Err(e)
-            };
+            }
+            Err(Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        out.extend(self.events[..n as usize].iter().map(|e| e.u64));
-        Ok(())
-    }
-}
-
-impl Drop for Epoll {
-    fn drop(&mut self) {
-        // SAFETY: we own the fd.
-        unsafe { libc::close(self.fd) };
     }
 }
 
 /// A `CLOCK_MONOTONIC` timerfd armed at absolute times (ns from [`now_ns`]).
-pub struct TimerFd {
-    fd: RawFd,
-}
+pub struct TimerFd(timerfd::TimerFd);
 
 impl TimerFd {
     pub fn new() -> io::Result<Self> {
-        // SAFETY: plain syscall.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(TimerFd { fd })
+        Ok(TimerFd(timerfd::TimerFd::new(
+            timerfd::ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?))
     }
 
-    pub fn fd(&self) -> RawFd {
-        self.fd
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
 
     pub fn set_abs(&self, at_ns: u64) {
+        // An all-zero time would disarm the timer instead.
         let at_ns = at_ns.max(1);
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: (at_ns / 1_000_000_000) as libc::time_t,
-                tv_nsec: (at_ns % 1_000_000_000) as libc::c_long,
-            },
-        };
-        // SAFETY: valid fd and itimerspec.
-        unsafe {
-            libc::timerfd_settime(
-                self.fd,
-                libc::TFD_TIMER_ABSTIME,
-                &spec,
-                std::ptr::null_mut(),
-            )
-        };
+        let at = TimeSpec::new((at_ns / 1_000_000_000) as _, (at_ns % 1_000_000_000) as _);
+        let _ = self.0.set(
+            Expiration::OneShot(at),
+            TimerSetTimeFlags::TFD_TIMER_ABSTIME,
+        );
     }
 
+    /// Consumes the expiry count, so that the level-triggered epoll stops reporting it.
     pub fn clear(&self) {
-        let mut v = 0u64;
-        // SAFETY: reads 8 bytes into a local u64.
-        unsafe { libc::read(self.fd, (&mut v as *mut u64).cast(), 8) };
-    }
-}
-
-impl Drop for TimerFd {
-    fn drop(&mut self) {
-        // SAFETY: we own the fd.
-        unsafe { libc::close(self.fd) };
+        let _ = nix::unistd::read(self.0.as_fd(), &mut [0u8; 8]);
     }
 }
 
@@ -392,8 +293,8 @@ pub fn udp_socket(addr: SocketAddrV4) -> io::Result<UdpSocket> {
     Ok(s)
 }
 
-pub fn fd(s: &UdpSocket) -> RawFd {
-    s.as_raw_fd()
+pub fn fd(s: &UdpSocket) -> BorrowedFd<'_> {
+    s.as_fd()
 }
 
 pub fn local_v4(s: &UdpSocket) -> io::Result<SocketAddrV4> {
