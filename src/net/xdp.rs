@@ -221,6 +221,83 @@ fn decode_counters(bytes: &[u8; 32]) -> Counters {
     }
 }
 
+// ---- the forwarding requirement ----
+
+/// Which families the interface forwards. `bpf_fib_lookup` answers
+/// `BPF_FIB_LKUP_RET_FWD_DISABLED` for a family its ingress interface does not forward, and
+/// the program then passes every such packet to userspace: attached there, it would only add
+/// work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarding {
+    /// `net.ipv4.conf.IFACE.forwarding`.
+    pub ipv4: bool,
+    /// `net.ipv6.conf.IFACE.forwarding`.
+    pub ipv6: bool,
+    /// IPv6 is enabled on the interface (`disable_ipv6` is 0): without it, that family's
+    /// forwarding does not matter.
+    pub ipv6_enabled: bool,
+}
+
+impl Forwarding {
+    /// Reads the interface's sysctls (in the process's network namespace); `None` when the
+    /// interface has no IPv4 configuration there (it does not exist: the attach says so).
+    pub fn read(interface: &str) -> Option<Forwarding> {
+        let flag = |path: String| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|text| text.trim() != "0")
+        };
+        let ipv4 = flag(format!("/proc/sys/net/ipv4/conf/{interface}/forwarding"))?;
+        let ipv6_enabled = flag(format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6"))
+            .is_some_and(|disabled| !disabled);
+        let ipv6 = ipv6_enabled
+            && flag(format!("/proc/sys/net/ipv6/conf/{interface}/forwarding")).unwrap_or(false);
+        Some(Forwarding {
+            ipv4,
+            ipv6,
+            ipv6_enabled,
+        })
+    }
+
+    /// Whether the kernel path can route packets of `ip`'s family.
+    pub fn routes(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(_) => self.ipv4,
+            IpAddr::V6(_) => self.ipv6,
+        }
+    }
+
+    /// Whether to attach: `Err` (why not) when no family in use is forwarded, else a
+    /// warning to log when one family is left to userspace.
+    pub fn verdict(&self, interface: &str) -> Result<Option<String>, String> {
+        // sysctl(8) writes a dotted interface name (a VLAN, eth0.100) with slashes.
+        let name = interface.replace('.', "/");
+        let v4 = format!("net.ipv4.conf.{name}.forwarding");
+        let v6 = format!("net.ipv6.conf.{name}.forwarding");
+        match (self.ipv4, self.ipv6, self.ipv6_enabled) {
+            (false, false, _) => Err(format!(
+                "IP forwarding is off on {interface}, so bpf_fib_lookup would hand every packet \
+                 back to userspace: set {v4}=1{} (a forward-drop firewall rule keeps the host \
+                 from routing anything else) and restart",
+                if self.ipv6_enabled {
+                    format!(" and {v6}=1 for IPv6")
+                } else {
+                    String::new()
+                }
+            )),
+            (true, false, true) => Ok(Some(format!(
+                "{v6} is 0: channels with an IPv6 side stay in userspace (set it to 1 and \
+                 restart to relay them in the kernel)"
+            ))),
+            (false, true, _) => Ok(Some(format!(
+                "{v4} is 0: channels with an IPv4 side stay in userspace (set it to 1 and \
+                 restart to relay them in the kernel)"
+            ))),
+            _ => Ok(None),
+        }
+    }
+}
+
 // ---- the worker's side ----
 
 /// What a worker remembers of one of its UDP allocations, to turn the core's events into
@@ -409,8 +486,14 @@ impl Hook {
 
 /// The entries of channel `at` of an allocation, if its family allows the kernel path: a
 /// relay of the peer's family, the same family on the client's side (v4↔v6 stays in
-/// userspace for now), and no wildcard relay address.
-fn entry(tuple: &FiveTuple, mirror: &Mirror, at: usize) -> Option<ChannelEntry> {
+/// userspace for now), no wildcard relay address, and an interface that forwards the
+/// family.
+fn entry(
+    forwarding: &Forwarding,
+    tuple: &FiveTuple,
+    mirror: &Mirror,
+    at: usize,
+) -> Option<ChannelEntry> {
     let Channel {
         number: channel,
         peer,
@@ -424,6 +507,9 @@ fn entry(tuple: &FiveTuple, mirror: &Mirror, at: usize) -> Option<ChannelEntry> 
     let same_family =
         tuple.client.is_ipv4() == peer.is_ipv4() && tuple.server.is_ipv4() == peer.is_ipv4();
     if !same_family || relay.ip().is_unspecified() {
+        return None;
+    }
+    if !forwarding.routes(peer.ip()) || !forwarding.routes(tuple.client.ip()) {
         return None;
     }
     Some(ChannelEntry {
@@ -443,7 +529,7 @@ fn sync(datapath: &Datapath, tuple: &FiveTuple, mirror: &mut Mirror, at: usize, 
     if want == mirror.channels[at].installed {
         return;
     }
-    let Some(entry) = entry(tuple, mirror, at) else {
+    let Some(entry) = entry(&datapath.forwarding, tuple, mirror, at) else {
         return;
     };
     if !want {
@@ -464,7 +550,9 @@ pub use kernel::Datapath;
 
 #[cfg(target_os = "linux")]
 mod kernel {
-    use super::{decode_counters, layout, ChannelEntry, Counters, KernelTotals, REASONS};
+    use super::{
+        decode_counters, layout, ChannelEntry, Counters, Forwarding, KernelTotals, REASONS,
+    };
     use crate::config::XdpMode;
     use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
     use aya::programs::{Xdp, XdpFlags};
@@ -494,6 +582,9 @@ mod kernel {
         maps: Mutex<Maps>,
         pub interface: String,
         pub mode: &'static str,
+        /// The families the interface forwards, read at attach: channels with a side in
+        /// another family stay in userspace.
+        pub forwarding: Forwarding,
         warned_wildcard: AtomicBool,
         warned_full: AtomicBool,
     }
@@ -540,7 +631,11 @@ mod kernel {
     impl Datapath {
         /// Loads the program and attaches it to `interface`; the reason in words if that
         /// fails.
-        pub fn start(interface: &str, mode: XdpMode) -> Result<Self, String> {
+        pub fn start(
+            interface: &str,
+            mode: XdpMode,
+            forwarding: Forwarding,
+        ) -> Result<Self, String> {
             let mut ebpf = aya::Ebpf::load(OBJECT)
                 .map_err(|e| format!("cannot load the XDP program: {}", explain(&e)))?;
             let program: &mut Xdp = ebpf
@@ -592,6 +687,7 @@ mod kernel {
                 maps: Mutex::new(maps),
                 interface: interface.to_owned(),
                 mode,
+                forwarding,
                 warned_wildcard: AtomicBool::new(false),
                 warned_full: AtomicBool::new(false),
             })
@@ -714,7 +810,7 @@ mod kernel {
 
 #[cfg(not(target_os = "linux"))]
 mod kernel {
-    use super::{ChannelEntry, Counters, KernelTotals};
+    use super::{ChannelEntry, Counters, Forwarding, KernelTotals};
     use crate::config::XdpMode;
     use std::net::SocketAddr;
 
@@ -723,10 +819,11 @@ mod kernel {
     pub struct Datapath {
         pub interface: String,
         pub mode: &'static str,
+        pub forwarding: Forwarding,
     }
 
     impl Datapath {
-        pub fn start(_interface: &str, _mode: XdpMode) -> Result<Self, String> {
+        pub fn start(_: &str, _: XdpMode, _: Forwarding) -> Result<Self, String> {
             Err("XDP is Linux only".into())
         }
         pub(super) fn warn_wildcard(&self, _: SocketAddr) {}
@@ -748,22 +845,44 @@ mod kernel {
 
 /// Starts the kernel path if configured: the program attached to `interface`, or `None`
 /// after one log line that names the reason (relaying then stays in userspace).
+///
+/// An interface that forwards neither family is refused before anything is loaded: the
+/// program could relay nothing there (README, "Kernel fast path").
 pub fn start(interface: Option<&str>, mode: crate::config::XdpMode) -> Option<Arc<Datapath>> {
     let interface = interface?;
-    match Datapath::start(interface, mode) {
+    let refuse = |reason: &str| {
+        tracing::warn!(
+            interface,
+            "xdp: kernel path not enabled, relaying in userspace: {reason}"
+        );
+    };
+    // Without a /proc entry the interface is not there: the attach names that.
+    let forwarding = Forwarding::read(interface).unwrap_or(Forwarding {
+        ipv4: true,
+        ipv6: true,
+        ipv6_enabled: true,
+    });
+    let warning = match forwarding.verdict(interface) {
+        Ok(warning) => warning,
+        Err(reason) => {
+            refuse(&reason);
+            return None;
+        }
+    };
+    match Datapath::start(interface, mode, forwarding) {
         Ok(datapath) => {
             tracing::info!(
                 interface,
                 mode = datapath.mode,
                 "xdp: established UDP channels are relayed in the kernel"
             );
+            if let Some(warning) = warning {
+                tracing::warn!(interface, "xdp: {warning}");
+            }
             Some(Arc::new(datapath))
         }
         Err(reason) => {
-            tracing::warn!(
-                interface,
-                "xdp: kernel path not enabled, relaying in userspace: {reason}"
-            );
+            refuse(&reason);
             None
         }
     }
@@ -841,6 +960,47 @@ mod tests {
             &e.p2c_value()[8..],
             &[192, 0, 2, 1, 192, 0, 2, 2, 0x13, 0x88, 0x0d, 0x96, 0x40, 0x01, 0, 0]
         );
+    }
+
+    #[test]
+    fn an_interface_that_forwards_nothing_is_refused_naming_the_sysctls() {
+        let f = |ipv4, ipv6, ipv6_enabled| Forwarding {
+            ipv4,
+            ipv6,
+            ipv6_enabled,
+        };
+        let refused = f(false, false, true).verdict("eth0").unwrap_err();
+        assert!(
+            refused.contains("net.ipv4.conf.eth0.forwarding=1"),
+            "{refused}"
+        );
+        assert!(
+            refused.contains("net.ipv6.conf.eth0.forwarding=1"),
+            "{refused}"
+        );
+        // IPv6 off on the interface: only the IPv4 sysctl matters, and a VLAN's name is
+        // written as sysctl(8) wants it.
+        let refused = f(false, false, false).verdict("eth0.100").unwrap_err();
+        assert!(
+            refused.contains("net.ipv4.conf.eth0/100.forwarding=1"),
+            "{refused}"
+        );
+        assert!(!refused.contains("ipv6"), "{refused}");
+        assert_eq!(f(true, false, false).verdict("eth0"), Ok(None));
+        assert_eq!(f(true, true, true).verdict("eth0"), Ok(None));
+        let warning = f(true, false, true).verdict("eth0").unwrap().unwrap();
+        assert!(
+            warning.contains("net.ipv6.conf.eth0.forwarding is 0"),
+            "{warning}"
+        );
+        let warning = f(false, true, true).verdict("eth0").unwrap().unwrap();
+        assert!(
+            warning.contains("net.ipv4.conf.eth0.forwarding is 0"),
+            "{warning}"
+        );
+        let v4_only = f(true, false, true);
+        assert!(v4_only.routes("192.0.2.1".parse().unwrap()));
+        assert!(!v4_only.routes("2001:db8::1".parse().unwrap()));
     }
 
     #[test]

@@ -63,16 +63,34 @@ fn run(cmd: &[&str]) {
     );
 }
 
+/// How a lab differs from the usual one.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    /// `net.ipv4.conf.eth0.forwarding=1` in the server's namespace, as the README asks.
+    forwarding: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup { forwarding: true }
+    }
+}
+
 /// Four namespaces named after this process and a counter; removed on drop.
 struct Lab {
     prefix: String,
+    setup: Setup,
     server: Option<Child>,
     server_log: Arc<Mutex<String>>,
 }
 
 impl Lab {
-    /// The lab, or `None` (with the reason printed) where it cannot be built by design.
+    /// The usual lab, or `None` (with the reason printed) where it cannot be built by design.
     fn new() -> Option<Lab> {
+        Lab::with(Setup::default())
+    }
+
+    fn with(setup: Setup) -> Option<Lab> {
         if !is_root() {
             eprintln!("SKIP: the XDP lab needs root (network namespaces, BPF)");
             return None;
@@ -87,6 +105,7 @@ impl Lab {
         );
         let lab = Lab {
             prefix,
+            setup,
             server: None,
             server_log: Arc::default(),
         };
@@ -147,15 +166,17 @@ impl Lab {
         // bpf_fib_lookup answers only for an interface that forwards (else
         // BPF_FIB_LKUP_RET_FWD_DISABLED and every packet goes to userspace).
         let s = self.ns("s");
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &s,
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.eth0.forwarding=1",
-        ]);
+        if self.setup.forwarding {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &s,
+                "sysctl",
+                "-qw",
+                "net.ipv4.conf.eth0.forwarding=1",
+            ]);
+        }
     }
 
     /// Runs `f` on a thread inside namespace `role`: sockets it makes stay in there.
@@ -549,6 +570,51 @@ fn forwarding_stops_when_the_allocation_is_deleted() {
         client.recv(Duration::from_millis(500)),
         None,
         "the peer reached the client after the allocation was deleted"
+    );
+}
+
+/// An interface that does not forward: `bpf_fib_lookup` would answer FWD_DISABLED for every
+/// packet, so the daemon does not attach. One line names the sysctl to set, and relaying
+/// works in userspace.
+#[test]
+fn without_ip_forwarding_one_line_names_the_sysctl_and_userspace_relays() {
+    let Some(mut lab) = Lab::with(Setup { forwarding: false }) else {
+        return;
+    };
+    lab.start_server(&["--xdp", "eth0", "--xdp-mode", "generic"]);
+    let mut client = lab.client();
+    let peer = lab.peer();
+    let relayed = client.allocate().expect_success("Allocate").relayed();
+    client
+        .channel_bind(CHANNEL, peer.local_addr().unwrap())
+        .expect_success("ChannelBind");
+    for _ in 0..5 {
+        client.send_channel_data(CHANNEL, b"userspace");
+        assert_eq!(
+            recv_from(&peer, Duration::from_secs(2)).map(|(d, _)| d),
+            Some(b"userspace".to_vec())
+        );
+        peer.send_to(b"back", relayed).unwrap();
+        assert_eq!(
+            client.recv(Duration::from_secs(2)),
+            Some(channel_data(CHANNEL, b"back"))
+        );
+    }
+    let log = lab.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("xdp:")).collect();
+    assert_eq!(lines.len(), 1, "one xdp line, in:\n{log}");
+    assert!(
+        lines[0].contains("kernel path not enabled")
+            && lines[0].contains("net.ipv4.conf.eth0.forwarding=1"),
+        "names the sysctl: {}",
+        lines[0]
+    );
+    let metrics = wait_for_metrics(&lab, "userspace relay", |m| {
+        metric_sum(m, "turnpike_relayed_packets") >= 10.0
+    });
+    assert!(
+        metrics.contains("turnpike_xdp_attached 0"),
+        "not attached:\n{metrics}"
     );
 }
 
