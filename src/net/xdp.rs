@@ -70,6 +70,8 @@ pub struct KernelTotals {
     pub to_client_bytes: u64,
     /// Frames handed to the kernel stack, by the reason in [`REASONS`].
     pub passed: Vec<(&'static str, u64)>,
+    /// Channels whose entry pair is in the maps now.
+    pub channels: u64,
 }
 
 impl KernelTotals {
@@ -80,6 +82,7 @@ impl KernelTotals {
         self.to_peer_bytes += other.to_peer_bytes;
         self.to_client_packets += other.to_client_packets;
         self.to_client_bytes += other.to_client_bytes;
+        self.channels += other.channels;
         if self.passed.is_empty() {
             self.passed.clone_from(&other.passed);
         } else {
@@ -101,6 +104,7 @@ impl KernelTotals {
                 .zip(stats)
                 .filter_map(|(name, n)| name.map(|name| (name, *n)))
                 .collect(),
+            channels: 0,
         }
     }
 }
@@ -320,9 +324,52 @@ struct Channel {
     installed: bool,
 }
 
+/// What the hook needs of the program's maps: the attached [`Datapath`], or a fake in the
+/// tests.
+pub trait Maps: Send + Sync {
+    /// The families the interface forwards.
+    fn forwarding(&self) -> Forwarding;
+    /// Logs once that a wildcard listener's channels stay in userspace.
+    fn warn_wildcard(&self, server: SocketAddr);
+    /// A zeroed counter entry for an allocation, before its first channel entry.
+    fn create_counters(&self, key: u64) -> bool;
+    /// Reads an allocation's counters, summed over CPUs, and deletes the entry.
+    fn take_counters(&self, key: u64) -> Counters;
+    /// Adds a channel's two entries; whether both are in.
+    fn insert(&self, entry: &ChannelEntry) -> bool;
+    /// Removes a channel's two entries (those present).
+    fn remove(&self, entry: &ChannelEntry);
+    /// The program's counters, summed over CPUs.
+    fn totals(&self) -> KernelTotals;
+}
+
+impl Maps for Datapath {
+    fn forwarding(&self) -> Forwarding {
+        self.forwarding
+    }
+    fn warn_wildcard(&self, server: SocketAddr) {
+        Datapath::warn_wildcard(self, server);
+    }
+    fn create_counters(&self, key: u64) -> bool {
+        Datapath::create_counters(self, key)
+    }
+    fn take_counters(&self, key: u64) -> Counters {
+        Datapath::take_counters(self, key)
+    }
+    fn insert(&self, entry: &ChannelEntry) -> bool {
+        Datapath::insert(self, entry)
+    }
+    fn remove(&self, entry: &ChannelEntry) {
+        Datapath::remove(self, entry);
+    }
+    fn totals(&self) -> KernelTotals {
+        Datapath::totals(self)
+    }
+}
+
 /// A worker's handle on the kernel path; does nothing without an attached program.
 pub struct Hook {
-    datapath: Option<Arc<Datapath>>,
+    datapath: Option<Arc<dyn Maps>>,
     worker: usize,
     allocations: HashMap<FiveTuple, Mirror>,
     /// Whether the configuration last seen allowed the kernel path (no bandwidth cap).
@@ -333,6 +380,11 @@ pub struct Hook {
 
 impl Hook {
     pub fn new(datapath: Option<Arc<Datapath>>, worker: usize) -> Self {
+        Self::with_maps(datapath.map(|d| d as Arc<dyn Maps>), worker)
+    }
+
+    /// A hook on any [`Maps`] (the tests' fake).
+    pub fn with_maps(datapath: Option<Arc<dyn Maps>>, worker: usize) -> Self {
         Self {
             datapath,
             worker,
@@ -346,17 +398,21 @@ impl Hook {
     /// Mirrors one of the core's events into the maps. An `AllocationEnded` gets what the
     /// kernel relayed for it added to its usage, so the usage record covers both paths.
     pub fn apply(&mut self, event: &mut Event, config: &ServerConfig) {
+        // A bandwidth cap is enforced in userspace only: capped allocations keep every
+        // packet on that path. A reload that sets a cap takes live channels out of the maps.
+        self.mirror(event, config.bandwidth_per_allocation.is_none());
+    }
+
+    /// [`Hook::apply`], given whether the configuration allows the kernel path.
+    fn mirror(&mut self, event: &mut Event, allowed: bool) {
         let Some(datapath) = self.datapath.clone() else {
             return;
         };
-        // A bandwidth cap is enforced in userspace only: capped allocations keep every
-        // packet on that path. A reload that sets a cap takes live channels out of the maps.
-        let allowed = config.bandwidth_per_allocation.is_none();
         if allowed != self.allowed {
             self.allowed = allowed;
             for (tuple, mirror) in &mut self.allocations {
                 for at in 0..mirror.channels.len() {
-                    sync(&datapath, tuple, mirror, at, allowed);
+                    sync(&*datapath, tuple, mirror, at, allowed);
                 }
             }
         }
@@ -411,14 +467,14 @@ impl Hook {
                     }
                 };
                 mirror.channels[at].permitted = true;
-                sync(&datapath, tuple, mirror, at, allowed);
+                sync(&*datapath, tuple, mirror, at, allowed);
             }
             Event::ChannelExpired { tuple, number, .. } => {
                 let Some(mirror) = self.allocations.get_mut(tuple) else {
                     return;
                 };
                 if let Some(at) = mirror.channels.iter().position(|c| c.number == *number) {
-                    sync(&datapath, tuple, mirror, at, false);
+                    sync(&*datapath, tuple, mirror, at, false);
                     mirror.channels.remove(at);
                 }
             }
@@ -429,7 +485,7 @@ impl Hook {
                 for at in 0..mirror.channels.len() {
                     if mirror.channels[at].peer.ip() == *peer {
                         mirror.channels[at].permitted = false;
-                        sync(&datapath, tuple, mirror, at, allowed);
+                        sync(&*datapath, tuple, mirror, at, allowed);
                     }
                 }
             }
@@ -441,7 +497,7 @@ impl Hook {
                 for at in 0..mirror.channels.len() {
                     if mirror.channels[at].peer.ip() == *peer {
                         mirror.channels[at].permitted = true;
-                        sync(&datapath, tuple, mirror, at, allowed);
+                        sync(&*datapath, tuple, mirror, at, allowed);
                     }
                 }
             }
@@ -450,7 +506,7 @@ impl Hook {
                     return;
                 };
                 for at in 0..mirror.channels.len() {
-                    sync(&datapath, tuple, &mut mirror, at, false);
+                    sync(&*datapath, tuple, &mut mirror, at, false);
                 }
                 if mirror.counter_created {
                     let kernel = datapath.take_counters(mirror.counter);
@@ -524,12 +580,12 @@ fn entry(
 
 /// Puts channel `at`'s entries into the maps or takes them out: in while its permission is
 /// live and `allowed` (no bandwidth cap), out otherwise.
-fn sync(datapath: &Datapath, tuple: &FiveTuple, mirror: &mut Mirror, at: usize, allowed: bool) {
+fn sync(datapath: &dyn Maps, tuple: &FiveTuple, mirror: &mut Mirror, at: usize, allowed: bool) {
     let want = allowed && mirror.channels[at].permitted;
     if want == mirror.channels[at].installed {
         return;
     }
-    let Some(entry) = entry(&datapath.forwarding, tuple, mirror, at) else {
+    let Some(entry) = entry(&datapath.forwarding(), tuple, mirror, at) else {
         return;
     };
     if !want {
@@ -557,7 +613,7 @@ mod kernel {
     use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
     use aya::programs::{Xdp, XdpFlags};
     use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Mutex;
 
     /// The program, built by scripts/build-xdp.sh and committed.
@@ -587,6 +643,9 @@ mod kernel {
         pub forwarding: Forwarding,
         warned_wildcard: AtomicBool,
         warned_full: AtomicBool,
+        /// Channels whose entry pair is in: counted from what the kernel said to each
+        /// insert and delete (nothing else writes the maps), so a leaked entry shows.
+        channels: AtomicU64,
     }
 
     impl std::fmt::Debug for Datapath {
@@ -690,6 +749,7 @@ mod kernel {
                 forwarding,
                 warned_wildcard: AtomicBool::new(false),
                 warned_full: AtomicBool::new(false),
+                channels: AtomicU64::new(0),
             })
         }
 
@@ -772,10 +832,13 @@ mod kernel {
                     })
             };
             match result {
-                Ok(()) => true,
+                Ok(()) => {
+                    self.channels.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
                 Err(err) => {
+                    delete(&mut maps, e);
                     drop(maps);
-                    self.remove(e);
                     self.warn_full("the channel maps", &err);
                     false
                 }
@@ -784,13 +847,8 @@ mod kernel {
 
         /// Removes a channel's two entries (those present).
         pub(super) fn remove(&self, e: &ChannelEntry) {
-            let mut maps = self.maps();
-            if e.peer.is_ipv4() {
-                let _ = maps.c2p_v4.remove(&layout(&[&e.c2p_key()]));
-                let _ = maps.p2c_v4.remove(&layout(&[&e.p2c_key()]));
-            } else {
-                let _ = maps.c2p_v6.remove(&layout(&[&e.c2p_key()]));
-                let _ = maps.p2c_v6.remove(&layout(&[&e.p2c_key()]));
+            if delete(&mut self.maps(), e) {
+                self.channels.fetch_sub(1, Ordering::Relaxed);
             }
         }
 
@@ -803,7 +861,21 @@ mod kernel {
                     *sum = values.iter().sum();
                 }
             }
-            KernelTotals::from_stats(&stats)
+            KernelTotals {
+                channels: self.channels.load(Ordering::Relaxed),
+                ..KernelTotals::from_stats(&stats)
+            }
+        }
+    }
+
+    /// Deletes a channel's two entries; whether its client→peer entry was there.
+    fn delete(maps: &mut Maps, e: &ChannelEntry) -> bool {
+        if e.peer.is_ipv4() {
+            let _ = maps.p2c_v4.remove(&layout(&[&e.p2c_key()]));
+            maps.c2p_v4.remove(&layout(&[&e.c2p_key()])).is_ok()
+        } else {
+            let _ = maps.p2c_v6.remove(&layout(&[&e.p2c_key()]));
+            maps.c2p_v6.remove(&layout(&[&e.c2p_key()])).is_ok()
         }
     }
 }
@@ -891,6 +963,7 @@ pub fn start(interface: Option<&str>, mode: crate::config::XdpMode) -> Option<Ar
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{EndReason, Usage};
 
     fn entry(v6: bool) -> ChannelEntry {
         let a = |s: &str| s.parse::<SocketAddr>().unwrap();
@@ -913,6 +986,339 @@ mod tests {
                 counter: counter_key(1, 7),
             }
         }
+    }
+
+    /// The maps as a fake: what is in them, keyed by the client→peer key.
+    #[derive(Default)]
+    struct Fake {
+        forwarding: Option<Forwarding>,
+        state: std::sync::Mutex<FakeState>,
+    }
+
+    #[derive(Default)]
+    struct FakeState {
+        entries: HashMap<Vec<u8>, ChannelEntry>,
+        counters: HashMap<u64, Counters>,
+        /// Counters still present when they were created (a leak).
+        recreated: usize,
+    }
+
+    impl Maps for Fake {
+        fn forwarding(&self) -> Forwarding {
+            self.forwarding.unwrap_or(Forwarding {
+                ipv4: true,
+                ipv6: true,
+                ipv6_enabled: true,
+            })
+        }
+        fn warn_wildcard(&self, _: SocketAddr) {}
+        fn create_counters(&self, key: u64) -> bool {
+            let mut state = self.state.lock().unwrap();
+            if state.counters.insert(key, Counters::default()).is_some() {
+                state.recreated += 1;
+            }
+            true
+        }
+        fn take_counters(&self, key: u64) -> Counters {
+            self.state
+                .lock()
+                .unwrap()
+                .counters
+                .remove(&key)
+                .unwrap_or_default()
+        }
+        fn insert(&self, entry: &ChannelEntry) -> bool {
+            let mut state = self.state.lock().unwrap();
+            assert!(
+                state.counters.contains_key(&entry.counter),
+                "a channel entry before its counter"
+            );
+            state.entries.insert(entry.c2p_key(), entry.clone());
+            true
+        }
+        fn remove(&self, entry: &ChannelEntry) {
+            self.state.lock().unwrap().entries.remove(&entry.c2p_key());
+        }
+        fn totals(&self) -> KernelTotals {
+            KernelTotals::default()
+        }
+    }
+
+    impl Fake {
+        /// (channel number, peer) of every entry in the maps, sorted.
+        fn channels(&self) -> Vec<(u16, SocketAddr)> {
+            let state = self.state.lock().unwrap();
+            let mut out: Vec<_> = state
+                .entries
+                .values()
+                .map(|e| (e.channel, e.peer))
+                .collect();
+            out.sort();
+            out
+        }
+    }
+
+    const CLIENT: &str = "192.0.2.1:5000";
+    const SERVER: &str = "192.0.2.2:3478";
+    const RELAY: &str = "192.0.2.2:50000";
+    const PEER: &str = "198.51.100.3:6000";
+    const PEER2: &str = "198.51.100.4:6000";
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn tuple(transport: Transport) -> FiveTuple {
+        FiveTuple {
+            client: addr(CLIENT),
+            server: addr(SERVER),
+            transport,
+        }
+    }
+
+    /// A hook on a fake, its UDP allocation (relay RELAY) created.
+    fn hooked(fake: &Arc<Fake>) -> (Hook, Instant) {
+        let mut hook = Hook::with_maps(Some(fake.clone() as Arc<dyn Maps>), 1);
+        let now = Instant::now();
+        let relay = addr(RELAY);
+        hook.mirror(
+            &mut Event::AllocationCreated {
+                id: 7,
+                tuple: tuple(Transport::Udp),
+                username: "u".into(),
+                relays: vec![RelayAddress {
+                    local: relay,
+                    advertised: relay,
+                }],
+                expires: now,
+            },
+            true,
+        );
+        (hook, now)
+    }
+
+    fn bound(number: u16, peer: &str, now: Instant) -> Event {
+        Event::ChannelBound {
+            tuple: tuple(Transport::Udp),
+            number,
+            peer: addr(peer),
+            expires: now,
+        }
+    }
+
+    #[test]
+    fn a_bound_channel_is_installed_with_the_allocations_addresses() {
+        let fake = Arc::new(Fake::default());
+        let (mut hook, now) = hooked(&fake);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        let state = fake.state.lock().unwrap();
+        let entries: Vec<_> = state.entries.values().cloned().collect();
+        assert_eq!(
+            entries,
+            [ChannelEntry {
+                client: addr(CLIENT),
+                server: addr(SERVER),
+                channel: 0x4000,
+                relay: addr(RELAY),
+                peer: addr(PEER),
+                counter: counter_key(1, 7),
+            }]
+        );
+        assert!(state.counters.contains_key(&counter_key(1, 7)));
+    }
+
+    /// The core says ChannelExpired at the channel's deadline (600 s, proto's tests): its
+    /// entries go, and nothing brings them back but a new ChannelBind.
+    #[test]
+    fn an_expired_channel_leaves_the_maps_for_good() {
+        let fake = Arc::new(Fake::default());
+        let (mut hook, now) = hooked(&fake);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        hook.mirror(&mut bound(0x4001, PEER2, now), true);
+        hook.mirror(
+            &mut Event::ChannelExpired {
+                tuple: tuple(Transport::Udp),
+                number: 0x4000,
+                peer: addr(PEER),
+            },
+            true,
+        );
+        assert_eq!(fake.channels(), [(0x4001, addr(PEER2))], "only 0x4000 goes");
+        // The permission for the peer comes back (CreatePermission): the channel does not.
+        hook.mirror(
+            &mut Event::PermissionCreated {
+                tuple: tuple(Transport::Udp),
+                peer: addr(PEER).ip(),
+                expires: now,
+            },
+            true,
+        );
+        assert_eq!(fake.channels(), [(0x4001, addr(PEER2))]);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        assert_eq!(
+            fake.channels(),
+            [(0x4000, addr(PEER)), (0x4001, addr(PEER2))]
+        );
+    }
+
+    /// A permission lapses at 300 s while its channel lives to 600 s (RFC 8656 §9): the
+    /// channel's entries go with the permission, and return when it is created again.
+    #[test]
+    fn a_channel_leaves_the_maps_while_its_permission_is_expired() {
+        let fake = Arc::new(Fake::default());
+        let (mut hook, now) = hooked(&fake);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        hook.mirror(&mut bound(0x4001, PEER2, now), true);
+        // Another port on the same IP: one permission covers both (permissions are per IP).
+        hook.mirror(&mut bound(0x4002, "198.51.100.3:7000", now), true);
+        hook.mirror(
+            &mut Event::PermissionExpired {
+                tuple: tuple(Transport::Udp),
+                peer: addr(PEER).ip(),
+            },
+            true,
+        );
+        assert_eq!(fake.channels(), [(0x4001, addr(PEER2))]);
+        hook.mirror(
+            &mut Event::PermissionCreated {
+                tuple: tuple(Transport::Udp),
+                peer: addr(PEER).ip(),
+                expires: now,
+            },
+            true,
+        );
+        assert_eq!(fake.channels().len(), 3);
+        // And a ChannelBind refresh after the lapse (the core re-creates the permission).
+        hook.mirror(
+            &mut Event::PermissionExpired {
+                tuple: tuple(Transport::Udp),
+                peer: addr(PEER2).ip(),
+            },
+            true,
+        );
+        assert_eq!(fake.channels().len(), 2);
+        hook.mirror(
+            &mut Event::ChannelRefreshed {
+                tuple: tuple(Transport::Udp),
+                number: 0x4001,
+                peer: addr(PEER2),
+                expires: now,
+            },
+            true,
+        );
+        assert_eq!(fake.channels().len(), 3);
+    }
+
+    #[test]
+    fn an_ended_allocation_takes_everything_out_and_adds_the_kernels_counts_to_its_usage() {
+        let fake = Arc::new(Fake::default());
+        let (mut hook, now) = hooked(&fake);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        hook.mirror(&mut bound(0x4001, PEER2, now), true);
+        fake.state.lock().unwrap().counters.insert(
+            counter_key(1, 7),
+            Counters {
+                to_peer_packets: 3,
+                to_peer_bytes: 300,
+                from_peer_packets: 4,
+                from_peer_bytes: 400,
+            },
+        );
+        let mut usage = Usage::new(now, 0);
+        usage.to_peer_packets = 1;
+        usage.to_peer_bytes = 100;
+        let mut ended = Event::AllocationEnded {
+            id: 7,
+            tuple: tuple(Transport::Udp),
+            username: "u".into(),
+            relays: vec![],
+            usage,
+            reason: EndReason::Expired,
+        };
+        hook.mirror(&mut ended, true);
+        assert_eq!(fake.channels(), []);
+        assert!(fake.state.lock().unwrap().counters.is_empty());
+        let Event::AllocationEnded { usage, .. } = ended else {
+            unreachable!()
+        };
+        assert_eq!(
+            (
+                usage.to_peer_packets,
+                usage.to_peer_bytes,
+                usage.from_peer_packets,
+                usage.from_peer_bytes
+            ),
+            (4, 400, 4, 400)
+        );
+        // Late events for the gone allocation change nothing.
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        assert_eq!(fake.channels(), []);
+        assert_eq!(fake.state.lock().unwrap().recreated, 0);
+    }
+
+    #[test]
+    fn a_bandwidth_cap_keeps_channels_in_userspace_and_lifting_it_installs_them() {
+        let fake = Arc::new(Fake::default());
+        let (mut hook, now) = hooked(&fake);
+        hook.mirror(&mut bound(0x4000, PEER, now), false);
+        assert_eq!(fake.channels(), []);
+        // A reload sets a cap: installed channels leave; it lifts it: they come back.
+        hook.mirror(&mut bound(0x4001, PEER2, now), true);
+        assert_eq!(fake.channels().len(), 2);
+        hook.mirror(&mut bound(0x4001, PEER2, now), false);
+        assert_eq!(fake.channels(), []);
+        hook.mirror(&mut bound(0x4001, PEER2, now), true);
+        assert_eq!(fake.channels().len(), 2);
+    }
+
+    #[test]
+    fn stream_clients_wildcard_listeners_and_unforwarded_families_stay_in_userspace() {
+        let fake = Arc::new(Fake::default());
+        let mut hook = Hook::with_maps(Some(fake.clone() as Arc<dyn Maps>), 0);
+        let now = Instant::now();
+        let relays = vec![RelayAddress {
+            local: addr(RELAY),
+            advertised: addr(RELAY),
+        }];
+        let tcp = tuple(Transport::Tcp);
+        let wildcard = FiveTuple {
+            server: addr("0.0.0.0:3478"),
+            ..tuple(Transport::Udp)
+        };
+        for (id, tuple) in [(1, tcp), (2, wildcard)] {
+            hook.mirror(
+                &mut Event::AllocationCreated {
+                    id,
+                    tuple,
+                    username: "u".into(),
+                    relays: relays.clone(),
+                    expires: now,
+                },
+                true,
+            );
+            hook.mirror(
+                &mut Event::ChannelBound {
+                    tuple,
+                    number: 0x4000,
+                    peer: addr(PEER),
+                    expires: now,
+                },
+                true,
+            );
+        }
+        assert_eq!(fake.channels(), []);
+
+        let v6_off = Arc::new(Fake {
+            forwarding: Some(Forwarding {
+                ipv4: false,
+                ipv6: true,
+                ipv6_enabled: true,
+            }),
+            ..Fake::default()
+        });
+        let (mut hook, now) = hooked(&v6_off);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        assert_eq!(v6_off.channels(), [], "IPv4 does not forward");
     }
 
     #[test]

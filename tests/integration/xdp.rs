@@ -536,8 +536,19 @@ fn channel_data_round_trip_takes_the_kernel_path_with_valid_checksums() {
     );
 }
 
+/// `turnpike_xdp_channels`: entry pairs in the program's maps.
+fn kernel_channels(metrics: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("turnpike_xdp_channels "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A deleted allocation (Refresh with lifetime 0) takes its channel out of the kernel at
-/// once: ChannelData after it reaches nobody, either way.
+/// once: ChannelData after it reaches nobody, either way, and the maps are empty again
+/// (the counter entry going would stop forwarding too, so only the count shows a leaked
+/// channel entry).
 #[test]
 fn forwarding_stops_when_the_allocation_is_deleted() {
     let Some(mut lab) = Lab::new() else { return };
@@ -555,8 +566,8 @@ fn forwarding_stops_when_the_allocation_is_deleted() {
             Some(b"before".to_vec())
         );
     }
-    wait_for_metrics(&lab, "kernel to_peer", |m| {
-        kernel_packets(m, "to_peer") >= 4.0
+    wait_for_metrics(&lab, "kernel to_peer and one channel in the maps", |m| {
+        kernel_packets(m, "to_peer") >= 4.0 && kernel_channels(m) == Some(1.0)
     });
     client.refresh(0).expect_success("Refresh lifetime 0");
     client.send_channel_data(CHANNEL, b"after");
@@ -571,6 +582,9 @@ fn forwarding_stops_when_the_allocation_is_deleted() {
         None,
         "the peer reached the client after the allocation was deleted"
     );
+    wait_for_metrics(&lab, "no channel left in the maps", |m| {
+        kernel_channels(m) == Some(0.0)
+    });
 }
 
 /// An interface that does not forward: `bpf_fib_lookup` would answer FWD_DISABLED for every
