@@ -31,7 +31,7 @@ use crate::proto::{Event, FiveTuple, RelayAddress, ServerConfig, Transport};
 /// The indices of the program's `datapath_stats` array (`enum reason` in the C source), as
 /// the `reason` label of `turnpike_xdp_passed_total`; `None` for the counters that are not
 /// pass reasons.
-pub const REASONS: [Option<&str>; 18] = [
+pub const REASONS: [Option<&str>; 20] = [
     Some("not_ip"),
     Some("not_udp"),
     Some("ip_options"),
@@ -50,11 +50,15 @@ pub const REASONS: [Option<&str>; 18] = [
     None, // TX_TO_CLIENT
     None, // BYTES_TO_PEER
     None, // BYTES_TO_CLIENT
+    None, // TX_HAIRPIN
+    None, // BYTES_HAIRPIN
 ];
 const TX_TO_PEER: usize = 14;
 const TX_TO_CLIENT: usize = 15;
 const BYTES_TO_PEER: usize = 16;
 const BYTES_TO_CLIENT: usize = 17;
+const TX_HAIRPIN: usize = 18;
+const BYTES_HAIRPIN: usize = 19;
 
 /// How often worker 0 reads the kernel's totals for its report.
 const TOTALS_INTERVAL: Duration = Duration::from_secs(1);
@@ -92,13 +96,15 @@ impl KernelTotals {
         }
     }
 
+    /// A hairpin (client to client through two relays of this server) is what userspace
+    /// counts as one datagram to a peer and one from a peer, so it is counted both ways.
     fn from_stats(stats: &[u64; REASONS.len()]) -> Self {
         Self {
             attached: true,
-            to_peer_packets: stats[TX_TO_PEER],
-            to_peer_bytes: stats[BYTES_TO_PEER],
-            to_client_packets: stats[TX_TO_CLIENT],
-            to_client_bytes: stats[BYTES_TO_CLIENT],
+            to_peer_packets: stats[TX_TO_PEER] + stats[TX_HAIRPIN],
+            to_peer_bytes: stats[BYTES_TO_PEER] + stats[BYTES_HAIRPIN],
+            to_client_packets: stats[TX_TO_CLIENT] + stats[TX_HAIRPIN],
+            to_client_bytes: stats[BYTES_TO_CLIENT] + stats[BYTES_HAIRPIN],
             passed: REASONS
                 .iter()
                 .zip(stats)
@@ -132,10 +138,27 @@ fn layout<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
     out
 }
 
+/// An address as a key holds it: 4 bytes or 16.
 fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(ip) => ip.octets().to_vec(),
         IpAddr::V6(ip) => ip.octets().to_vec(),
+    }
+}
+
+/// An address as a value holds it: 16 bytes, IPv4 in the first 4.
+fn ip16(ip: IpAddr) -> Vec<u8> {
+    let mut bytes = ip_bytes(ip);
+    bytes.resize(16, 0);
+    bytes
+}
+
+/// A value's `family` byte.
+fn family(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        4
+    } else {
+        6
     }
 }
 
@@ -146,7 +169,8 @@ pub fn counter_key(worker: usize, id: u64) -> u64 {
 }
 
 /// The four map entries of one channel: client→peer key and value, peer→client key and
-/// value. All addresses are of one family.
+/// value. `client` and `server` are of one family, `relay` and `peer` of one (the same or
+/// the other).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelEntry {
     pub client: SocketAddr,
@@ -158,7 +182,7 @@ pub struct ChannelEntry {
 }
 
 impl ChannelEntry {
-    /// `struct c2p_v{4,6}_key`.
+    /// `struct c2p_v{4,6}_key`, in the client's family.
     pub fn c2p_key(&self) -> Vec<u8> {
         [
             ip_bytes(self.client.ip()),
@@ -171,20 +195,20 @@ impl ChannelEntry {
         .concat()
     }
 
-    /// `struct c2p_v{4,6}_value`.
+    /// `struct c2p_value`.
     pub fn c2p_value(&self) -> Vec<u8> {
         [
             self.counter.to_ne_bytes().to_vec(),
-            ip_bytes(self.relay.ip()),
-            ip_bytes(self.peer.ip()),
+            ip16(self.relay.ip()),
+            ip16(self.peer.ip()),
             self.relay.port().to_be_bytes().to_vec(),
             self.peer.port().to_be_bytes().to_vec(),
-            vec![0; 4],
+            vec![family(self.peer.ip()), 0, 0, 0],
         ]
         .concat()
     }
 
-    /// `struct p2c_v{4,6}_key`.
+    /// `struct p2c_v{4,6}_key`, in the peer's family.
     pub fn p2c_key(&self) -> Vec<u8> {
         [
             ip_bytes(self.peer.ip()),
@@ -195,16 +219,16 @@ impl ChannelEntry {
         .concat()
     }
 
-    /// `struct p2c_v{4,6}_value`.
+    /// `struct p2c_value`.
     pub fn p2c_value(&self) -> Vec<u8> {
         [
             self.counter.to_ne_bytes().to_vec(),
-            ip_bytes(self.client.ip()),
-            ip_bytes(self.server.ip()),
+            ip16(self.client.ip()),
+            ip16(self.server.ip()),
             self.client.port().to_be_bytes().to_vec(),
             self.server.port().to_be_bytes().to_vec(),
             self.channel.to_be_bytes().to_vec(),
-            vec![0; 2],
+            vec![family(self.client.ip()), 0],
         ]
         .concat()
     }
@@ -540,10 +564,10 @@ impl Hook {
     }
 }
 
-/// The entries of channel `at` of an allocation, if its family allows the kernel path: a
-/// relay of the peer's family, the same family on the client's side (v4↔v6 stays in
-/// userspace for now), no wildcard relay address, and an interface that forwards the
-/// family.
+/// The entries of channel `at` of an allocation, if its addresses allow the kernel path: a
+/// relay of the peer's family (the client's may differ: the program translates), no
+/// wildcard relay address, no IPv4-mapped IPv6 address (the kernel would not route it as
+/// userspace's socket does), and an interface that forwards both families involved.
 fn entry(
     forwarding: &Forwarding,
     tuple: &FiveTuple,
@@ -560,9 +584,13 @@ fn entry(
         .iter()
         .find(|r| r.local.is_ipv4() == peer.is_ipv4())?
         .local;
-    let same_family =
-        tuple.client.is_ipv4() == peer.is_ipv4() && tuple.server.is_ipv4() == peer.is_ipv4();
-    if !same_family || relay.ip().is_unspecified() {
+    let mapped = |ip: IpAddr| matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+    if relay.ip().is_unspecified()
+        || tuple.client.is_ipv4() != tuple.server.is_ipv4()
+        || [tuple.client.ip(), tuple.server.ip(), relay.ip(), peer.ip()]
+            .into_iter()
+            .any(mapped)
+    {
         return None;
     }
     if !forwarding.routes(peer.ip()) || !forwarding.routes(tuple.client.ip()) {
@@ -620,8 +648,8 @@ mod kernel {
     static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/turnpike.bpf.o");
 
     struct Maps {
-        c2p_v4: HashMap<MapData, [u8; 16], [u8; 24]>,
-        p2c_v4: HashMap<MapData, [u8; 12], [u8; 24]>,
+        c2p_v4: HashMap<MapData, [u8; 16], [u8; 48]>,
+        p2c_v4: HashMap<MapData, [u8; 12], [u8; 48]>,
         c2p_v6: HashMap<MapData, [u8; 40], [u8; 48]>,
         p2c_v6: HashMap<MapData, [u8; 36], [u8; 48]>,
         counters: PerCpuHashMap<MapData, [u8; 8], [u8; 32]>,
@@ -816,21 +844,20 @@ mod kernel {
         /// Adds a channel's two entries; whether both are in.
         pub(super) fn insert(&self, e: &ChannelEntry) -> bool {
             let mut maps = self.maps();
-            let result = if e.peer.is_ipv4() {
-                maps.c2p_v4
-                    .insert(layout(&[&e.c2p_key()]), layout(&[&e.c2p_value()]), 0)
-                    .and_then(|()| {
-                        maps.p2c_v4
-                            .insert(layout(&[&e.p2c_key()]), layout(&[&e.p2c_value()]), 0)
-                    })
+            // Each key is in the family of the frame it matches.
+            let (c2p, p2c) = (layout(&[&e.c2p_value()]), layout(&[&e.p2c_value()]));
+            let result = if e.client.is_ipv4() {
+                maps.c2p_v4.insert(layout(&[&e.c2p_key()]), c2p, 0)
             } else {
-                maps.c2p_v6
-                    .insert(layout(&[&e.c2p_key()]), layout(&[&e.c2p_value()]), 0)
-                    .and_then(|()| {
-                        maps.p2c_v6
-                            .insert(layout(&[&e.p2c_key()]), layout(&[&e.p2c_value()]), 0)
-                    })
-            };
+                maps.c2p_v6.insert(layout(&[&e.c2p_key()]), c2p, 0)
+            }
+            .and_then(|()| {
+                if e.peer.is_ipv4() {
+                    maps.p2c_v4.insert(layout(&[&e.p2c_key()]), p2c, 0)
+                } else {
+                    maps.p2c_v6.insert(layout(&[&e.p2c_key()]), p2c, 0)
+                }
+            });
             match result {
                 Ok(()) => {
                     self.channels.fetch_add(1, Ordering::Relaxed);
@@ -870,11 +897,14 @@ mod kernel {
 
     /// Deletes a channel's two entries; whether its client→peer entry was there.
     fn delete(maps: &mut Maps, e: &ChannelEntry) -> bool {
-        if e.peer.is_ipv4() {
-            let _ = maps.p2c_v4.remove(&layout(&[&e.p2c_key()]));
+        let _ = if e.peer.is_ipv4() {
+            maps.p2c_v4.remove(&layout(&[&e.p2c_key()]))
+        } else {
+            maps.p2c_v6.remove(&layout(&[&e.p2c_key()]))
+        };
+        if e.client.is_ipv4() {
             maps.c2p_v4.remove(&layout(&[&e.c2p_key()])).is_ok()
         } else {
-            let _ = maps.p2c_v6.remove(&layout(&[&e.p2c_key()]));
             maps.c2p_v6.remove(&layout(&[&e.c2p_key()])).is_ok()
         }
     }
@@ -1256,6 +1286,67 @@ mod tests {
         assert_eq!(fake.state.lock().unwrap().recreated, 0);
     }
 
+    /// A dual allocation (RFC 8656 §7.2) of an IPv4 client: a channel to an IPv6 peer uses
+    /// the IPv6 relay, and the program translates between the families.
+    #[test]
+    fn a_dual_allocation_installs_channels_of_both_families_with_the_peers_relay() {
+        let fake = Arc::new(Fake::default());
+        let mut hook = Hook::with_maps(Some(fake.clone() as Arc<dyn Maps>), 0);
+        let now = Instant::now();
+        let relay6 = addr("[2001:db8::2]:50001");
+        let relays = [addr(RELAY), relay6].map(|local| RelayAddress {
+            local,
+            advertised: local,
+        });
+        hook.mirror(
+            &mut Event::AllocationCreated {
+                id: 1,
+                tuple: tuple(Transport::Udp),
+                username: "u".into(),
+                relays: relays.to_vec(),
+                expires: now,
+            },
+            true,
+        );
+        hook.mirror(&mut bound(0x4000, "[2001:db8::3]:6000", now), true);
+        hook.mirror(&mut bound(0x4001, PEER, now), true);
+        // An IPv4-mapped peer stays with userspace's socket.
+        hook.mirror(&mut bound(0x4002, "[::ffff:198.51.100.9]:6000", now), true);
+        let state = fake.state.lock().unwrap();
+        let mut relays: Vec<_> = state
+            .entries
+            .values()
+            .map(|e| (e.channel, e.relay, e.client))
+            .collect();
+        relays.sort();
+        assert_eq!(
+            relays,
+            [
+                (0x4000, relay6, addr(CLIENT)),
+                (0x4001, addr(RELAY), addr(CLIENT))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_hairpin_counts_as_one_datagram_each_way() {
+        let mut stats = [0u64; REASONS.len()];
+        stats[TX_TO_PEER] = 1;
+        stats[TX_TO_CLIENT] = 10;
+        stats[TX_HAIRPIN] = 100;
+        stats[BYTES_HAIRPIN] = 1000;
+        let totals = KernelTotals::from_stats(&stats);
+        assert_eq!(
+            (
+                totals.to_peer_packets,
+                totals.to_client_packets,
+                totals.to_peer_bytes,
+                totals.to_client_bytes
+            ),
+            (101, 110, 1000, 1000)
+        );
+    }
+
     #[test]
     fn a_bandwidth_cap_keeps_channels_in_userspace_and_lifting_it_installs_them() {
         let fake = Arc::new(Fake::default());
@@ -1331,7 +1422,7 @@ mod tests {
                 e.p2c_key().len(),
                 e.p2c_value().len()
             ],
-            [16, 24, 12, 24]
+            [16, 48, 12, 48]
         );
         let e = entry(true);
         assert_eq!(
@@ -1343,6 +1434,13 @@ mod tests {
             ],
             [40, 48, 36, 48]
         );
+        // A client of one family, a peer of the other: each key in its frame's family.
+        let mixed = ChannelEntry {
+            relay: entry(true).relay,
+            peer: entry(true).peer,
+            ..entry(false)
+        };
+        assert_eq!([mixed.c2p_key().len(), mixed.p2c_key().len()], [16, 36]);
     }
 
     #[test]
@@ -1354,18 +1452,36 @@ mod tests {
         );
         let counter = counter_key(1, 7).to_ne_bytes();
         assert_eq!(&e.c2p_value()[..8], &counter);
+        let pad = [0u8; 12];
         assert_eq!(
-            &e.c2p_value()[8..],
-            &[192, 0, 2, 2, 198, 51, 100, 3, 0xc3, 0x50, 0x17, 0x70, 0, 0, 0, 0]
+            e.c2p_value()[8..],
+            [
+                &[192, 0, 2, 2][..],
+                &pad,
+                &[198, 51, 100, 3],
+                &pad,
+                &[0xc3, 0x50, 0x17, 0x70, 4, 0, 0, 0]
+            ]
+            .concat()
         );
         assert_eq!(
             e.p2c_key(),
             [198, 51, 100, 3, 192, 0, 2, 2, 0x17, 0x70, 0xc3, 0x50]
         );
         assert_eq!(
-            &e.p2c_value()[8..],
-            &[192, 0, 2, 1, 192, 0, 2, 2, 0x13, 0x88, 0x0d, 0x96, 0x40, 0x01, 0, 0]
+            e.p2c_value()[8..],
+            [
+                &[192, 0, 2, 1][..],
+                &pad,
+                &[192, 0, 2, 2],
+                &pad,
+                &[0x13, 0x88, 0x0d, 0x96, 0x40, 0x01, 4, 0]
+            ]
+            .concat()
         );
+        // The family byte names the family of the addresses in the value.
+        assert_eq!(entry(true).c2p_value()[44], 6);
+        assert_eq!(entry(true).p2c_value()[46], 6);
     }
 
     #[test]
@@ -1418,7 +1534,7 @@ mod tests {
 
     #[test]
     fn the_reason_table_matches_the_program() {
-        // `enum reason` in ebpf/turnpike.bpf.c ends with these four.
+        // `enum reason` in ebpf/turnpike.bpf.c ends with these six.
         let src = include_str!("../../ebpf/turnpike.bpf.c");
         let body = src
             .split("enum reason {")
@@ -1435,6 +1551,8 @@ mod tests {
         assert_eq!(names[TX_TO_CLIENT], "TX_TO_CLIENT");
         assert_eq!(names[BYTES_TO_PEER], "BYTES_TO_PEER");
         assert_eq!(names[BYTES_TO_CLIENT], "BYTES_TO_CLIENT");
+        assert_eq!(names[TX_HAIRPIN], "TX_HAIRPIN");
+        assert_eq!(names[BYTES_HAIRPIN], "BYTES_HAIRPIN");
         for (name, label) in names.iter().zip(REASONS) {
             if let Some(label) = label {
                 assert_eq!(

@@ -22,7 +22,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,9 +30,13 @@ use std::time::{Duration, Instant};
 
 use crate::hardening::metric_sum;
 use crate::harness::{rest_credentials, Server, REALM, SECRET};
-use crate::stun_client::{channel_data, recv_from, UdpTurn};
+use crate::stun_client::{channel_data, dual_relay, ipv6_relay, recv_from, UdpTurn};
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The IPv6 side of the lab, when it has one (ULA, fd00:db8::/64).
+const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xdb8, 0, 0, 0, 0, 0, 1);
+const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+const PEER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xdb8, 0, 0, 0, 0, 0, 0x20);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 const API: &str = "127.0.0.1:18080";
@@ -68,13 +72,20 @@ fn run(cmd: &[&str]) {
 /// How a lab differs from the usual one.
 #[derive(Debug, Clone, Copy)]
 struct Setup {
-    /// `net.ipv4.conf.eth0.forwarding=1` in the server's namespace, as the README asks.
+    /// `net.ipv4.conf.eth0.forwarding=1` in the server's namespace, as the README asks
+    /// (and the IPv6 one with `ipv6`).
     forwarding: bool,
+    /// IPv6 on the client's, peer's and server's links (fd00:db8::/64 beside the IPv4
+    /// addresses), the server listening and relaying on both.
+    ipv6: bool,
 }
 
 impl Default for Setup {
     fn default() -> Self {
-        Setup { forwarding: true }
+        Setup {
+            forwarding: true,
+            ipv6: false,
+        }
     }
 }
 
@@ -125,21 +136,34 @@ impl Lab {
             let ns = self.ns(role);
             run(&["ip", "netns", "add", &ns]);
             run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            // No IPv6 chatter (router solicitations, DAD) in the counters.
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ]);
+            // No IPv6 chatter (router solicitations, DAD) in the counters; with IPv6 on,
+            // no router solicitations or duplicate address detection either.
+            let sysctls: &[&str] = if self.setup.ipv6 && role != "b" {
+                &[
+                    "net.ipv6.conf.all.accept_ra=0",
+                    "net.ipv6.conf.default.accept_ra=0",
+                    "net.ipv6.conf.all.router_solicitations=0",
+                    "net.ipv6.conf.default.router_solicitations=0",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ]
+            } else {
+                &[
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ]
+            };
+            let mut cmd = vec!["ip", "netns", "exec", &ns, "sysctl", "-qw"];
+            cmd.extend_from_slice(sysctls);
+            run(&cmd);
         }
         run(&["ip", "-n", &b, "link", "add", "br0", "type", "bridge"]);
         run(&["ip", "-n", &b, "link", "set", "br0", "up"]);
-        for (role, ip) in [("s", SERVER_IP), ("c", CLIENT_IP), ("p", PEER_IP)] {
+        for (role, ip, ip6) in [
+            ("s", SERVER_IP, SERVER_IP6),
+            ("c", CLIENT_IP, CLIENT_IP6),
+            ("p", PEER_IP, PEER_IP6),
+        ] {
             let ns = self.ns(role);
             run(&[
                 "ip", "-n", &b, "link", "add", role, "type", "veth", "peer", "name", "eth0",
@@ -156,6 +180,19 @@ impl Lab {
                 "dev",
                 "eth0",
             ]);
+            if self.setup.ipv6 {
+                run(&[
+                    "ip",
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{ip6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ]);
+            }
             run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
             // Full checksums on the wire, as from a real NIC (see the module doc).
             run(&[
@@ -181,6 +218,17 @@ impl Lab {
                 "-qw",
                 "net.ipv4.conf.eth0.forwarding=1",
             ]);
+            if self.setup.ipv6 {
+                run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &s,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.eth0.forwarding=1",
+                ]);
+            }
         }
     }
 
@@ -231,6 +279,17 @@ impl Lab {
         ];
         let ns = self.ns("s");
         args[2] = &ns;
+        let (listen6, relay6) = (format!("[{SERVER_IP6}]:3478"), SERVER_IP6.to_string());
+        if self.setup.ipv6 {
+            args.extend_from_slice(&[
+                "--listen",
+                &listen6,
+                "--relay-ip",
+                &relay6,
+                "--allow-peer",
+                "fd00:db8::/64",
+            ]);
+        }
         args.extend_from_slice(extra);
         let mut child = Command::new("ip")
             .args(&args)
@@ -302,6 +361,38 @@ impl Lab {
     fn peer(&self) -> UdpSocket {
         self.inside("p", || {
             UdpSocket::bind((PEER_IP, 0)).expect("bind the peer")
+        })
+    }
+
+    /// A client on the IPv6 side, talking to the server's IPv6 listener.
+    fn client6(&self) -> UdpTurn {
+        let (user, pass) = rest_credentials(SECRET, "xdp6", 3600);
+        let server = SocketAddr::from((SERVER_IP6, 3478));
+        self.inside("c", move || {
+            UdpTurn::new_from(CLIENT_IP6, server, &user, &pass)
+        })
+    }
+
+    fn peer6(&self) -> UdpSocket {
+        self.inside("p", || {
+            UdpSocket::bind((PEER_IP6, 0)).expect("bind the IPv6 peer")
+        })
+    }
+
+    /// [`Lab::udp_tap`] for IPv6, which hands over the UDP header and payload without the
+    /// IP header (RFC 3542 §3): the source comes from recvfrom (as a UdpSocket, which reads
+    /// any datagram socket), the destination is the namespace's address.
+    fn udp_tap6(&self, role: &str) -> UdpSocket {
+        self.inside(role, || {
+            let tap = socket2::Socket::new(
+                socket2::Domain::IPV6,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::UDP),
+            )
+            .expect("raw UDPv6 socket");
+            tap.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            UdpSocket::from(tap)
         })
     }
 
@@ -413,6 +504,26 @@ fn check_packet(packet: &[u8]) -> (SocketAddr, SocketAddr, Vec<u8>) {
     )
 }
 
+/// Checks a UDP datagram that arrived over IPv6 (UDP header first): its length, and its
+/// checksum over the pseudo-header (RFC 8200 §8.1: mandatory); returns the payload.
+fn check_udp6(src: IpAddr, dst: IpAddr, udp: &[u8]) -> Vec<u8> {
+    let (IpAddr::V6(src), IpAddr::V6(dst)) = (src, dst) else {
+        panic!("IPv6 addresses expected: {src} {dst}");
+    };
+    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    assert_eq!(udp_len, udp.len(), "UDP length");
+    assert_ne!(
+        u16::from_be_bytes([udp[6], udp[7]]),
+        0,
+        "an IPv6 UDP checksum"
+    );
+    let mut sum = sum16(&src.octets(), 0);
+    sum = sum16(&dst.octets(), sum);
+    sum += 17 + udp_len as u32;
+    assert_eq!(fold(sum16(udp, sum)), 0xffff, "UDP checksum of {udp:02x?}");
+    udp[8..].to_vec()
+}
+
 /// The next datagram the tap sees from `from`, within `wait`.
 fn tapped(tap: &socket2::Socket, from: SocketAddr, wait: Duration) -> Option<Vec<u8>> {
     let deadline = Instant::now() + wait;
@@ -494,39 +605,50 @@ fn round_trip(mode: &str) {
     );
     let mut client = lab.client();
     let peer = lab.peer();
-    let peer_addr = peer.local_addr().unwrap();
     let relayed = client.allocate().expect_success("Allocate").relayed();
+    exchange(&lab, &mut client, &peer, relayed);
+}
+
+/// Binds CHANNEL from `client` to `peer` and sends ChannelData both ways through the
+/// relay `relayed`: the peer gets UDP from the relay address and the client ChannelData
+/// from the listening address, every packet with valid checksums (seen by raw sockets in
+/// the client's and the peer's namespaces); the kernel counters count them, and the
+/// userspace relay count stays near zero.
+fn exchange(lab: &Lab, client: &mut UdpTurn, peer: &UdpSocket, relayed: SocketAddr) {
+    let peer_addr = peer.local_addr().unwrap();
+    let client_addr = client.sock.local_addr().unwrap();
+    let server = client.server;
+    let before = lab.metrics();
     client
         .channel_bind(CHANNEL, peer_addr)
         .expect_success("ChannelBind");
-    let peer_tap = lab.udp_tap("p");
-    let client_tap = lab.udp_tap("c");
+    let peer_tap = Tap::new(lab, "p", peer_addr.ip());
+    let client_tap = Tap::new(lab, "c", client_addr.ip());
 
     const N: usize = 50;
     for i in 0..N {
         // Odd and even lengths, so a padding or parity mistake in the checksum shows.
         let payload = vec![i as u8; 20 + i];
         client.send_channel_data(CHANNEL, &payload);
-        let (got, from) = recv_from(&peer, Duration::from_secs(2))
+        let (got, from) = recv_from(peer, Duration::from_secs(2))
             .unwrap_or_else(|| panic!("packet {i} did not reach the peer"));
         assert_eq!(from, relayed, "from the relay address");
         assert_eq!(got, payload);
-        let packet = tapped(&peer_tap, relayed, Duration::from_secs(1))
+        let data = peer_tap
+            .next(relayed, Duration::from_secs(1))
             .unwrap_or_else(|| panic!("packet {i} not seen by the peer's tap"));
-        let (src, dst, data) = check_packet(&packet);
-        assert_eq!((src, dst, data), (relayed, peer_addr, payload));
+        assert_eq!(data, payload);
     }
     // With padding to four bytes, which UDP does not need but allows: the peer gets
     // exactly the data.
     let mut padded = channel_data(CHANNEL, b"abcde");
     padded.extend_from_slice(&[0, 0, 0]);
     client.send_raw(&padded);
-    let (got, _) = recv_from(&peer, Duration::from_secs(2)).expect("padded ChannelData");
+    let (got, _) = recv_from(peer, Duration::from_secs(2)).expect("padded ChannelData");
     assert_eq!(got, b"abcde");
-    let packet = tapped(&peer_tap, relayed, Duration::from_secs(1)).expect("padded, tapped");
-    assert_eq!(check_packet(&packet).2, b"abcde");
+    let data = peer_tap.next(relayed, Duration::from_secs(1));
+    assert_eq!(data.as_deref(), Some(&b"abcde"[..]), "padded, tapped");
 
-    let server = SocketAddr::from((SERVER_IP, 3478));
     for i in 0..N {
         let payload = vec![0x80 | i as u8; 30 + i];
         peer.send_to(&payload, relayed).unwrap();
@@ -534,22 +656,176 @@ fn round_trip(mode: &str) {
             .recv(Duration::from_secs(2))
             .unwrap_or_else(|| panic!("packet {i} did not reach the client"));
         assert_eq!(got, channel_data(CHANNEL, &payload));
-        let packet = tapped(&client_tap, server, Duration::from_secs(1))
+        let data = client_tap
+            .next(server, Duration::from_secs(1))
             .unwrap_or_else(|| panic!("packet {i} not seen by the client's tap"));
-        let (src, dst, data) = check_packet(&packet);
-        assert_eq!(
-            (src, dst, data),
-            (server, client.sock.local_addr().unwrap(), got)
-        );
+        assert_eq!(data, got);
     }
 
-    let metrics = wait_for_metrics(&lab, "kernel counters", |m| {
-        kernel_packets(m, "to_peer") >= N as f64 && kernel_packets(m, "to_client") >= N as f64
+    let (to_peer, to_client) = (
+        kernel_packets(&before, "to_peer"),
+        kernel_packets(&before, "to_client"),
+    );
+    let metrics = wait_for_metrics(lab, "kernel counters", |m| {
+        kernel_packets(m, "to_peer") >= to_peer + N as f64
+            && kernel_packets(m, "to_client") >= to_client + N as f64
     });
     // The first packet each way may meet an unresolved neighbour and be passed to userspace.
-    let userspace = metric_sum(&metrics, "turnpike_relayed_packets");
+    let userspace = metric_sum(&metrics, "turnpike_relayed_packets")
+        - metric_sum(&before, "turnpike_relayed_packets");
     assert!(
         userspace <= 4.0,
+        "{userspace} packets took the userspace path:\n{metrics}"
+    );
+}
+
+/// A raw socket that sees every UDP datagram arriving in a namespace, to check checksums
+/// the stack might not (a veth marks what it delivers as verified).
+enum Tap {
+    /// IPv4: the IP header comes with each datagram.
+    V4(socket2::Socket),
+    /// IPv6: the UDP header onwards (RFC 3542 §3); the destination is the tap's address.
+    V6(UdpSocket, Ipv6Addr),
+}
+
+impl Tap {
+    fn new(lab: &Lab, role: &str, local: IpAddr) -> Tap {
+        match local {
+            IpAddr::V4(_) => Tap::V4(lab.udp_tap(role)),
+            IpAddr::V6(ip) => Tap::V6(lab.udp_tap6(role), ip),
+        }
+    }
+
+    /// The payload of the next datagram from `from`, within `wait`, once its checksums
+    /// are checked.
+    fn next(&self, from: SocketAddr, wait: Duration) -> Option<Vec<u8>> {
+        match self {
+            Tap::V4(tap) => tapped(tap, from, wait).map(|packet| check_packet(&packet).2),
+            Tap::V6(tap, local) => {
+                let deadline = Instant::now() + wait;
+                let mut buf = [0u8; 2048];
+                while Instant::now() < deadline {
+                    let Ok((n, src)) = tap.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let udp = &buf[..n];
+                    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+                    if n < 8 || SocketAddr::new(src.ip(), sport) != from {
+                        continue;
+                    }
+                    return Some(check_udp6(src.ip(), IpAddr::V6(*local), udp));
+                }
+                None
+            }
+        }
+    }
+}
+
+/// The IPv6 lab, the daemon attached in generic mode.
+fn lab6() -> Option<Lab> {
+    let mut lab = Lab::with(Setup {
+        ipv6: true,
+        ..Setup::default()
+    })?;
+    lab.start_server(&["--xdp", "eth0", "--xdp-mode", "generic"]);
+    assert!(
+        lab.log().contains("relayed in the kernel") && !lab.log().contains("stay in userspace"),
+        "attached for both families:\n{}",
+        lab.log()
+    );
+    Some(lab)
+}
+
+/// IPv6 client, IPv6 relay (REQUESTED-ADDRESS-FAMILY), IPv6 peer.
+#[test]
+fn ipv6_channel_data_round_trip_takes_the_kernel_path_with_valid_checksums() {
+    let Some(lab) = lab6() else { return };
+    let mut client = lab.client6();
+    let relayed = client
+        .allocate_with(&ipv6_relay)
+        .expect_success("Allocate IPv6")
+        .relayed();
+    assert_eq!(relayed.ip(), IpAddr::V6(SERVER_IP6));
+    exchange(&lab, &mut client, &lab.peer6(), relayed);
+}
+
+/// A dual allocation (ADDITIONAL-ADDRESS-FAMILY) of an IPv4 client: a channel to an IPv6
+/// peer is translated v4 -> v6 and back in the kernel, and one to an IPv4 peer beside it
+/// stays plain.
+#[test]
+fn a_dual_allocation_relays_an_ipv4_client_to_an_ipv6_peer_in_the_kernel() {
+    let Some(lab) = lab6() else { return };
+    let mut client = lab.client();
+    let relays = client
+        .allocate_with(&dual_relay)
+        .expect_success("Allocate dual")
+        .relayed_all();
+    let relay6 = *relays
+        .iter()
+        .find(|r| r.is_ipv6())
+        .unwrap_or_else(|| panic!("no IPv6 relay in {relays:?}"));
+    exchange(&lab, &mut client, &lab.peer6(), relay6);
+}
+
+/// An IPv6 client's default allocation is IPv4 (RFC 8656 §7.2): its channel to an IPv4
+/// peer is translated v6 -> v4 and back in the kernel.
+#[test]
+fn an_ipv6_client_relays_to_an_ipv4_peer_in_the_kernel() {
+    let Some(lab) = lab6() else { return };
+    let mut client = lab.client6();
+    let relayed = client.allocate().expect_success("Allocate").relayed();
+    assert_eq!(relayed.ip(), IpAddr::V4(SERVER_IP));
+    exchange(&lab, &mut client, &lab.peer(), relayed);
+}
+
+/// Two clients of this server, each with a channel to the other's relay (two WebRTC peers
+/// both relaying through it): ChannelData from one reaches the other as ChannelData on its
+/// own channel, client to client in the kernel, checksums valid; the second one is an IPv6
+/// client (with an IPv4 relay), so the hairpin translates too.
+#[test]
+fn a_hairpin_between_two_clients_of_this_server_stays_in_the_kernel() {
+    let Some(lab) = lab6() else { return };
+    let mut a = lab.client();
+    let mut b = lab.client6();
+    let relay_a = a.allocate().expect_success("Allocate A").relayed();
+    let relay_b = b.allocate().expect_success("Allocate B").relayed();
+    let (chan_a, chan_b) = (0x4001, 0x4abc);
+    a.channel_bind(chan_a, relay_b)
+        .expect_success("ChannelBind A");
+    b.channel_bind(chan_b, relay_a)
+        .expect_success("ChannelBind B");
+    let before = lab.metrics();
+    let tap_b = Tap::new(&lab, "c", IpAddr::V6(CLIENT_IP6));
+    let tap_a = Tap::new(&lab, "c", IpAddr::V4(CLIENT_IP));
+    const N: usize = 30;
+    for i in 0..N {
+        let payload = vec![i as u8; 40 + i];
+        a.send_channel_data(chan_a, &payload);
+        let got = b
+            .recv(Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("packet {i} did not reach B"));
+        assert_eq!(got, channel_data(chan_b, &payload));
+        let tapped = tap_b.next(b.server, Duration::from_secs(1));
+        assert_eq!(tapped.as_ref(), Some(&got), "B's tap, packet {i}");
+
+        let payload = vec![0x80 | i as u8; 41 + i];
+        b.send_channel_data(chan_b, &payload);
+        let got = a
+            .recv(Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("packet {i} did not reach A"));
+        assert_eq!(got, channel_data(chan_a, &payload));
+        let tapped = tap_a.next(a.server, Duration::from_secs(1));
+        assert_eq!(tapped.as_ref(), Some(&got), "A's tap, packet {i}");
+    }
+    // Each hairpinned datagram is one to a peer and one from a peer, as in userspace.
+    let hairpins = |m: &str| kernel_packets(m, "to_peer") - kernel_packets(&before, "to_peer");
+    let metrics = wait_for_metrics(&lab, "kernel hairpins", |m| {
+        hairpins(m) >= 2.0 * N as f64 - 4.0
+    });
+    let userspace = metric_sum(&metrics, "turnpike_relayed_packets")
+        - metric_sum(&before, "turnpike_relayed_packets");
+    assert!(
+        userspace <= 8.0,
         "{userspace} packets took the userspace path:\n{metrics}"
     );
 }
@@ -610,7 +886,10 @@ fn forwarding_stops_when_the_allocation_is_deleted() {
 /// works in userspace.
 #[test]
 fn without_ip_forwarding_one_line_names_the_sysctl_and_userspace_relays() {
-    let Some(mut lab) = Lab::with(Setup { forwarding: false }) else {
+    let Some(mut lab) = Lab::with(Setup {
+        forwarding: false,
+        ..Setup::default()
+    }) else {
         return;
     };
     lab.start_server(&["--xdp", "eth0", "--xdp-mode", "generic"]);
