@@ -29,7 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::hardening::metric_sum;
-use crate::harness::{rest_credentials, Server, REALM, SECRET};
+use crate::harness::{
+    harness_home, require_run_pair, rest_credentials, run_with_timeout, Server, REALM, SECRET,
+};
 use crate::stun_client::{channel_data, dual_relay, ipv6_relay, recv_from, UdpTurn};
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -827,6 +829,64 @@ fn a_hairpin_between_two_clients_of_this_server_stays_in_the_kernel() {
     assert!(
         userspace <= 8.0,
         "{userspace} packets took the userspace path:\n{metrics}"
+    );
+}
+
+/// Two aiortc WebRTC peers (../shared/harness/run_pair.sh), one in the client's namespace
+/// and one in the peer's, relay-only through the server in native mode: 4 MiB over a data
+/// channel and back, relay to relay, so each peer's channel points at the other's relay and
+/// the program hairpins. Proof it took the kernel path: the kernel's counters rise by
+/// thousands of datagrams while userspace relays next to none (aioice binds a channel at
+/// once, so even the ICE checks go as ChannelData).
+#[test]
+fn aiortc_peers_relaying_through_the_server_take_the_kernel_path() {
+    let Some(mut lab) = Lab::new() else { return };
+    let run_pair = require_run_pair();
+    lab.start_server(&["--xdp", "eth0", "--xdp-mode", "driver"]);
+    let before = lab.metrics();
+    let url = format!("turn:{SERVER_IP}:3478?transport=udp");
+    let out = run_with_timeout(
+        Command::new(run_pair)
+            .env("HARNESS_HOME", harness_home())
+            .args(["--ns1", &lab.ns("c"), "--ns2", &lab.ns("p"), "--"])
+            .args(["--turn", &url, "--secret", SECRET, "--policy", "relay"])
+            .args(["--bytes", "4194304", "--timeout", "60"]),
+        Duration::from_secs(90),
+    );
+    assert!(out.success(), "run_pair.sh failed:\n{out}");
+    let results: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(results.len(), 2, "two result lines:\n{out}");
+    for r in &results {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(
+            (r["local_type"].as_str(), r["remote_type"].as_str()),
+            (Some("relay"), Some("relay")),
+            "{r}"
+        );
+        assert_eq!(r["bytes"], 4_194_304, "{r}");
+    }
+    assert_eq!(results[0]["sha256"], results[1]["sha256"], "echoed intact");
+
+    let kernel = |m: &str| kernel_packets(m, "to_peer") - kernel_packets(&before, "to_peer");
+    // 4 MiB each way in data-channel chunks of at most ~1.2 KB.
+    let metrics = wait_for_metrics(&lab, "the kernel relayed the transfer", |m| {
+        kernel(m) >= 2.0 * 4_194_304.0 / 1300.0
+    });
+    let userspace = metric_sum(&metrics, "turnpike_relayed_packets")
+        - metric_sum(&before, "turnpike_relayed_packets");
+    assert!(
+        userspace <= 20.0,
+        "{userspace} datagrams took the userspace path, {} the kernel's:\n{metrics}",
+        kernel(&metrics)
+    );
+    eprintln!(
+        "aiortc pair: {} datagrams relayed in the kernel, {userspace} in userspace",
+        kernel(&metrics)
     );
 }
 
