@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# build-xdp.sh - compile the XDP program ebpf/turnpike.bpf.c into ebpf/turnpike.bpf.o.
+# build-xdp.sh - compile the XDP programs ebpf/*.bpf.c into ebpf/*.bpf.o: turnpike.bpf.c
+# (the fast path the daemon loads) and xdp_pass.bpf.c (for the peer end of a veth pair in
+# native mode).
 #
 # Usage:
-#   scripts/build-xdp.sh           # rebuild ebpf/turnpike.bpf.o (commit the result)
-#   scripts/build-xdp.sh --check   # rebuild into a temporary file and fail if it differs
-#                                  # from the committed object
+#   scripts/build-xdp.sh           # rebuild the objects (commit the result)
+#   scripts/build-xdp.sh --check   # rebuild into a temporary directory and fail if they
+#                                  # differ from the committed objects
 #
 # The object is committed so `cargo build` never needs clang. Needs Debian 12's clang 14 and
 # libbpf-dev 1.1 (apt-get install -y clang llvm libbpf-dev); other versions produce other
@@ -16,8 +18,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-SRC=ebpf/turnpike.bpf.c
-OUT=ebpf/turnpike.bpf.o
+PROGRAMS="turnpike xdp_pass"
 CLANG=${CLANG:-clang}
 STRIP=${LLVM_STRIP:-llvm-strip}
 WANT_CLANG_MAJOR=14
@@ -40,27 +41,33 @@ if [ "$major" != "$WANT_CLANG_MAJOR" ]; then
   [ "$check" = 1 ] && exit 1
 fi
 
-build() { # $1 = output file
+build() { # $1 = source, $2 = output file
   # -g makes clang emit BTF (the .maps definitions need it); -fdebug-prefix-map keeps the
   # checkout's path out; --strip-debug drops DWARF but keeps .BTF and .BTF.ext.
   "$CLANG" -O2 -g -target bpf -mcpu=v3 -std=gnu11 -Wall -Werror \
     -fdebug-prefix-map="$PWD"=. -fno-ident \
     -I/usr/include/x86_64-linux-gnu \
-    -c "$SRC" -o "$1"
-  "$STRIP" --strip-debug "$1"
+    -c "$1" -o "$2"
+  "$STRIP" --strip-debug "$2"
 }
 
 if [ "$check" = 1 ]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  build "$tmp/turnpike.bpf.o"
-  if cmp -s "$tmp/turnpike.bpf.o" "$OUT"; then
-    echo "build-xdp.sh: $OUT is up to date"
-  else
-    echo "build-xdp.sh: $OUT differs from a rebuild of $SRC: run scripts/build-xdp.sh and commit it" >&2
-    exit 1
-  fi
+  stale=0
+  for p in $PROGRAMS; do
+    build "ebpf/$p.bpf.c" "$tmp/$p.bpf.o"
+    if cmp -s "$tmp/$p.bpf.o" "ebpf/$p.bpf.o"; then
+      echo "build-xdp.sh: ebpf/$p.bpf.o is up to date"
+    else
+      echo "build-xdp.sh: ebpf/$p.bpf.o differs from a rebuild of ebpf/$p.bpf.c: run scripts/build-xdp.sh and commit it" >&2
+      stale=1
+    fi
+  done
+  exit "$stale"
 else
-  build "$OUT"
-  echo "build-xdp.sh: wrote $OUT ($(wc -c <"$OUT") bytes)"
+  for p in $PROGRAMS; do
+    build "ebpf/$p.bpf.c" "ebpf/$p.bpf.o"
+    echo "build-xdp.sh: wrote ebpf/$p.bpf.o ($(wc -c <"ebpf/$p.bpf.o") bytes)"
+  done
 fi

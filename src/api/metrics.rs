@@ -157,6 +157,12 @@ pub fn render(report: &WorkerReport, usage: &UsageSnapshot, instance: Option<Ins
         "1 if the XDP program relays established channels in the kernel",
         u64::from(kernel.attached),
     );
+    gauge(
+        r,
+        "turnpike_xdp_channels",
+        "Channels relayed in the kernel: entry pairs in the XDP program's maps",
+        kernel.channels,
+    );
     // Every reason, zero without the program, so the series exist before the first frame.
     let passed = Family::<Label, Counter>::default();
     for reason in crate::net::xdp::REASONS.into_iter().flatten() {

@@ -31,7 +31,7 @@ use crate::proto::{Event, FiveTuple, RelayAddress, ServerConfig, Transport};
 /// The indices of the program's `datapath_stats` array (`enum reason` in the C source), as
 /// the `reason` label of `turnpike_xdp_passed_total`; `None` for the counters that are not
 /// pass reasons.
-pub const REASONS: [Option<&str>; 18] = [
+pub const REASONS: [Option<&str>; 20] = [
     Some("not_ip"),
     Some("not_udp"),
     Some("ip_options"),
@@ -50,11 +50,15 @@ pub const REASONS: [Option<&str>; 18] = [
     None, // TX_TO_CLIENT
     None, // BYTES_TO_PEER
     None, // BYTES_TO_CLIENT
+    None, // TX_HAIRPIN
+    None, // BYTES_HAIRPIN
 ];
 const TX_TO_PEER: usize = 14;
 const TX_TO_CLIENT: usize = 15;
 const BYTES_TO_PEER: usize = 16;
 const BYTES_TO_CLIENT: usize = 17;
+const TX_HAIRPIN: usize = 18;
+const BYTES_HAIRPIN: usize = 19;
 
 /// How often worker 0 reads the kernel's totals for its report.
 const TOTALS_INTERVAL: Duration = Duration::from_secs(1);
@@ -70,6 +74,8 @@ pub struct KernelTotals {
     pub to_client_bytes: u64,
     /// Frames handed to the kernel stack, by the reason in [`REASONS`].
     pub passed: Vec<(&'static str, u64)>,
+    /// Channels whose entry pair is in the maps now.
+    pub channels: u64,
 }
 
 impl KernelTotals {
@@ -80,6 +86,7 @@ impl KernelTotals {
         self.to_peer_bytes += other.to_peer_bytes;
         self.to_client_packets += other.to_client_packets;
         self.to_client_bytes += other.to_client_bytes;
+        self.channels += other.channels;
         if self.passed.is_empty() {
             self.passed.clone_from(&other.passed);
         } else {
@@ -89,18 +96,21 @@ impl KernelTotals {
         }
     }
 
+    /// A hairpin (client to client through two relays of this server) is what userspace
+    /// counts as one datagram to a peer and one from a peer, so it is counted both ways.
     fn from_stats(stats: &[u64; REASONS.len()]) -> Self {
         Self {
             attached: true,
-            to_peer_packets: stats[TX_TO_PEER],
-            to_peer_bytes: stats[BYTES_TO_PEER],
-            to_client_packets: stats[TX_TO_CLIENT],
-            to_client_bytes: stats[BYTES_TO_CLIENT],
+            to_peer_packets: stats[TX_TO_PEER] + stats[TX_HAIRPIN],
+            to_peer_bytes: stats[BYTES_TO_PEER] + stats[BYTES_HAIRPIN],
+            to_client_packets: stats[TX_TO_CLIENT] + stats[TX_HAIRPIN],
+            to_client_bytes: stats[BYTES_TO_CLIENT] + stats[BYTES_HAIRPIN],
             passed: REASONS
                 .iter()
                 .zip(stats)
                 .filter_map(|(name, n)| name.map(|name| (name, *n)))
                 .collect(),
+            channels: 0,
         }
     }
 }
@@ -128,10 +138,27 @@ fn layout<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
     out
 }
 
+/// An address as a key holds it: 4 bytes or 16.
 fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(ip) => ip.octets().to_vec(),
         IpAddr::V6(ip) => ip.octets().to_vec(),
+    }
+}
+
+/// An address as a value holds it: 16 bytes, IPv4 in the first 4.
+fn ip16(ip: IpAddr) -> Vec<u8> {
+    let mut bytes = ip_bytes(ip);
+    bytes.resize(16, 0);
+    bytes
+}
+
+/// A value's `family` byte.
+fn family(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        4
+    } else {
+        6
     }
 }
 
@@ -142,7 +169,8 @@ pub fn counter_key(worker: usize, id: u64) -> u64 {
 }
 
 /// The four map entries of one channel: client→peer key and value, peer→client key and
-/// value. All addresses are of one family.
+/// value. `client` and `server` are of one family, `relay` and `peer` of one (the same or
+/// the other).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelEntry {
     pub client: SocketAddr,
@@ -154,7 +182,7 @@ pub struct ChannelEntry {
 }
 
 impl ChannelEntry {
-    /// `struct c2p_v{4,6}_key`.
+    /// `struct c2p_v{4,6}_key`, in the client's family.
     pub fn c2p_key(&self) -> Vec<u8> {
         [
             ip_bytes(self.client.ip()),
@@ -167,20 +195,20 @@ impl ChannelEntry {
         .concat()
     }
 
-    /// `struct c2p_v{4,6}_value`.
+    /// `struct c2p_value`.
     pub fn c2p_value(&self) -> Vec<u8> {
         [
             self.counter.to_ne_bytes().to_vec(),
-            ip_bytes(self.relay.ip()),
-            ip_bytes(self.peer.ip()),
+            ip16(self.relay.ip()),
+            ip16(self.peer.ip()),
             self.relay.port().to_be_bytes().to_vec(),
             self.peer.port().to_be_bytes().to_vec(),
-            vec![0; 4],
+            vec![family(self.peer.ip()), 0, 0, 0],
         ]
         .concat()
     }
 
-    /// `struct p2c_v{4,6}_key`.
+    /// `struct p2c_v{4,6}_key`, in the peer's family.
     pub fn p2c_key(&self) -> Vec<u8> {
         [
             ip_bytes(self.peer.ip()),
@@ -191,16 +219,16 @@ impl ChannelEntry {
         .concat()
     }
 
-    /// `struct p2c_v{4,6}_value`.
+    /// `struct p2c_value`.
     pub fn p2c_value(&self) -> Vec<u8> {
         [
             self.counter.to_ne_bytes().to_vec(),
-            ip_bytes(self.client.ip()),
-            ip_bytes(self.server.ip()),
+            ip16(self.client.ip()),
+            ip16(self.server.ip()),
             self.client.port().to_be_bytes().to_vec(),
             self.server.port().to_be_bytes().to_vec(),
             self.channel.to_be_bytes().to_vec(),
-            vec![0; 2],
+            vec![family(self.client.ip()), 0],
         ]
         .concat()
     }
@@ -218,6 +246,83 @@ fn decode_counters(bytes: &[u8; 32]) -> Counters {
         to_peer_bytes: word(1),
         from_peer_packets: word(2),
         from_peer_bytes: word(3),
+    }
+}
+
+// ---- the forwarding requirement ----
+
+/// Which families the interface forwards. `bpf_fib_lookup` answers
+/// `BPF_FIB_LKUP_RET_FWD_DISABLED` for a family its ingress interface does not forward, and
+/// the program then passes every such packet to userspace: attached there, it would only add
+/// work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarding {
+    /// `net.ipv4.conf.IFACE.forwarding`.
+    pub ipv4: bool,
+    /// `net.ipv6.conf.IFACE.forwarding`.
+    pub ipv6: bool,
+    /// IPv6 is enabled on the interface (`disable_ipv6` is 0): without it, that family's
+    /// forwarding does not matter.
+    pub ipv6_enabled: bool,
+}
+
+impl Forwarding {
+    /// Reads the interface's sysctls (in the process's network namespace); `None` when the
+    /// interface has no IPv4 configuration there (it does not exist: the attach says so).
+    pub fn read(interface: &str) -> Option<Forwarding> {
+        let flag = |path: String| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|text| text.trim() != "0")
+        };
+        let ipv4 = flag(format!("/proc/sys/net/ipv4/conf/{interface}/forwarding"))?;
+        let ipv6_enabled = flag(format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6"))
+            .is_some_and(|disabled| !disabled);
+        let ipv6 = ipv6_enabled
+            && flag(format!("/proc/sys/net/ipv6/conf/{interface}/forwarding")).unwrap_or(false);
+        Some(Forwarding {
+            ipv4,
+            ipv6,
+            ipv6_enabled,
+        })
+    }
+
+    /// Whether the kernel path can route packets of `ip`'s family.
+    pub fn routes(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(_) => self.ipv4,
+            IpAddr::V6(_) => self.ipv6,
+        }
+    }
+
+    /// Whether to attach: `Err` (why not) when no family in use is forwarded, else a
+    /// warning to log when one family is left to userspace.
+    pub fn verdict(&self, interface: &str) -> Result<Option<String>, String> {
+        // sysctl(8) writes a dotted interface name (a VLAN, eth0.100) with slashes.
+        let name = interface.replace('.', "/");
+        let v4 = format!("net.ipv4.conf.{name}.forwarding");
+        let v6 = format!("net.ipv6.conf.{name}.forwarding");
+        match (self.ipv4, self.ipv6, self.ipv6_enabled) {
+            (false, false, _) => Err(format!(
+                "IP forwarding is off on {interface}, so bpf_fib_lookup would hand every packet \
+                 back to userspace: set {v4}=1{} (a forward-drop firewall rule keeps the host \
+                 from routing anything else) and restart",
+                if self.ipv6_enabled {
+                    format!(" and {v6}=1 for IPv6")
+                } else {
+                    String::new()
+                }
+            )),
+            (true, false, true) => Ok(Some(format!(
+                "{v6} is 0: channels with an IPv6 side stay in userspace (set it to 1 and \
+                 restart to relay them in the kernel)"
+            ))),
+            (false, true, _) => Ok(Some(format!(
+                "{v4} is 0: channels with an IPv4 side stay in userspace (set it to 1 and \
+                 restart to relay them in the kernel)"
+            ))),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -243,9 +348,52 @@ struct Channel {
     installed: bool,
 }
 
+/// What the hook needs of the program's maps: the attached [`Datapath`], or a fake in the
+/// tests.
+pub trait Maps: Send + Sync {
+    /// The families the interface forwards.
+    fn forwarding(&self) -> Forwarding;
+    /// Logs once that a wildcard listener's channels stay in userspace.
+    fn warn_wildcard(&self, server: SocketAddr);
+    /// A zeroed counter entry for an allocation, before its first channel entry.
+    fn create_counters(&self, key: u64) -> bool;
+    /// Reads an allocation's counters, summed over CPUs, and deletes the entry.
+    fn take_counters(&self, key: u64) -> Counters;
+    /// Adds a channel's two entries; whether both are in.
+    fn insert(&self, entry: &ChannelEntry) -> bool;
+    /// Removes a channel's two entries (those present).
+    fn remove(&self, entry: &ChannelEntry);
+    /// The program's counters, summed over CPUs.
+    fn totals(&self) -> KernelTotals;
+}
+
+impl Maps for Datapath {
+    fn forwarding(&self) -> Forwarding {
+        self.forwarding
+    }
+    fn warn_wildcard(&self, server: SocketAddr) {
+        Datapath::warn_wildcard(self, server);
+    }
+    fn create_counters(&self, key: u64) -> bool {
+        Datapath::create_counters(self, key)
+    }
+    fn take_counters(&self, key: u64) -> Counters {
+        Datapath::take_counters(self, key)
+    }
+    fn insert(&self, entry: &ChannelEntry) -> bool {
+        Datapath::insert(self, entry)
+    }
+    fn remove(&self, entry: &ChannelEntry) {
+        Datapath::remove(self, entry);
+    }
+    fn totals(&self) -> KernelTotals {
+        Datapath::totals(self)
+    }
+}
+
 /// A worker's handle on the kernel path; does nothing without an attached program.
 pub struct Hook {
-    datapath: Option<Arc<Datapath>>,
+    datapath: Option<Arc<dyn Maps>>,
     worker: usize,
     allocations: HashMap<FiveTuple, Mirror>,
     /// Whether the configuration last seen allowed the kernel path (no bandwidth cap).
@@ -256,6 +404,11 @@ pub struct Hook {
 
 impl Hook {
     pub fn new(datapath: Option<Arc<Datapath>>, worker: usize) -> Self {
+        Self::with_maps(datapath.map(|d| d as Arc<dyn Maps>), worker)
+    }
+
+    /// A hook on any [`Maps`] (the tests' fake).
+    pub fn with_maps(datapath: Option<Arc<dyn Maps>>, worker: usize) -> Self {
         Self {
             datapath,
             worker,
@@ -269,17 +422,21 @@ impl Hook {
     /// Mirrors one of the core's events into the maps. An `AllocationEnded` gets what the
     /// kernel relayed for it added to its usage, so the usage record covers both paths.
     pub fn apply(&mut self, event: &mut Event, config: &ServerConfig) {
+        // A bandwidth cap is enforced in userspace only: capped allocations keep every
+        // packet on that path. A reload that sets a cap takes live channels out of the maps.
+        self.mirror(event, config.bandwidth_per_allocation.is_none());
+    }
+
+    /// [`Hook::apply`], given whether the configuration allows the kernel path.
+    fn mirror(&mut self, event: &mut Event, allowed: bool) {
         let Some(datapath) = self.datapath.clone() else {
             return;
         };
-        // A bandwidth cap is enforced in userspace only: capped allocations keep every
-        // packet on that path. A reload that sets a cap takes live channels out of the maps.
-        let allowed = config.bandwidth_per_allocation.is_none();
         if allowed != self.allowed {
             self.allowed = allowed;
             for (tuple, mirror) in &mut self.allocations {
                 for at in 0..mirror.channels.len() {
-                    sync(&datapath, tuple, mirror, at, allowed);
+                    sync(&*datapath, tuple, mirror, at, allowed);
                 }
             }
         }
@@ -334,14 +491,14 @@ impl Hook {
                     }
                 };
                 mirror.channels[at].permitted = true;
-                sync(&datapath, tuple, mirror, at, allowed);
+                sync(&*datapath, tuple, mirror, at, allowed);
             }
             Event::ChannelExpired { tuple, number, .. } => {
                 let Some(mirror) = self.allocations.get_mut(tuple) else {
                     return;
                 };
                 if let Some(at) = mirror.channels.iter().position(|c| c.number == *number) {
-                    sync(&datapath, tuple, mirror, at, false);
+                    sync(&*datapath, tuple, mirror, at, false);
                     mirror.channels.remove(at);
                 }
             }
@@ -352,7 +509,7 @@ impl Hook {
                 for at in 0..mirror.channels.len() {
                     if mirror.channels[at].peer.ip() == *peer {
                         mirror.channels[at].permitted = false;
-                        sync(&datapath, tuple, mirror, at, allowed);
+                        sync(&*datapath, tuple, mirror, at, allowed);
                     }
                 }
             }
@@ -364,7 +521,7 @@ impl Hook {
                 for at in 0..mirror.channels.len() {
                     if mirror.channels[at].peer.ip() == *peer {
                         mirror.channels[at].permitted = true;
-                        sync(&datapath, tuple, mirror, at, allowed);
+                        sync(&*datapath, tuple, mirror, at, allowed);
                     }
                 }
             }
@@ -373,7 +530,7 @@ impl Hook {
                     return;
                 };
                 for at in 0..mirror.channels.len() {
-                    sync(&datapath, tuple, &mut mirror, at, false);
+                    sync(&*datapath, tuple, &mut mirror, at, false);
                 }
                 if mirror.counter_created {
                     let kernel = datapath.take_counters(mirror.counter);
@@ -407,10 +564,16 @@ impl Hook {
     }
 }
 
-/// The entries of channel `at` of an allocation, if its family allows the kernel path: a
-/// relay of the peer's family, the same family on the client's side (v4↔v6 stays in
-/// userspace for now), and no wildcard relay address.
-fn entry(tuple: &FiveTuple, mirror: &Mirror, at: usize) -> Option<ChannelEntry> {
+/// The entries of channel `at` of an allocation, if its addresses allow the kernel path: a
+/// relay of the peer's family (the client's may differ: the program translates), no
+/// wildcard relay address, no IPv4-mapped IPv6 address (the kernel would not route it as
+/// userspace's socket does), and an interface that forwards both families involved.
+fn entry(
+    forwarding: &Forwarding,
+    tuple: &FiveTuple,
+    mirror: &Mirror,
+    at: usize,
+) -> Option<ChannelEntry> {
     let Channel {
         number: channel,
         peer,
@@ -421,9 +584,16 @@ fn entry(tuple: &FiveTuple, mirror: &Mirror, at: usize) -> Option<ChannelEntry> 
         .iter()
         .find(|r| r.local.is_ipv4() == peer.is_ipv4())?
         .local;
-    let same_family =
-        tuple.client.is_ipv4() == peer.is_ipv4() && tuple.server.is_ipv4() == peer.is_ipv4();
-    if !same_family || relay.ip().is_unspecified() {
+    let mapped = |ip: IpAddr| matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+    if relay.ip().is_unspecified()
+        || tuple.client.is_ipv4() != tuple.server.is_ipv4()
+        || [tuple.client.ip(), tuple.server.ip(), relay.ip(), peer.ip()]
+            .into_iter()
+            .any(mapped)
+    {
+        return None;
+    }
+    if !forwarding.routes(peer.ip()) || !forwarding.routes(tuple.client.ip()) {
         return None;
     }
     Some(ChannelEntry {
@@ -438,12 +608,12 @@ fn entry(tuple: &FiveTuple, mirror: &Mirror, at: usize) -> Option<ChannelEntry> 
 
 /// Puts channel `at`'s entries into the maps or takes them out: in while its permission is
 /// live and `allowed` (no bandwidth cap), out otherwise.
-fn sync(datapath: &Datapath, tuple: &FiveTuple, mirror: &mut Mirror, at: usize, allowed: bool) {
+fn sync(datapath: &dyn Maps, tuple: &FiveTuple, mirror: &mut Mirror, at: usize, allowed: bool) {
     let want = allowed && mirror.channels[at].permitted;
     if want == mirror.channels[at].installed {
         return;
     }
-    let Some(entry) = entry(tuple, mirror, at) else {
+    let Some(entry) = entry(&datapath.forwarding(), tuple, mirror, at) else {
         return;
     };
     if !want {
@@ -464,20 +634,22 @@ pub use kernel::Datapath;
 
 #[cfg(target_os = "linux")]
 mod kernel {
-    use super::{decode_counters, layout, ChannelEntry, Counters, KernelTotals, REASONS};
+    use super::{
+        decode_counters, layout, ChannelEntry, Counters, Forwarding, KernelTotals, REASONS,
+    };
     use crate::config::XdpMode;
     use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
     use aya::programs::{Xdp, XdpFlags};
     use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Mutex;
 
     /// The program, built by scripts/build-xdp.sh and committed.
     static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/turnpike.bpf.o");
 
     struct Maps {
-        c2p_v4: HashMap<MapData, [u8; 16], [u8; 24]>,
-        p2c_v4: HashMap<MapData, [u8; 12], [u8; 24]>,
+        c2p_v4: HashMap<MapData, [u8; 16], [u8; 48]>,
+        p2c_v4: HashMap<MapData, [u8; 12], [u8; 48]>,
         c2p_v6: HashMap<MapData, [u8; 40], [u8; 48]>,
         p2c_v6: HashMap<MapData, [u8; 36], [u8; 48]>,
         counters: PerCpuHashMap<MapData, [u8; 8], [u8; 32]>,
@@ -494,8 +666,14 @@ mod kernel {
         maps: Mutex<Maps>,
         pub interface: String,
         pub mode: &'static str,
+        /// The families the interface forwards, read at attach: channels with a side in
+        /// another family stay in userspace.
+        pub forwarding: Forwarding,
         warned_wildcard: AtomicBool,
         warned_full: AtomicBool,
+        /// Channels whose entry pair is in: counted from what the kernel said to each
+        /// insert and delete (nothing else writes the maps), so a leaked entry shows.
+        channels: AtomicU64,
     }
 
     impl std::fmt::Debug for Datapath {
@@ -540,7 +718,11 @@ mod kernel {
     impl Datapath {
         /// Loads the program and attaches it to `interface`; the reason in words if that
         /// fails.
-        pub fn start(interface: &str, mode: XdpMode) -> Result<Self, String> {
+        pub fn start(
+            interface: &str,
+            mode: XdpMode,
+            forwarding: Forwarding,
+        ) -> Result<Self, String> {
             let mut ebpf = aya::Ebpf::load(OBJECT)
                 .map_err(|e| format!("cannot load the XDP program: {}", explain(&e)))?;
             let program: &mut Xdp = ebpf
@@ -592,8 +774,10 @@ mod kernel {
                 maps: Mutex::new(maps),
                 interface: interface.to_owned(),
                 mode,
+                forwarding,
                 warned_wildcard: AtomicBool::new(false),
                 warned_full: AtomicBool::new(false),
+                channels: AtomicU64::new(0),
             })
         }
 
@@ -660,26 +844,28 @@ mod kernel {
         /// Adds a channel's two entries; whether both are in.
         pub(super) fn insert(&self, e: &ChannelEntry) -> bool {
             let mut maps = self.maps();
-            let result = if e.peer.is_ipv4() {
-                maps.c2p_v4
-                    .insert(layout(&[&e.c2p_key()]), layout(&[&e.c2p_value()]), 0)
-                    .and_then(|()| {
-                        maps.p2c_v4
-                            .insert(layout(&[&e.p2c_key()]), layout(&[&e.p2c_value()]), 0)
-                    })
+            // Each key is in the family of the frame it matches.
+            let (c2p, p2c) = (layout(&[&e.c2p_value()]), layout(&[&e.p2c_value()]));
+            let result = if e.client.is_ipv4() {
+                maps.c2p_v4.insert(layout(&[&e.c2p_key()]), c2p, 0)
             } else {
-                maps.c2p_v6
-                    .insert(layout(&[&e.c2p_key()]), layout(&[&e.c2p_value()]), 0)
-                    .and_then(|()| {
-                        maps.p2c_v6
-                            .insert(layout(&[&e.p2c_key()]), layout(&[&e.p2c_value()]), 0)
-                    })
-            };
+                maps.c2p_v6.insert(layout(&[&e.c2p_key()]), c2p, 0)
+            }
+            .and_then(|()| {
+                if e.peer.is_ipv4() {
+                    maps.p2c_v4.insert(layout(&[&e.p2c_key()]), p2c, 0)
+                } else {
+                    maps.p2c_v6.insert(layout(&[&e.p2c_key()]), p2c, 0)
+                }
+            });
             match result {
-                Ok(()) => true,
+                Ok(()) => {
+                    self.channels.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
                 Err(err) => {
+                    delete(&mut maps, e);
                     drop(maps);
-                    self.remove(e);
                     self.warn_full("the channel maps", &err);
                     false
                 }
@@ -688,13 +874,8 @@ mod kernel {
 
         /// Removes a channel's two entries (those present).
         pub(super) fn remove(&self, e: &ChannelEntry) {
-            let mut maps = self.maps();
-            if e.peer.is_ipv4() {
-                let _ = maps.c2p_v4.remove(&layout(&[&e.c2p_key()]));
-                let _ = maps.p2c_v4.remove(&layout(&[&e.p2c_key()]));
-            } else {
-                let _ = maps.c2p_v6.remove(&layout(&[&e.c2p_key()]));
-                let _ = maps.p2c_v6.remove(&layout(&[&e.p2c_key()]));
+            if delete(&mut self.maps(), e) {
+                self.channels.fetch_sub(1, Ordering::Relaxed);
             }
         }
 
@@ -707,14 +888,31 @@ mod kernel {
                     *sum = values.iter().sum();
                 }
             }
-            KernelTotals::from_stats(&stats)
+            KernelTotals {
+                channels: self.channels.load(Ordering::Relaxed),
+                ..KernelTotals::from_stats(&stats)
+            }
+        }
+    }
+
+    /// Deletes a channel's two entries; whether its client→peer entry was there.
+    fn delete(maps: &mut Maps, e: &ChannelEntry) -> bool {
+        let _ = if e.peer.is_ipv4() {
+            maps.p2c_v4.remove(&layout(&[&e.p2c_key()]))
+        } else {
+            maps.p2c_v6.remove(&layout(&[&e.p2c_key()]))
+        };
+        if e.client.is_ipv4() {
+            maps.c2p_v4.remove(&layout(&[&e.c2p_key()])).is_ok()
+        } else {
+            maps.c2p_v6.remove(&layout(&[&e.c2p_key()])).is_ok()
         }
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 mod kernel {
-    use super::{ChannelEntry, Counters, KernelTotals};
+    use super::{ChannelEntry, Counters, Forwarding, KernelTotals};
     use crate::config::XdpMode;
     use std::net::SocketAddr;
 
@@ -723,10 +921,11 @@ mod kernel {
     pub struct Datapath {
         pub interface: String,
         pub mode: &'static str,
+        pub forwarding: Forwarding,
     }
 
     impl Datapath {
-        pub fn start(_interface: &str, _mode: XdpMode) -> Result<Self, String> {
+        pub fn start(_: &str, _: XdpMode, _: Forwarding) -> Result<Self, String> {
             Err("XDP is Linux only".into())
         }
         pub(super) fn warn_wildcard(&self, _: SocketAddr) {}
@@ -748,22 +947,44 @@ mod kernel {
 
 /// Starts the kernel path if configured: the program attached to `interface`, or `None`
 /// after one log line that names the reason (relaying then stays in userspace).
+///
+/// An interface that forwards neither family is refused before anything is loaded: the
+/// program could relay nothing there (README, "Kernel fast path").
 pub fn start(interface: Option<&str>, mode: crate::config::XdpMode) -> Option<Arc<Datapath>> {
     let interface = interface?;
-    match Datapath::start(interface, mode) {
+    let refuse = |reason: &str| {
+        tracing::warn!(
+            interface,
+            "xdp: kernel path not enabled, relaying in userspace: {reason}"
+        );
+    };
+    // Without a /proc entry the interface is not there: the attach names that.
+    let forwarding = Forwarding::read(interface).unwrap_or(Forwarding {
+        ipv4: true,
+        ipv6: true,
+        ipv6_enabled: true,
+    });
+    let warning = match forwarding.verdict(interface) {
+        Ok(warning) => warning,
+        Err(reason) => {
+            refuse(&reason);
+            return None;
+        }
+    };
+    match Datapath::start(interface, mode, forwarding) {
         Ok(datapath) => {
             tracing::info!(
                 interface,
                 mode = datapath.mode,
                 "xdp: established UDP channels are relayed in the kernel"
             );
+            if let Some(warning) = warning {
+                tracing::warn!(interface, "xdp: {warning}");
+            }
             Some(Arc::new(datapath))
         }
         Err(reason) => {
-            tracing::warn!(
-                interface,
-                "xdp: kernel path not enabled, relaying in userspace: {reason}"
-            );
+            refuse(&reason);
             None
         }
     }
@@ -772,6 +993,7 @@ pub fn start(interface: Option<&str>, mode: crate::config::XdpMode) -> Option<Ar
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{EndReason, Usage};
 
     fn entry(v6: bool) -> ChannelEntry {
         let a = |s: &str| s.parse::<SocketAddr>().unwrap();
@@ -796,6 +1018,400 @@ mod tests {
         }
     }
 
+    /// The maps as a fake: what is in them, keyed by the client→peer key.
+    #[derive(Default)]
+    struct Fake {
+        forwarding: Option<Forwarding>,
+        state: std::sync::Mutex<FakeState>,
+    }
+
+    #[derive(Default)]
+    struct FakeState {
+        entries: HashMap<Vec<u8>, ChannelEntry>,
+        counters: HashMap<u64, Counters>,
+        /// Counters still present when they were created (a leak).
+        recreated: usize,
+    }
+
+    impl Maps for Fake {
+        fn forwarding(&self) -> Forwarding {
+            self.forwarding.unwrap_or(Forwarding {
+                ipv4: true,
+                ipv6: true,
+                ipv6_enabled: true,
+            })
+        }
+        fn warn_wildcard(&self, _: SocketAddr) {}
+        fn create_counters(&self, key: u64) -> bool {
+            let mut state = self.state.lock().unwrap();
+            if state.counters.insert(key, Counters::default()).is_some() {
+                state.recreated += 1;
+            }
+            true
+        }
+        fn take_counters(&self, key: u64) -> Counters {
+            self.state
+                .lock()
+                .unwrap()
+                .counters
+                .remove(&key)
+                .unwrap_or_default()
+        }
+        fn insert(&self, entry: &ChannelEntry) -> bool {
+            let mut state = self.state.lock().unwrap();
+            assert!(
+                state.counters.contains_key(&entry.counter),
+                "a channel entry before its counter"
+            );
+            state.entries.insert(entry.c2p_key(), entry.clone());
+            true
+        }
+        fn remove(&self, entry: &ChannelEntry) {
+            self.state.lock().unwrap().entries.remove(&entry.c2p_key());
+        }
+        fn totals(&self) -> KernelTotals {
+            KernelTotals::default()
+        }
+    }
+
+    impl Fake {
+        /// (channel number, peer) of every entry in the maps, sorted.
+        fn channels(&self) -> Vec<(u16, SocketAddr)> {
+            let state = self.state.lock().unwrap();
+            let mut out: Vec<_> = state
+                .entries
+                .values()
+                .map(|e| (e.channel, e.peer))
+                .collect();
+            out.sort();
+            out
+        }
+    }
+
+    const CLIENT: &str = "192.0.2.1:5000";
+    const SERVER: &str = "192.0.2.2:3478";
+    const RELAY: &str = "192.0.2.2:50000";
+    const PEER: &str = "198.51.100.3:6000";
+    const PEER2: &str = "198.51.100.4:6000";
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn tuple(transport: Transport) -> FiveTuple {
+        FiveTuple {
+            client: addr(CLIENT),
+            server: addr(SERVER),
+            transport,
+        }
+    }
+
+    /// A hook on a fake, its UDP allocation (relay RELAY) created.
+    fn hooked(fake: &Arc<Fake>) -> (Hook, Instant) {
+        let mut hook = Hook::with_maps(Some(fake.clone() as Arc<dyn Maps>), 1);
+        let now = Instant::now();
+        let relay = addr(RELAY);
+        hook.mirror(
+            &mut Event::AllocationCreated {
+                id: 7,
+                tuple: tuple(Transport::Udp),
+                username: "u".into(),
+                relays: vec![RelayAddress {
+                    local: relay,
+                    advertised: relay,
+                }],
+                expires: now,
+            },
+            true,
+        );
+        (hook, now)
+    }
+
+    fn bound(number: u16, peer: &str, now: Instant) -> Event {
+        Event::ChannelBound {
+            tuple: tuple(Transport::Udp),
+            number,
+            peer: addr(peer),
+            expires: now,
+        }
+    }
+
+    #[test]
+    fn a_bound_channel_is_installed_with_the_allocations_addresses() {
+        let fake = Arc::new(Fake::default());
+        let (mut hook, now) = hooked(&fake);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        let state = fake.state.lock().unwrap();
+        let entries: Vec<_> = state.entries.values().cloned().collect();
+        assert_eq!(
+            entries,
+            [ChannelEntry {
+                client: addr(CLIENT),
+                server: addr(SERVER),
+                channel: 0x4000,
+                relay: addr(RELAY),
+                peer: addr(PEER),
+                counter: counter_key(1, 7),
+            }]
+        );
+        assert!(state.counters.contains_key(&counter_key(1, 7)));
+    }
+
+    /// The core says ChannelExpired at the channel's deadline (600 s, proto's tests): its
+    /// entries go, and nothing brings them back but a new ChannelBind.
+    #[test]
+    fn an_expired_channel_leaves_the_maps_for_good() {
+        let fake = Arc::new(Fake::default());
+        let (mut hook, now) = hooked(&fake);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        hook.mirror(&mut bound(0x4001, PEER2, now), true);
+        hook.mirror(
+            &mut Event::ChannelExpired {
+                tuple: tuple(Transport::Udp),
+                number: 0x4000,
+                peer: addr(PEER),
+            },
+            true,
+        );
+        assert_eq!(fake.channels(), [(0x4001, addr(PEER2))], "only 0x4000 goes");
+        // The permission for the peer comes back (CreatePermission): the channel does not.
+        hook.mirror(
+            &mut Event::PermissionCreated {
+                tuple: tuple(Transport::Udp),
+                peer: addr(PEER).ip(),
+                expires: now,
+            },
+            true,
+        );
+        assert_eq!(fake.channels(), [(0x4001, addr(PEER2))]);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        assert_eq!(
+            fake.channels(),
+            [(0x4000, addr(PEER)), (0x4001, addr(PEER2))]
+        );
+    }
+
+    /// A permission lapses at 300 s while its channel lives to 600 s (RFC 8656 §9): the
+    /// channel's entries go with the permission, and return when it is created again.
+    #[test]
+    fn a_channel_leaves_the_maps_while_its_permission_is_expired() {
+        let fake = Arc::new(Fake::default());
+        let (mut hook, now) = hooked(&fake);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        hook.mirror(&mut bound(0x4001, PEER2, now), true);
+        // Another port on the same IP: one permission covers both (permissions are per IP).
+        hook.mirror(&mut bound(0x4002, "198.51.100.3:7000", now), true);
+        hook.mirror(
+            &mut Event::PermissionExpired {
+                tuple: tuple(Transport::Udp),
+                peer: addr(PEER).ip(),
+            },
+            true,
+        );
+        assert_eq!(fake.channels(), [(0x4001, addr(PEER2))]);
+        hook.mirror(
+            &mut Event::PermissionCreated {
+                tuple: tuple(Transport::Udp),
+                peer: addr(PEER).ip(),
+                expires: now,
+            },
+            true,
+        );
+        assert_eq!(fake.channels().len(), 3);
+        // And a ChannelBind refresh after the lapse (the core re-creates the permission).
+        hook.mirror(
+            &mut Event::PermissionExpired {
+                tuple: tuple(Transport::Udp),
+                peer: addr(PEER2).ip(),
+            },
+            true,
+        );
+        assert_eq!(fake.channels().len(), 2);
+        hook.mirror(
+            &mut Event::ChannelRefreshed {
+                tuple: tuple(Transport::Udp),
+                number: 0x4001,
+                peer: addr(PEER2),
+                expires: now,
+            },
+            true,
+        );
+        assert_eq!(fake.channels().len(), 3);
+    }
+
+    #[test]
+    fn an_ended_allocation_takes_everything_out_and_adds_the_kernels_counts_to_its_usage() {
+        let fake = Arc::new(Fake::default());
+        let (mut hook, now) = hooked(&fake);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        hook.mirror(&mut bound(0x4001, PEER2, now), true);
+        fake.state.lock().unwrap().counters.insert(
+            counter_key(1, 7),
+            Counters {
+                to_peer_packets: 3,
+                to_peer_bytes: 300,
+                from_peer_packets: 4,
+                from_peer_bytes: 400,
+            },
+        );
+        let mut usage = Usage::new(now, 0);
+        usage.to_peer_packets = 1;
+        usage.to_peer_bytes = 100;
+        let mut ended = Event::AllocationEnded {
+            id: 7,
+            tuple: tuple(Transport::Udp),
+            username: "u".into(),
+            relays: vec![],
+            usage,
+            reason: EndReason::Expired,
+        };
+        hook.mirror(&mut ended, true);
+        assert_eq!(fake.channels(), []);
+        assert!(fake.state.lock().unwrap().counters.is_empty());
+        let Event::AllocationEnded { usage, .. } = ended else {
+            unreachable!()
+        };
+        assert_eq!(
+            (
+                usage.to_peer_packets,
+                usage.to_peer_bytes,
+                usage.from_peer_packets,
+                usage.from_peer_bytes
+            ),
+            (4, 400, 4, 400)
+        );
+        // Late events for the gone allocation change nothing.
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        assert_eq!(fake.channels(), []);
+        assert_eq!(fake.state.lock().unwrap().recreated, 0);
+    }
+
+    /// A dual allocation (RFC 8656 §7.2) of an IPv4 client: a channel to an IPv6 peer uses
+    /// the IPv6 relay, and the program translates between the families.
+    #[test]
+    fn a_dual_allocation_installs_channels_of_both_families_with_the_peers_relay() {
+        let fake = Arc::new(Fake::default());
+        let mut hook = Hook::with_maps(Some(fake.clone() as Arc<dyn Maps>), 0);
+        let now = Instant::now();
+        let relay6 = addr("[2001:db8::2]:50001");
+        let relays = [addr(RELAY), relay6].map(|local| RelayAddress {
+            local,
+            advertised: local,
+        });
+        hook.mirror(
+            &mut Event::AllocationCreated {
+                id: 1,
+                tuple: tuple(Transport::Udp),
+                username: "u".into(),
+                relays: relays.to_vec(),
+                expires: now,
+            },
+            true,
+        );
+        hook.mirror(&mut bound(0x4000, "[2001:db8::3]:6000", now), true);
+        hook.mirror(&mut bound(0x4001, PEER, now), true);
+        // An IPv4-mapped peer stays with userspace's socket.
+        hook.mirror(&mut bound(0x4002, "[::ffff:198.51.100.9]:6000", now), true);
+        let state = fake.state.lock().unwrap();
+        let mut relays: Vec<_> = state
+            .entries
+            .values()
+            .map(|e| (e.channel, e.relay, e.client))
+            .collect();
+        relays.sort();
+        assert_eq!(
+            relays,
+            [
+                (0x4000, relay6, addr(CLIENT)),
+                (0x4001, addr(RELAY), addr(CLIENT))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_hairpin_counts_as_one_datagram_each_way() {
+        let mut stats = [0u64; REASONS.len()];
+        stats[TX_TO_PEER] = 1;
+        stats[TX_TO_CLIENT] = 10;
+        stats[TX_HAIRPIN] = 100;
+        stats[BYTES_HAIRPIN] = 1000;
+        let totals = KernelTotals::from_stats(&stats);
+        assert_eq!(
+            (
+                totals.to_peer_packets,
+                totals.to_client_packets,
+                totals.to_peer_bytes,
+                totals.to_client_bytes
+            ),
+            (101, 110, 1000, 1000)
+        );
+    }
+
+    #[test]
+    fn a_bandwidth_cap_keeps_channels_in_userspace_and_lifting_it_installs_them() {
+        let fake = Arc::new(Fake::default());
+        let (mut hook, now) = hooked(&fake);
+        hook.mirror(&mut bound(0x4000, PEER, now), false);
+        assert_eq!(fake.channels(), []);
+        // A reload sets a cap: installed channels leave; it lifts it: they come back.
+        hook.mirror(&mut bound(0x4001, PEER2, now), true);
+        assert_eq!(fake.channels().len(), 2);
+        hook.mirror(&mut bound(0x4001, PEER2, now), false);
+        assert_eq!(fake.channels(), []);
+        hook.mirror(&mut bound(0x4001, PEER2, now), true);
+        assert_eq!(fake.channels().len(), 2);
+    }
+
+    #[test]
+    fn stream_clients_wildcard_listeners_and_unforwarded_families_stay_in_userspace() {
+        let fake = Arc::new(Fake::default());
+        let mut hook = Hook::with_maps(Some(fake.clone() as Arc<dyn Maps>), 0);
+        let now = Instant::now();
+        let relays = vec![RelayAddress {
+            local: addr(RELAY),
+            advertised: addr(RELAY),
+        }];
+        let tcp = tuple(Transport::Tcp);
+        let wildcard = FiveTuple {
+            server: addr("0.0.0.0:3478"),
+            ..tuple(Transport::Udp)
+        };
+        for (id, tuple) in [(1, tcp), (2, wildcard)] {
+            hook.mirror(
+                &mut Event::AllocationCreated {
+                    id,
+                    tuple,
+                    username: "u".into(),
+                    relays: relays.clone(),
+                    expires: now,
+                },
+                true,
+            );
+            hook.mirror(
+                &mut Event::ChannelBound {
+                    tuple,
+                    number: 0x4000,
+                    peer: addr(PEER),
+                    expires: now,
+                },
+                true,
+            );
+        }
+        assert_eq!(fake.channels(), []);
+
+        let v6_off = Arc::new(Fake {
+            forwarding: Some(Forwarding {
+                ipv4: false,
+                ipv6: true,
+                ipv6_enabled: true,
+            }),
+            ..Fake::default()
+        });
+        let (mut hook, now) = hooked(&v6_off);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        assert_eq!(v6_off.channels(), [], "IPv4 does not forward");
+    }
+
     #[test]
     fn layouts_have_the_c_structs_sizes() {
         let e = entry(false);
@@ -806,7 +1422,7 @@ mod tests {
                 e.p2c_key().len(),
                 e.p2c_value().len()
             ],
-            [16, 24, 12, 24]
+            [16, 48, 12, 48]
         );
         let e = entry(true);
         assert_eq!(
@@ -818,6 +1434,13 @@ mod tests {
             ],
             [40, 48, 36, 48]
         );
+        // A client of one family, a peer of the other: each key in its frame's family.
+        let mixed = ChannelEntry {
+            relay: entry(true).relay,
+            peer: entry(true).peer,
+            ..entry(false)
+        };
+        assert_eq!([mixed.c2p_key().len(), mixed.p2c_key().len()], [16, 36]);
     }
 
     #[test]
@@ -829,18 +1452,77 @@ mod tests {
         );
         let counter = counter_key(1, 7).to_ne_bytes();
         assert_eq!(&e.c2p_value()[..8], &counter);
+        let pad = [0u8; 12];
         assert_eq!(
-            &e.c2p_value()[8..],
-            &[192, 0, 2, 2, 198, 51, 100, 3, 0xc3, 0x50, 0x17, 0x70, 0, 0, 0, 0]
+            e.c2p_value()[8..],
+            [
+                &[192, 0, 2, 2][..],
+                &pad,
+                &[198, 51, 100, 3],
+                &pad,
+                &[0xc3, 0x50, 0x17, 0x70, 4, 0, 0, 0]
+            ]
+            .concat()
         );
         assert_eq!(
             e.p2c_key(),
             [198, 51, 100, 3, 192, 0, 2, 2, 0x17, 0x70, 0xc3, 0x50]
         );
         assert_eq!(
-            &e.p2c_value()[8..],
-            &[192, 0, 2, 1, 192, 0, 2, 2, 0x13, 0x88, 0x0d, 0x96, 0x40, 0x01, 0, 0]
+            e.p2c_value()[8..],
+            [
+                &[192, 0, 2, 1][..],
+                &pad,
+                &[192, 0, 2, 2],
+                &pad,
+                &[0x13, 0x88, 0x0d, 0x96, 0x40, 0x01, 4, 0]
+            ]
+            .concat()
         );
+        // The family byte names the family of the addresses in the value.
+        assert_eq!(entry(true).c2p_value()[44], 6);
+        assert_eq!(entry(true).p2c_value()[46], 6);
+    }
+
+    #[test]
+    fn an_interface_that_forwards_nothing_is_refused_naming_the_sysctls() {
+        let f = |ipv4, ipv6, ipv6_enabled| Forwarding {
+            ipv4,
+            ipv6,
+            ipv6_enabled,
+        };
+        let refused = f(false, false, true).verdict("eth0").unwrap_err();
+        assert!(
+            refused.contains("net.ipv4.conf.eth0.forwarding=1"),
+            "{refused}"
+        );
+        assert!(
+            refused.contains("net.ipv6.conf.eth0.forwarding=1"),
+            "{refused}"
+        );
+        // IPv6 off on the interface: only the IPv4 sysctl matters, and a VLAN's name is
+        // written as sysctl(8) wants it.
+        let refused = f(false, false, false).verdict("eth0.100").unwrap_err();
+        assert!(
+            refused.contains("net.ipv4.conf.eth0/100.forwarding=1"),
+            "{refused}"
+        );
+        assert!(!refused.contains("ipv6"), "{refused}");
+        assert_eq!(f(true, false, false).verdict("eth0"), Ok(None));
+        assert_eq!(f(true, true, true).verdict("eth0"), Ok(None));
+        let warning = f(true, false, true).verdict("eth0").unwrap().unwrap();
+        assert!(
+            warning.contains("net.ipv6.conf.eth0.forwarding is 0"),
+            "{warning}"
+        );
+        let warning = f(false, true, true).verdict("eth0").unwrap().unwrap();
+        assert!(
+            warning.contains("net.ipv4.conf.eth0.forwarding is 0"),
+            "{warning}"
+        );
+        let v4_only = f(true, false, true);
+        assert!(v4_only.routes("192.0.2.1".parse().unwrap()));
+        assert!(!v4_only.routes("2001:db8::1".parse().unwrap()));
     }
 
     #[test]
@@ -852,7 +1534,7 @@ mod tests {
 
     #[test]
     fn the_reason_table_matches_the_program() {
-        // `enum reason` in ebpf/turnpike.bpf.c ends with these four.
+        // `enum reason` in ebpf/turnpike.bpf.c ends with these six.
         let src = include_str!("../../ebpf/turnpike.bpf.c");
         let body = src
             .split("enum reason {")
@@ -869,6 +1551,8 @@ mod tests {
         assert_eq!(names[TX_TO_CLIENT], "TX_TO_CLIENT");
         assert_eq!(names[BYTES_TO_PEER], "BYTES_TO_PEER");
         assert_eq!(names[BYTES_TO_CLIENT], "BYTES_TO_CLIENT");
+        assert_eq!(names[TX_HAIRPIN], "TX_HAIRPIN");
+        assert_eq!(names[BYTES_HAIRPIN], "BYTES_HAIRPIN");
         for (name, label) in names.iter().zip(REASONS) {
             if let Some(label) = label {
                 assert_eq!(

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use stun_types::attribute::AttributeType;
 use stun_types::message::{Message, MessageWriteExt, MessageWriteVec, Method, TransactionId};
-use turn_types::attribute::{RequestedAddressFamily, RequestedTransport};
+use turn_types::attribute::{
+    AdditionalAddressFamily, RequestedAddressFamily, RequestedTransport, XorRelayedAddress,
+};
 use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, REFRESH};
 use turn_types::AddressFamily;
 use turnpike_client::{Framer, Request, Response, Signer};
@@ -43,6 +45,14 @@ pub fn udp_transport(w: &mut MessageWriteVec, _: TransactionId) {
 pub fn ipv6_relay(w: &mut MessageWriteVec, tid: TransactionId) {
     udp_transport(w, tid);
     w.add_attribute(&RequestedAddressFamily::new(AddressFamily::IPV6))
+        .unwrap();
+}
+
+/// REQUESTED-TRANSPORT UDP and ADDITIONAL-ADDRESS-FAMILY IPv6: an Allocate for an IPv4 and
+/// an IPv6 relay (RFC 8656 §7.2, dual allocation).
+pub fn dual_relay(w: &mut MessageWriteVec, tid: TransactionId) {
+    udp_transport(w, tid);
+    w.add_attribute(&AdditionalAddressFamily::new(AddressFamily::IPV6))
         .unwrap();
 }
 
@@ -172,6 +182,15 @@ impl Resp {
     pub fn relayed(&self) -> SocketAddr {
         self.try_relayed()
             .unwrap_or_else(|| panic!("no XOR-RELAYED-ADDRESS in {}", self.describe()))
+    }
+
+    /// Every XOR-RELAYED-ADDRESS (two for a dual allocation), in order.
+    pub fn relayed_all(&self) -> Vec<SocketAddr> {
+        let msg = self.msg();
+        (0..)
+            .map_while(|n| msg.nth_attribute::<XorRelayedAddress>(n).ok())
+            .map(|a| a.addr(msg.transaction_id()))
+            .collect()
     }
 
     /// The XOR-RELAYED-ADDRESS, if present.
@@ -354,6 +373,11 @@ impl UdpTurn {
 
     pub fn allocate(&mut self) -> Resp {
         self.request(ALLOCATE, &udp_transport)
+    }
+
+    /// An Allocate with the request's own attributes (`ipv6_relay`, `dual_relay`).
+    pub fn allocate_with(&mut self, attrs: Attrs) -> Resp {
+        self.request(ALLOCATE, attrs)
     }
 
     pub fn refresh(&mut self, lifetime: u32) -> Resp {

@@ -17,25 +17,33 @@
 //!
 //! veth offloads are turned off on the lab's senders (ethtool), as a real NIC delivers: a
 //! socket on a veth leaves its UDP checksum for the device to finish (CHECKSUM_PARTIAL), and
-//! XDP sees a frame, not that promise.
+//! XDP sees a frame, not that promise. The bridge's end of the server's veth runs
+//! ebpf/xdp_pass.bpf.o, which native mode on a veth needs (README, "Kernel fast path").
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::hardening::metric_sum;
-use crate::harness::{rest_credentials, Server, REALM, SECRET};
-use crate::stun_client::{channel_data, recv_from, UdpTurn};
+use crate::harness::{
+    harness_home, require_run_pair, rest_credentials, run_with_timeout, Server, REALM, SECRET,
+};
+use crate::stun_client::{channel_data, dual_relay, ipv6_relay, recv_from, UdpTurn};
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The IPv6 side of the lab, when it has one (ULA, fd00:db8::/64).
+const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xdb8, 0, 0, 0, 0, 0, 1);
+const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+const PEER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xdb8, 0, 0, 0, 0, 0, 0x20);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 const API: &str = "127.0.0.1:18080";
 const CHANNEL: u16 = 0x4000;
+const XDP_PASS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ebpf/xdp_pass.bpf.o");
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
@@ -63,16 +71,41 @@ fn run(cmd: &[&str]) {
     );
 }
 
+/// How a lab differs from the usual one.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    /// `net.ipv4.conf.eth0.forwarding=1` in the server's namespace, as the README asks
+    /// (and the IPv6 one with `ipv6`).
+    forwarding: bool,
+    /// IPv6 on the client's, peer's and server's links (fd00:db8::/64 beside the IPv4
+    /// addresses), the server listening and relaying on both.
+    ipv6: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            forwarding: true,
+            ipv6: false,
+        }
+    }
+}
+
 /// Four namespaces named after this process and a counter; removed on drop.
 struct Lab {
     prefix: String,
+    setup: Setup,
     server: Option<Child>,
     server_log: Arc<Mutex<String>>,
 }
 
 impl Lab {
-    /// The lab, or `None` (with the reason printed) where it cannot be built by design.
+    /// The usual lab, or `None` (with the reason printed) where it cannot be built by design.
     fn new() -> Option<Lab> {
+        Lab::with(Setup::default())
+    }
+
+    fn with(setup: Setup) -> Option<Lab> {
         if !is_root() {
             eprintln!("SKIP: the XDP lab needs root (network namespaces, BPF)");
             return None;
@@ -87,6 +120,7 @@ impl Lab {
         );
         let lab = Lab {
             prefix,
+            setup,
             server: None,
             server_log: Arc::default(),
         };
@@ -104,21 +138,34 @@ impl Lab {
             let ns = self.ns(role);
             run(&["ip", "netns", "add", &ns]);
             run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            // No IPv6 chatter (router solicitations, DAD) in the counters.
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ]);
+            // No IPv6 chatter (router solicitations, DAD) in the counters; with IPv6 on,
+            // no router solicitations or duplicate address detection either.
+            let sysctls: &[&str] = if self.setup.ipv6 && role != "b" {
+                &[
+                    "net.ipv6.conf.all.accept_ra=0",
+                    "net.ipv6.conf.default.accept_ra=0",
+                    "net.ipv6.conf.all.router_solicitations=0",
+                    "net.ipv6.conf.default.router_solicitations=0",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ]
+            } else {
+                &[
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ]
+            };
+            let mut cmd = vec!["ip", "netns", "exec", &ns, "sysctl", "-qw"];
+            cmd.extend_from_slice(sysctls);
+            run(&cmd);
         }
         run(&["ip", "-n", &b, "link", "add", "br0", "type", "bridge"]);
         run(&["ip", "-n", &b, "link", "set", "br0", "up"]);
-        for (role, ip) in [("s", SERVER_IP), ("c", CLIENT_IP), ("p", PEER_IP)] {
+        for (role, ip, ip6) in [
+            ("s", SERVER_IP, SERVER_IP6),
+            ("c", CLIENT_IP, CLIENT_IP6),
+            ("p", PEER_IP, PEER_IP6),
+        ] {
             let ns = self.ns(role);
             run(&[
                 "ip", "-n", &b, "link", "add", role, "type", "veth", "peer", "name", "eth0",
@@ -135,27 +182,56 @@ impl Lab {
                 "dev",
                 "eth0",
             ]);
+            if self.setup.ipv6 {
+                run(&[
+                    "ip",
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{ip6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ]);
+            }
             run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
             // Full checksums on the wire, as from a real NIC (see the module doc).
             run(&[
                 "ip", "netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off",
             ]);
         }
-        // A veth only takes XDP_TX frames from its peer when it runs NAPI: GRO on the
-        // bridge's side of the server's link turns that on (a real NIC needs nothing).
-        run(&["ip", "netns", "exec", &b, "ethtool", "-K", "s", "gro", "on"]);
+        // A veth reads the XDP_TX frames of its peer's native-mode program only when it has
+        // an XDP program of its own (ebpf/xdp_pass.bpf.c says why): the bridge's end of the
+        // server's link gets one that passes everything. Generic mode does not need it.
+        run(&[
+            "ip", "-n", &b, "link", "set", "dev", "s", "xdpdrv", "obj", XDP_PASS, "sec", "xdp",
+        ]);
         // bpf_fib_lookup answers only for an interface that forwards (else
         // BPF_FIB_LKUP_RET_FWD_DISABLED and every packet goes to userspace).
         let s = self.ns("s");
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &s,
-            "sysctl",
-            "-qw",
-            "net.ipv4.conf.eth0.forwarding=1",
-        ]);
+        if self.setup.forwarding {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &s,
+                "sysctl",
+                "-qw",
+                "net.ipv4.conf.eth0.forwarding=1",
+            ]);
+            if self.setup.ipv6 {
+                run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &s,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.eth0.forwarding=1",
+                ]);
+            }
+        }
     }
 
     /// Runs `f` on a thread inside namespace `role`: sockets it makes stay in there.
@@ -205,6 +281,17 @@ impl Lab {
         ];
         let ns = self.ns("s");
         args[2] = &ns;
+        let (listen6, relay6) = (format!("[{SERVER_IP6}]:3478"), SERVER_IP6.to_string());
+        if self.setup.ipv6 {
+            args.extend_from_slice(&[
+                "--listen",
+                &listen6,
+                "--relay-ip",
+                &relay6,
+                "--allow-peer",
+                "fd00:db8::/64",
+            ]);
+        }
         args.extend_from_slice(extra);
         let mut child = Command::new("ip")
             .args(&args)
@@ -276,6 +363,38 @@ impl Lab {
     fn peer(&self) -> UdpSocket {
         self.inside("p", || {
             UdpSocket::bind((PEER_IP, 0)).expect("bind the peer")
+        })
+    }
+
+    /// A client on the IPv6 side, talking to the server's IPv6 listener.
+    fn client6(&self) -> UdpTurn {
+        let (user, pass) = rest_credentials(SECRET, "xdp6", 3600);
+        let server = SocketAddr::from((SERVER_IP6, 3478));
+        self.inside("c", move || {
+            UdpTurn::new_from(CLIENT_IP6, server, &user, &pass)
+        })
+    }
+
+    fn peer6(&self) -> UdpSocket {
+        self.inside("p", || {
+            UdpSocket::bind((PEER_IP6, 0)).expect("bind the IPv6 peer")
+        })
+    }
+
+    /// [`Lab::udp_tap`] for IPv6, which hands over the UDP header and payload without the
+    /// IP header (RFC 3542 §3): the source comes from recvfrom (as a UdpSocket, which reads
+    /// any datagram socket), the destination is the namespace's address.
+    fn udp_tap6(&self, role: &str) -> UdpSocket {
+        self.inside(role, || {
+            let tap = socket2::Socket::new(
+                socket2::Domain::IPV6,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::UDP),
+            )
+            .expect("raw UDPv6 socket");
+            tap.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            UdpSocket::from(tap)
         })
     }
 
@@ -387,6 +506,26 @@ fn check_packet(packet: &[u8]) -> (SocketAddr, SocketAddr, Vec<u8>) {
     )
 }
 
+/// Checks a UDP datagram that arrived over IPv6 (UDP header first): its length, and its
+/// checksum over the pseudo-header (RFC 8200 §8.1: mandatory); returns the payload.
+fn check_udp6(src: IpAddr, dst: IpAddr, udp: &[u8]) -> Vec<u8> {
+    let (IpAddr::V6(src), IpAddr::V6(dst)) = (src, dst) else {
+        panic!("IPv6 addresses expected: {src} {dst}");
+    };
+    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    assert_eq!(udp_len, udp.len(), "UDP length");
+    assert_ne!(
+        u16::from_be_bytes([udp[6], udp[7]]),
+        0,
+        "an IPv6 UDP checksum"
+    );
+    let mut sum = sum16(&src.octets(), 0);
+    sum = sum16(&dst.octets(), sum);
+    sum += 17 + udp_len as u32;
+    assert_eq!(fold(sum16(udp, sum)), 0xffff, "UDP checksum of {udp:02x?}");
+    udp[8..].to_vec()
+}
+
 /// The next datagram the tap sees from `from`, within `wait`.
 fn tapped(tap: &socket2::Socket, from: SocketAddr, wait: Duration) -> Option<Vec<u8>> {
     let deadline = Instant::now() + wait;
@@ -446,48 +585,72 @@ fn wait_for_metrics(lab: &Lab, what: &str, ok: impl Fn(&str) -> bool) -> String 
 /// the kernel counters count them, and the userspace relay count stays near zero.
 #[test]
 fn channel_data_round_trip_takes_the_kernel_path_with_valid_checksums() {
+    round_trip("generic");
+}
+
+/// The same in native (driver) mode on the veth: XDP_TX frames reach the bridge because
+/// its end of the pair has an XDP program (the lab's xdp_pass; without one they wait in its
+/// ring until other traffic comes by, and this test loses packet 1).
+#[test]
+fn native_mode_on_a_veth_relays_both_ways_when_the_peer_end_has_a_program() {
+    round_trip("driver");
+}
+
+fn round_trip(mode: &str) {
     let Some(mut lab) = Lab::new() else { return };
-    lab.start_server(&["--xdp-interface", "eth0", "--xdp-mode", "generic"]);
+    lab.start_server(&["--xdp-interface", "eth0", "--xdp-mode", mode]);
     assert!(
-        lab.log().contains("relayed in the kernel"),
-        "the program did not attach:\n{}",
+        lab.log().contains("relayed in the kernel")
+            && lab.log().contains(&format!("mode=\"{mode}\"")),
+        "the program did not attach in {mode} mode:\n{}",
         lab.log()
     );
     let mut client = lab.client();
     let peer = lab.peer();
-    let peer_addr = peer.local_addr().unwrap();
     let relayed = client.allocate().expect_success("Allocate").relayed();
+    exchange(&lab, &mut client, &peer, relayed);
+}
+
+/// Binds CHANNEL from `client` to `peer` and sends ChannelData both ways through the
+/// relay `relayed`: the peer gets UDP from the relay address and the client ChannelData
+/// from the listening address, every packet with valid checksums (seen by raw sockets in
+/// the client's and the peer's namespaces); the kernel counters count them, and the
+/// userspace relay count stays near zero.
+fn exchange(lab: &Lab, client: &mut UdpTurn, peer: &UdpSocket, relayed: SocketAddr) {
+    let peer_addr = peer.local_addr().unwrap();
+    let client_addr = client.sock.local_addr().unwrap();
+    let server = client.server;
+    let before = lab.metrics();
     client
         .channel_bind(CHANNEL, peer_addr)
         .expect_success("ChannelBind");
-    let peer_tap = lab.udp_tap("p");
-    let client_tap = lab.udp_tap("c");
+    let peer_tap = Tap::new(lab, "p", peer_addr.ip());
+    let client_tap = Tap::new(lab, "c", client_addr.ip());
 
     const N: usize = 50;
     for i in 0..N {
         // Odd and even lengths, so a padding or parity mistake in the checksum shows.
         let payload = vec![i as u8; 20 + i];
         client.send_channel_data(CHANNEL, &payload);
-        let (got, from) = recv_from(&peer, Duration::from_secs(2))
+        let (got, from) = recv_from(peer, Duration::from_secs(2))
             .unwrap_or_else(|| panic!("packet {i} did not reach the peer"));
         assert_eq!(from, relayed, "from the relay address");
         assert_eq!(got, payload);
-        let packet = tapped(&peer_tap, relayed, Duration::from_secs(1))
+        let data = peer_tap
+            .next(relayed, Duration::from_secs(1))
             .unwrap_or_else(|| panic!("packet {i} not seen by the peer's tap"));
-        let (src, dst, data) = check_packet(&packet);
-        assert_eq!((src, dst, data), (relayed, peer_addr, payload));
+        assert_eq!(data, payload);
     }
     // With padding to four bytes, which UDP does not need but allows: the peer gets
     // exactly the data.
     let mut padded = channel_data(CHANNEL, b"abcde");
     padded.extend_from_slice(&[0, 0, 0]);
     client.send_raw(&padded);
-    let (got, _) = recv_from(&peer, Duration::from_secs(2)).expect("padded ChannelData");
+    let (got, _) = recv_from(peer, Duration::from_secs(2)).expect("padded ChannelData");
     assert_eq!(got, b"abcde");
-    let packet = tapped(&peer_tap, relayed, Duration::from_secs(1)).expect("padded, tapped");
-    assert_eq!(check_packet(&packet).2, b"abcde");
+    let data = peer_tap.next(relayed, Duration::from_secs(1));
+    assert_eq!(data.as_deref(), Some(&b"abcde"[..]), "padded, tapped");
 
-    let server = SocketAddr::from((SERVER_IP, 3478));
     for i in 0..N {
         let payload = vec![0x80 | i as u8; 30 + i];
         peer.send_to(&payload, relayed).unwrap();
@@ -495,28 +658,251 @@ fn channel_data_round_trip_takes_the_kernel_path_with_valid_checksums() {
             .recv(Duration::from_secs(2))
             .unwrap_or_else(|| panic!("packet {i} did not reach the client"));
         assert_eq!(got, channel_data(CHANNEL, &payload));
-        let packet = tapped(&client_tap, server, Duration::from_secs(1))
+        let data = client_tap
+            .next(server, Duration::from_secs(1))
             .unwrap_or_else(|| panic!("packet {i} not seen by the client's tap"));
-        let (src, dst, data) = check_packet(&packet);
-        assert_eq!(
-            (src, dst, data),
-            (server, client.sock.local_addr().unwrap(), got)
-        );
+        assert_eq!(data, got);
     }
 
-    let metrics = wait_for_metrics(&lab, "kernel counters", |m| {
-        kernel_packets(m, "to_peer") >= N as f64 && kernel_packets(m, "to_client") >= N as f64
+    let (to_peer, to_client) = (
+        kernel_packets(&before, "to_peer"),
+        kernel_packets(&before, "to_client"),
+    );
+    let metrics = wait_for_metrics(lab, "kernel counters", |m| {
+        kernel_packets(m, "to_peer") >= to_peer + N as f64
+            && kernel_packets(m, "to_client") >= to_client + N as f64
     });
     // The first packet each way may meet an unresolved neighbour and be passed to userspace.
-    let userspace = metric_sum(&metrics, "turnpike_relayed_packets");
+    let userspace = metric_sum(&metrics, "turnpike_relayed_packets")
+        - metric_sum(&before, "turnpike_relayed_packets");
     assert!(
         userspace <= 4.0,
         "{userspace} packets took the userspace path:\n{metrics}"
     );
 }
 
+/// A raw socket that sees every UDP datagram arriving in a namespace, to check checksums
+/// the stack might not (a veth marks what it delivers as verified).
+enum Tap {
+    /// IPv4: the IP header comes with each datagram.
+    V4(socket2::Socket),
+    /// IPv6: the UDP header onwards (RFC 3542 §3); the destination is the tap's address.
+    V6(UdpSocket, Ipv6Addr),
+}
+
+impl Tap {
+    fn new(lab: &Lab, role: &str, local: IpAddr) -> Tap {
+        match local {
+            IpAddr::V4(_) => Tap::V4(lab.udp_tap(role)),
+            IpAddr::V6(ip) => Tap::V6(lab.udp_tap6(role), ip),
+        }
+    }
+
+    /// The payload of the next datagram from `from`, within `wait`, once its checksums
+    /// are checked.
+    fn next(&self, from: SocketAddr, wait: Duration) -> Option<Vec<u8>> {
+        match self {
+            Tap::V4(tap) => tapped(tap, from, wait).map(|packet| check_packet(&packet).2),
+            Tap::V6(tap, local) => {
+                let deadline = Instant::now() + wait;
+                let mut buf = [0u8; 2048];
+                while Instant::now() < deadline {
+                    let Ok((n, src)) = tap.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let udp = &buf[..n];
+                    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+                    if n < 8 || SocketAddr::new(src.ip(), sport) != from {
+                        continue;
+                    }
+                    return Some(check_udp6(src.ip(), IpAddr::V6(*local), udp));
+                }
+                None
+            }
+        }
+    }
+}
+
+/// The IPv6 lab, the daemon attached in generic mode.
+fn lab6() -> Option<Lab> {
+    let mut lab = Lab::with(Setup {
+        ipv6: true,
+        ..Setup::default()
+    })?;
+    lab.start_server(&["--xdp-interface", "eth0", "--xdp-mode", "generic"]);
+    assert!(
+        lab.log().contains("relayed in the kernel") && !lab.log().contains("stay in userspace"),
+        "attached for both families:\n{}",
+        lab.log()
+    );
+    Some(lab)
+}
+
+/// IPv6 client, IPv6 relay (REQUESTED-ADDRESS-FAMILY), IPv6 peer.
+#[test]
+fn ipv6_channel_data_round_trip_takes_the_kernel_path_with_valid_checksums() {
+    let Some(lab) = lab6() else { return };
+    let mut client = lab.client6();
+    let relayed = client
+        .allocate_with(&ipv6_relay)
+        .expect_success("Allocate IPv6")
+        .relayed();
+    assert_eq!(relayed.ip(), IpAddr::V6(SERVER_IP6));
+    exchange(&lab, &mut client, &lab.peer6(), relayed);
+}
+
+/// A dual allocation (ADDITIONAL-ADDRESS-FAMILY) of an IPv4 client: a channel to an IPv6
+/// peer is translated v4 -> v6 and back in the kernel, and one to an IPv4 peer beside it
+/// stays plain.
+#[test]
+fn a_dual_allocation_relays_an_ipv4_client_to_an_ipv6_peer_in_the_kernel() {
+    let Some(lab) = lab6() else { return };
+    let mut client = lab.client();
+    let relays = client
+        .allocate_with(&dual_relay)
+        .expect_success("Allocate dual")
+        .relayed_all();
+    let relay6 = *relays
+        .iter()
+        .find(|r| r.is_ipv6())
+        .unwrap_or_else(|| panic!("no IPv6 relay in {relays:?}"));
+    exchange(&lab, &mut client, &lab.peer6(), relay6);
+}
+
+/// An IPv6 client's default allocation is IPv4 (RFC 8656 §7.2): its channel to an IPv4
+/// peer is translated v6 -> v4 and back in the kernel.
+#[test]
+fn an_ipv6_client_relays_to_an_ipv4_peer_in_the_kernel() {
+    let Some(lab) = lab6() else { return };
+    let mut client = lab.client6();
+    let relayed = client.allocate().expect_success("Allocate").relayed();
+    assert_eq!(relayed.ip(), IpAddr::V4(SERVER_IP));
+    exchange(&lab, &mut client, &lab.peer(), relayed);
+}
+
+/// Two clients of this server, each with a channel to the other's relay (two WebRTC peers
+/// both relaying through it): ChannelData from one reaches the other as ChannelData on its
+/// own channel, client to client in the kernel, checksums valid; the second one is an IPv6
+/// client (with an IPv4 relay), so the hairpin translates too.
+#[test]
+fn a_hairpin_between_two_clients_of_this_server_stays_in_the_kernel() {
+    let Some(lab) = lab6() else { return };
+    let mut a = lab.client();
+    let mut b = lab.client6();
+    let relay_a = a.allocate().expect_success("Allocate A").relayed();
+    let relay_b = b.allocate().expect_success("Allocate B").relayed();
+    let (chan_a, chan_b) = (0x4001, 0x4abc);
+    a.channel_bind(chan_a, relay_b)
+        .expect_success("ChannelBind A");
+    b.channel_bind(chan_b, relay_a)
+        .expect_success("ChannelBind B");
+    let before = lab.metrics();
+    let tap_b = Tap::new(&lab, "c", IpAddr::V6(CLIENT_IP6));
+    let tap_a = Tap::new(&lab, "c", IpAddr::V4(CLIENT_IP));
+    const N: usize = 30;
+    for i in 0..N {
+        let payload = vec![i as u8; 40 + i];
+        a.send_channel_data(chan_a, &payload);
+        let got = b
+            .recv(Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("packet {i} did not reach B"));
+        assert_eq!(got, channel_data(chan_b, &payload));
+        let tapped = tap_b.next(b.server, Duration::from_secs(1));
+        assert_eq!(tapped.as_ref(), Some(&got), "B's tap, packet {i}");
+
+        let payload = vec![0x80 | i as u8; 41 + i];
+        b.send_channel_data(chan_b, &payload);
+        let got = a
+            .recv(Duration::from_secs(2))
+            .unwrap_or_else(|| panic!("packet {i} did not reach A"));
+        assert_eq!(got, channel_data(chan_a, &payload));
+        let tapped = tap_a.next(a.server, Duration::from_secs(1));
+        assert_eq!(tapped.as_ref(), Some(&got), "A's tap, packet {i}");
+    }
+    // Each hairpinned datagram is one to a peer and one from a peer, as in userspace.
+    let hairpins = |m: &str| kernel_packets(m, "to_peer") - kernel_packets(&before, "to_peer");
+    let metrics = wait_for_metrics(&lab, "kernel hairpins", |m| {
+        hairpins(m) >= 2.0 * N as f64 - 4.0
+    });
+    let userspace = metric_sum(&metrics, "turnpike_relayed_packets")
+        - metric_sum(&before, "turnpike_relayed_packets");
+    assert!(
+        userspace <= 8.0,
+        "{userspace} packets took the userspace path:\n{metrics}"
+    );
+}
+
+/// Two aiortc WebRTC peers (../shared/harness/run_pair.sh), one in the client's namespace
+/// and one in the peer's, relay-only through the server in native mode: 4 MiB over a data
+/// channel and back, relay to relay, so each peer's channel points at the other's relay and
+/// the program hairpins. Proof it took the kernel path: the kernel's counters rise by
+/// thousands of datagrams while userspace relays next to none (aioice binds a channel at
+/// once, so even the ICE checks go as ChannelData).
+#[test]
+fn aiortc_peers_relaying_through_the_server_take_the_kernel_path() {
+    let Some(mut lab) = Lab::new() else { return };
+    let run_pair = require_run_pair();
+    lab.start_server(&["--xdp-interface", "eth0", "--xdp-mode", "driver"]);
+    let before = lab.metrics();
+    let url = format!("turn:{SERVER_IP}:3478?transport=udp");
+    let out = run_with_timeout(
+        Command::new(run_pair)
+            .env("HARNESS_HOME", harness_home())
+            .args(["--ns1", &lab.ns("c"), "--ns2", &lab.ns("p"), "--"])
+            .args(["--turn", &url, "--secret", SECRET, "--policy", "relay"])
+            .args(["--bytes", "4194304", "--timeout", "60"]),
+        Duration::from_secs(90),
+    );
+    assert!(out.success(), "run_pair.sh failed:\n{out}");
+    let results: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(results.len(), 2, "two result lines:\n{out}");
+    for r in &results {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(
+            (r["local_type"].as_str(), r["remote_type"].as_str()),
+            (Some("relay"), Some("relay")),
+            "{r}"
+        );
+        assert_eq!(r["bytes"], 4_194_304, "{r}");
+    }
+    assert_eq!(results[0]["sha256"], results[1]["sha256"], "echoed intact");
+
+    let kernel = |m: &str| kernel_packets(m, "to_peer") - kernel_packets(&before, "to_peer");
+    // 4 MiB each way in data-channel chunks of at most ~1.2 KB.
+    let metrics = wait_for_metrics(&lab, "the kernel relayed the transfer", |m| {
+        kernel(m) >= 2.0 * 4_194_304.0 / 1300.0
+    });
+    let userspace = metric_sum(&metrics, "turnpike_relayed_packets")
+        - metric_sum(&before, "turnpike_relayed_packets");
+    assert!(
+        userspace <= 20.0,
+        "{userspace} datagrams took the userspace path, {} the kernel's:\n{metrics}",
+        kernel(&metrics)
+    );
+    eprintln!(
+        "aiortc pair: {} datagrams relayed in the kernel, {userspace} in userspace",
+        kernel(&metrics)
+    );
+}
+
+/// `turnpike_xdp_channels`: entry pairs in the program's maps.
+fn kernel_channels(metrics: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("turnpike_xdp_channels "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A deleted allocation (Refresh with lifetime 0) takes its channel out of the kernel at
-/// once: ChannelData after it reaches nobody, either way.
+/// once: ChannelData after it reaches nobody, either way, and the maps are empty again
+/// (the counter entry going would stop forwarding too, so only the count shows a leaked
+/// channel entry).
 #[test]
 fn forwarding_stops_when_the_allocation_is_deleted() {
     let Some(mut lab) = Lab::new() else { return };
@@ -534,8 +920,8 @@ fn forwarding_stops_when_the_allocation_is_deleted() {
             Some(b"before".to_vec())
         );
     }
-    wait_for_metrics(&lab, "kernel to_peer", |m| {
-        kernel_packets(m, "to_peer") >= 4.0
+    wait_for_metrics(&lab, "kernel to_peer and one channel in the maps", |m| {
+        kernel_packets(m, "to_peer") >= 4.0 && kernel_channels(m) == Some(1.0)
     });
     client.refresh(0).expect_success("Refresh lifetime 0");
     client.send_channel_data(CHANNEL, b"after");
@@ -549,6 +935,57 @@ fn forwarding_stops_when_the_allocation_is_deleted() {
         client.recv(Duration::from_millis(500)),
         None,
         "the peer reached the client after the allocation was deleted"
+    );
+    wait_for_metrics(&lab, "no channel left in the maps", |m| {
+        kernel_channels(m) == Some(0.0)
+    });
+}
+
+/// An interface that does not forward: `bpf_fib_lookup` would answer FWD_DISABLED for every
+/// packet, so the daemon does not attach. One line names the sysctl to set, and relaying
+/// works in userspace.
+#[test]
+fn without_ip_forwarding_one_line_names_the_sysctl_and_userspace_relays() {
+    let Some(mut lab) = Lab::with(Setup {
+        forwarding: false,
+        ..Setup::default()
+    }) else {
+        return;
+    };
+    lab.start_server(&["--xdp-interface", "eth0", "--xdp-mode", "generic"]);
+    let mut client = lab.client();
+    let peer = lab.peer();
+    let relayed = client.allocate().expect_success("Allocate").relayed();
+    client
+        .channel_bind(CHANNEL, peer.local_addr().unwrap())
+        .expect_success("ChannelBind");
+    for _ in 0..5 {
+        client.send_channel_data(CHANNEL, b"userspace");
+        assert_eq!(
+            recv_from(&peer, Duration::from_secs(2)).map(|(d, _)| d),
+            Some(b"userspace".to_vec())
+        );
+        peer.send_to(b"back", relayed).unwrap();
+        assert_eq!(
+            client.recv(Duration::from_secs(2)),
+            Some(channel_data(CHANNEL, b"back"))
+        );
+    }
+    let log = lab.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("xdp:")).collect();
+    assert_eq!(lines.len(), 1, "one xdp line, in:\n{log}");
+    assert!(
+        lines[0].contains("kernel path not enabled")
+            && lines[0].contains("net.ipv4.conf.eth0.forwarding=1"),
+        "names the sysctl: {}",
+        lines[0]
+    );
+    let metrics = wait_for_metrics(&lab, "userspace relay", |m| {
+        metric_sum(m, "turnpike_relayed_packets") >= 10.0
+    });
+    assert!(
+        metrics.contains("turnpike_xdp_attached 0"),
+        "not attached:\n{metrics}"
     );
 }
 
