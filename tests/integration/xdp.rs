@@ -332,6 +332,19 @@ impl Lab {
         self.server_log.lock().unwrap().clone()
     }
 
+    /// The log once it holds `line` (stderr is read on its own thread, so it can lag the
+    /// ready line on stdout), or as it is after 5 s.
+    fn log_with(&self, line: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if log.contains(line) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `GET /metrics` from inside the server namespace.
     fn metrics(&self) -> String {
         self.inside("s", || {
@@ -600,7 +613,8 @@ fn round_trip(mode: &str) {
     let Some(mut lab) = Lab::new() else { return };
     lab.start_server(&["--xdp-interface", "eth0", "--xdp-mode", mode]);
     assert!(
-        lab.log().contains("relayed in the kernel")
+        lab.log_with("turnpike serving")
+            .contains("relayed in the kernel")
             && lab.log().contains(&format!("mode=\"{mode}\"")),
         "the program did not attach in {mode} mode:\n{}",
         lab.log()
@@ -731,7 +745,9 @@ fn lab6() -> Option<Lab> {
     })?;
     lab.start_server(&["--xdp-interface", "eth0", "--xdp-mode", "generic"]);
     assert!(
-        lab.log().contains("relayed in the kernel") && !lab.log().contains("stay in userspace"),
+        lab.log_with("turnpike serving")
+            .contains("relayed in the kernel")
+            && !lab.log().contains("stay in userspace"),
         "attached for both families:\n{}",
         lab.log()
     );
