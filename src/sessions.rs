@@ -185,6 +185,17 @@ impl RevocationStore {
     /// Lists the revocations still in force.
     pub fn list(&mut self, unix_now: u64) -> Vec<Revocation> {
         self.prune(unix_now);
+        self.sorted()
+    }
+
+    /// How many are in force at `unix_now`.
+    pub fn active(&mut self, unix_now: u64) -> usize {
+        self.prune(unix_now);
+        self.until.len()
+    }
+
+    /// Every entry, by username (the API's and the state file's order).
+    fn sorted(&self) -> Vec<Revocation> {
         let mut list: Vec<Revocation> = self
             .until
             .iter()
@@ -283,15 +294,7 @@ impl RevocationStore {
         let Some(path) = &self.file else {
             return Ok(());
         };
-        let mut revocations: Vec<Revocation> = self
-            .until
-            .iter()
-            .map(|(username, &until)| Revocation {
-                username: username.clone(),
-                until,
-            })
-            .collect();
-        revocations.sort_by(|a, b| a.username.cmp(&b.username));
+        let revocations = self.sorted();
         let json =
             serde_json::to_vec_pretty(&StateFile { revocations }).expect("revocations serialize");
         let temporary = path.with_extension("tmp");
@@ -501,7 +504,8 @@ impl Control {
 
     /// How many revocations are in force (a gauge).
     pub fn revocations_active(&self) -> usize {
-        self.revocations().len()
+        let mut store = self.revocations.lock().unwrap_or_else(|e| e.into_inner());
+        store.active(crate::unix_now())
     }
 
     /// Hands every worker the revocations now in force: allocations ended, and the workers

@@ -4,38 +4,26 @@
 //! drain --wait` polls `GET` until no allocation is left.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
 
 use super::{ApiError, AppState};
 use crate::{Control, DrainStatus};
 
 fn control(state: &AppState) -> Result<&Control, ApiError> {
-    state.ctx.drain.as_deref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining is not available on this listener",
-        )
-    })
+    super::control(state, "draining is not available on this listener")
 }
 
 pub(super) async fn status(State(state): State<AppState>) -> Result<Json<DrainStatus>, ApiError> {
     Ok(Json(control(&state)?.drain_status()))
 }
 
-/// A POST needs no CORS preflight, so a page in a browser on the API's host could send one
-/// to a loopback API without tokens: requests from web pages (they carry `Origin`) are
-/// refused. `turnpike drain` and other tools send none.
+/// Refused from web pages ([`super::refuse_web_pages`]); `turnpike drain` sends no `Origin`.
 pub(super) async fn start(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<DrainStatus>, ApiError> {
-    if headers.contains_key(header::ORIGIN) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "drain is not started from web pages (the request carries Origin)",
-        ));
-    }
+    super::refuse_web_pages(&headers, "drain is not started from web pages")?;
     Ok(Json(control(&state)?.set_draining(true)))
 }
 

@@ -214,6 +214,28 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The running server's control, or 503 with `unavailable` where the API runs without one.
+fn control<'a>(state: &'a AppState, unavailable: &str) -> Result<&'a crate::Control, ApiError> {
+    state
+        .ctx
+        .drain
+        .as_deref()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, unavailable))
+}
+
+/// 403 for a state-changing request from a web page (it carries `Origin`): a POST needs no
+/// CORS preflight, so a page in a browser on the API's host could otherwise send one to a
+/// loopback API without tokens. Tools send no `Origin`.
+fn refuse_web_pages(headers: &HeaderMap, refused: &str) -> Result<(), ApiError> {
+    if headers.contains_key(header::ORIGIN) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{refused} (the request carries Origin)"),
+        ));
+    }
+    Ok(())
+}
+
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match check_token(&state.ctx.config(), state.loopback, request.headers()) {
         Ok(()) => next.run(request).await,

@@ -9,7 +9,7 @@
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 
 use super::{ApiError, AppState};
@@ -17,12 +17,7 @@ use crate::sessions::{self as live, Page, Revocation, RevokeError, Revoked, Sess
 use crate::Control;
 
 fn control(state: &AppState) -> Result<&Control, ApiError> {
-    state.ctx.drain.as_deref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "sessions are not available on this listener",
-        )
-    })
+    super::control(state, "sessions are not available on this listener")
 }
 
 /// The query of `GET /api/v1/sessions`.
@@ -107,19 +102,13 @@ pub(super) struct RevokeBody {
     until: Option<u64>,
 }
 
-/// Refused from web pages (requests carrying `Origin`), as a drain is: a form post needs no
-/// preflight.
+/// Refused from web pages ([`super::refuse_web_pages`]), as a drain is.
 pub(super) async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Json<RevokeBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Revoked>), ApiError> {
-    if headers.contains_key(header::ORIGIN) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "revocations are not made from web pages (the request carries Origin)",
-        ));
-    }
+    super::refuse_web_pages(&headers, "revocations are not made from web pages")?;
     let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let revoked = control(&state)?
         .revoke(&body.username, body.until)
