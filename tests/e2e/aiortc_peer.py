@@ -7,7 +7,8 @@ Run with the harness venv python (aiortc 1.16.0), usually inside a lab namespace
       --token T [--prefer transport=udp] [--video-frames 10] [--timeout 60]
 
 * ICE servers: fetched from turnpike's GET /api/v1/ice (bearer token), relay-only; aiortc
-  uses one TURN URL, the first containing --prefer.
+  uses one TURN URL, the first containing --prefer. Or, instead of --api, one given TURN
+  server: --turn URL --username U --credential C (a lab whose API the peer cannot reach).
 * Signaling through files, as ../shared/harness/webrtc_peer.py does: reads D/offer.json
   {"id","type","sdp"}, writes D/answer.json with the same id.
 * Data channel: binary messages are the file's chunks (hashed as they arrive);
@@ -90,7 +91,10 @@ async def run(args, result):
             frame.pts, frame.time_base = pts, time_base
             return frame
 
-    ice = fetch_ice(args.api, args.token, args.user)
+    if args.turn:
+        ice = {"iceServers": [{"urls": args.turn, "username": args.username, "credential": args.credential}]}
+    else:
+        ice = fetch_ice(args.api, args.token, args.user)
     servers = []
     for s in ice["iceServers"]:
         if "username" not in s:
@@ -207,7 +211,10 @@ async def run(args, result):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--signal-dir", required=True)
-    p.add_argument("--api", required=True, help="turnpike API base URL, e.g. http://203.0.113.1:8080")
+    p.add_argument("--api", help="turnpike API base URL, e.g. http://203.0.113.1:8080")
+    p.add_argument("--turn", help="one TURN URL instead of the API's (needs --username, --credential)")
+    p.add_argument("--username")
+    p.add_argument("--credential")
     p.add_argument("--token", help="bearer token for the API")
     p.add_argument("--user", default="aiortc-peer")
     p.add_argument("--prefer", default="transport=udp", help="use the first TURN URL containing this")
@@ -215,6 +222,8 @@ def main():
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
+    if not args.api and not (args.turn and args.username and args.credential):
+        p.error("--api, or --turn with --username and --credential, is required")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR, stream=sys.stderr)
     if not args.verbose:
         for name in ("aioice", "aiortc"):

@@ -18,6 +18,8 @@
 //                      (turnpike refuses the Allocate; Chromium reports icecandidateerror).
 // Options: --api URL --token T --signal-dir D --file F --video --prefer STR (keep only TURN
 // URLs containing STR, e.g. "turns:") --port N --timeout SECONDS.
+// --turn URL --username U --credential C (--case call only): this one TURN server instead
+// of /api/v1/ice, for a lab whose API the client cannot reach (tests/integration/xdp.rs).
 // Prints one JSON line {"ok":...}; exit 0 only if ok.
 import { createServer } from 'node:http';
 import { readFile, writeFile, rename, unlink } from 'node:fs/promises';
@@ -44,10 +46,15 @@ function parseArgs(argv) {
       timeout: { type: 'string', default: '60' },
       video: { type: 'boolean', default: false },
       chromium: { type: 'string' },
+      turn: { type: 'string' },
+      username: { type: 'string' },
+      credential: { type: 'string' },
     },
   });
   const args = { ...v, signalDir: v['signal-dir'], port: Number(v.port), timeout: Number(v.timeout) };
-  if (!args.api) throw new Error('--api is required');
+  if (args.turn) {
+    if (args.case !== 'call' || !args.username || !args.credential) throw new Error('--turn needs --case call, --username and --credential');
+  } else if (!args.api) throw new Error('--api (or --turn) is required');
   if (args.case !== 'expired' && (!args.signalDir || !args.file)) throw new Error(`--case ${args.case} needs --signal-dir and --file`);
   return args;
 }
@@ -98,8 +105,9 @@ function describePair(pair) {
 async function callCase(page, args, result, deadline) {
   const ms = Math.max(1000, deadline - Date.now());
   await page.setInputFiles('#file', args.file);
-  const ice = await page.evaluate(([api, token]) => window.e2e.fetchIce(api, token, 'browser', 0), [args.api, args.token]);
-  let servers = ice.iceServers;
+  let servers;
+  if (args.turn) servers = [{ urls: args.turn, username: args.username, credential: args.credential }];
+  else servers = (await page.evaluate(([api, token]) => window.e2e.fetchIce(api, token, 'browser', 0), [args.api, args.token])).iceServers;
   if (args.prefer) servers = await page.evaluate(([s, p]) => window.e2e.onlyTurn(s, p), [servers, args.prefer]);
   result.ice_urls = servers.flatMap((s) => [].concat(s.urls));
   const offer = await page.evaluate(([s, video]) => window.e2e.makeOffer(s, { video }), [servers, args.video]);

@@ -124,9 +124,7 @@ pub fn require_tool(name: &str) -> PathBuf {
 pub fn require_run_pair() -> PathBuf {
     let script = harness_dir().join("run_pair.sh");
     require_tool(script.to_str().expect("harness path is UTF-8"));
-    let python = std::env::var_os("PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| harness_home().join("venv/bin/python"));
+    let python = aiortc_python();
     if !is_executable(&python) {
         panic!(
             "aiortc venv python `{}` not found: {SETUP_HINT}",
@@ -134,6 +132,13 @@ pub fn require_run_pair() -> PathBuf {
         );
     }
     script
+}
+
+/// The harness venv's python (aiortc), `$PYTHON` if set; [`require_run_pair`] checks it.
+pub fn aiortc_python() -> PathBuf {
+    std::env::var_os("PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| harness_home().join("venv/bin/python"))
 }
 
 /// How long `run_pair.sh` may take.

@@ -23,6 +23,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use crate::hardening::metric_sum;
 use crate::harness::{
-    harness_home, require_run_pair, rest_credentials, run_with_timeout, Server, REALM, SECRET,
+    aiortc_python, harness_home, require_run_pair, rest_credentials, run_with_timeout, temp_dir,
+    Server, REALM, SECRET,
 };
 use crate::stun_client::{channel_data, dual_relay, ipv6_relay, recv_from, UdpTurn};
 
@@ -903,6 +905,185 @@ fn aiortc_peers_relaying_through_the_server_take_the_kernel_path() {
     eprintln!(
         "aiortc pair: {} datagrams relayed in the kernel, {userspace} in userspace",
         kernel(&metrics)
+    );
+}
+
+/// Node.js, Debian's Chromium and tests/e2e's playwright-core, or why the browser lab test
+/// cannot run here.
+fn browser_tools(e2e: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let chromium = PathBuf::from("/usr/bin/chromium");
+    if !chromium.is_file() {
+        return Err("no /usr/bin/chromium (apt-get install chromium)".into());
+    }
+    let node = std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("node"))
+                .find(|p| p.is_file())
+        })
+        .ok_or("no node in PATH (apt-get install nodejs)")?;
+    if !e2e.join("node_modules/playwright-core").is_dir() {
+        return Err("playwright-core is not installed: run `npm ci` in tests/e2e".into());
+    }
+    Ok((node, chromium))
+}
+
+/// Headless Chromium in the client's namespace (tests/e2e/browser_peer.mjs, its page served
+/// on that namespace's own loopback) and an aiortc answerer (tests/e2e/aiortc_peer.py) in
+/// the peer's, relay-only through the server in native mode, signalling through files:
+/// 4 MiB from the browser over a data channel, hashed by aiortc. Chromium relays with Send
+/// indications until its ChannelBind is answered, then with ChannelData: the kernel's
+/// counters carry nearly every datagram of the call (Chromium's own count of the selected
+/// pair's packets is the measure), and userspace relays next to none.
+#[test]
+fn chromium_relay_only_through_the_server_takes_the_kernel_path() {
+    const BYTES: usize = 4 * 1024 * 1024;
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    if !is_root() {
+        eprintln!("SKIP: the XDP lab needs root (network namespaces, BPF)");
+        return;
+    }
+    let (node, chromium) = match browser_tools(&e2e) {
+        Ok(tools) => tools,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    require_run_pair(); // the aiortc venv, as for the aiortc pair
+    let python = aiortc_python();
+    let Some(mut lab) = Lab::new() else { return };
+    lab.start_server(&["--xdp-interface", "eth0", "--xdp-mode", "driver"]);
+
+    let dir = temp_dir("xdp-chromium");
+    let signal_dir = dir.path().to_str().expect("temp path is UTF-8").to_owned();
+    let file = dir.path().join("file.bin");
+    let mut data = vec![0u8; BYTES];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut data))
+        .expect("random file content");
+    std::fs::write(&file, &data).expect("write the file to send");
+    let sha256 = run_with_timeout(
+        Command::new("sha256sum").arg(&file),
+        Duration::from_secs(10),
+    );
+    assert!(sha256.success(), "{sha256}");
+    let sha256 = sha256.stdout.split_whitespace().next().unwrap().to_owned();
+
+    let url = format!("turn:{SERVER_IP}:3478?transport=udp");
+    let (browser_user, browser_pass) = rest_credentials(SECRET, "chromium", 3600);
+    let (peer_user, peer_pass) = rest_credentials(SECRET, "aiortc", 3600);
+    let before = lab.metrics();
+    let peer_log = |name: &str| File::create(dir.path().join(name)).expect("peer log file");
+    // `ip netns exec` execs python, so this is the peer's own PID.
+    let mut peer = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("p")])
+        .arg(&python)
+        .arg(e2e.join("aiortc_peer.py"))
+        .args(["--signal-dir", &signal_dir, "--turn", &url])
+        .args(["--username", &peer_user, "--credential", &peer_pass])
+        .args(["--video-frames", "0", "--timeout", "50"])
+        .stdin(Stdio::null())
+        .stdout(peer_log("peer.out"))
+        .stderr(peer_log("peer.err"))
+        .spawn()
+        .expect("start the aiortc peer");
+    let browser = run_with_timeout(
+        Command::new("ip")
+            .args(["netns", "exec", &lab.ns("c")])
+            .arg(&node)
+            .arg(e2e.join("browser_peer.mjs"))
+            .args([
+                "--signal-dir",
+                &signal_dir,
+                "--file",
+                file.to_str().unwrap(),
+            ])
+            .args(["--turn", &url, "--username", &browser_user])
+            .args(["--credential", &browser_pass, "--port", "8000"])
+            .args(["--timeout", "50", "--chromium", chromium.to_str().unwrap()]),
+        Duration::from_secs(60),
+    );
+    // The peer ends once the browser said bye; if the browser failed, it is told to stop.
+    let deadline = Instant::now() + Duration::from_secs(if browser.success() { 10 } else { 0 });
+    while Instant::now() < deadline && matches!(peer.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if matches!(peer.try_wait(), Ok(None)) {
+        let _ = Command::new("kill").arg(peer.id().to_string()).status();
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = peer.kill();
+    }
+    let _ = peer.wait();
+    let peer_out = std::fs::read_to_string(dir.path().join("peer.out")).unwrap_or_default();
+    let peer_err = std::fs::read_to_string(dir.path().join("peer.err")).unwrap_or_default();
+    assert!(
+        browser.success(),
+        "the browser peer failed:\n{browser}\naiortc peer:\n{peer_out}\n{peer_err}"
+    );
+    let r: serde_json::Value = browser
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .unwrap_or_else(|| panic!("no result line from the browser peer:\n{browser}"));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        (
+            r["pair"]["local"]["type"].as_str(),
+            r["pair"]["remote"]["type"].as_str()
+        ),
+        (Some("relay"), Some("relay")),
+        "Chromium's selected pair: {r}"
+    );
+    let peer = &r["peer"];
+    assert_eq!(peer["ok"], true, "{peer}");
+    assert_eq!(
+        (peer["local_type"].as_str(), peer["remote_type"].as_str()),
+        (Some("relay"), Some("relay")),
+        "aiortc's selected pair: {peer}"
+    );
+    assert_eq!(r["transfer"]["bytes"], BYTES, "{r}");
+    assert_eq!(peer["bytes"], BYTES, "{peer}");
+    assert_eq!(
+        peer["sha256"].as_str(),
+        Some(sha256.as_str()),
+        "intact: {r}"
+    );
+
+    // Every datagram of the call passes the relay once (hairpin: each counts as to_peer).
+    let call = r["pair"]["packetsSent"].as_f64().expect("packetsSent")
+        + r["pair"]["packetsReceived"]
+            .as_f64()
+            .expect("packetsReceived");
+    assert!(
+        call >= BYTES as f64 / 1300.0,
+        "4 MiB in chunks of at most ~1.2 KB, yet Chromium counts {call} datagrams: {r}"
+    );
+    let kernel = |m: &str| kernel_packets(m, "to_peer") - kernel_packets(&before, "to_peer");
+    let metrics = wait_for_metrics(&lab, "the kernel relayed the call", |m| {
+        kernel(m) >= 0.95 * call
+    });
+    // Counted as in the aiortc test (both directions): a datagram hairpinned in userspace
+    // counts twice, to_peer on one allocation and to_client on the other. What goes there
+    // is the first ICE checks each way, before Chromium's ChannelBind is answered (about
+    // ten datagrams in the runs so far).
+    let userspace = metric_sum(&metrics, "turnpike_relayed_packets")
+        - metric_sum(&before, "turnpike_relayed_packets");
+    assert!(
+        userspace <= 60.0,
+        "{userspace} datagrams took the userspace path, {} the kernel's, {call} in the call:\n{metrics}",
+        kernel(&metrics)
+    );
+    eprintln!(
+        "chromium <-> aiortc: {call} datagrams in Chromium's selected pair ({} sent, {} \
+         received), {} relayed in the kernel, {userspace} in userspace; 4 MiB in {} ms, {}",
+        r["pair"]["packetsSent"],
+        r["pair"]["packetsReceived"],
+        kernel(&metrics),
+        r["transfer"]["transfer_ms"],
+        r["selected_pair"]
     );
 }
 

@@ -208,7 +208,8 @@ async function stats() {
     out.pair = { local: candidateInfo(byId.get(pair.localCandidateId)),
       remote: candidateInfo(byId.get(pair.remoteCandidateId)),
       rtt_ms: pair.currentRoundTripTime !== undefined ? Math.round(pair.currentRoundTripTime * 1000) : null,
-      bytesSent: pair.bytesSent, bytesReceived: pair.bytesReceived };
+      bytesSent: pair.bytesSent, bytesReceived: pair.bytesReceived,
+      packetsSent: pair.packetsSent, packetsReceived: pair.packetsReceived };
   }
   report.forEach((s) => {
     const codec = s.codecId && byId.get(s.codecId) ? byId.get(s.codecId).mimeType : null;
