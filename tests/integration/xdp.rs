@@ -1731,8 +1731,9 @@ fn stun_and_datagrams_off_the_channel_are_passed_to_userspace() {
 }
 
 /// The IPv6 counterparts: a hop-by-hop options header before UDP is passed (not_udp) and
-/// relayed by userspace once the kernel stack has read it; a payload length past or short
-/// of the frame is passed (malformed) and relayed by nobody.
+/// relayed by userspace once the kernel stack has read it; bytes after the datagram are
+/// passed (malformed) and trimmed, the datagram relayed by userspace; a payload length past
+/// or short of the frame is passed (malformed) and relayed by nobody.
 #[test]
 fn ipv6_extension_headers_and_lying_payload_lengths_are_passed_to_userspace() {
     let Some(lab) = lab6() else { return };
@@ -1763,6 +1764,23 @@ fn ipv6_extension_headers_and_lying_payload_lengths_are_passed_to_userspace() {
         },
     );
     let packet = ipv6_udp(c, s, false, &channel_data(CHANNEL, &payload));
+    let mut trailing = packet.clone();
+    trailing.extend_from_slice(&[0xab; 100]);
+    attack(
+        &lab,
+        &peer,
+        relayed,
+        Hostile {
+            what: "100 bytes after the IPv6 datagram",
+            from: &wire,
+            packets: vec![trailing],
+            reason: "malformed",
+            exact: true,
+            userspace: 1,
+            at_peer: 1,
+            payload: payload.clone(),
+        },
+    );
     for (what, delta) in [
         ("IPv6 payload length 10 past the frame", 10),
         ("IPv6 payload length 2 short of the frame", -2),
@@ -1924,4 +1942,46 @@ fn a_reload_that_sets_a_bandwidth_cap_takes_live_channels_out_of_the_kernel_at_o
         kernel_packets(&before, "to_peer"),
         "relayed in the kernel under a cap"
     );
+}
+
+/// Bytes after the IP datagram: the kernel stack trims them, so userspace relays just the
+/// datagram; the program passes such a frame (malformed) rather than carry the bytes to the
+/// peer uncounted. Only Ethernet's padding of a minimum-size frame (60 bytes) is expected
+/// there, and that frame is relayed in the kernel, the peer getting exactly its data.
+#[test]
+fn a_frame_longer_than_its_datagram_is_passed_unless_it_is_ethernet_padding() {
+    let Some((lab, client, peer, relayed, wire)) = hostile_lab() else {
+        return;
+    };
+    let (c, s) = (client.sock.local_addr().unwrap(), client.server);
+    let mut trailing = ipv4_udp(c, s, &channel_data(CHANNEL, b"with a tail"));
+    trailing.extend_from_slice(&[0xab; 1000]);
+    attack(
+        &lab,
+        &peer,
+        relayed,
+        Hostile {
+            what: "1000 bytes after the IP datagram",
+            from: &wire,
+            packets: vec![trailing],
+            reason: "malformed",
+            exact: true,
+            userspace: 1,
+            at_peer: 1,
+            payload: b"with a tail".to_vec(),
+        },
+    );
+
+    let before = lab.metrics();
+    let mut padded = ipv4_udp(c, s, &channel_data(CHANNEL, b"tiny"));
+    padded.resize(60 - 14, 0);
+    wire.send(&padded);
+    assert_eq!(
+        recv_from(&peer, Duration::from_secs(2)),
+        Some((b"tiny".to_vec(), relayed)),
+        "a padded minimum-size frame"
+    );
+    wait_for_metrics(&lab, "the padded frame relayed in the kernel", |m| {
+        kernel_packets(m, "to_peer") >= kernel_packets(&before, "to_peer") + 1.0
+    });
 }
