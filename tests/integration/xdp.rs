@@ -1431,13 +1431,14 @@ fn hostile_lab() -> Option<(Lab, UdpTurn, UdpSocket, SocketAddr, Wire)> {
     Some((lab, client, peer, relayed, wire))
 }
 
-/// IP options and fragments, each frame carrying the channel's valid ChannelData: the
-/// program passes them (ip_options, fragment) and the kernel stack hands userspace what a
-/// socket would read, which relays it: options read, fragments reassembled (a lone
-/// fragment never completes, so nothing). ChannelData whose datagram is longer than its
-/// length and padding is passed too (length); userspace reads the length and relays that.
+/// IP options, fragments and a TTL of 1, each frame carrying the channel's valid
+/// ChannelData: the program passes them (ip_options, fragment, ttl) and the kernel stack
+/// hands userspace what a socket would read, which relays it: options read, fragments
+/// reassembled (a lone fragment never completes, so nothing), the TTL its own. ChannelData
+/// whose datagram is longer than its length and padding is passed too (length); userspace
+/// reads the length and relays that.
 #[test]
-fn ip_options_and_fragments_are_passed_and_userspace_relays_only_what_is_whole() {
+fn unusual_ipv4_headers_are_passed_and_userspace_relays_only_what_is_whole() {
     let Some((lab, client, peer, relayed, wire)) = hostile_lab() else {
         return;
     };
@@ -1504,6 +1505,24 @@ fn ip_options_and_fragments_are_passed_and_userspace_relays_only_what_is_whole()
             userspace: 0,
             at_peer: 0,
             payload: whole,
+        },
+    );
+    let mut last_hop = ipv4_udp(c, s, &cd(b"last hop"));
+    last_hop[8] = 1;
+    reseal_ipv4(&mut last_hop);
+    attack(
+        &lab,
+        &peer,
+        relayed,
+        Hostile {
+            what: "TTL 1",
+            from: &wire,
+            packets: vec![last_hop],
+            reason: "ttl",
+            exact: true,
+            userspace: 1,
+            at_peer: 1,
+            payload: b"last hop".to_vec(),
         },
     );
     let mut trailing = cd(b"trailing bytes");
