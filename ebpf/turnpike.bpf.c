@@ -23,7 +23,8 @@
  *
  * Anything unusual is XDP_PASSed untouched to the kernel stack and so to userspace, which
  * applies every rule: not IPv4/IPv6 over Ethernet, IP options or IPv6 extension headers,
- * fragments, lengths that do not add up, STUN, unknown channels or peers, TTL about to run
+ * fragments, lengths that do not add up (bytes after the IP datagram beyond Ethernet's
+ * padding included), STUN, unknown channels or peers, TTL about to run
  * out, no route or no neighbour entry yet, a packet that would need fragmenting, an IPv4
  * datagram without a UDP checksum that would become IPv6 (which requires one).
  *
@@ -148,7 +149,7 @@ enum reason {
 	PASS_NOT_UDP,        /* another transport, or IPv6 extension headers */
 	PASS_IP_OPTIONS,     /* IPv4 IHL != 5 */
 	PASS_FRAGMENT,       /* an IPv4 fragment */
-	PASS_MALFORMED,      /* truncated, or IP and UDP lengths disagree */
+	PASS_MALFORMED,      /* truncated, IP and UDP lengths disagree, or bytes follow */
 	PASS_STUN,           /* first two bits 00: a STUN message for userspace */
 	PASS_NO_ENTRY,       /* no channel or peer entry for these addresses */
 	PASS_LENGTH,         /* ChannelData length field and UDP length disagree */
@@ -649,6 +650,18 @@ static __always_inline int peer_to_client(struct xdp_md *ctx, struct frame *f, i
 
 /* ---- parsing ---- */
 
+/* Whether the IP datagram ending at `datagram_end` is the whole frame. Ethernet pads a
+ * frame to its minimum size, so a short one may end later; anything else after the
+ * datagram would be relayed with it, uncounted, where the kernel stack trims it. */
+static __always_inline int datagram_fills_frame(struct xdp_md *ctx, void *datagram_end)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (datagram_end > end)
+		return 0;
+	return datagram_end == end || end <= data + ETH_ZLEN;
+}
+
 static __always_inline int handle_v4(struct xdp_md *ctx, void *l3)
 {
 	void *end = (void *)(long)ctx->data_end;
@@ -666,9 +679,8 @@ static __always_inline int handle_v4(struct xdp_md *ctx, void *l3)
 		return PASS(PASS_MALFORMED);
 	__u32 tot_len = bpf_ntohs(ip->tot_len);
 	__u32 udp_len = bpf_ntohs(udp->len);
-	/* Ethernet may pad a short frame past the IP length, never cut it short. */
 	if (tot_len != sizeof(*ip) + udp_len || udp_len < sizeof(*udp) ||
-	    (void *)ip + tot_len > end)
+	    !datagram_fills_frame(ctx, (void *)ip + tot_len))
 		return PASS(PASS_MALFORMED);
 	struct frame f = {
 		.l3 = ip,
@@ -724,7 +736,8 @@ static __always_inline int handle_v6(struct xdp_md *ctx, void *l3)
 		return PASS(PASS_MALFORMED);
 	__u32 plen = bpf_ntohs(ip->payload_len);
 	__u32 udp_len = bpf_ntohs(udp->len);
-	if (plen != udp_len || udp_len < sizeof(*udp) || (void *)(ip + 1) + plen > end)
+	if (plen != udp_len || udp_len < sizeof(*udp) ||
+	    !datagram_fills_frame(ctx, (void *)(ip + 1) + plen))
 		return PASS(PASS_MALFORMED);
 	struct frame f = {
 		.l3 = ip,

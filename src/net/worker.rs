@@ -251,6 +251,7 @@ impl Worker {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         self.server.set_config(self.settings.server.clone());
+        self.xdp.reconfigure(&self.settings.server);
     }
 
     fn publish(&mut self, now: Instant) {

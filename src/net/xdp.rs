@@ -422,9 +422,29 @@ impl Hook {
     /// Mirrors one of the core's events into the maps. An `AllocationEnded` gets what the
     /// kernel relayed for it added to its usage, so the usage record covers both paths.
     pub fn apply(&mut self, event: &mut Event, config: &ServerConfig) {
-        // A bandwidth cap is enforced in userspace only: capped allocations keep every
-        // packet on that path. A reload that sets a cap takes live channels out of the maps.
-        self.mirror(event, config.bandwidth_per_allocation.is_none());
+        self.mirror(event, kernel_path_allowed(config));
+    }
+
+    /// A reloaded configuration: a bandwidth cap it sets takes live channels out of the
+    /// maps now, and one it lifts puts them back, not at each allocation's next event
+    /// (which may be minutes away, the kernel relaying uncapped meanwhile).
+    pub fn reconfigure(&mut self, config: &ServerConfig) {
+        if let Some(datapath) = self.datapath.clone() {
+            self.allow(&*datapath, kernel_path_allowed(config));
+        }
+    }
+
+    /// Syncs every channel with whether the configuration allows the kernel path.
+    fn allow(&mut self, datapath: &dyn Maps, allowed: bool) {
+        if allowed == self.allowed {
+            return;
+        }
+        self.allowed = allowed;
+        for (tuple, mirror) in &mut self.allocations {
+            for at in 0..mirror.channels.len() {
+                sync(datapath, tuple, mirror, at, allowed);
+            }
+        }
     }
 
     /// [`Hook::apply`], given whether the configuration allows the kernel path.
@@ -432,14 +452,7 @@ impl Hook {
         let Some(datapath) = self.datapath.clone() else {
             return;
         };
-        if allowed != self.allowed {
-            self.allowed = allowed;
-            for (tuple, mirror) in &mut self.allocations {
-                for at in 0..mirror.channels.len() {
-                    sync(&*datapath, tuple, mirror, at, allowed);
-                }
-            }
-        }
+        self.allow(&*datapath, allowed);
         match event {
             Event::AllocationCreated {
                 id, tuple, relays, ..
@@ -562,6 +575,12 @@ impl Hook {
         }
         self.totals.clone()
     }
+}
+
+/// A bandwidth cap is enforced in userspace only: capped allocations keep every packet on
+/// that path.
+fn kernel_path_allowed(config: &ServerConfig) -> bool {
+    config.bandwidth_per_allocation.is_none()
 }
 
 /// The entries of channel `at` of an allocation, if its addresses allow the kernel path: a
@@ -1360,6 +1379,31 @@ mod tests {
         assert_eq!(fake.channels(), []);
         hook.mirror(&mut bound(0x4001, PEER2, now), true);
         assert_eq!(fake.channels().len(), 2);
+    }
+
+    /// The worker calls `reconfigure` on every reload: the channels follow the cap at once,
+    /// with no event in between.
+    #[test]
+    fn a_reload_that_sets_a_cap_takes_channels_out_without_waiting_for_an_event() {
+        use crate::proto::auth::{Credentials, NonceKey};
+        let fake = Arc::new(Fake::default());
+        let (mut hook, now) = hooked(&fake);
+        hook.mirror(&mut bound(0x4000, PEER, now), true);
+        assert_eq!(fake.channels().len(), 1);
+        let credentials = Credentials {
+            secrets: vec![],
+            separator: ':',
+            static_users: vec![],
+        };
+        let unlimited = ServerConfig::new("realm", credentials, NonceKey::new([1; 32]));
+        let capped = ServerConfig {
+            bandwidth_per_allocation: Some(125_000),
+            ..unlimited.clone()
+        };
+        hook.reconfigure(&capped);
+        assert_eq!(fake.channels(), []);
+        hook.reconfigure(&unlimited);
+        assert_eq!(fake.channels().len(), 1);
     }
 
     #[test]

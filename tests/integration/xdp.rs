@@ -15,6 +15,11 @@
 //! Without root (a developer's machine) the lab tests print why and pass; CI runs as root,
 //! so there they run, and a lab that cannot be built fails them.
 //!
+//! Frames no socket would send (IP options, fragments, lying lengths, cut-off headers) are
+//! written onto a namespace's eth0 by a [`Wire`] (AF_PACKET). The bridge is a plain switch
+//! for them: no br_netfilter checks of IP headers, no multicast snooping (its IGMP reports
+//! carry IP options).
+//!
 //! veth offloads are turned off on the lab's senders (ethtool), as a real NIC delivers: a
 //! socket on a veth leaves its UDP checksum for the device to finish (CHECKSUM_PARTIAL), and
 //! XDP sees a frame, not that promise. The bridge's end of the server's veth runs
@@ -23,11 +28,14 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use nix::sys::socket::LinkAddr;
 
 use crate::hardening::metric_sum;
 use crate::harness::{
@@ -161,8 +169,40 @@ impl Lab {
             cmd.extend_from_slice(sysctls);
             run(&cmd);
         }
-        run(&["ip", "-n", &b, "link", "add", "br0", "type", "bridge"]);
+        // No multicast snooping: it has the bridge join 224.0.0.106 and send IGMP reports,
+        // frames with IP options the program would count as the lab's hostile ones.
+        run(&[
+            "ip",
+            "-n",
+            &b,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
         run(&["ip", "-n", &b, "link", "set", "br0", "up"]);
+        // A plain switch, as between a real server and its peers: with br_netfilter loaded
+        // the bridge would check IP headers itself (and drop the lab's hostile frames).
+        let bridge_nf = Command::new("ip")
+            .args(["netns", "exec", &b, "test", "-e"])
+            .arg("/proc/sys/net/bridge/bridge-nf-call-iptables")
+            .status()
+            .is_ok_and(|s| s.success());
+        if bridge_nf {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &b,
+                "sysctl",
+                "-qw",
+                "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0",
+            ]);
+        }
         for (role, ip, ip6) in [
             ("s", SERVER_IP, SERVER_IP6),
             ("c", CLIENT_IP, CLIENT_IP6),
@@ -429,6 +469,109 @@ impl Lab {
             tap
         })
     }
+
+    /// A [`Wire`] in namespace `role`: it learns eth0 and the MAC addresses from a datagram
+    /// it has a socket send from `local` to the server's port 9, which the program counts
+    /// (no_entry): make it before the metrics a test compares.
+    fn wire(&self, role: &str, local: IpAddr) -> Wire {
+        use nix::sys::socket::{recvfrom, socket, AddressFamily, SockFlag, SockProtocol, SockType};
+        let server = match local {
+            IpAddr::V4(_) => IpAddr::V4(SERVER_IP),
+            IpAddr::V6(_) => IpAddr::V6(SERVER_IP6),
+        };
+        self.inside(role, move || {
+            let fd = socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::empty(),
+                SockProtocol::EthAll,
+            )
+            .expect("AF_PACKET socket");
+            let socket = socket2::Socket::from(fd);
+            socket
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            const PROBE: &[u8] = b"\xffturnpike wire probe";
+            const ARPHRD_ETHER: u16 = 1;
+            let probe = UdpSocket::bind((local, 0)).expect("bind the probe");
+            let mut buf = [0u8; 2048];
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                probe.send_to(PROBE, (server, 9)).unwrap();
+                // Until the read times out: every frame this namespace sent or received.
+                while let Ok((n, Some(link))) = recvfrom::<LinkAddr>(socket.as_raw_fd(), &mut buf) {
+                    if link.hatype() == ARPHRD_ETHER && buf[..n].ends_with(PROBE) {
+                        let macs = buf[..12].try_into().unwrap();
+                        return Wire { socket, link, macs };
+                    }
+                }
+            }
+            panic!("the probe never left eth0 in {role}");
+        })
+    }
+
+    /// `ip -d link show dev eth0` in the server's namespace.
+    fn link(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns("s"), "-d", "link", "show", "dev", "eth0"])
+            .output()
+            .expect("ip link show");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The id of the XDP program on the server's eth0 (`prog/xdp id N`), if there is one.
+    fn xdp_program(&self) -> Option<String> {
+        let link = self.link();
+        let (_, rest) = link.split_once("prog/xdp id ")?;
+        rest.split_whitespace().next().map(str::to_owned)
+    }
+
+    /// Sends `signal` (a name: HUP, KILL) to the daemon.
+    fn signal_server(&self, signal: &str) {
+        let pid = self.server.as_ref().expect("a daemon").id();
+        // `ip netns exec` execs turnpike, so this is turnpike's own PID.
+        run(&["kill", &format!("-{signal}"), &pid.to_string()]);
+    }
+
+    /// Sends `signal` and waits for the daemon to exit; a successor's log starts afresh.
+    fn stop_server(&mut self, signal: &str) {
+        self.signal_server(signal);
+        let mut child = self.server.take().expect("a daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().expect("wait for turnpike").is_none() {
+            assert!(Instant::now() < deadline, "turnpike outlived SIG{signal}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.server_log.lock().unwrap().clear();
+    }
+}
+
+/// Hand-made frames onto a namespace's eth0 (AF_PACKET), addressed as that namespace's own
+/// frames to the server are: for what no socket would send.
+struct Wire {
+    socket: socket2::Socket,
+    /// eth0, as the kernel named it in a frame this socket saw leave.
+    link: LinkAddr,
+    /// Destination and source MAC addresses of that frame.
+    macs: [u8; 12],
+}
+
+impl Wire {
+    /// Sends `packet` (IP header onwards, either family by its version) in one frame.
+    fn send(&self, packet: &[u8]) {
+        let ethertype: u16 = if packet[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
+        let mut frame = self.macs.to_vec();
+        frame.extend_from_slice(&ethertype.to_be_bytes());
+        frame.extend_from_slice(packet);
+        let sent = nix::sys::socket::sendto(
+            self.socket.as_raw_fd(),
+            &frame,
+            &self.link,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .expect("send a hand-made frame");
+        assert_eq!(sent, frame.len());
+    }
 }
 
 impl Drop for Lab {
@@ -539,6 +682,141 @@ fn check_udp6(src: IpAddr, dst: IpAddr, udp: &[u8]) -> Vec<u8> {
     sum += 17 + udp_len as u32;
     assert_eq!(fold(sum16(udp, sum)), 0xffff, "UDP checksum of {udp:02x?}");
     udp[8..].to_vec()
+}
+
+// ---- hand-made frames, for what no socket would send ----
+
+/// The UDP checksum of `udp` (header included, its checksum field as it is) over the
+/// pseudo-header of `src` and `dst`, either family; 0 is sent as 0xffff (RFC 768).
+fn udp_checksum(src: IpAddr, dst: IpAddr, udp: &[u8]) -> u16 {
+    let octets = |ip: IpAddr| match ip {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    let mut sum = sum16(&octets(src), 0);
+    sum = sum16(&octets(dst), sum);
+    sum += 17 + udp.len() as u32;
+    match !fold(sum16(udp, sum)) {
+        0 => 0xffff,
+        check => check,
+    }
+}
+
+/// A UDP header and `payload` with its checksum for `src` -> `dst`.
+fn udp_datagram(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::with_capacity(8 + payload.len());
+    udp.extend_from_slice(&src.port().to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let check = udp_checksum(src.ip(), dst.ip(), &udp);
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    udp
+}
+
+/// An IPv4 packet (header onwards): `options` (a multiple of 4 bytes) after the fixed
+/// header, identification `id`, flags and fragment offset `frag`, then `body` (a UDP
+/// datagram or a piece of one); both checksums right.
+fn ipv4_packet(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    options: &[u8],
+    id: u16,
+    frag: u16,
+    body: &[u8],
+) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0, "IPv4 options come in 32-bit words");
+    let header = 20 + options.len();
+    let mut ip = vec![0x40 | (header / 4) as u8, 0];
+    ip.extend_from_slice(&((header + body.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&id.to_be_bytes());
+    ip.extend_from_slice(&frag.to_be_bytes());
+    ip.extend_from_slice(&[64, 17, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(options);
+    ip.extend_from_slice(body);
+    reseal_ipv4(&mut ip);
+    ip
+}
+
+/// A whole UDP-over-IPv4 packet, no options, not fragmented (DF set, as Linux sends).
+fn ipv4_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("IPv4 addresses expected: {src} {dst}");
+    };
+    ipv4_packet(s, d, &[], 1, 0x4000, &udp_datagram(src, dst, payload))
+}
+
+/// Recomputes the IPv4 header checksum after an edit, so the edit is the packet's only defect.
+fn reseal_ipv4(ip: &mut [u8]) {
+    let header = usize::from(ip[0] & 0xf) * 4;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let check = !fold(sum16(&ip[..header], 0));
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+}
+
+/// Sets the UDP length field of a 20-byte-header IPv4 packet to `len` and its checksum to
+/// what a receiver trusting that length would compute (over the first `len` bytes), so the
+/// length is the one lie.
+fn lie_about_udp_length(ip: &mut [u8], len: u16) {
+    let udp = &mut ip[20..];
+    udp[4..6].copy_from_slice(&len.to_be_bytes());
+    udp[6..8].copy_from_slice(&[0, 0]);
+    let covered = usize::from(len).min(udp.len());
+    let mut sum = sum16(&ip[12..20], 0);
+    sum += 17 + u32::from(len);
+    let check = match !fold(sum16(&ip[20..20 + covered], sum)) {
+        0 => 0xffff,
+        c => c,
+    };
+    ip[26..28].copy_from_slice(&check.to_be_bytes());
+}
+
+/// The two fragments of a UDP-over-IPv4 packet, split `at` bytes (a multiple of 8) into the
+/// UDP datagram; reassembled they are `ipv4_udp(src, dst, payload)`.
+fn ipv4_fragments(
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+    id: u16,
+    at: usize,
+) -> [Vec<u8>; 2] {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("IPv4 addresses expected: {src} {dst}");
+    };
+    assert_eq!(at % 8, 0, "fragment offsets count 8-byte units");
+    let udp = udp_datagram(src, dst, payload);
+    const MF: u16 = 0x2000;
+    [
+        ipv4_packet(s, d, &[], id, MF, &udp[..at]),
+        ipv4_packet(s, d, &[], id, (at / 8) as u16, &udp[at..]),
+    ]
+}
+
+/// A UDP-over-IPv6 packet (header onwards), with an empty hop-by-hop options header
+/// (PadN) before the UDP header when `hop_by_hop`.
+fn ipv6_udp(src: SocketAddr, dst: SocketAddr, hop_by_hop: bool, payload: &[u8]) -> Vec<u8> {
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (src.ip(), dst.ip()) else {
+        panic!("IPv6 addresses expected: {src} {dst}");
+    };
+    let udp = udp_datagram(src, dst, payload);
+    // Next header UDP, length 0 (8 bytes), PadN of 4 bytes of padding.
+    let extension: &[u8] = if hop_by_hop {
+        &[17, 0, 1, 4, 0, 0, 0, 0]
+    } else {
+        &[]
+    };
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&((extension.len() + udp.len()) as u16).to_be_bytes());
+    ip.push(if hop_by_hop { 0 } else { 17 });
+    ip.push(64);
+    ip.extend_from_slice(&s.octets());
+    ip.extend_from_slice(&d.octets());
+    ip.extend_from_slice(extension);
+    ip.extend_from_slice(&udp);
+    ip
 }
 
 /// The next datagram the tap sees from `from`, within `wait`.
@@ -1213,4 +1491,697 @@ fn without_the_interface_one_line_says_why_and_userspace_relays() {
         "names the interface: {}",
         lines[0]
     );
+}
+
+/// `turnpike_xdp_passed_total{reason}`.
+fn passed(metrics: &str, reason: &str) -> f64 {
+    let needle = format!("turnpike_xdp_passed_total{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Binds CHANNEL from `client` to `peer` and relays until the kernel does (the first
+/// packet may meet an unresolved neighbour and take the userspace path).
+fn bind_in_the_kernel(lab: &Lab, client: &mut UdpTurn, peer: &UdpSocket) {
+    client
+        .channel_bind(CHANNEL, peer.local_addr().unwrap())
+        .expect_success("ChannelBind");
+    for _ in 0..3 {
+        client.send_channel_data(CHANNEL, b"warm up");
+        assert_eq!(
+            recv_from(peer, Duration::from_secs(2)).map(|(d, _)| d),
+            Some(b"warm up".to_vec())
+        );
+    }
+    wait_for_metrics(lab, "the channel relayed in the kernel", |m| {
+        kernel_packets(m, "to_peer") >= 1.0 && kernel_channels(m) == Some(1.0)
+    });
+}
+
+/// Ordinary ChannelData still takes the kernel path, and /metrics answers.
+fn still_relays_in_the_kernel(lab: &Lab, client: &UdpTurn, peer: &UdpSocket) {
+    let before = lab.metrics();
+    for i in 0..5u8 {
+        client.send_channel_data(CHANNEL, &[0x80 | i; 33]);
+        assert_eq!(
+            recv_from(peer, Duration::from_secs(2)).map(|(d, _)| d),
+            Some(vec![0x80 | i; 33]),
+            "ordinary ChannelData {i}"
+        );
+    }
+    wait_for_metrics(lab, "ordinary ChannelData relayed in the kernel", |m| {
+        kernel_packets(m, "to_peer") >= kernel_packets(&before, "to_peer") + 5.0
+    });
+}
+
+/// One hostile input: `packets` put on the wire raw, the reason the program must pass
+/// every one of them under, and what userspace then makes of them: the kernel stack
+/// reassembles fragments and reads IP options, and drops what does not add up.
+struct Hostile<'a> {
+    what: &'static str,
+    from: &'a Wire,
+    packets: Vec<Vec<u8>>,
+    reason: &'static str,
+    /// Whether the reason's count rises by exactly the packets sent (not so for one the
+    /// lab's own chatter shares: ICMPv6 neighbour discovery is not UDP either).
+    exact: bool,
+    /// Datagrams userspace relays, either way (`turnpike_relayed_packets`).
+    userspace: usize,
+    /// Of those, copies of `payload` the peer receives from the relay.
+    at_peer: usize,
+    payload: Vec<u8>,
+}
+
+/// Sends `case` and checks it: passed under its reason, nothing relayed in the kernel,
+/// userspace relaying exactly what it should.
+fn attack(lab: &Lab, peer: &UdpSocket, relayed: SocketAddr, case: Hostile) {
+    let Hostile { what, reason, .. } = case;
+    let before = lab.metrics();
+    for packet in &case.packets {
+        case.from.send(packet);
+    }
+    let sent = case.packets.len() as f64;
+    let rise = |m: &str| passed(m, reason) - passed(&before, reason);
+    let userspace = |m: &str| {
+        metric_sum(m, "turnpike_relayed_packets") - metric_sum(&before, "turnpike_relayed_packets")
+    };
+    let metrics = wait_for_metrics(lab, what, |m| {
+        rise(m) >= sent && userspace(m) >= case.userspace as f64
+    });
+    if case.exact {
+        assert_eq!(rise(&metrics), sent, "{what}: passed as {reason}");
+    }
+    for direction in ["to_peer", "to_client"] {
+        assert_eq!(
+            kernel_packets(&metrics, direction),
+            kernel_packets(&before, direction),
+            "{what}: relayed {direction} in the kernel"
+        );
+    }
+    for i in 0..case.at_peer {
+        assert_eq!(
+            recv_from(peer, Duration::from_secs(2)),
+            Some((case.payload.clone(), relayed)),
+            "{what}: copy {i} relayed by userspace"
+        );
+    }
+    assert_eq!(
+        recv_from(peer, Duration::from_millis(300)),
+        None,
+        "{what}: the peer received more than userspace relays"
+    );
+    assert_eq!(
+        userspace(&lab.metrics()),
+        case.userspace as f64,
+        "{what}: relayed by userspace"
+    );
+}
+
+/// A lab with a channel relayed in the kernel, and a [`Wire`] from the client's namespace.
+fn hostile_lab() -> Option<(Lab, UdpTurn, UdpSocket, SocketAddr, Wire)> {
+    let mut lab = Lab::new()?;
+    lab.start_server(&["--xdp-interface", "eth0", "--xdp-mode", "generic"]);
+    let mut client = lab.client();
+    let peer = lab.peer();
+    let relayed = client.allocate().expect_success("Allocate").relayed();
+    bind_in_the_kernel(&lab, &mut client, &peer);
+    let wire = lab.wire("c", IpAddr::V4(CLIENT_IP));
+    Some((lab, client, peer, relayed, wire))
+}
+
+/// IP options, fragments and a TTL of 1, each frame carrying the channel's valid
+/// ChannelData: the program passes them (ip_options, fragment, ttl) and the kernel stack
+/// hands userspace what a socket would read, which relays it: options read, fragments
+/// reassembled (a lone fragment never completes, so nothing), the TTL its own. ChannelData
+/// whose datagram is longer than its length and padding is passed too (length); userspace
+/// reads the length and relays that.
+#[test]
+fn unusual_ipv4_headers_are_passed_and_userspace_relays_only_what_is_whole() {
+    let Some((lab, client, peer, relayed, wire)) = hostile_lab() else {
+        return;
+    };
+    let (c, s) = (client.sock.local_addr().unwrap(), client.server);
+    let (IpAddr::V4(c4), IpAddr::V4(s4)) = (c.ip(), s.ip()) else {
+        unreachable!()
+    };
+    let cd = |payload: &[u8]| channel_data(CHANNEL, payload);
+    const DF: u16 = 0x4000;
+    // NOP, NOP, NOP, end of options: IHL 6.
+    let options = |payload: &[u8]| {
+        ipv4_packet(
+            c4,
+            s4,
+            &[1, 1, 1, 0],
+            2,
+            DF,
+            &udp_datagram(c, s, &cd(payload)),
+        )
+    };
+    attack(
+        &lab,
+        &peer,
+        relayed,
+        Hostile {
+            what: "IP options",
+            from: &wire,
+            packets: vec![options(b"with options"), options(b"with options")],
+            reason: "ip_options",
+            exact: true,
+            userspace: 2,
+            at_peer: 2,
+            payload: b"with options".to_vec(),
+        },
+    );
+    let whole = vec![0x5a; 61];
+    attack(
+        &lab,
+        &peer,
+        relayed,
+        Hostile {
+            what: "both fragments of a datagram",
+            from: &wire,
+            packets: ipv4_fragments(c, s, &cd(&whole), 0x7001, 32).to_vec(),
+            reason: "fragment",
+            exact: true,
+            userspace: 1,
+            at_peer: 1,
+            payload: whole.clone(),
+        },
+    );
+    let [first, _] = ipv4_fragments(c, s, &cd(&whole), 0x7002, 32);
+    let [_, last] = ipv4_fragments(c, s, &cd(&whole), 0x7003, 32);
+    attack(
+        &lab,
+        &peer,
+        relayed,
+        Hostile {
+            what: "a first fragment (MF) and a last one (offset 4) of other datagrams",
+            from: &wire,
+            packets: vec![first, last],
+            reason: "fragment",
+            exact: true,
+            userspace: 0,
+            at_peer: 0,
+            payload: whole,
+        },
+    );
+    let mut last_hop = ipv4_udp(c, s, &cd(b"last hop"));
+    last_hop[8] = 1;
+    reseal_ipv4(&mut last_hop);
+    attack(
+        &lab,
+        &peer,
+        relayed,
+        Hostile {
+            what: "TTL 1",
+            from: &wire,
+            packets: vec![last_hop],
+            reason: "ttl",
+            exact: true,
+            userspace: 1,
+            at_peer: 1,
+            payload: b"last hop".to_vec(),
+        },
+    );
+    let mut trailing = cd(b"trailing bytes");
+    trailing.extend_from_slice(&[0xee; 8]);
+    attack(
+        &lab,
+        &peer,
+        relayed,
+        Hostile {
+            what: "ChannelData 8 bytes shorter than its datagram",
+            from: &wire,
+            packets: vec![ipv4_udp(c, s, &trailing)],
+            reason: "length",
+            exact: true,
+            userspace: 1,
+            at_peer: 1,
+            payload: b"trailing bytes".to_vec(),
+        },
+    );
+    still_relays_in_the_kernel(&lab, &client, &peer);
+}
+
+/// Lengths that do not add up and headers cut short, each frame otherwise the channel's
+/// valid ChannelData with checksums right for what it claims: passed (malformed, length),
+/// and relayed by nobody: the kernel stack drops what is shorter than it says, trims what
+/// is longer, and userspace drops ChannelData longer than its datagram.
+#[test]
+fn lying_lengths_and_truncated_headers_are_passed_and_relayed_by_nobody() {
+    let Some((lab, client, peer, relayed, wire)) = hostile_lab() else {
+        return;
+    };
+    let (c, s) = (client.sock.local_addr().unwrap(), client.server);
+    let (IpAddr::V4(c4), IpAddr::V4(s4)) = (c.ip(), s.ip()) else {
+        unreachable!()
+    };
+    let payload = b"lying lengths".to_vec();
+    let packet = ipv4_udp(c, s, &channel_data(CHANNEL, &payload));
+    let total = |delta: i16| {
+        let mut p = packet.clone();
+        let len = u16::from_be_bytes([p[2], p[3]]).wrapping_add_signed(delta);
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        reseal_ipv4(&mut p);
+        p
+    };
+    let udp_len = (packet.len() - 20) as u16;
+    let udp = |len: u16| {
+        let mut p = packet.clone();
+        lie_about_udp_length(&mut p, len);
+        p
+    };
+    let mut long_channel_data = channel_data(CHANNEL, &payload);
+    long_channel_data[2..4].copy_from_slice(&(payload.len() as u16 + 4).to_be_bytes());
+    let cases: [(&str, Vec<u8>, &str); 7] = [
+        ("IP total length 10 past the frame", total(10), "malformed"),
+        (
+            "IP total length 2 short of the frame",
+            total(-2),
+            "malformed",
+        ),
+        (
+            "UDP length 4 past the IP payload",
+            udp(udp_len + 4),
+            "malformed",
+        ),
+        (
+            "UDP length 2 short of the IP payload",
+            udp(udp_len - 2),
+            "malformed",
+        ),
+        (
+            "ChannelData length 4 past the UDP payload",
+            ipv4_udp(c, s, &long_channel_data),
+            "length",
+        ),
+        (
+            "a frame ending inside the IP header",
+            packet[..12].to_vec(),
+            "malformed",
+        ),
+        (
+            "a frame ending inside the UDP header",
+            ipv4_packet(c4, s4, &[], 3, 0x4000, &packet[20..24]),
+            "malformed",
+        ),
+    ];
+    for (what, packet, reason) in cases {
+        attack(
+            &lab,
+            &peer,
+            relayed,
+            Hostile {
+                what,
+                from: &wire,
+                packets: vec![packet.clone(), packet],
+                reason,
+                exact: true,
+                userspace: 0,
+                at_peer: 0,
+                payload: payload.clone(),
+            },
+        );
+    }
+    still_relays_in_the_kernel(&lab, &client, &peer);
+}
+
+/// A STUN Binding request (first two bits 00) to the listener; STUN from the peer's address
+/// without a channel (its permission covers the IP, not the port); datagrams for ports with
+/// nothing of turnpike's or no allocation: all passed (stun, no_entry), userspace answering
+/// or relaying (a Data indication) or dropping as it does without the program. STUN from the
+/// peer's channel address is data like any other (RFC 8656 §11.3): relayed in the kernel as
+/// ChannelData, as userspace would.
+#[test]
+fn stun_and_datagrams_off_the_channel_are_passed_to_userspace() {
+    let Some((lab, client, peer, relayed, wire)) = hostile_lab() else {
+        return;
+    };
+    let peer_wire = lab.wire("p", IpAddr::V4(PEER_IP));
+    let (c, s) = (client.sock.local_addr().unwrap(), client.server);
+    // Binding request: type 0x0001, length 0, magic cookie, transaction id.
+    let mut binding = vec![0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+    binding.extend_from_slice(b"hostile12345");
+    let cases = [
+        (
+            "a Binding request to the listener",
+            &wire,
+            c,
+            s,
+            binding.clone(),
+            "stun",
+            0,
+        ),
+        (
+            "STUN from the peer's IP to the relay, off the channel",
+            &peer_wire,
+            SocketAddr::from((PEER_IP, 9)),
+            relayed,
+            binding.clone(),
+            "stun",
+            1,
+        ),
+        (
+            "ChannelData to a closed port of the server",
+            &wire,
+            c,
+            SocketAddr::from((SERVER_IP, 3479)),
+            channel_data(CHANNEL, b"closed"),
+            "no_entry",
+            0,
+        ),
+        (
+            "ChannelData to a port above the relay range",
+            &wire,
+            c,
+            SocketAddr::from((SERVER_IP, 51000)),
+            channel_data(CHANNEL, b"above"),
+            "no_entry",
+            0,
+        ),
+        (
+            "a datagram from the peer to a relay port nobody has",
+            &peer_wire,
+            peer.local_addr().unwrap(),
+            SocketAddr::from((
+                SERVER_IP,
+                if relayed.port() == 50999 {
+                    50998
+                } else {
+                    50999
+                },
+            )),
+            b"\x80unallocated".to_vec(),
+            "no_entry",
+            0,
+        ),
+        (
+            "the channel's ChannelData from a client port without an allocation",
+            &wire,
+            SocketAddr::from((CLIENT_IP, c.port() ^ 1)),
+            s,
+            channel_data(CHANNEL, b"no allocation"),
+            "no_entry",
+            0,
+        ),
+    ];
+    for (what, from, src, dst, payload, reason, userspace) in cases {
+        attack(
+            &lab,
+            &peer,
+            relayed,
+            Hostile {
+                what,
+                from,
+                packets: vec![ipv4_udp(src, dst, &payload)],
+                reason,
+                exact: true,
+                userspace,
+                at_peer: 0,
+                payload,
+            },
+        );
+    }
+    // Userspace answered the Binding request and relayed the peer's STUN as a Data
+    // indication (type 0x0017), in that order.
+    let answer = client
+        .recv(Duration::from_secs(2))
+        .expect("a Binding response");
+    assert_eq!(answer[..2], [0x01, 0x01], "Binding success: {answer:02x?}");
+    let data = client
+        .recv(Duration::from_secs(2))
+        .expect("a Data indication");
+    assert_eq!(data[..2], [0x00, 0x17], "Data indication: {data:02x?}");
+    assert_eq!(client.recv(Duration::from_millis(300)), None);
+
+    let before = lab.metrics();
+    peer.send_to(&binding, relayed).unwrap();
+    assert_eq!(
+        client.recv(Duration::from_secs(2)),
+        Some(channel_data(CHANNEL, &binding)),
+        "STUN from the channel's peer reaches the client as ChannelData"
+    );
+    wait_for_metrics(&lab, "the peer's STUN relayed in the kernel", |m| {
+        kernel_packets(m, "to_client") >= kernel_packets(&before, "to_client") + 1.0
+    });
+    still_relays_in_the_kernel(&lab, &client, &peer);
+}
+
+/// The IPv6 counterparts: a hop-by-hop options header before UDP is passed (not_udp) and
+/// relayed by userspace once the kernel stack has read it; bytes after the datagram are
+/// passed (malformed) and trimmed, the datagram relayed by userspace; a payload length past
+/// or short of the frame is passed (malformed) and relayed by nobody.
+#[test]
+fn ipv6_extension_headers_and_lying_payload_lengths_are_passed_to_userspace() {
+    let Some(lab) = lab6() else { return };
+    let mut client = lab.client6();
+    let relayed = client
+        .allocate_with(&ipv6_relay)
+        .expect_success("Allocate IPv6")
+        .relayed();
+    let peer = lab.peer6();
+    bind_in_the_kernel(&lab, &mut client, &peer);
+    let wire = lab.wire("c", IpAddr::V6(CLIENT_IP6));
+    let (c, s) = (client.sock.local_addr().unwrap(), client.server);
+    let payload = b"over IPv6".to_vec();
+    let hop_by_hop = ipv6_udp(c, s, true, &channel_data(CHANNEL, &payload));
+    attack(
+        &lab,
+        &peer,
+        relayed,
+        Hostile {
+            what: "a hop-by-hop options header",
+            from: &wire,
+            packets: vec![hop_by_hop.clone(), hop_by_hop],
+            reason: "not_udp",
+            exact: false,
+            userspace: 2,
+            at_peer: 2,
+            payload: payload.clone(),
+        },
+    );
+    let packet = ipv6_udp(c, s, false, &channel_data(CHANNEL, &payload));
+    let mut trailing = packet.clone();
+    trailing.extend_from_slice(&[0xab; 100]);
+    attack(
+        &lab,
+        &peer,
+        relayed,
+        Hostile {
+            what: "100 bytes after the IPv6 datagram",
+            from: &wire,
+            packets: vec![trailing],
+            reason: "malformed",
+            exact: true,
+            userspace: 1,
+            at_peer: 1,
+            payload: payload.clone(),
+        },
+    );
+    for (what, delta) in [
+        ("IPv6 payload length 10 past the frame", 10),
+        ("IPv6 payload length 2 short of the frame", -2),
+    ] {
+        let mut p = packet.clone();
+        let len = u16::from_be_bytes([p[4], p[5]]).wrapping_add_signed(delta);
+        p[4..6].copy_from_slice(&len.to_be_bytes());
+        attack(
+            &lab,
+            &peer,
+            relayed,
+            Hostile {
+                what,
+                from: &wire,
+                packets: vec![p.clone(), p],
+                reason: "malformed",
+                exact: true,
+                userspace: 0,
+                at_peer: 0,
+                payload: payload.clone(),
+            },
+        );
+    }
+    still_relays_in_the_kernel(&lab, &client, &peer);
+}
+
+/// SIGKILL with a channel in the maps: the BPF link dies with the process, so the interface
+/// has no XDP program left, and the next daemon on it starts from empty maps: the old
+/// allocation's ChannelData and its peer's datagrams are passed (no_entry) and reach
+/// nobody.
+#[test]
+fn a_killed_daemon_leaves_no_program_and_its_successor_inherits_no_entries() {
+    let Some(mut lab) = Lab::new() else { return };
+    let args = ["--xdp-interface", "eth0", "--xdp-mode", "generic"];
+    lab.start_server(&args);
+    let mut client = lab.client();
+    let peer = lab.peer();
+    let relayed = client.allocate().expect_success("Allocate").relayed();
+    bind_in_the_kernel(&lab, &mut client, &peer);
+    assert!(lab.xdp_program().is_some(), "attached:\n{}", lab.link());
+
+    lab.stop_server("KILL");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.xdp_program().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "a program is left on eth0 after SIGKILL:\n{}",
+            lab.link()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    lab.start_server(&args);
+    assert!(
+        lab.log_with("turnpike serving")
+            .contains("relayed in the kernel"),
+        "the successor attached:\n{}",
+        lab.log()
+    );
+    assert!(lab.xdp_program().is_some(), "attached:\n{}", lab.link());
+    let before = lab.metrics();
+    const N: usize = 5;
+    for i in 0..N {
+        client.send_channel_data(CHANNEL, b"to the old channel");
+        peer.send_to(&[0x80, i as u8], relayed).unwrap();
+    }
+    let rise = |m: &str| passed(m, "no_entry") - passed(&before, "no_entry");
+    let metrics = wait_for_metrics(&lab, "the old channel's traffic passed", |m| {
+        rise(m) >= 2.0 * N as f64
+    });
+    assert_eq!(rise(&metrics), 2.0 * N as f64, "passed as no_entry");
+    assert_eq!(kernel_channels(&metrics), Some(0.0), "inherited entries");
+    assert_eq!(
+        kernel_packets(&metrics, "to_peer") + kernel_packets(&metrics, "to_client"),
+        0.0,
+        "relayed in the kernel:\n{metrics}"
+    );
+    assert_eq!(recv_from(&peer, Duration::from_millis(300)), None);
+    assert_eq!(client.recv(Duration::from_millis(300)), None);
+}
+
+/// SIGHUP: the same program stays attached, the channel keeps its kernel path and stays the
+/// only entry, and deleting the allocation afterwards still empties the maps.
+#[test]
+fn a_reload_keeps_the_program_and_its_entries_without_stale_ones() {
+    let Some(mut lab) = Lab::new() else { return };
+    lab.start_server(&["--xdp-interface", "eth0", "--xdp-mode", "generic"]);
+    let mut client = lab.client();
+    let peer = lab.peer();
+    client.allocate().expect_success("Allocate");
+    bind_in_the_kernel(&lab, &mut client, &peer);
+    let program = lab.xdp_program();
+    lab.signal_server("HUP");
+    assert!(
+        lab.log_with("configuration reloaded")
+            .contains("configuration reloaded"),
+        "no reload logged:\n{}",
+        lab.log()
+    );
+    assert_eq!(lab.xdp_program(), program, "the program attached");
+    still_relays_in_the_kernel(&lab, &client, &peer);
+    assert_eq!(kernel_channels(&lab.metrics()), Some(1.0), "one channel");
+    client.refresh(0).expect_success("Refresh lifetime 0");
+    wait_for_metrics(&lab, "no channel left in the maps", |m| {
+        kernel_channels(m) == Some(0.0)
+    });
+    client.send_channel_data(CHANNEL, b"after");
+    assert_eq!(recv_from(&peer, Duration::from_millis(500)), None);
+}
+
+/// A reload that sets a bandwidth cap (enforced in userspace only) takes live channels out
+/// of the kernel at once, not at the allocation's next event: their ChannelData is relayed
+/// by userspace, under the cap, from then on.
+#[test]
+fn a_reload_that_sets_a_bandwidth_cap_takes_live_channels_out_of_the_kernel_at_once() {
+    let Some(mut lab) = Lab::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("turnpike.toml");
+    std::fs::write(&config, "[limits]\nbandwidth_per_allocation = 0\n").unwrap();
+    let config_arg = config.to_str().unwrap();
+    lab.start_server(&[
+        "--config",
+        config_arg,
+        "--xdp-interface",
+        "eth0",
+        "--xdp-mode",
+        "generic",
+    ]);
+    let mut client = lab.client();
+    let peer = lab.peer();
+    client.allocate().expect_success("Allocate");
+    bind_in_the_kernel(&lab, &mut client, &peer);
+
+    std::fs::write(&config, "[limits]\nbandwidth_per_allocation = 1000000\n").unwrap();
+    lab.signal_server("HUP");
+    assert!(
+        lab.log_with("configuration reloaded")
+            .contains("configuration reloaded"),
+        "no reload logged:\n{}",
+        lab.log()
+    );
+    wait_for_metrics(&lab, "the capped channel out of the maps", |m| {
+        kernel_channels(m) == Some(0.0)
+    });
+    let before = lab.metrics();
+    for i in 0..5u8 {
+        client.send_channel_data(CHANNEL, &[i; 100]);
+        assert_eq!(
+            recv_from(&peer, Duration::from_secs(2)).map(|(d, _)| d),
+            Some(vec![i; 100])
+        );
+    }
+    let metrics = wait_for_metrics(&lab, "userspace relayed the capped channel", |m| {
+        metric_sum(m, "turnpike_relayed_packets")
+            >= metric_sum(&before, "turnpike_relayed_packets") + 5.0
+    });
+    assert_eq!(
+        kernel_packets(&metrics, "to_peer"),
+        kernel_packets(&before, "to_peer"),
+        "relayed in the kernel under a cap"
+    );
+}
+
+/// Bytes after the IP datagram: the kernel stack trims them, so userspace relays just the
+/// datagram; the program passes such a frame (malformed) rather than carry the bytes to the
+/// peer uncounted. Only Ethernet's padding of a minimum-size frame (60 bytes) is expected
+/// there, and that frame is relayed in the kernel, the peer getting exactly its data.
+#[test]
+fn a_frame_longer_than_its_datagram_is_passed_unless_it_is_ethernet_padding() {
+    let Some((lab, client, peer, relayed, wire)) = hostile_lab() else {
+        return;
+    };
+    let (c, s) = (client.sock.local_addr().unwrap(), client.server);
+    let mut trailing = ipv4_udp(c, s, &channel_data(CHANNEL, b"with a tail"));
+    trailing.extend_from_slice(&[0xab; 1000]);
+    attack(
+        &lab,
+        &peer,
+        relayed,
+        Hostile {
+            what: "1000 bytes after the IP datagram",
+            from: &wire,
+            packets: vec![trailing],
+            reason: "malformed",
+            exact: true,
+            userspace: 1,
+            at_peer: 1,
+            payload: b"with a tail".to_vec(),
+        },
+    );
+
+    let before = lab.metrics();
+    let mut padded = ipv4_udp(c, s, &channel_data(CHANNEL, b"tiny"));
+    padded.resize(60 - 14, 0);
+    wire.send(&padded);
+    assert_eq!(
+        recv_from(&peer, Duration::from_secs(2)),
+        Some((b"tiny".to_vec(), relayed)),
+        "a padded minimum-size frame"
+    );
+    wait_for_metrics(&lab, "the padded frame relayed in the kernel", |m| {
+        kernel_packets(m, "to_peer") >= kernel_packets(&before, "to_peer") + 1.0
+    });
 }
