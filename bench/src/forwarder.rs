@@ -4,13 +4,13 @@
 //! per batch, buffers reused, one thread, no per-packet work beyond the syscalls.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 
 use crate::sys::{self, Epoll, Mmsg};
 
 pub fn run(listen: SocketAddrV4, to: SocketAddrV4, max_secs: u64) -> io::Result<()> {
     let front = sys::udp_socket(listen)?;
-    let back = sys::udp_socket(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
+    let back = sys::udp_socket(SocketAddrV4::new(*listen.ip(), 0))?;
     let mut ep = Epoll::new()?;
     ep.add(sys::fd(&front), 0)?;
     ep.add(sys::fd(&back), 1)?;

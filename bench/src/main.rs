@@ -9,7 +9,8 @@
 //!   turnpike-bench forwarder --listen 127.0.0.1:F --to 127.0.0.1:P
 //!   turnpike-bench churn --server ... --allocations 1000 --duration 600   (soak: scripts/soak.sh)
 //!
-//! Linux only (recvmmsg/sendmmsg, epoll, timerfd, /proc), IPv4 loopback.
+//! Linux only (recvmmsg/sendmmsg, epoll, timerfd, /proc), IPv4: loopback, or the lab
+//! addresses given with --client-ip and --peer-ip (benches/xdp_lab.sh).
 
 #![forbid(unsafe_code)]
 
@@ -169,6 +170,12 @@ struct LoadArgs {
     /// ephemeral ports, e.g. to stay out of the server's relay port range.
     #[arg(long, value_name = "LO-HI")]
     client_ports: Option<String>,
+    /// Address the client sockets bind to (a lab namespace's own, say).
+    #[arg(long, default_value = "127.0.0.1")]
+    client_ip: Ipv4Addr,
+    /// Address the peer sockets bind to, when --peer-bind does not name one.
+    #[arg(long, default_value = "127.0.0.1")]
+    peer_ip: Ipv4Addr,
     /// Free-form label copied into the JSON line.
     #[arg(long)]
     label: Option<String>,
@@ -248,7 +255,7 @@ fn parse_range(s: &Option<String>) -> Result<Option<(u16, u16)>, String> {
 }
 
 fn make_allocs(a: &LoadArgs, n: usize) -> Result<Vec<setup::Alloc>, String> {
-    let socks = setup::client_sockets(n, parse_range(&a.client_ports)?)
+    let socks = setup::client_sockets(n, a.client_ip, parse_range(&a.client_ports)?)
         .map_err(|e| format!("client sockets: {e}"))?;
     Ok(socks
         .into_iter()
@@ -372,7 +379,7 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
     } else {
         load::Framing::Channel
     };
-    let lo = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+    let lo = SocketAddrV4::new(a.peer_ip, 0);
     // Peer sockets: one per thread (TURN), or the single fixed one for the forwarder.
     let mut peers: Vec<Option<UdpSocket>> = Vec::new();
     for t in 0..threads {
@@ -468,6 +475,7 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
         .map_err(|e| format!("server pid: {e}"))?;
     let ticks0 = a.server_pid.and_then(|p| sys::proc_cpu_ticks(p).ok());
     let self0 = sys::self_cpu_ns();
+    let machine0 = sys::machine_cpu_ticks().ok();
     let handles: Vec<_> = plans
         .into_iter()
         .map(|p| std::thread::spawn(move || load::run_thread(p)))
@@ -488,6 +496,7 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
         .map_err(|e| format!("server pid: {e}"))?;
     let ticks1 = a.server_pid.and_then(|p| sys::proc_cpu_ticks(p).ok());
     let self_cpu = sys::self_cpu_ns() - self0;
+    let machine1 = sys::machine_cpu_ticks().ok();
     if !a.raw {
         let _ = setup::delete(&mut keep, a.concurrency);
     }
@@ -516,6 +525,20 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
     let us_per_pkt = server_cpu_s
         .filter(|_| relayed > 0)
         .map(|s| s * 1e6 / relayed as f64);
+    // Everything the machine did in the window, softirq (where XDP runs) included; the load
+    // generator's own process time is reported beside it, not subtracted.
+    let (machine_cpu_s, machine_softirq_s) = match (machine0, machine1) {
+        (Some((b0, s0)), Some((b1, s1))) => {
+            let hz = sys::clock_ticks() as f64;
+            (
+                Some(b1.saturating_sub(b0) as f64 / hz),
+                Some(s1.saturating_sub(s0) as f64 / hz),
+            )
+        }
+        _ => (None, None),
+    };
+    let per_relayed = |s: f64| s * 1e6 / relayed.max(1) as f64;
+    let machine_us = machine_cpu_s.map(per_relayed);
     let bench_pkts = c.sent + c.peer_rx + if echo { c.peer_rx + c.client_rx } else { 0 };
     let bench_us = self_cpu as f64 / 1e3 / bench_pkts.max(1) as f64;
     let lat = if echo { &c.rtt } else { &c.oneway };
@@ -564,6 +587,13 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
         "  load generator CPU {:.2} s = {bench_us:.2} µs per packet handled",
         self_cpu as f64 / 1e9
     );
+    if let (Some(m), Some(soft), Some(u)) = (machine_cpu_s, machine_softirq_s, machine_us) {
+        eprintln!(
+            "  machine CPU {m:.2} s (softirq {soft:.2} s, load generator {:.2} s) = {u:.2} µs per relayed packet, {:.2} without the load generator",
+            self_cpu as f64 / 1e9,
+            per_relayed((m - self_cpu as f64 / 1e9).max(0.0))
+        );
+    }
     if a.json {
         println!(
             "{}",
@@ -580,6 +610,9 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
                 "oneway_p50_us": c.oneway.pct(50.0), "oneway_p99_us": c.oneway.pct(99.0),
                 "server_cpu_s": server_cpu_s, "server_cpu_source": cpu_source, "server_stat_cpu_s": stat_cpu_s, "server_us_per_pkt": us_per_pkt,
                 "bench_cpu_s": self_cpu as f64 / 1e9, "bench_us_per_pkt": bench_us,
+                "machine_cpu_s": machine_cpu_s, "machine_softirq_s": machine_softirq_s,
+                "machine_us_per_pkt": machine_us,
+                "bench_us_per_relayed": per_relayed(self_cpu as f64 / 1e9),
             })
         );
     }

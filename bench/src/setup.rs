@@ -274,9 +274,12 @@ pub fn delete(allocs: &mut [Alloc], window: usize) -> io::Result<u64> {
 
 /// Binds `n` client sockets: kernel-chosen ports, or sequentially from `range` skipping
 /// ports in use (keeps clients out of the server's relay port range).
-pub fn client_sockets(n: usize, range: Option<(u16, u16)>) -> io::Result<Vec<UdpSocket>> {
+pub fn client_sockets(
+    n: usize,
+    lo: std::net::Ipv4Addr,
+    range: Option<(u16, u16)>,
+) -> io::Result<Vec<UdpSocket>> {
     let mut out = Vec::with_capacity(n);
-    let lo = std::net::Ipv4Addr::LOCALHOST;
     match range {
         None => {
             for _ in 0..n {

@@ -109,13 +109,41 @@ pub fn proc_rss_bytes(pid: u32) -> io::Result<u64> {
 /// Raises RLIMIT_NOFILE to its hard limit (10,000 allocations need 10,000 sockets); returns
 /// the hard limit, 0 if it could not be read.
 pub fn raise_nofile() -> u64 {
+    // 10,000 allocations hold two descriptors each (the socket and the sender's clone): as
+    // root, go past a lower hard limit.
+    const WANTED: u64 = 65_536;
     match resource::getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_, max))
+            if max < WANTED
+                && resource::setrlimit(Resource::RLIMIT_NOFILE, WANTED, WANTED).is_ok() =>
+        {
+            WANTED
+        }
         Ok((_, max)) => {
             let _ = resource::setrlimit(Resource::RLIMIT_NOFILE, max, max);
             max
         }
         Err(_) => 0,
     }
+}
+
+/// Machine-wide CPU time from the `cpu` line of /proc/stat, in clock ticks: (busy, of which
+/// softirq). Busy is every field but idle and iowait; guest time is inside user already.
+pub fn machine_cpu_ticks() -> io::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| io::Error::other("/proc/stat has no cpu line"))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    Ok((busy, get(6)))
 }
 
 /// Asks for precise timer wakeups (the default slack is 50 µs).
