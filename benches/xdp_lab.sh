@@ -211,31 +211,39 @@ idle_ticks() { local a b; a=$(busy); sleep "$DURATION"; b=$(busy); echo $((b - a
 cat "$OUT/machine.txt" >&2
 
 # ---- per target: the rate ramp (10 channels, 200 B), then the work table ---------------
+# Each work run gets a fresh server: allocations whose deletes a lossy run lost would
+# otherwise meet reused client ports (437).
+maps_of() { # pid: the kernel memory of the program's maps (hash maps are preallocated:
+  # this is what they hold whatever the load)
+  for fd in /proc/"$1"/fd/*; do
+    [ "$(readlink "$fd")" = "anon_inode:bpf-map" ] || continue
+    grep -E '^(map_type|key_size|value_size|max_entries|memlock|map_id):' "/proc/$1/fdinfo/${fd##*/}" | tr '\n' ' '
+    echo
+  done
+}
 for t in $TARGETS; do
   start "$t"
   sleep 0.5
   for rate in $RAMP; do
     bench "ramp/$t/$rate" "$t" --allocations 10 --size 200 --rate "$rate" || break
   done
+  stop
   for ch in $CHANNELS; do
-    [ "$ch" = 10 ] && [[ " $SIZES " == *" 200 "* ]] && continue  # the ramp has it
+    [ "$ch" = 10 ] && [[ " $SIZES " == *" 200 "* ]] && continue  # the size table has it
+    start "$t"
     bench "work/$t/channels/$ch" "$t" --allocations "$ch" --size 200 --rate "$WORK_RATE" \
       --concurrency 256 || true
+    if [ "$t" = xdp ]; then
+      inS curl -s "http://127.0.0.1:8080/metrics" >"$OUT/metrics-xdp-$ch.txt" 2>/dev/null || true
+      maps_of "$SERVER_PID" >"$OUT/maps-xdp.txt"
+    fi
+    stop
   done
   for size in $SIZES; do
+    start "$t"
     bench "work/$t/size/$size" "$t" --allocations 10 --size "$size" --rate "$WORK_RATE" || true
+    stop
   done
-  if [ "$t" = xdp ]; then
-    inS curl -s "http://127.0.0.1:8080/metrics" >"$OUT/metrics-xdp.txt" 2>/dev/null || true
-    # The kernel memory of the program's maps (hash maps are preallocated: this is what
-    # they hold whatever the load).
-    for fd in /proc/"$SERVER_PID"/fd/*; do
-      [ "$(readlink "$fd")" = "anon_inode:bpf-map" ] || continue
-      grep -E '^(map_type|key_size|value_size|max_entries|memlock|map_id):' "/proc/$SERVER_PID/fdinfo/${fd##*/}" | tr '\n' ' '
-      echo
-    done >"$OUT/maps-xdp.txt"
-  fi
-  stop
 done
 
 echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"

@@ -96,7 +96,7 @@ impl Hist {
 
 /// One client socket sending one flow.
 pub struct Flow {
-    pub sock: UdpSocket,
+    pub sock: std::sync::Arc<UdpSocket>,
     pub id: u32,
     pub prefix: Vec<u8>,
     pub pad: usize,

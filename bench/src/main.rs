@@ -455,7 +455,7 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
             }
             load::Framing::Raw => (Vec::new(), 0),
         };
-        let sock = al.sock.try_clone().map_err(|e| e.to_string())?;
+        let sock = std::sync::Arc::clone(&al.sock);
         plans[t].flows.push(load::Flow {
             sock,
             id: i as u32,

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::Arc;
 
 use turnpike_client::wire::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, PROTOCOL_UDP, REFRESH};
 use turnpike_client::{Request, Response, Signer, TransactionId};
@@ -28,7 +29,9 @@ enum Step {
 }
 
 pub struct Alloc {
-    pub sock: UdpSocket,
+    /// Shared with the sending thread's flow: one descriptor per allocation, so 10,000 fit
+    /// in a 20,000-file limit.
+    pub sock: Arc<UdpSocket>,
     pub username: String,
     password: String,
     /// `--realm`, else the one the first challenge names.
@@ -50,7 +53,7 @@ pub struct Alloc {
 impl Alloc {
     pub fn new(sock: UdpSocket, username: String, password: String, realm: Option<String>) -> Self {
         Alloc {
-            sock,
+            sock: Arc::new(sock),
             username,
             password,
             realm,

@@ -109,16 +109,7 @@ pub fn proc_rss_bytes(pid: u32) -> io::Result<u64> {
 /// Raises RLIMIT_NOFILE to its hard limit (10,000 allocations need 10,000 sockets); returns
 /// the hard limit, 0 if it could not be read.
 pub fn raise_nofile() -> u64 {
-    // 10,000 allocations hold two descriptors each (the socket and the sender's clone): as
-    // root, go past a lower hard limit.
-    const WANTED: u64 = 65_536;
     match resource::getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((_, max))
-            if max < WANTED
-                && resource::setrlimit(Resource::RLIMIT_NOFILE, WANTED, WANTED).is_ok() =>
-        {
-            WANTED
-        }
         Ok((_, max)) => {
             let _ = resource::setrlimit(Resource::RLIMIT_NOFILE, max, max);
             max
