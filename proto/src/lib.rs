@@ -26,7 +26,7 @@ pub use allocation::{RelayAddress, Usage};
 pub use error::Error;
 pub use server::{
     ClientAction, EndReason, Event, FiveTuple, Gauges, PeerAction, PendingAllocation, Quotas,
-    Server, ServerConfig, Transport,
+    ReloadCut, Server, ServerConfig, Transport,
 };
 pub use sessions::{Revocations, SessionFilter, SessionInfo};
 

@@ -106,7 +106,8 @@ pub const DEFAULT_RANGES: &[(&str, Policy)] = &[
     ("8000::/1", Deny),
 ];
 
-#[derive(Debug, Clone)]
+/// Compared on reload: a changed filter is applied to live permissions and channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerFilter {
     /// [`DEFAULT_RANGES`], most specific first.
     defaults: Vec<(IpNet, Policy)>,

@@ -69,6 +69,14 @@ pub struct Gauges {
     pub channels: u64,
 }
 
+/// What a reload cut: permissions and channels to peers the reloaded peer filter denies,
+/// ended at once ([`Server::set_config`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadCut {
+    pub permissions: u64,
+    pub channels: u64,
+}
+
 /// RFC 8656 §2: the client's address, the server address it talks to, and the transport.
 /// Allocations are keyed by it with the standard `HashMap` hasher, which is randomly seeded,
 /// because clients choose these keys.
@@ -641,9 +649,76 @@ impl Server {
         }
     }
 
-    /// Replaces the protocol settings (SIGHUP reload); live allocations are kept.
-    pub fn set_config(&mut self, config: Arc<ServerConfig>) {
+    /// Replaces the protocol settings (SIGHUP reload); live allocations are kept. If the peer
+    /// filter or the server's own addresses changed, every permission and channel to a peer
+    /// now denied ends at once, with the events its expiry would emit: an operator who adds a
+    /// deny rule expects relaying there to stop now (in the kernel path too, which mirrors the
+    /// events), not up to 300 s (permission) or 600 s (channel) later. Allocations stay, so
+    /// their clients go on relaying to peers still allowed.
+    pub fn set_config(&mut self, config: Arc<ServerConfig>) -> ReloadCut {
+        let peers_changed = config.peer_filter != self.config.peer_filter
+            || config.own_addresses != self.config.own_addresses;
         self.config = config;
+        if !peers_changed {
+            return ReloadCut::default();
+        }
+        let cut = self.cut_denied_peers();
+        if cut != ReloadCut::default() {
+            tracing::info!(
+                permissions = cut.permissions,
+                channels = cut.channels,
+                "reloaded peer filter denies live peers: their permissions and channels ended"
+            );
+        }
+        cut
+    }
+
+    /// Ends the permissions and channels whose peer the configuration denies, oldest
+    /// allocation first (events in an order the inputs decide).
+    fn cut_denied_peers(&mut self) -> ReloadCut {
+        let mut cut = ReloadCut::default();
+        for tuple in self.tuples_by_id(|_| true) {
+            let allocation = &self.allocations[&tuple];
+            let denied_permissions: Vec<(IpAddr, Instant)> = allocation
+                .permissions
+                .iter()
+                .filter(|p| self.peer_ip_denied(p.peer))
+                .map(|p| (p.peer, p.expires))
+                .collect();
+            let denied_channels: Vec<(u16, Instant)> = allocation
+                .channels
+                .iter()
+                .filter(|c| self.peer_ip_denied(c.peer.ip()) || self.is_own_listener(c.peer))
+                .map(|c| (c.number, c.expires))
+                .collect();
+            let allocation = self.allocations.get_mut(&tuple).expect("listed above");
+            for (peer, expires) in denied_permissions {
+                allocation.expire_permission(peer, expires);
+                self.binding_expiries
+                    .remove(&(expires, BindingTimer::Permission(tuple, peer)));
+                self.gauges.permissions -= 1;
+                cut.permissions += 1;
+                self.events
+                    .push_back(Event::PermissionExpired { tuple, peer });
+            }
+            for (number, expires) in denied_channels {
+                let Some(peer) = allocation.expire_channel(number, expires) else {
+                    continue;
+                };
+                self.binding_expiries
+                    .remove(&(expires, BindingTimer::Channel(tuple, number)));
+                self.gauges.channels -= 1;
+                cut.channels += 1;
+                self.events.push_back(Event::ChannelExpired {
+                    tuple,
+                    number,
+                    peer,
+                });
+            }
+        }
+        self.stats.permissions_cut_by_reload += cut.permissions;
+        self.stats.channels_cut_by_reload += cut.channels;
+        cut
     }
 
     pub fn allocation_count(&self) -> usize {
@@ -1407,31 +1482,39 @@ impl Server {
     /// Whether the server may relay to `peer`: allowed by the filter and not one of the
     /// server's own listening sockets.
     fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), Error> {
-        let filter = &self.config.peer_filter;
-        let listener = self.config.own_addresses.iter().any(|own| {
-            own.port() == peer.port()
-                && (own.ip().is_unspecified() || filter.forms(peer.ip()).any(|ip| ip == own.ip()))
-        });
-        if listener {
+        if self.is_own_listener(peer) {
             self.deny_peer(now, peer.ip());
             return Err(Error::Forbidden);
         }
         self.check_peer_ip(now, peer.ip())
     }
 
+    /// Whether `peer` is one of the server's own listening sockets.
+    fn is_own_listener(&self, peer: SocketAddr) -> bool {
+        let filter = &self.config.peer_filter;
+        self.config.own_addresses.iter().any(|own| {
+            own.port() == peer.port()
+                && (own.ip().is_unspecified() || filter.forms(peer.ip()).any(|ip| ip == own.ip()))
+        })
+    }
+
+    fn check_peer_ip(&mut self, now: Instant, peer: IpAddr) -> Result<(), Error> {
+        if self.peer_ip_denied(peer) {
+            self.deny_peer(now, peer);
+            return Err(Error::Forbidden);
+        }
+        Ok(())
+    }
+
     /// The peer filter, plus the server's own relay IPs (as written or carried in an IPv6
     /// form, e.g. NAT64) unless explicitly allowed.
-    fn check_peer_ip(&mut self, now: Instant, peer: IpAddr) -> Result<(), Error> {
+    fn peer_ip_denied(&self, peer: IpAddr) -> bool {
         let filter = &self.config.peer_filter;
         let own_relay = filter
             .forms(peer)
             .any(|ip| self.own_relay_ips.contains(&ip))
             && !filter.explicitly_allows(peer);
-        if own_relay || !filter.is_allowed(peer) {
-            self.deny_peer(now, peer);
-            return Err(Error::Forbidden);
-        }
-        Ok(())
+        own_relay || !filter.is_allowed(peer)
     }
 
     fn deny_peer(&mut self, now: Instant, peer: IpAddr) {

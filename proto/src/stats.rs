@@ -29,6 +29,9 @@ pub struct Stats {
     /// §9.2.4).
     pub auth_bad_algorithm: u64,
     pub denied_peers: u64,
+    /// Live permissions and channels ended because a reloaded peer filter denies their peer.
+    pub permissions_cut_by_reload: u64,
+    pub channels_cut_by_reload: u64,
     pub quota_user: u64,
     pub quota_total: u64,
     pub peer_without_permission: u64,
@@ -64,6 +67,8 @@ impl Stats {
             auth_bad_integrity,
             auth_bad_algorithm,
             denied_peers,
+            permissions_cut_by_reload,
+            channels_cut_by_reload,
             quota_user,
             quota_total,
             peer_without_permission,
@@ -94,6 +99,8 @@ impl Stats {
         self.auth_bad_integrity += auth_bad_integrity;
         self.auth_bad_algorithm += auth_bad_algorithm;
         self.denied_peers += denied_peers;
+        self.permissions_cut_by_reload += permissions_cut_by_reload;
+        self.channels_cut_by_reload += channels_cut_by_reload;
         self.quota_user += quota_user;
         self.quota_total += quota_total;
         self.peer_without_permission += peer_without_permission;

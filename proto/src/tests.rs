@@ -2583,3 +2583,191 @@ fn allocations_ended_together_are_reported_oldest_first() {
     h.server.clear();
     assert_eq!(ended_ids(&mut h), [2, 4, 6, 8, 10, 12, 14, 16]);
 }
+
+/// A Send indication from [`CLIENT`] to `peer`.
+fn send_indication(h: &mut Harness, peer: SocketAddr, payload: &[u8]) -> Outcome {
+    let mut msg = builder(MessageClass::Indication, SEND);
+    let transaction = msg.transaction_id();
+    msg.add_attribute(&XorPeerAddress::new(peer, transaction))
+        .unwrap();
+    msg.add_attribute(&Data::new(payload)).unwrap();
+    h.send(CLIENT, &msg.finish())
+}
+
+/// Whether ChannelData on `number` from [`CLIENT`] is relayed to `peer`.
+fn channel_data_relayed(h: &mut Harness, number: u16, peer: SocketAddr) -> bool {
+    let [hi, lo] = number.to_be_bytes();
+    match h.send(CLIENT, &[hi, lo, 0x00, 0x03, b'a', b'b', b'c', 0]) {
+        Outcome::Relay(_, to, payload) => to == peer && payload == b"abc",
+        _ => false,
+    }
+}
+
+/// What `peer`'s datagram to `relay` becomes.
+fn from_peer(h: &mut Harness, relay: SocketAddr, peer: SocketAddr) -> Option<PeerAction> {
+    let (mut buf, mut out) = ([0u8; 64], [0u8; 256]);
+    buf[4..8].copy_from_slice(b"pong");
+    h.server
+        .handle_peer(h.now, relay, peer, &mut buf, 4, &mut out)
+}
+
+/// A reload whose peer filter denies a peer that has a permission and a channel ends both
+/// at once, with the events their expiry emits (so the XDP maps lose them too), and their
+/// timers; the allocation and its other, still allowed peer relay on.
+#[test]
+fn a_reload_denying_a_live_peer_ends_its_permission_and_channel_at_once() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    let relay = allocate_for_an_hour(&mut h, CLIENT, &user);
+    let client = tuple(CLIENT);
+    let (denied, allowed) = (addr(PEER), addr("8.8.4.4:6000"));
+    h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, denied));
+    h.advance(Duration::from_secs(10));
+    let t = h.now;
+    h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4001, allowed));
+    h.events();
+    for (number, peer) in [(0x4000, denied), (0x4001, allowed)] {
+        assert!(channel_data_relayed(&mut h, number, peer), "{peer} before");
+        assert!(from_peer(&mut h, relay, peer).is_some(), "{peer} before");
+    }
+    assert!(matches!(
+        send_indication(&mut h, denied, b"hi"),
+        Outcome::Relay(..)
+    ));
+    assert_eq!(h.server.gauges(), gauges(1, 2, 2));
+
+    let mut reloaded = config();
+    reloaded.peer_filter = PeerFilter::new(vec![], vec!["8.8.8.0/24".parse().unwrap()]);
+    let cut = h.server.set_config(Arc::new(reloaded));
+    assert_eq!(
+        cut,
+        ReloadCut {
+            permissions: 1,
+            channels: 1
+        }
+    );
+    assert_eq!(
+        h.events(),
+        [
+            Event::PermissionExpired {
+                tuple: client,
+                peer: denied.ip()
+            },
+            Event::ChannelExpired {
+                tuple: client,
+                number: 0x4000,
+                peer: denied
+            },
+        ]
+    );
+    assert_eq!(h.server.gauges(), gauges(1, 1, 1));
+    assert_eq!(
+        (
+            h.server.stats.permissions_cut_by_reload,
+            h.server.stats.channels_cut_by_reload
+        ),
+        (1, 1)
+    );
+    // Their timers went with them: the next deadline is the allowed peer's permission.
+    assert_eq!(h.server.poll_timeout(), Some(t + PERMISSION_LIFETIME));
+
+    // Nothing more is relayed to or from the denied peer, by channel or Send indication.
+    assert!(!channel_data_relayed(&mut h, 0x4000, denied));
+    assert!(matches!(
+        send_indication(&mut h, denied, b"hi"),
+        Outcome::Drop
+    ));
+    assert_eq!(from_peer(&mut h, relay, denied), None);
+    // The allocation and the allowed peer are untouched.
+    assert!(h.server.has_allocation(&client));
+    assert!(channel_data_relayed(&mut h, 0x4001, allowed));
+    assert_eq!(
+        from_peer(&mut h, relay, allowed),
+        Some(PeerAction::ChannelData {
+            tuple: client,
+            len: 8
+        })
+    );
+    assert!(matches!(
+        send_indication(&mut h, allowed, b"hi"),
+        Outcome::Relay(_, to, _) if to == allowed
+    ));
+    // The client cannot bind the denied peer again.
+    let reply = h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, denied));
+    assert_eq!(reply_code(&reply), Some(403));
+    assert!(h.events().is_empty());
+}
+
+/// Removing an `allow_peers` entry is a deny too: the loopback peer it opened is cut, from
+/// a permission without a channel as well; its Data indications stop.
+#[test]
+fn a_reload_removing_an_allow_peers_entry_cuts_the_peers_it_opened() {
+    let mut open = config();
+    open.peer_filter = PeerFilter::new(vec!["127.0.0.0/8".parse().unwrap()], vec![]);
+    let mut h = Harness::with(open, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    let relay = allocate_for_an_hour(&mut h, CLIENT, &user);
+    let (loopback, public) = (addr("127.0.0.1:9"), addr(PEER));
+    for peer in [loopback, public] {
+        let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(peer));
+        assert_eq!(reply_code(&reply), None, "{peer}");
+    }
+    h.events();
+    assert!(matches!(
+        from_peer(&mut h, relay, loopback),
+        Some(PeerAction::DataIndication { .. })
+    ));
+
+    let cut = h.server.set_config(Arc::new(config()));
+    assert_eq!(
+        cut,
+        ReloadCut {
+            permissions: 1,
+            channels: 0
+        }
+    );
+    assert_eq!(
+        h.events(),
+        [Event::PermissionExpired {
+            tuple: tuple(CLIENT),
+            peer: loopback.ip()
+        }]
+    );
+    assert_eq!(from_peer(&mut h, relay, loopback), None);
+    assert!(matches!(
+        send_indication(&mut h, loopback, b"hi"),
+        Outcome::Drop
+    ));
+    assert!(matches!(
+        from_peer(&mut h, relay, public),
+        Some(PeerAction::DataIndication { .. })
+    ));
+    assert_eq!(h.server.gauges(), gauges(1, 1, 0));
+}
+
+/// A reload that leaves every live peer allowed (the same file, another limit, or a deny
+/// rule no live peer falls in) ends nothing and says nothing.
+#[test]
+fn a_reload_that_denies_no_live_peer_cuts_nothing() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    let relay = allocate_for_an_hour(&mut h, CLIENT, &user);
+    let peer = addr(PEER);
+    h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, peer));
+    h.events();
+    let mut other_limit = config();
+    other_limit.bandwidth_per_allocation = Some(1_000_000);
+    let mut other_deny = config();
+    other_deny.peer_filter = PeerFilter::new(vec![], vec!["8.8.4.0/24".parse().unwrap()]);
+    for reloaded in [config(), other_limit, other_deny] {
+        assert_eq!(
+            h.server.set_config(Arc::new(reloaded)),
+            ReloadCut::default()
+        );
+        assert!(h.events().is_empty());
+        assert_eq!(h.server.gauges(), gauges(1, 1, 1));
+        assert!(channel_data_relayed(&mut h, 0x4000, peer));
+        assert!(from_peer(&mut h, relay, peer).is_some());
+    }
+    assert_eq!(h.server.stats.permissions_cut_by_reload, 0);
+}

@@ -225,6 +225,16 @@ pub fn render(report: &WorkerReport, usage: &UsageSnapshot, instance: Option<Ins
     );
     counter_family(
         r,
+        "turnpike_cut_by_reload",
+        "Live permissions and channels ended because a reloaded peer filter denies their peer",
+        "kind",
+        [
+            ("permission", stats.permissions_cut_by_reload),
+            ("channel", stats.channels_cut_by_reload),
+        ],
+    );
+    counter_family(
+        r,
         "turnpike_quota_rejections",
         "Allocations refused by the per-user (486) or server-wide (508) quota",
         "scope",

@@ -479,6 +479,7 @@ fn metrics_and_health() {
         "turnpike_error_responses_total{code=\"508\"} 0",
         "turnpike_auth_failures_total{reason=\"bad_integrity\"} 0",
         "turnpike_denied_peers_total 0",
+        "turnpike_cut_by_reload_total{kind=\"channel\"} 0",
         "turnpike_quota_rejections_total{scope=\"server\"} 0",
         "turnpike_malformed_packets_total 0",
         "turnpike_dropped_packets_total{reason=\"no_permission\"} 0",

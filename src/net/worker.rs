@@ -252,6 +252,9 @@ impl Worker {
             .clone();
         self.server.set_config(self.settings.server.clone());
         self.xdp.reconfigure(&self.settings.server);
+        // Permissions and channels the reloaded peer filter cut leave the XDP maps now, not
+        // at this worker's next packet.
+        self.apply_events();
     }
 
     fn publish(&mut self, now: Instant) {

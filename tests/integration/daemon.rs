@@ -1,6 +1,8 @@
 //! The daemon's life cycle: systemd notifications (READY, WATCHDOG, RELOADING, STOPPING),
-//! SIGHUP reload without dropping allocations, and a clean exit on SIGTERM.
+//! SIGHUP reload without dropping allocations (but with relaying to peers it denies cut at
+//! once), and a clean exit on SIGTERM.
 
+use std::net::Ipv4Addr;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
@@ -10,7 +12,9 @@ use tokio::net::UdpSocket;
 use tokio::time::timeout;
 use webrtc_util::Conn;
 
-use crate::harness::{rest_credentials, temp_dir, Server, REALM};
+use crate::hardening::wait_for_metric;
+use crate::harness::{rest_credentials, temp_dir, Server, REALM, SECRET};
+use crate::stun_client::{channel_data, recv_from, UdpTurn};
 use crate::webrtc_rs::turn_client;
 
 fn signal(server: &Server, name: &str) {
@@ -160,4 +164,127 @@ async fn reload_rotates_secrets_without_dropping_allocations() {
     client.close().await.unwrap();
     stale.close().await.unwrap();
     fresh.close().await.unwrap();
+}
+
+/// A config whose only allowed peers are `allowed` (loopback addresses, denied by default).
+fn write_peer_config(path: &Path, allowed: &[Ipv4Addr]) {
+    let allow: Vec<String> = allowed.iter().map(|ip| format!("\"{ip}/32\"")).collect();
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nrealm = \"{REALM}\"\n\n\
+         [auth]\nsecrets = [\"{SECRET}\"]\n\n\
+         [relay]\nips = [\"127.0.0.1\"]\nallow_peers = [{}]\n",
+        allow.join(", ")
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+/// How long a datagram that is not relayed is waited for.
+const NOT_RELAYED_WAIT: Duration = Duration::from_millis(700);
+
+/// SIGHUP with a peer taken off `allow_peers`: its channel stops relaying at once, both
+/// ways, instead of until the permission (300 s) and channel (600 s) run out; the same
+/// allocation's other, still allowed peer relays on, and the daemon answers. Before the fix
+/// the reload only swapped the filter, and the channel kept relaying.
+#[test]
+fn reload_denying_a_live_peer_stops_relaying_to_it_at_once() {
+    let dir = temp_dir("reload-deny");
+    let path = dir.path().join("reload-deny.toml");
+    let (cut_ip, kept_ip) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    write_peer_config(&path, &[cut_ip, kept_ip]);
+    let server = Server::start_raw(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--api-listen",
+        "127.0.0.1:0",
+    ]);
+    let cut_peer = std::net::UdpSocket::bind((cut_ip, 0)).unwrap();
+    let kept_peer = std::net::UdpSocket::bind((kept_ip, 0)).unwrap();
+    let (cut_addr, kept_addr) = (
+        cut_peer.local_addr().unwrap(),
+        kept_peer.local_addr().unwrap(),
+    );
+    let mut client = UdpTurn::rest(&server, "deny-on-reload");
+    let relay = client.allocate().expect_success("Allocate").relayed();
+    client
+        .channel_bind(0x4000, cut_addr)
+        .expect_success("ChannelBind to the peer to be cut");
+    client
+        .channel_bind(0x4001, kept_addr)
+        .expect_success("ChannelBind to the peer to keep");
+
+    // Each way on `channel`: the client's ChannelData reaches `peer`, and `peer`'s datagram
+    // reaches the client as ChannelData.
+    let relays = |channel: u16, peer: &std::net::UdpSocket, label: &str, wait: Duration| {
+        client.send_channel_data(channel, label.as_bytes());
+        let to_peer = recv_from(peer, wait);
+        assert!(
+            to_peer.is_none() || to_peer == Some((label.as_bytes().to_vec(), relay)),
+            "{label}: {to_peer:?}"
+        );
+        peer.send_to(label.as_bytes(), relay).unwrap();
+        let to_client = client.recv(wait);
+        assert!(
+            to_client.is_none() || to_client == Some(channel_data(channel, label.as_bytes())),
+            "{label}: {to_client:?}"
+        );
+        (to_peer.is_some(), to_client.is_some())
+    };
+    let wait = Duration::from_secs(2);
+    assert_eq!(relays(0x4000, &cut_peer, "cut, before", wait), (true, true));
+    assert_eq!(
+        relays(0x4001, &kept_peer, "kept, before", wait),
+        (true, true)
+    );
+
+    write_peer_config(&path, &[kept_ip]);
+    signal(&server, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.stderr_log().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "no reload logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The workers apply the reload at their next turn; the cut is logged then (waited for
+    // within bounds, not asserted here, so old code fails on the relaying below).
+    const CUT: &str = "reloaded peer filter denies live peers";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.stderr_log().contains(CUT) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    for round in 0..3 {
+        assert_eq!(
+            relays(0x4000, &cut_peer, "cut, after", NOT_RELAYED_WAIT),
+            (false, false),
+            "round {round}: the denied peer is still relayed"
+        );
+    }
+    assert_eq!(
+        relays(0x4001, &kept_peer, "kept, after", wait),
+        (true, true)
+    );
+    client
+        .refresh(600)
+        .expect_success("Refresh after the reload");
+    client
+        .channel_bind(0x4000, cut_addr)
+        .expect_error(403, "ChannelBind to the denied peer");
+
+    let log = server.stderr_log();
+    let cut_lines: Vec<&str> = log.lines().filter(|l| l.contains(CUT)).collect();
+    assert_eq!(cut_lines.len(), 1, "{log}");
+    assert!(
+        cut_lines[0].contains("permissions=1") && cut_lines[0].contains("channels=1"),
+        "{}",
+        cut_lines[0]
+    );
+    let counted = wait_for_metric(
+        &server,
+        "turnpike_cut_by_reload",
+        2.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        counted, 2.0,
+        "turnpike_cut_by_reload_total (permission + channel)"
+    );
 }

@@ -90,6 +90,9 @@ struct Setup {
     /// IPv6 on the client's, peer's and server's links (fd00:db8::/64 beside the IPv4
     /// addresses), the server listening and relaying on both.
     ipv6: bool,
+    /// The lab's peers are allowed by `--allow-peer` (which a reload keeps); without it, only
+    /// by what the test's `--config` file says, so a reload can take them away.
+    allow_peer_flag: bool,
 }
 
 impl Default for Setup {
@@ -97,6 +100,7 @@ impl Default for Setup {
         Setup {
             forwarding: true,
             ipv6: false,
+            allow_peer_flag: true,
         }
     }
 }
@@ -306,8 +310,6 @@ impl Lab {
             &listen,
             "--relay-ip",
             &relay,
-            "--allow-peer",
-            "203.0.113.0/24",
             "--auth-secret",
             SECRET,
             "--realm",
@@ -323,6 +325,9 @@ impl Lab {
         ];
         let ns = self.ns("s");
         args[2] = &ns;
+        if self.setup.allow_peer_flag {
+            args.extend_from_slice(&["--allow-peer", "203.0.113.0/24"]);
+        }
         let (listen6, relay6) = (format!("[{SERVER_IP6}]:3478"), SERVER_IP6.to_string());
         if self.setup.ipv6 {
             args.extend_from_slice(&[
@@ -2142,6 +2147,85 @@ fn a_reload_that_sets_a_bandwidth_cap_takes_live_channels_out_of_the_kernel_at_o
         kernel_packets(&before, "to_peer"),
         "relayed in the kernel under a cap"
     );
+}
+
+/// A reload whose peer filter denies a live channel's peer (its `allow_peers` entry
+/// removed) takes the channel out of the kernel at once: turnpike_xdp_channels drops, and
+/// nothing more reaches the peer or comes back from it, by either path. Before, the channel
+/// kept its kernel entry (and its userspace binding) until it expired.
+#[test]
+fn a_reload_that_denies_a_live_peer_takes_its_channel_out_of_the_kernel_at_once() {
+    let Some(mut lab) = Lab::with(Setup {
+        allow_peer_flag: false,
+        ..Setup::default()
+    }) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("turnpike.toml");
+    std::fs::write(
+        &config,
+        format!("[relay]\nallow_peers = [\"{PEER_IP}/32\"]\n"),
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    lab.start_server(&[
+        "--config",
+        config_arg,
+        "--xdp-interface",
+        "eth0",
+        "--xdp-mode",
+        "generic",
+    ]);
+    let mut client = lab.client();
+    let peer = lab.peer();
+    let relayed = client.allocate().expect_success("Allocate").relayed();
+    bind_in_the_kernel(&lab, &mut client, &peer);
+
+    std::fs::write(&config, "[relay]\nallow_peers = []\n").unwrap();
+    lab.signal_server("HUP");
+    assert!(
+        lab.log_with("configuration reloaded")
+            .contains("configuration reloaded"),
+        "no reload logged:\n{}",
+        lab.log()
+    );
+    wait_for_metrics(&lab, "the denied peer's channel out of the maps", |m| {
+        kernel_channels(m) == Some(0.0)
+    });
+    let before = lab.metrics();
+    for i in 0..5u8 {
+        client.send_channel_data(CHANNEL, &[i; 100]);
+        assert_eq!(
+            recv_from(&peer, Duration::from_millis(300)),
+            None,
+            "ChannelData {i} reached the denied peer"
+        );
+        peer.send_to(&[i; 100], relayed).unwrap();
+        assert_eq!(
+            client.recv(Duration::from_millis(300)),
+            None,
+            "the denied peer's datagram {i} reached the client"
+        );
+    }
+    let after = wait_for_metrics(&lab, "the cut counted", |m| {
+        metric_sum(m, "turnpike_cut_by_reload") == 2.0
+    });
+    for direction in ["to_peer", "to_client"] {
+        assert_eq!(
+            kernel_packets(&after, direction),
+            kernel_packets(&before, direction),
+            "relayed {direction} in the kernel after the cut"
+        );
+    }
+    assert_eq!(
+        metric_sum(&after, "turnpike_relayed_packets"),
+        metric_sum(&before, "turnpike_relayed_packets"),
+        "relayed in userspace after the cut"
+    );
+    client
+        .refresh(600)
+        .expect_success("Refresh: the allocation stays");
 }
 
 /// Bytes after the IP datagram: the kernel stack trims them, so userspace relays just the
