@@ -18,11 +18,11 @@
 # load end (a veth reads its peer's XDP_TX frames only then; README, "Kernel fast path").
 # Offloads are off on the load end, so frames carry full checksums, as from a real NIC.
 #
-# CPU: XDP runs in softirq, outside any process, so the figure is machine-wide: every busy
-# tick of /proc/stat over the measurement window, divided by the packets relayed (both
-# directions in echo mode). The load generator's own process time is reported beside it.
-# Nothing is pinned (both CPUs free for everyone, as on a real host); the idle machine's
-# ticks over the same window are measured first and reported, not subtracted.
+# CPU: XDP runs in softirq, outside any process, so the figure is machine-wide: all CPUs'
+# wall time over the measurement window less their idle time (/proc/stat), divided by the
+# packets relayed (both directions in echo mode). The load generator's own process time is
+# reported beside it. Nothing is pinned (both CPUs free for everyone, as on a real host);
+# how busy the machine was without load is measured first and reported, not subtracted.
 #
 # Environment (all optional):
 #   DURATION=3          seconds of traffic per run
@@ -31,6 +31,7 @@
 #   WORK_RATE=30000     echo rate for the work table
 #   CHANNELS="10 1000 10000" SIZES="100 200 1200"   the work table's axes (200 B / 10 ch fixed)
 #   TARGETS="xdp userspace coturn forwarder"
+#   THREADS=2           load generator threads (one can send about 100k pkt/s in echo here)
 #   TURNPIKE_BIN / BENCH_BIN   use these binaries instead of `cargo build --release`
 #   OUT=target/bench-results/xdp-<timestamp>
 #   TIME_BUDGET=1200    seconds; runs that would start later are skipped (and reported)
@@ -53,6 +54,7 @@ WORK_RATE=${WORK_RATE:-30000}
 CHANNELS=${CHANNELS:-"10 1000 10000"}
 SIZES=${SIZES:-"100 200 1200"}
 TARGETS=${TARGETS:-"xdp userspace coturn forwarder"}
+THREADS=${THREADS:-2}
 TIME_BUDGET=${TIME_BUDGET:-1200}
 SECRET=turnpike-bench-secret
 OUT=${OUT:-$ROOT/target/bench-results/xdp-$(date +%Y%m%d-%H%M%S)}
@@ -181,7 +183,7 @@ bench() {
   [ "$t" = forwarder ] && target=(--raw --server "$SERVER_IP:$PORT" --peer-bind "$PEER_IP:$((PORT + 1))")
   local line
   if line=$(inL "$B" "${target[@]}" --client-ip "$CLIENT_IP" --peer-ip "$PEER_IP" \
-      --server-pid "$SERVER_PID" --json --label "$label" --mode echo --duration "$DURATION" \
+      --server-pid "$SERVER_PID" --json --label "$label" --mode echo --duration "$DURATION" --threads "$THREADS" \
       "$@" 2>>"$OUT/bench.log"); then
     echo "$line" >>"$RES"
     log "$label: $(python3 "$ROOT/benches/xdp_report.py" --line "$line")"
@@ -194,8 +196,11 @@ bench() {
 }
 
 # ---- machine ----------------------------------------------------------------------------
-busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
-idle_ticks() { local a b; a=$(busy); sleep "$DURATION"; b=$(busy); echo $((b - a)); }
+# Busy = wall time less idle (idle is exact under NO_HZ; busy ticks are sampled, see
+# bench/src/sys.rs machine_cpu_ticks).
+idle() { awk '/^cpu /{print $5+$6}' /proc/stat; }
+busy_pct() { local a b; a=$(idle); sleep "$DURATION"; b=$(idle)
+  echo $(( 100 - (b - a) * 100 / ($(nproc) * $(getconf CLK_TCK) * DURATION) )); }
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "nproc: $(nproc)"
@@ -203,10 +208,10 @@ idle_ticks() { local a b; a=$(busy); sleep "$DURATION"; b=$(busy); echo $((b - a
   echo "kernel: $(uname -r)"
   echo "clock ticks: $(getconf CLK_TCK)/s"
   echo "loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "idle machine: $(idle_ticks) busy ticks in $DURATION s"
+  echo "machine busy before the runs: $(busy_pct)% of $(nproc) CPUs over $DURATION s"
   echo "coturn: $(turnserver --version 2>/dev/null | head -1)"
   echo "turnpike: ${TURNPIKE_REV:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '+dirty')}"
-  echo "settings: DURATION=$DURATION RAMP='$RAMP' WORK_RATE=$WORK_RATE CHANNELS='$CHANNELS' SIZES='$SIZES'"
+  echo "settings: THREADS=$THREADS DURATION=$DURATION RAMP='$RAMP' WORK_RATE=$WORK_RATE CHANNELS='$CHANNELS' SIZES='$SIZES'"
 } >"$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
 

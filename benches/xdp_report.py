@@ -65,10 +65,11 @@ def main():
     p = out.append
     p("Lab: two network namespaces joined by a veth (benches/xdp_lab.sh); echo mode (client → "
       "relay → peer → relay → client), 10 channels, 200-byte payloads, bursts of 10. CPU is "
-      "machine-wide (/proc/stat, softirq included) in µs per relayed packet (two per echo); "
-      "in brackets the load generator's own process time and the machine's softirq time per "
-      "relayed packet (they overlap: softirq work done during the load generator's system "
-      "calls, XDP's included, is charged to it).")
+      "machine-wide (both CPUs' wall time less their idle time in /proc/stat, softirq "
+      "included) in µs per relayed packet (two per echo); in brackets the load generator's "
+      "own process time and the machine's softirq time (sampled at the tick: a lower bound) "
+      "per relayed packet. The two overlap: softirq work done during the load generator's "
+      "system calls, XDP's included, is charged to it.")
     p("")
     with open(os.path.join(outdir, "machine.txt")) as f:
         p("```text\n" + f.read().rstrip() + "\n```")

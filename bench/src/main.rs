@@ -475,7 +475,7 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
         .map_err(|e| format!("server pid: {e}"))?;
     let ticks0 = a.server_pid.and_then(|p| sys::proc_cpu_ticks(p).ok());
     let self0 = sys::self_cpu_ns();
-    let machine0 = sys::machine_cpu_ticks().ok();
+    let machine0 = sys::machine_cpu_ticks().ok().map(|m| (m, sys::now_ns()));
     let handles: Vec<_> = plans
         .into_iter()
         .map(|p| std::thread::spawn(move || load::run_thread(p)))
@@ -496,7 +496,7 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
         .map_err(|e| format!("server pid: {e}"))?;
     let ticks1 = a.server_pid.and_then(|p| sys::proc_cpu_ticks(p).ok());
     let self_cpu = sys::self_cpu_ns() - self0;
-    let machine1 = sys::machine_cpu_ticks().ok();
+    let machine1 = sys::machine_cpu_ticks().ok().map(|m| (m, sys::now_ns()));
     if !a.raw {
         let _ = setup::delete(&mut keep, a.concurrency);
     }
@@ -528,11 +528,13 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
     // Everything the machine did in the window, softirq (where XDP runs) included; the load
     // generator's own process time is reported beside it, not subtracted.
     let (machine_cpu_s, machine_softirq_s) = match (machine0, machine1) {
-        (Some((b0, s0)), Some((b1, s1))) => {
+        (Some(((idle0, soft0, cpus), t0)), Some(((idle1, soft1, _), t1))) => {
             let hz = sys::clock_ticks() as f64;
+            let wall = t1.saturating_sub(t0) as f64 / 1e9;
+            let idle = idle1.saturating_sub(idle0) as f64 / hz;
             (
-                Some(b1.saturating_sub(b0) as f64 / hz),
-                Some(s1.saturating_sub(s0) as f64 / hz),
+                Some((wall * cpus as f64 - idle).max(0.0)),
+                Some(soft1.saturating_sub(soft0) as f64 / hz),
             )
         }
         _ => (None, None),
