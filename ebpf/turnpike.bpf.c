@@ -22,7 +22,8 @@
  * what userspace would.
  *
  * Anything unusual is XDP_PASSed untouched to the kernel stack and so to userspace, which
- * applies every rule: not IPv4/IPv6 over Ethernet, IP options or IPv6 extension headers,
+ * applies every rule: a frame for another MAC address, not IPv4/IPv6 over Ethernet, IP
+ * options or IPv6 extension headers,
  * fragments, lengths that do not add up (bytes after the IP datagram beyond Ethernet's
  * padding included), STUN, unknown channels or peers, TTL about to run
  * out, no route or no neighbour entry yet, a packet that would need fragmenting, an IPv4
@@ -165,8 +166,22 @@ enum reason {
 	BYTES_TO_CLIENT,     /* not a reason: application bytes of TX_TO_CLIENT */
 	TX_HAIRPIN,          /* ChannelData relayed as ChannelData to another client */
 	BYTES_HAIRPIN,       /* not a reason: application bytes of TX_HAIRPIN */
+	PASS_OTHER_HOST,     /* unicast to another MAC (promiscuous mode, a flooding bridge) */
 	REASONS,
 };
+
+/* The attached interface's MAC, set by the loader (src/net/xdp.rs) before the program
+ * loads. */
+const volatile __u8 own_mac[ETH_ALEN] = {};
+
+static __always_inline int is_own_mac(const __u8 *mac)
+{
+	__u8 diff = 0;
+#pragma unroll
+	for (int i = 0; i < ETH_ALEN; i++)
+		diff |= mac[i] ^ own_mac[i];
+	return diff == 0;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -785,6 +800,10 @@ int turnpike_xdp(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
 		return PASS(PASS_NOT_IP);
+	/* The stack drops a frame for another host (PACKET_OTHERHOST); relaying it would let a
+	 * flooded or sniffed frame through. Multicast and broadcast are never ChannelData. */
+	if (!is_own_mac(eth->h_dest))
+		return PASS(PASS_OTHER_HOST);
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
 		return handle_v4(ctx, eth + 1);
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6))

@@ -31,7 +31,7 @@ use crate::proto::{Event, FiveTuple, RelayAddress, ServerConfig, Transport};
 /// The indices of the program's `datapath_stats` array (`enum reason` in the C source), as
 /// the `reason` label of `turnpike_xdp_passed_total`; `None` for the counters that are not
 /// pass reasons.
-pub const REASONS: [Option<&str>; 20] = [
+pub const REASONS: [Option<&str>; 21] = [
     Some("not_ip"),
     Some("not_udp"),
     Some("ip_options"),
@@ -52,6 +52,7 @@ pub const REASONS: [Option<&str>; 20] = [
     None, // BYTES_TO_CLIENT
     None, // TX_HAIRPIN
     None, // BYTES_HAIRPIN
+    Some("other_host"),
 ];
 const TX_TO_PEER: usize = 14;
 const TX_TO_CLIENT: usize = 15;
@@ -232,6 +233,21 @@ impl ChannelEntry {
         ]
         .concat()
     }
+}
+
+/// `aa:bb:cc:dd:ee:ff` (as /sys/class/net/IFACE/address has it) as bytes.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// `struct alloc_counters` as the kernel stores it for one CPU.
@@ -654,7 +670,8 @@ pub use kernel::Datapath;
 #[cfg(target_os = "linux")]
 mod kernel {
     use super::{
-        decode_counters, layout, ChannelEntry, Counters, Forwarding, KernelTotals, REASONS,
+        decode_counters, layout, parse_mac, ChannelEntry, Counters, Forwarding, KernelTotals,
+        REASONS,
     };
     use crate::config::XdpMode;
     use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
@@ -719,6 +736,14 @@ mod kernel {
         text
     }
 
+    /// The interface's Ethernet address: the program relays only frames sent to it.
+    fn interface_mac(interface: &str) -> Result<[u8; 6], String> {
+        let path = format!("/sys/class/net/{interface}/address");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        parse_mac(text.trim())
+            .ok_or_else(|| format!("{interface} is not an Ethernet interface (address {text:?})"))
+    }
+
     /// Why an attach failed, in words an operator can act on.
     fn explain(e: &dyn std::error::Error) -> String {
         let text = chain(e);
@@ -742,7 +767,10 @@ mod kernel {
             mode: XdpMode,
             forwarding: Forwarding,
         ) -> Result<Self, String> {
-            let mut ebpf = aya::Ebpf::load(OBJECT)
+            let mac = interface_mac(interface)?;
+            let mut ebpf = aya::EbpfLoader::new()
+                .set_global("own_mac", &mac, true)
+                .load(OBJECT)
                 .map_err(|e| format!("cannot load the XDP program: {}", explain(&e)))?;
             let program: &mut Xdp = ebpf
                 .program_mut("turnpike_xdp")
@@ -1574,6 +1602,28 @@ mod tests {
         assert_ne!(counter_key(0, 1), counter_key(1, 1));
         assert_eq!(counter_key(0, 5), 5);
         assert_eq!(counter_key(2, 5) >> 48, 2);
+    }
+
+    #[test]
+    fn interface_addresses_parse_only_as_six_hex_bytes() {
+        assert_eq!(
+            parse_mac("02:00:5e:10:00:0a"),
+            Some([0x02, 0x00, 0x5e, 0x10, 0x00, 0x0a])
+        );
+        for bad in [
+            "",
+            "02:00:5e:10:00",
+            "02:00:5e:10:00:0a:01",
+            "02:00:5e:10:00:0g",
+            "2:0:5e:10:0:a",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+        // A tunnel's address (no Ethernet header) is longer or empty.
+        assert_eq!(
+            parse_mac("00:00:00:00:00:00:00:00:00:00:00:00:00:00:00:00"),
+            None
+        );
     }
 
     #[test]

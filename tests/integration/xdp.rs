@@ -1814,6 +1814,44 @@ fn lying_lengths_and_truncated_headers_are_passed_and_relayed_by_nobody() {
     still_relays_in_the_kernel(&lab, &client, &peer);
 }
 
+/// The channel's valid ChannelData in a frame for another host's MAC address: a bridge
+/// floods a frame for an unknown address to every port, and promiscuous mode or generic XDP
+/// on a bridge port sees frames for others. The stack drops such a frame (PACKET_OTHERHOST),
+/// so the program passes it (other_host) and nobody relays it.
+#[test]
+fn a_frame_for_another_mac_is_passed_and_relayed_by_nobody() {
+    let Some((lab, client, peer, relayed, wire)) = hostile_lab() else {
+        return;
+    };
+    let (c, s) = (client.sock.local_addr().unwrap(), client.server);
+    let payload = b"for another host".to_vec();
+    let packet = ipv4_udp(c, s, &channel_data(CHANNEL, &payload));
+    let mut macs = wire.macs;
+    // Locally administered, and no interface of the lab has it: the bridge floods it.
+    macs[..6].copy_from_slice(&[0x02, 0x00, 0x5e, 0x10, 0x00, 0x99]);
+    let elsewhere = Wire {
+        socket: wire.socket.try_clone().unwrap(),
+        link: wire.link,
+        macs,
+    };
+    attack(
+        &lab,
+        &peer,
+        relayed,
+        Hostile {
+            what: "ChannelData to another MAC address",
+            from: &elsewhere,
+            packets: vec![packet.clone(), packet],
+            reason: "other_host",
+            exact: true,
+            userspace: 0,
+            at_peer: 0,
+            payload,
+        },
+    );
+    still_relays_in_the_kernel(&lab, &client, &peer);
+}
+
 /// A STUN Binding request (first two bits 00) to the listener; STUN from the peer's address
 /// without a channel (its permission covers the IP, not the port); datagrams for ports with
 /// nothing of turnpike's or no allocation: all passed (stun, no_entry), userspace answering
