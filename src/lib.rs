@@ -382,7 +382,8 @@ pub fn server_config(
         bandwidth_per_allocation: config.limits.bandwidth_per_allocation.get(),
         // The relay's own addresses, configured and advertised, are denied peers in every
         // form (NAT64 and the like carry IPv4 inside), before any allocation has used them;
-        // an `allow_peers` range that names one still opens it.
+        // an `allow_peers` range that names one still opens it. The core lets the exact
+        // address through on relay ports all the same (relay-to-relay, from `relay_ips`).
         peer_filter: PeerFilter::new(
             config.relay.allow_peers.clone(),
             config
@@ -406,6 +407,8 @@ pub fn server_config(
                 .collect(),
         ),
         own_addresses: listen.to_vec(),
+        relay_ips: relay_ips.to_vec(),
+        relay_ports: config.relay.port_range(),
         // Specific mappings first: the core takes the first entry naming the relay IP, else
         // the first catch-all of the same family.
         external_ips: config

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,6 +96,12 @@ pub struct ServerConfig {
     pub peer_filter: PeerFilter,
     /// The server's own listening addresses: never a valid peer, whatever `allow_peers` says.
     pub own_addresses: Vec<SocketAddr>,
+    /// The IPs relay sockets are bound on (their advertised forms follow from
+    /// `external_ips`). With `relay_ports` they say which peers are other allocations of this
+    /// server, which are valid peers (relay-to-relay, see `Server::check_peer`).
+    pub relay_ips: Vec<IpAddr>,
+    /// The ports relay sockets are bound in.
+    pub relay_ports: RangeInclusive<u16>,
     /// Public addresses to advertise for relay addresses behind a 1:1 NAT: `(private,
     /// public)` pairs first, then `(None, public)` for any relay of the public's family.
     pub external_ips: Vec<(Option<IpAddr>, IpAddr)>,
@@ -113,8 +120,9 @@ impl ServerConfig {
     /// A configuration with `realm`, `credentials` and `nonce_key` and the daemon's defaults
     /// for everything else (config.example.toml): nonces and allocations live 600 s,
     /// lifetimes are clamped to 3600 s, 64 permissions and 64 channels per allocation, no
-    /// bandwidth cap, the default peer deny list, IPv4 relays only, no SOFTWARE, no own or
-    /// external addresses, no alternate servers, not draining. For tests, fuzzing and
+    /// bandwidth cap, the default peer deny list, IPv4 relays only in 49152-65535, no
+    /// SOFTWARE, no own, relay or external addresses (relay IPs are learnt from the
+    /// allocations made), no alternate servers, not draining. For tests, fuzzing and
     /// benchmarks, which change what they exercise with `..ServerConfig::new(..)`; the daemon
     /// maps every field from its configuration (`turnpike::server_config`).
     pub fn new(realm: impl Into<String>, credentials: Credentials, nonce_key: NonceKey) -> Self {
@@ -131,6 +139,8 @@ impl ServerConfig {
             bandwidth_per_allocation: None,
             peer_filter: PeerFilter::new(vec![], vec![]),
             own_addresses: vec![],
+            relay_ips: vec![],
+            relay_ports: 49152..=65535,
             external_ips: vec![],
             alternate_servers: vec![],
             draining: false,
@@ -604,9 +614,8 @@ pub struct Server {
     gauges: Gauges,
     denied_peer_log: LogBudget,
     quota_log: LogBudget,
-    /// The IPs this server relays from and advertises (learnt as allocations are made; a
-    /// handful): never valid peers unless allow_peers names them, or clients could relay
-    /// into the server's own relays.
+    /// The IPs this server relays from and advertises, learnt as allocations are made (a
+    /// handful), beside the configured `relay_ips`: as peers, valid on relay ports only.
     own_relay_ips: Vec<IpAddr>,
     revocations: Arc<Revocations>,
     /// The id the next allocation gets.
@@ -1404,34 +1413,54 @@ impl Server {
         Ok(Some(lifetime))
     }
 
-    /// Whether the server may relay to `peer`: allowed by the filter and not one of the
-    /// server's own listening sockets.
+    /// Whether the server may relay to `peer`: never to one of the server's own listening
+    /// sockets; to one of its own relay IPs on a relay port (relay-to-relay); to any other
+    /// port of that IP only if `allow_peers` names it; elsewhere as the filter says.
     fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), Error> {
         let filter = &self.config.peer_filter;
         let listener = self.config.own_addresses.iter().any(|own| {
             own.port() == peer.port()
                 && (own.ip().is_unspecified() || filter.forms(peer.ip()).any(|ip| ip == own.ip()))
         });
-        if listener {
+        let own_non_relay_port = self.is_own_relay_ip(peer.ip())
+            && !self.config.relay_ports.contains(&peer.port())
+            && !filter.explicitly_allows(peer.ip());
+        if listener || own_non_relay_port {
             self.deny_peer(now, peer.ip());
             return Err(Error::Forbidden);
         }
         self.check_peer_ip(now, peer.ip())
     }
 
-    /// The peer filter, plus the server's own relay IPs (as written or carried in an IPv6
-    /// form, e.g. NAT64) unless explicitly allowed.
+    /// Permissions are per IP (RFC 8656 §9), so this has no port to judge. One of the
+    /// server's own relay IPs, exactly as advertised or bound, is allowed even in a denied
+    /// range: behind it is another allocation of this server, which applies its own
+    /// permissions (`check_peer` keeps the ports to relay ports). Carried in an IPv6 form
+    /// (NAT64 and the like) it is a detour through some translator, denied unless
+    /// `allow_peers` names it. Everything else is the peer filter's call.
     fn check_peer_ip(&mut self, now: Instant, peer: IpAddr) -> Result<(), Error> {
+        if self.is_own_relay_ip(peer) {
+            return Ok(());
+        }
         let filter = &self.config.peer_filter;
-        let own_relay = filter
-            .forms(peer)
-            .any(|ip| self.own_relay_ips.contains(&ip))
+        let own_relay = filter.forms(peer).any(|ip| self.is_own_relay_ip(ip))
             && !filter.explicitly_allows(peer);
         if own_relay || !filter.is_allowed(peer) {
             self.deny_peer(now, peer);
             return Err(Error::Forbidden);
         }
         Ok(())
+    }
+
+    /// Whether `ip`, as written, is a relay IP of this server, bound or advertised:
+    /// configured, or learnt from an allocation made here.
+    fn is_own_relay_ip(&self, ip: IpAddr) -> bool {
+        self.own_relay_ips.contains(&ip)
+            || self
+                .config
+                .relay_ips
+                .iter()
+                .any(|&relay| relay == ip || self.advertised(SocketAddr::new(relay, 0)).ip() == ip)
     }
 
     fn deny_peer(&mut self, now: Instant, peer: IpAddr) {
