@@ -762,7 +762,14 @@ impl Server {
         out: &mut [u8],
     ) -> Option<PeerAction> {
         let tuple = *self.relays.get(&relay)?;
+        let advertised = self.advertised_relay_for(peer);
         let allocation = self.allocations.get_mut(&tuple)?;
+        // From another relay of this server behind a 1:1 NAT: known by its advertised
+        // address, unless the client permitted the bound one.
+        let peer = match advertised {
+            Some(advertised) if !allocation.has_permission(peer.ip(), now) => advertised,
+            _ => peer,
+        };
         // RFC 8656 §10.3: data from a peer without a permission is silently discarded.
         if !allocation.has_permission(peer.ip(), now) {
             self.stats.peer_without_permission += 1;
@@ -816,7 +823,8 @@ impl Server {
             return ClientAction::Drop;
         };
         let payload = &data[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + len];
-        forward_to_peer(allocation, &mut self.stats, now, peer, payload)
+        let action = forward_to_peer(allocation, &mut self.stats, now, peer, payload);
+        self.to_bound_relay(action)
     }
 
     fn client_stun<'a>(
@@ -1418,9 +1426,12 @@ impl Server {
     /// port of that IP only if `allow_peers` names it; elsewhere as the filter says.
     fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), Error> {
         let filter = &self.config.peer_filter;
+        let target = self.bound_relay_for(peer).unwrap_or(peer);
         let listener = self.config.own_addresses.iter().any(|own| {
             own.port() == peer.port()
-                && (own.ip().is_unspecified() || filter.forms(peer.ip()).any(|ip| ip == own.ip()))
+                && (own.ip().is_unspecified()
+                    || own.ip() == target.ip()
+                    || filter.forms(peer.ip()).any(|ip| ip == own.ip()))
         });
         let own_non_relay_port = self.is_own_relay_ip(peer.ip())
             && !self.config.relay_ports.contains(&peer.port())
@@ -1450,6 +1461,56 @@ impl Server {
             return Err(Error::Forbidden);
         }
         Ok(())
+    }
+
+    /// A datagram for another client's relay address as advertised through a 1:1 NAT goes
+    /// to the address that relay is bound on: sent to the public address it would leave
+    /// the host and come back only if the NAT hairpins.
+    fn to_bound_relay<'a>(&self, action: ClientAction<'a>) -> ClientAction<'a> {
+        match action {
+            ClientAction::Relay {
+                relay,
+                peer,
+                payload,
+            } => ClientAction::Relay {
+                relay,
+                peer: self.bound_relay_for(peer).unwrap_or(peer),
+                payload,
+            },
+            other => other,
+        }
+    }
+
+    /// The bound address behind `peer` when it is a relay port of one of this server's
+    /// advertised (public) IPs other than the bound IP itself. Free without `external_ips`.
+    fn bound_relay_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        let external = &self.config.external_ips;
+        let public = |ip: IpAddr| external.iter().any(|&(_, public)| public == ip);
+        if external.is_empty() || !self.config.relay_ports.contains(&peer.port()) {
+            return None;
+        }
+        if !public(peer.ip()) {
+            return None;
+        }
+        self.config
+            .relay_ips
+            .iter()
+            .chain(&self.own_relay_ips)
+            .find(|&&local| {
+                !public(local) && self.advertised(SocketAddr::new(local, 0)).ip() == peer.ip()
+            })
+            .map(|&local| SocketAddr::new(local, peer.port()))
+    }
+
+    /// The advertised address of `peer` when it is a relay port of one of this server's
+    /// bound relay IPs that a 1:1 NAT maps: what clients know that relay by. Free without
+    /// `external_ips`.
+    fn advertised_relay_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        if self.config.external_ips.is_empty() || !self.config.relay_ports.contains(&peer.port()) {
+            return None;
+        }
+        let advertised = self.advertised(peer);
+        (advertised != peer && self.is_own_relay_ip(peer.ip())).then_some(advertised)
     }
 
     /// Whether `ip`, as written, is a relay IP of this server, bound or advertised:
@@ -1650,7 +1711,8 @@ impl Server {
             self.stats.dropped += 1;
             return ClientAction::Drop;
         };
-        forward_to_peer(allocation, &mut self.stats, now, peer, payload)
+        let action = forward_to_peer(allocation, &mut self.stats, now, peer, payload);
+        self.to_bound_relay(action)
     }
 
     /// Ends the allocation on `tuple` with its permissions and channels, their timers, its

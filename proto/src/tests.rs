@@ -1833,16 +1833,19 @@ fn the_servers_own_relay_addresses_are_peers_on_relay_ports_only() {
 }
 
 /// The listener rule wins over the relay-port rule: a listening socket inside the relay
-/// port range is still no peer, nor is any port when the server listens on every IP.
+/// port range is still no peer, under its bound or its advertised IP, nor is any port when
+/// the server listens on every IP.
 #[test]
 fn a_listener_on_a_relay_port_or_every_ip_is_never_a_peer() {
     let mut config = config();
     config.relay_ports = 3000..=65535;
     config.own_addresses = vec![addr("192.0.2.10:3478"), addr("0.0.0.0:5349")];
+    config.external_ips = vec![(None, "93.184.216.99".parse().unwrap())];
     let mut h = Harness::with(config, Quotas::new(10, 10));
     let user = rest_user("bob");
     h.allocate(CLIENT, &user.0, &user.1);
-    for listener in ["192.0.2.10:3478", "192.0.2.10:5349"] {
+    // The public address too: a relay-to-relay datagram to it goes to the bound IP.
+    for listener in ["192.0.2.10:3478", "192.0.2.10:5349", "93.184.216.99:3478"] {
         let reply = h.authed(
             CLIENT,
             &user,
@@ -1919,6 +1922,99 @@ fn two_clients_relay_to_each_others_relay_addresses() {
         assert!(matches!(relayed, Outcome::Drop), "{off}");
     }
     assert_eq!(h.server.stats.denied_peers, denied + 2);
+}
+
+/// Behind a 1:1 NAT (`external_ips`) clients know each other's relays by the public
+/// address: what goes to one leaves through the bound address instead of relying on the
+/// NAT to hairpin, and what arrives from the bound address is known by the public one.
+#[test]
+fn relay_to_relay_behind_a_1_to_1_nat_stays_on_the_host() {
+    let mut config = config();
+    config.external_ips = vec![(None, "93.184.216.99".parse().unwrap())];
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    let (alice, bob) = (CLIENT, "198.51.100.8:40000");
+    let alice_relay = h.allocate(alice, &user.0, &user.1);
+    let bob_relay = h.allocate(bob, &user.0, &user.1);
+    assert_eq!(
+        (alice_relay, bob_relay),
+        (addr("93.184.216.99:50000"), addr("93.184.216.99:50002"))
+    );
+    let (alice_local, bob_local) = (addr("192.0.2.10:50000"), addr("192.0.2.10:50002"));
+    for (from, channel, peer) in [(alice, 0x4000, bob_relay), (bob, 0x4001, alice_relay)] {
+        let reply = h.authed(from, &user, CHANNEL_BIND, channel_attrs(channel, peer));
+        assert!(success(&reply), "{:?}", reply_code(&reply));
+    }
+    let Outcome::Relay(from, to, _) = h.send(alice, &[0x40, 0x00, 0, 2, b'h', b'i', 0, 0]) else {
+        panic!("ChannelData not relayed")
+    };
+    assert_eq!(
+        (from, to),
+        (alice_local, bob_local),
+        "sent to the bound relay"
+    );
+    let Outcome::Relay(from, to, _) = h.send(bob, &send_indication(alice_relay, b"yo")) else {
+        panic!("Send indication not relayed")
+    };
+    assert_eq!(
+        (from, to),
+        (bob_local, alice_local),
+        "sent to the bound relay"
+    );
+    // Alice's datagram arrives at Bob's relay from her bound address, on Bob's channel.
+    let mut buf = [0u8; 64];
+    let mut out = [0u8; 256];
+    let action = h
+        .server
+        .handle_peer(h.now, bob_local, alice_local, &mut buf, 2, &mut out);
+    assert_eq!(
+        action,
+        Some(PeerAction::ChannelData {
+            tuple: tuple(bob),
+            len: 6
+        })
+    );
+    assert_eq!(buf[..2], [0x40, 0x01]);
+    // Without a channel it is a Data indication naming her public relay address.
+    h.server.close_connection(&tuple(bob));
+    let carol = "198.51.100.9:40000";
+    let carol_relay = h.allocate(carol, &user.0, &user.1);
+    let reply = h.authed(carol, &user, CREATE_PERMISSION, peer_attr(alice_relay));
+    assert!(success(&reply), "{:?}", reply_code(&reply));
+    let carol_local = SocketAddr::new(alice_local.ip(), carol_relay.port());
+    let action = h
+        .server
+        .handle_peer(h.now, carol_local, alice_local, &mut buf, 2, &mut out);
+    let Some(PeerAction::DataIndication { tuple: t, len }) = action else {
+        panic!("Carol got no Data indication: {action:?}")
+    };
+    assert_eq!(t, tuple(carol));
+    let data = Message::from_bytes(&out[..len]).unwrap();
+    assert_eq!(
+        data.attribute::<XorPeerAddress>()
+            .unwrap()
+            .addr(data.transaction_id()),
+        alice_relay
+    );
+    // A client that permitted the bound IP itself is served as before.
+    let dave = "198.51.100.10:40000";
+    let dave_relay = h.allocate(dave, &user.0, &user.1);
+    let reply = h.authed(dave, &user, CREATE_PERMISSION, peer_attr(alice_local));
+    assert!(success(&reply), "{:?}", reply_code(&reply));
+    let dave_local = SocketAddr::new(alice_local.ip(), dave_relay.port());
+    let action = h
+        .server
+        .handle_peer(h.now, dave_local, alice_local, &mut buf, 2, &mut out);
+    let Some(PeerAction::DataIndication { len, .. }) = action else {
+        panic!("Dave got no Data indication: {action:?}")
+    };
+    let data = Message::from_bytes(&out[..len]).unwrap();
+    assert_eq!(
+        data.attribute::<XorPeerAddress>()
+            .unwrap()
+            .addr(data.transaction_id()),
+        alice_local
+    );
 }
 
 /// Relay IPs the daemon configured count as the server's own before any allocation of this
