@@ -636,14 +636,19 @@ mod tests {
         assert_eq!(fallback.check(&own, client, 10_000, 600), NonceCheck::Valid);
     }
 
-    /// Before any allocation has used them, the relay's own addresses are denied peers, in
-    /// the IPv6 forms that carry them too; `allow_peers` still opens them.
+    /// Before any allocation has used them, the relay's own addresses are denied peers to the
+    /// filter, in the IPv6 forms that carry them too; `allow_peers` still opens them. The
+    /// core gets the relay IPs and ports, to let relay-to-relay through.
     #[test]
     fn relay_addresses_are_denied_peers_from_the_start() {
         let relay: IpAddr = "1.2.3.4".parse().unwrap();
         let mut config = config::Config::default();
         config.relay.external_ip = Some("5.6.7.8".parse().unwrap());
-        let filter = server_config(&config, &[], &[relay], &NonceKey::new([0; 32])).peer_filter;
+        let server = server_config(&config, &[], &[relay], &NonceKey::new([0; 32]));
+        // The core lets the exact relay IPs through on relay ports (relay-to-relay).
+        assert_eq!(server.relay_ips, [relay]);
+        assert_eq!(server.relay_ports, 49152..=65535);
+        let filter = server.peer_filter;
         for denied in ["1.2.3.4", "64:ff9b::102:304", "::ffff:1.2.3.4", "5.6.7.8"] {
             assert!(!filter.is_allowed(denied.parse().unwrap()), "{denied}");
         }

@@ -103,6 +103,27 @@ fn aiortc_relay_only_pair_exchanges_1mib() {
 /// range): uclient's clients relay to each other's relay addresses (127.0.0.1, the relay
 /// IP), over channels and over Send indications, and lose nothing. Before relay-to-relay
 /// this was ChannelBind 403 and CreatePermission 403.
+/// Two aiortc peers relay-only (iceTransportPolicy "relay") through one server on a default
+/// peer policy: each one's peer is the other's relay address on 127.0.0.1, a denied range
+/// but the server's own relay IP, and the selected pair is relay/relay on both sides.
+#[test]
+fn aiortc_relay_only_pair_without_allow_peer() {
+    let server = Server::start_raw(&crate::harness::default_args_without(&["--allow-peer"]));
+    let url = format!("turn:{}?transport=udp", server.udp);
+    assert_relay_only_pair(&url, |r, out| {
+        assert_eq!(r["remote_type"], "relay", "remote not a relay: {r}\n{out}");
+        let remote: std::net::SocketAddr = r["remote_addr"]
+            .as_str()
+            .and_then(|a| a.split('/').next()?.parse().ok()) // "IP:PORT/udp"
+            .unwrap_or_else(|| panic!("no remote_addr: {r}\n{out}"));
+        assert_eq!(
+            remote.ip(),
+            server.udp.ip(),
+            "remote not this server's relay: {r}"
+        );
+    });
+}
+
 #[test]
 fn uclient_relays_between_its_clients_without_allow_peer() {
     let args = crate::harness::default_args_without(&["--allow-peer"]);
