@@ -382,7 +382,8 @@ pub fn server_config(
         bandwidth_per_allocation: config.limits.bandwidth_per_allocation.get(),
         // The relay's own addresses, configured and advertised, are denied peers in every
         // form (NAT64 and the like carry IPv4 inside), before any allocation has used them;
-        // an `allow_peers` range that names one still opens it.
+        // an `allow_peers` range that names one still opens it. The core lets the exact
+        // address through on relay ports all the same (relay-to-relay, from `relay_ips`).
         peer_filter: PeerFilter::new(
             config.relay.allow_peers.clone(),
             config
@@ -406,6 +407,8 @@ pub fn server_config(
                 .collect(),
         ),
         own_addresses: listen.to_vec(),
+        relay_ips: relay_ips.to_vec(),
+        relay_ports: config.relay.port_range(),
         // Specific mappings first: the core takes the first entry naming the relay IP, else
         // the first catch-all of the same family.
         external_ips: config
@@ -633,14 +636,19 @@ mod tests {
         assert_eq!(fallback.check(&own, client, 10_000, 600), NonceCheck::Valid);
     }
 
-    /// Before any allocation has used them, the relay's own addresses are denied peers, in
-    /// the IPv6 forms that carry them too; `allow_peers` still opens them.
+    /// Before any allocation has used them, the relay's own addresses are denied peers to the
+    /// filter, in the IPv6 forms that carry them too; `allow_peers` still opens them. The
+    /// core gets the relay IPs and ports, to let relay-to-relay through.
     #[test]
     fn relay_addresses_are_denied_peers_from_the_start() {
         let relay: IpAddr = "1.2.3.4".parse().unwrap();
         let mut config = config::Config::default();
         config.relay.external_ip = Some("5.6.7.8".parse().unwrap());
-        let filter = server_config(&config, &[], &[relay], &NonceKey::new([0; 32])).peer_filter;
+        let server = server_config(&config, &[], &[relay], &NonceKey::new([0; 32]));
+        // The core lets the exact relay IPs through on relay ports (relay-to-relay).
+        assert_eq!(server.relay_ips, [relay]);
+        assert_eq!(server.relay_ports, 49152..=65535);
+        let filter = server.peer_filter;
         for denied in ["1.2.3.4", "64:ff9b::102:304", "::ffff:1.2.3.4", "5.6.7.8"] {
             assert!(!filter.is_allowed(denied.parse().unwrap()), "{denied}");
         }

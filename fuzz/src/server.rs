@@ -17,9 +17,10 @@
 //! * `poll_timeout()` is at or before the earliest model expiry, `None` iff no allocation;
 //!   after `handle_timeout(now)` nothing due remains; `RelayReleased` names only live relays,
 //!   once, and only when expired, deleted (Refresh 0) or cleared;
-//! * data goes only to peers outside the deny list and the server's own address, with a
-//!   permission the client asked for, on the client's own allocation, over a channel bound to
-//!   that peer; peer data goes back only to the allocation's client;
+//! * data goes only to peers outside the deny list and the server's own address (to its own
+//!   relay IPs only on relay ports), with a permission the client asked for, on the client's
+//!   own allocation, over a channel bound to that peer; peer data goes back only to the
+//!   allocation's client;
 //! * the per-allocation bandwidth cap is never exceeded; `AllocationEnded` reports the bytes
 //!   relayed each way, the start time, and why it ended;
 //! * granted lifetimes lie in `[default, max]`; gauges agree with the allocation count.
@@ -701,18 +702,28 @@ impl Harness {
         (tuple, bytes, expect)
     }
 
-    /// Whether data may ever go to `peer`: [`expected_allowed`], and never the server's own
-    /// advertised relay addresses (issue 7: "the server's own relay addresses ... → 403").
+    /// Whether `ip`, as written, is one of the server's relay IPs, bound or advertised.
+    fn own_relay_ip(&self, ip: IpAddr) -> bool {
+        [SERVER_V4.ip(), server_v6().ip()].into_iter().any(|relay| {
+            relay == ip || advertised(&self.config, SocketAddr::new(relay, 0)).ip() == ip
+        })
+    }
+
+    /// Whether data may ever go to `peer`: to the server's own relay IPs only on a relay
+    /// port, which is another allocation applying its own permissions (relay-to-relay; the
+    /// core's default relay ports, 49152-65535), never elsewhere on them; otherwise
+    /// [`expected_allowed`].
     fn allowed(&self, peer: SocketAddr) -> bool {
-        let own_relay_ip = self
-            .config
-            .external_ips
-            .iter()
-            .any(|(_, public)| *public == peer.ip());
-        if own_relay_ip {
-            return false;
+        if self.own_relay_ip(peer.ip()) {
+            return (49152..=65535).contains(&peer.port());
         }
         expected_allowed(peer, self.setup.open_private)
+    }
+
+    /// Whether a permission for `ip` may be granted: permissions are per IP, so the
+    /// server's own relay IPs may be permitted; the port rule applies where a port is named.
+    fn allowed_ip(&self, ip: IpAddr) -> bool {
+        self.own_relay_ip(ip) || expected_allowed(SocketAddr::new(ip, 1), self.setup.open_private)
     }
 
     fn rest_valid(&self, username: &str) -> bool {
@@ -1183,7 +1194,7 @@ impl Harness {
             let expires = self.now + PERMISSION_LIFETIME;
             let allowed: Vec<bool> = (0..)
                 .map_while(|n| request.nth_attribute::<XorPeerAddress>(n).ok())
-                .map(|p| self.allowed(SocketAddr::new(p.addr(request.transaction_id()).ip(), 1)))
+                .map(|p| self.allowed_ip(p.addr(request.transaction_id()).ip()))
                 .collect();
             let alloc = self.allocs.get_mut(&tuple).expect("live");
             let peers = (0..).map_while(|n| request.nth_attribute::<XorPeerAddress>(n).ok());

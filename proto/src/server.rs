@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -103,6 +104,12 @@ pub struct ServerConfig {
     pub peer_filter: PeerFilter,
     /// The server's own listening addresses: never a valid peer, whatever `allow_peers` says.
     pub own_addresses: Vec<SocketAddr>,
+    /// The IPs relay sockets are bound on (their advertised forms follow from
+    /// `external_ips`). With `relay_ports` they say which peers are other allocations of this
+    /// server, which are valid peers (relay-to-relay, see `Server::check_peer`).
+    pub relay_ips: Vec<IpAddr>,
+    /// The ports relay sockets are bound in.
+    pub relay_ports: RangeInclusive<u16>,
     /// Public addresses to advertise for relay addresses behind a 1:1 NAT: `(private,
     /// public)` pairs first, then `(None, public)` for any relay of the public's family.
     pub external_ips: Vec<(Option<IpAddr>, IpAddr)>,
@@ -121,8 +128,9 @@ impl ServerConfig {
     /// A configuration with `realm`, `credentials` and `nonce_key` and the daemon's defaults
     /// for everything else (config.example.toml): nonces and allocations live 600 s,
     /// lifetimes are clamped to 3600 s, 64 permissions and 64 channels per allocation, no
-    /// bandwidth cap, the default peer deny list, IPv4 relays only, no SOFTWARE, no own or
-    /// external addresses, no alternate servers, not draining. For tests, fuzzing and
+    /// bandwidth cap, the default peer deny list, IPv4 relays only in 49152-65535, no
+    /// SOFTWARE, no own, relay or external addresses (relay IPs are learnt from the
+    /// allocations made), no alternate servers, not draining. For tests, fuzzing and
     /// benchmarks, which change what they exercise with `..ServerConfig::new(..)`; the daemon
     /// maps every field from its configuration (`turnpike::server_config`).
     pub fn new(realm: impl Into<String>, credentials: Credentials, nonce_key: NonceKey) -> Self {
@@ -139,6 +147,8 @@ impl ServerConfig {
             bandwidth_per_allocation: None,
             peer_filter: PeerFilter::new(vec![], vec![]),
             own_addresses: vec![],
+            relay_ips: vec![],
+            relay_ports: 49152..=65535,
             external_ips: vec![],
             alternate_servers: vec![],
             draining: false,
@@ -612,9 +622,8 @@ pub struct Server {
     gauges: Gauges,
     denied_peer_log: LogBudget,
     quota_log: LogBudget,
-    /// The IPs this server relays from and advertises (learnt as allocations are made; a
-    /// handful): never valid peers unless allow_peers names them, or clients could relay
-    /// into the server's own relays.
+    /// The IPs this server relays from and advertises, learnt as allocations are made (a
+    /// handful), beside the configured `relay_ips`: as peers, valid on relay ports only.
     own_relay_ips: Vec<IpAddr>,
     revocations: Arc<Revocations>,
     /// The id the next allocation gets.
@@ -657,7 +666,9 @@ impl Server {
     /// their clients go on relaying to peers still allowed.
     pub fn set_config(&mut self, config: Arc<ServerConfig>) -> ReloadCut {
         let peers_changed = config.peer_filter != self.config.peer_filter
-            || config.own_addresses != self.config.own_addresses;
+            || config.own_addresses != self.config.own_addresses
+            || config.relay_ips != self.config.relay_ips
+            || config.relay_ports != self.config.relay_ports;
         self.config = config;
         if !peers_changed {
             return ReloadCut::default();
@@ -688,7 +699,11 @@ impl Server {
             let denied_channels: Vec<(u16, Instant)> = allocation
                 .channels
                 .iter()
-                .filter(|c| self.peer_ip_denied(c.peer.ip()) || self.is_own_listener(c.peer))
+                .filter(|c| {
+                    self.peer_ip_denied(c.peer.ip())
+                        || self.is_own_listener(c.peer)
+                        || self.is_own_non_relay_port(c.peer)
+                })
                 .map(|c| (c.number, c.expires))
                 .collect();
             let allocation = self.allocations.get_mut(&tuple).expect("listed above");
@@ -828,7 +843,14 @@ impl Server {
         out: &mut [u8],
     ) -> Option<PeerAction> {
         let tuple = *self.relays.get(&relay)?;
+        let advertised = self.advertised_relay_for(peer);
         let allocation = self.allocations.get_mut(&tuple)?;
+        // From another relay of this server behind a 1:1 NAT: known by its advertised
+        // address, unless the client permitted the bound one.
+        let peer = match advertised {
+            Some(advertised) if !allocation.has_permission(peer.ip(), now) => advertised,
+            _ => peer,
+        };
         // RFC 8656 §10.3: data from a peer without a permission is silently discarded.
         if !allocation.has_permission(peer.ip(), now) {
             self.stats.peer_without_permission += 1;
@@ -882,7 +904,8 @@ impl Server {
             return ClientAction::Drop;
         };
         let payload = &data[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + len];
-        forward_to_peer(allocation, &mut self.stats, now, peer, payload)
+        let action = forward_to_peer(allocation, &mut self.stats, now, peer, payload);
+        self.to_bound_relay(action)
     }
 
     fn client_stun<'a>(
@@ -1479,23 +1502,36 @@ impl Server {
         Ok(Some(lifetime))
     }
 
-    /// Whether the server may relay to `peer`: allowed by the filter and not one of the
-    /// server's own listening sockets.
+    /// Whether the server may relay to `peer`: never to one of the server's own listening
+    /// sockets; to one of its own relay IPs on a relay port (relay-to-relay); to any other
+    /// port of that IP only if `allow_peers` names it; elsewhere as the filter says.
     fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), Error> {
-        if self.is_own_listener(peer) {
+        if self.is_own_listener(peer) || self.is_own_non_relay_port(peer) {
             self.deny_peer(now, peer.ip());
             return Err(Error::Forbidden);
         }
         self.check_peer_ip(now, peer.ip())
     }
 
-    /// Whether `peer` is one of the server's own listening sockets.
+    /// Whether `peer` is one of the server's own listening sockets (under its bound or its
+    /// advertised address).
     fn is_own_listener(&self, peer: SocketAddr) -> bool {
         let filter = &self.config.peer_filter;
+        let target = self.bound_relay_for(peer).unwrap_or(peer);
         self.config.own_addresses.iter().any(|own| {
             own.port() == peer.port()
-                && (own.ip().is_unspecified() || filter.forms(peer.ip()).any(|ip| ip == own.ip()))
+                && (own.ip().is_unspecified()
+                    || own.ip() == target.ip()
+                    || filter.forms(peer.ip()).any(|ip| ip == own.ip()))
         })
+    }
+
+    /// A port of one of the server's own relay IPs outside the relay range, not opened by
+    /// `allow_peers`.
+    fn is_own_non_relay_port(&self, peer: SocketAddr) -> bool {
+        self.is_own_relay_ip(peer.ip())
+            && !self.config.relay_ports.contains(&peer.port())
+            && !self.config.peer_filter.explicitly_allows(peer.ip())
     }
 
     fn check_peer_ip(&mut self, now: Instant, peer: IpAddr) -> Result<(), Error> {
@@ -1506,15 +1542,81 @@ impl Server {
         Ok(())
     }
 
-    /// The peer filter, plus the server's own relay IPs (as written or carried in an IPv6
-    /// form, e.g. NAT64) unless explicitly allowed.
+    /// Permissions are per IP (RFC 8656 §9), so this has no port to judge. One of the
+    /// server's own relay IPs, exactly as advertised or bound, is allowed even in a denied
+    /// range: behind it is another allocation of this server, which applies its own
+    /// permissions (`check_peer` keeps the ports to relay ports). Carried in an IPv6 form
+    /// (NAT64 and the like) it is a detour through some translator, denied unless
+    /// `allow_peers` names it. Everything else is the peer filter's call.
     fn peer_ip_denied(&self, peer: IpAddr) -> bool {
+        if self.is_own_relay_ip(peer) {
+            return false;
+        }
         let filter = &self.config.peer_filter;
-        let own_relay = filter
-            .forms(peer)
-            .any(|ip| self.own_relay_ips.contains(&ip))
+        let own_relay = filter.forms(peer).any(|ip| self.is_own_relay_ip(ip))
             && !filter.explicitly_allows(peer);
         own_relay || !filter.is_allowed(peer)
+    }
+
+    /// A datagram for another client's relay address as advertised through a 1:1 NAT goes
+    /// to the address that relay is bound on: sent to the public address it would leave
+    /// the host and come back only if the NAT hairpins.
+    fn to_bound_relay<'a>(&self, action: ClientAction<'a>) -> ClientAction<'a> {
+        match action {
+            ClientAction::Relay {
+                relay,
+                peer,
+                payload,
+            } => ClientAction::Relay {
+                relay,
+                peer: self.bound_relay_for(peer).unwrap_or(peer),
+                payload,
+            },
+            other => other,
+        }
+    }
+
+    /// The bound address behind `peer` when it is a relay port of one of this server's
+    /// advertised (public) IPs other than the bound IP itself. Free without `external_ips`.
+    fn bound_relay_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        let external = &self.config.external_ips;
+        let public = |ip: IpAddr| external.iter().any(|&(_, public)| public == ip);
+        if external.is_empty() || !self.config.relay_ports.contains(&peer.port()) {
+            return None;
+        }
+        if !public(peer.ip()) {
+            return None;
+        }
+        self.config
+            .relay_ips
+            .iter()
+            .chain(&self.own_relay_ips)
+            .find(|&&local| {
+                !public(local) && self.advertised(SocketAddr::new(local, 0)).ip() == peer.ip()
+            })
+            .map(|&local| SocketAddr::new(local, peer.port()))
+    }
+
+    /// The advertised address of `peer` when it is a relay port of one of this server's
+    /// bound relay IPs that a 1:1 NAT maps: what clients know that relay by. Free without
+    /// `external_ips`.
+    fn advertised_relay_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        if self.config.external_ips.is_empty() || !self.config.relay_ports.contains(&peer.port()) {
+            return None;
+        }
+        let advertised = self.advertised(peer);
+        (advertised != peer && self.is_own_relay_ip(peer.ip())).then_some(advertised)
+    }
+
+    /// Whether `ip`, as written, is a relay IP of this server, bound or advertised:
+    /// configured, or learnt from an allocation made here.
+    fn is_own_relay_ip(&self, ip: IpAddr) -> bool {
+        self.own_relay_ips.contains(&ip)
+            || self
+                .config
+                .relay_ips
+                .iter()
+                .any(|&relay| relay == ip || self.advertised(SocketAddr::new(relay, 0)).ip() == ip)
     }
 
     fn deny_peer(&mut self, now: Instant, peer: IpAddr) {
@@ -1704,7 +1806,8 @@ impl Server {
             self.stats.dropped += 1;
             return ClientAction::Drop;
         };
-        forward_to_peer(allocation, &mut self.stats, now, peer, payload)
+        let action = forward_to_peer(allocation, &mut self.stats, now, peer, payload);
+        self.to_bound_relay(action)
     }
 
     /// Ends the allocation on `tuple` with its permissions and channels, their timers, its

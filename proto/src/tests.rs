@@ -1751,30 +1751,336 @@ fn unauthenticated_answers_stay_small() {
     assert!(ratio <= 2.5, "bytes out / bytes in = {ratio:.2}");
 }
 
+fn success(reply: &[u8]) -> bool {
+    Message::from_bytes(reply).unwrap().class() == MessageClass::Success
+}
+
+/// A Send indication of `payload` to `peer`.
+fn send_indication(peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut msg = builder(MessageClass::Indication, SEND);
+    let transaction = msg.transaction_id();
+    msg.add_attribute(&XorPeerAddress::new(peer, transaction))
+        .unwrap();
+    msg.add_attribute(&Data::new(payload)).unwrap();
+    msg.finish()
+}
+
+/// Relay-to-relay: the server's own relay IPs, bound or advertised, are valid peers on a
+/// relay port (another allocation, which applies its own permissions), even though the
+/// relay IP lies in a denied range (192.0.2.0/24 here, as 127.0.0.1 or a LAN address would
+/// be); the listening socket and every other port of those IPs stay denied.
 #[test]
-fn the_servers_own_relay_addresses_are_denied_peers() {
+fn the_servers_own_relay_addresses_are_peers_on_relay_ports_only() {
     let mut config = config();
     config.external_ips = vec![(None, "93.184.216.99".parse().unwrap())];
     let mut h = Harness::with(config, Quotas::new(10, 10));
     let user = rest_user("bob");
     let advertised = h.allocate(CLIENT, &user.0, &user.1);
+    assert_eq!(advertised, addr("93.184.216.99:50000"));
     let local = addr("192.0.2.10:50000");
-    for own in [advertised, local, addr("93.184.216.99:1")] {
+    // Permissions are per IP: both of the relay's IPs can be permitted.
+    for own in [advertised, local] {
         let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(own));
-        assert_eq!(reply_code(&reply), Some(403), "{own}");
-        let reply = h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(0x4000, own));
-        assert_eq!(reply_code(&reply), Some(403), "{own}");
+        assert!(success(&reply), "{own}: {:?}", reply_code(&reply));
     }
-    // Named in allow_peers, relay-to-relay is the operator's choice.
+    let denied_before = h.server.stats.denied_peers;
+    // On a relay port they are channel peers too; off it, or on the listener, they are not.
+    let mut channel = 0x4000;
+    for (own, allowed) in [
+        (advertised, true),
+        (local, true),
+        (addr("93.184.216.99:65535"), true),
+        (addr("192.0.2.10:49152"), true),
+        (addr("192.0.2.10:3478"), false),
+        (addr("93.184.216.99:3478"), false),
+        (addr("93.184.216.99:1"), false),
+        (addr("192.0.2.10:22"), false),
+        (addr("192.0.2.10:49151"), false),
+    ] {
+        let reply = h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(channel, own));
+        if allowed {
+            assert!(success(&reply), "{own}: {:?}", reply_code(&reply));
+            channel += 1;
+        } else {
+            assert_eq!(reply_code(&reply), Some(403), "{own}");
+        }
+    }
+    assert_eq!(h.server.stats.denied_peers, denied_before + 5);
+    // Other addresses of the denied range stay denied.
+    for other in ["192.0.2.11:50000", "192.0.2.11:1"] {
+        let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(addr(other)));
+        assert_eq!(reply_code(&reply), Some(403), "{other}");
+    }
+    // Named in allow_peers, every port of the relay IP but the listener's is open.
     let mut config = self::config();
     config.peer_filter = PeerFilter::new(vec!["192.0.2.10/32".parse().unwrap()], vec![]);
     let mut h = Harness::with(config, Quotas::new(10, 10));
     h.allocate(CLIENT, &user.0, &user.1);
-    let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(local));
-    assert_eq!(
-        Message::from_bytes(&reply).unwrap().class(),
-        MessageClass::Success
+    let reply = h.authed(
+        CLIENT,
+        &user,
+        CHANNEL_BIND,
+        channel_attrs(0x4000, addr("192.0.2.10:22")),
     );
+    assert!(success(&reply), "{:?}", reply_code(&reply));
+    let reply = h.authed(
+        CLIENT,
+        &user,
+        CHANNEL_BIND,
+        channel_attrs(0x4001, addr("192.0.2.10:3478")),
+    );
+    assert_eq!(reply_code(&reply), Some(403));
+}
+
+/// The listener rule wins over the relay-port rule: a listening socket inside the relay
+/// port range is still no peer, under its bound or its advertised IP, nor is any port when
+/// the server listens on every IP.
+#[test]
+fn a_listener_on_a_relay_port_or_every_ip_is_never_a_peer() {
+    let mut config = config();
+    config.relay_ports = 3000..=65535;
+    config.own_addresses = vec![addr("192.0.2.10:3478"), addr("0.0.0.0:5349")];
+    config.external_ips = vec![(None, "93.184.216.99".parse().unwrap())];
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1);
+    // The public address too: a relay-to-relay datagram to it goes to the bound IP.
+    for listener in ["192.0.2.10:3478", "192.0.2.10:5349", "93.184.216.99:3478"] {
+        let reply = h.authed(
+            CLIENT,
+            &user,
+            CHANNEL_BIND,
+            channel_attrs(0x4000, addr(listener)),
+        );
+        assert_eq!(reply_code(&reply), Some(403), "{listener}");
+        let relayed = h.send(CLIENT, &send_indication(addr(listener), b"x"));
+        assert!(matches!(relayed, Outcome::Drop), "{listener}");
+    }
+}
+
+/// Two clients of this server, each relaying to the other's relay address (both relay-only),
+/// reach each other both ways: ChannelData one way, a Send indication the other.
+#[test]
+fn two_clients_relay_to_each_others_relay_addresses() {
+    let mut h = Harness::new();
+    let user = rest_user("bob");
+    let (alice, bob) = (CLIENT, "198.51.100.8:40000");
+    let alice_relay = h.allocate(alice, &user.0, &user.1);
+    let bob_relay = h.allocate(bob, &user.0, &user.1);
+    let reply = h.authed(alice, &user, CHANNEL_BIND, channel_attrs(0x4000, bob_relay));
+    assert!(success(&reply), "{:?}", reply_code(&reply));
+    let reply = h.authed(bob, &user, CREATE_PERMISSION, peer_attr(alice_relay));
+    assert!(success(&reply), "{:?}", reply_code(&reply));
+
+    // Alice's ChannelData leaves her relay for Bob's, which hands it to Bob.
+    let Outcome::Relay(from, to, payload) = h.send(alice, &[0x40, 0x00, 0, 3, b'h', b'i', b'!', 0])
+    else {
+        panic!("ChannelData to the other relay not relayed")
+    };
+    assert_eq!(
+        (from, to, payload.as_slice()),
+        (alice_relay, bob_relay, &b"hi!"[..])
+    );
+    let mut buf = [0u8; 64];
+    buf[4..7].copy_from_slice(b"hi!");
+    let mut out = [0u8; 256];
+    let action = h
+        .server
+        .handle_peer(h.now, bob_relay, alice_relay, &mut buf, 3, &mut out);
+    let Some(PeerAction::DataIndication { tuple: t, len }) = action else {
+        panic!("Bob got no Data indication: {action:?}")
+    };
+    assert_eq!(t, tuple(bob));
+    let data = Message::from_bytes(&out[..len]).unwrap();
+    assert_eq!(data.attribute::<Data>().unwrap().data(), b"hi!");
+
+    // Bob's Send indication goes the other way and arrives on Alice's channel.
+    let Outcome::Relay(from, to, payload) = h.send(bob, &send_indication(alice_relay, b"yo"))
+    else {
+        panic!("Send indication to the other relay not relayed")
+    };
+    assert_eq!(
+        (from, to, payload.as_slice()),
+        (bob_relay, alice_relay, &b"yo"[..])
+    );
+    buf[4..6].copy_from_slice(b"yo");
+    let action = h
+        .server
+        .handle_peer(h.now, alice_relay, bob_relay, &mut buf, 2, &mut out);
+    assert_eq!(
+        action,
+        Some(PeerAction::ChannelData {
+            tuple: tuple(alice),
+            len: 6
+        })
+    );
+
+    // A Send indication to the relay IP off the relay ports is dropped as a denied peer.
+    let denied = h.server.stats.denied_peers;
+    for off in ["192.0.2.10:3478", "192.0.2.10:1"] {
+        let relayed = h.send(bob, &send_indication(addr(off), b"no"));
+        assert!(matches!(relayed, Outcome::Drop), "{off}");
+    }
+    assert_eq!(h.server.stats.denied_peers, denied + 2);
+}
+
+/// Behind a 1:1 NAT (`external_ips`) clients know each other's relays by the public
+/// address: what goes to one leaves through the bound address instead of relying on the
+/// NAT to hairpin, and what arrives from the bound address is known by the public one.
+#[test]
+fn relay_to_relay_behind_a_1_to_1_nat_stays_on_the_host() {
+    let mut config = config();
+    config.external_ips = vec![(None, "93.184.216.99".parse().unwrap())];
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    let (alice, bob) = (CLIENT, "198.51.100.8:40000");
+    let alice_relay = h.allocate(alice, &user.0, &user.1);
+    let bob_relay = h.allocate(bob, &user.0, &user.1);
+    assert_eq!(
+        (alice_relay, bob_relay),
+        (addr("93.184.216.99:50000"), addr("93.184.216.99:50002"))
+    );
+    let (alice_local, bob_local) = (addr("192.0.2.10:50000"), addr("192.0.2.10:50002"));
+    for (from, channel, peer) in [(alice, 0x4000, bob_relay), (bob, 0x4001, alice_relay)] {
+        let reply = h.authed(from, &user, CHANNEL_BIND, channel_attrs(channel, peer));
+        assert!(success(&reply), "{:?}", reply_code(&reply));
+    }
+    let Outcome::Relay(from, to, _) = h.send(alice, &[0x40, 0x00, 0, 2, b'h', b'i', 0, 0]) else {
+        panic!("ChannelData not relayed")
+    };
+    assert_eq!(
+        (from, to),
+        (alice_local, bob_local),
+        "sent to the bound relay"
+    );
+    let Outcome::Relay(from, to, _) = h.send(bob, &send_indication(alice_relay, b"yo")) else {
+        panic!("Send indication not relayed")
+    };
+    assert_eq!(
+        (from, to),
+        (bob_local, alice_local),
+        "sent to the bound relay"
+    );
+    // Alice's datagram arrives at Bob's relay from her bound address, on Bob's channel.
+    let mut buf = [0u8; 64];
+    let mut out = [0u8; 256];
+    let action = h
+        .server
+        .handle_peer(h.now, bob_local, alice_local, &mut buf, 2, &mut out);
+    assert_eq!(
+        action,
+        Some(PeerAction::ChannelData {
+            tuple: tuple(bob),
+            len: 6
+        })
+    );
+    assert_eq!(buf[..2], [0x40, 0x01]);
+    // Without a channel it is a Data indication naming her public relay address.
+    h.server.close_connection(&tuple(bob));
+    let carol = "198.51.100.9:40000";
+    let carol_relay = h.allocate(carol, &user.0, &user.1);
+    let reply = h.authed(carol, &user, CREATE_PERMISSION, peer_attr(alice_relay));
+    assert!(success(&reply), "{:?}", reply_code(&reply));
+    let carol_local = SocketAddr::new(alice_local.ip(), carol_relay.port());
+    let action = h
+        .server
+        .handle_peer(h.now, carol_local, alice_local, &mut buf, 2, &mut out);
+    let Some(PeerAction::DataIndication { tuple: t, len }) = action else {
+        panic!("Carol got no Data indication: {action:?}")
+    };
+    assert_eq!(t, tuple(carol));
+    let data = Message::from_bytes(&out[..len]).unwrap();
+    assert_eq!(
+        data.attribute::<XorPeerAddress>()
+            .unwrap()
+            .addr(data.transaction_id()),
+        alice_relay
+    );
+    // A client that permitted the bound IP itself is served as before.
+    let dave = "198.51.100.10:40000";
+    let dave_relay = h.allocate(dave, &user.0, &user.1);
+    let reply = h.authed(dave, &user, CREATE_PERMISSION, peer_attr(alice_local));
+    assert!(success(&reply), "{:?}", reply_code(&reply));
+    let dave_local = SocketAddr::new(alice_local.ip(), dave_relay.port());
+    let action = h
+        .server
+        .handle_peer(h.now, dave_local, alice_local, &mut buf, 2, &mut out);
+    let Some(PeerAction::DataIndication { len, .. }) = action else {
+        panic!("Dave got no Data indication: {action:?}")
+    };
+    let data = Message::from_bytes(&out[..len]).unwrap();
+    assert_eq!(
+        data.attribute::<XorPeerAddress>()
+            .unwrap()
+            .addr(data.transaction_id()),
+        alice_local
+    );
+}
+
+/// Relay IPs the daemon configured count as the server's own before any allocation of this
+/// worker has used them (another worker's allocations are on them), bound and advertised.
+#[test]
+fn configured_relay_ips_are_own_before_any_allocation_uses_them() {
+    let mut config = config();
+    config.relay_ips = vec!["192.0.2.20".parse().unwrap()];
+    config.external_ips = vec![(
+        Some("192.0.2.20".parse().unwrap()),
+        "93.184.216.20".parse().unwrap(),
+    )];
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1); // on 192.0.2.10, as the harness binds
+    for (channel, (peer, allowed)) in (0x4000..).zip([
+        ("192.0.2.20:50000", true),
+        ("93.184.216.20:50000", true),
+        ("192.0.2.20:1", false),
+        ("93.184.216.20:1", false),
+        ("192.0.2.21:50000", false),
+    ]) {
+        let reply = h.authed(
+            CLIENT,
+            &user,
+            CHANNEL_BIND,
+            channel_attrs(channel, addr(peer)),
+        );
+        if allowed {
+            assert!(success(&reply), "{peer}: {:?}", reply_code(&reply));
+        } else {
+            assert_eq!(reply_code(&reply), Some(403), "{peer}");
+        }
+    }
+}
+
+/// An operator's own deny_peers range holding the relay IP denies its other addresses; the
+/// relay IP itself is still reachable on relay ports.
+#[test]
+fn explicitly_denied_ranges_still_deny_their_other_addresses() {
+    let mut config = config();
+    config.relay_ips = vec!["93.184.216.10".parse().unwrap()];
+    config.peer_filter = PeerFilter::new(vec![], vec!["93.184.216.0/24".parse().unwrap()]);
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    h.allocate(CLIENT, &user.0, &user.1);
+    for (peer, allowed) in [
+        ("93.184.216.10:50000", true),
+        ("93.184.216.10:3478", false),
+        ("93.184.216.11:50000", false),
+        ("93.184.216.200:9", false),
+    ] {
+        let reply = h.authed(
+            CLIENT,
+            &user,
+            CHANNEL_BIND,
+            channel_attrs(0x4000, addr(peer)),
+        );
+        if allowed {
+            assert!(success(&reply), "{peer}: {:?}", reply_code(&reply));
+        } else {
+            assert_eq!(reply_code(&reply), Some(403), "{peer}");
+        }
+        let relayed = h.send(CLIENT, &send_indication(addr(peer), b"x"));
+        assert_eq!(matches!(relayed, Outcome::Relay(..)), allowed, "{peer}");
+    }
 }
 
 #[test]
@@ -2584,8 +2890,8 @@ fn allocations_ended_together_are_reported_oldest_first() {
     assert_eq!(ended_ids(&mut h), [2, 4, 6, 8, 10, 12, 14, 16]);
 }
 
-/// A Send indication from [`CLIENT`] to `peer`.
-fn send_indication(h: &mut Harness, peer: SocketAddr, payload: &[u8]) -> Outcome {
+/// A Send indication from [`CLIENT`] to `peer`, through the harness.
+fn send_from_client(h: &mut Harness, peer: SocketAddr, payload: &[u8]) -> Outcome {
     let mut msg = builder(MessageClass::Indication, SEND);
     let transaction = msg.transaction_id();
     msg.add_attribute(&XorPeerAddress::new(peer, transaction))
@@ -2631,7 +2937,7 @@ fn a_reload_denying_a_live_peer_ends_its_permission_and_channel_at_once() {
         assert!(from_peer(&mut h, relay, peer).is_some(), "{peer} before");
     }
     assert!(matches!(
-        send_indication(&mut h, denied, b"hi"),
+        send_from_client(&mut h, denied, b"hi"),
         Outcome::Relay(..)
     ));
     assert_eq!(h.server.gauges(), gauges(1, 2, 2));
@@ -2674,7 +2980,7 @@ fn a_reload_denying_a_live_peer_ends_its_permission_and_channel_at_once() {
     // Nothing more is relayed to or from the denied peer, by channel or Send indication.
     assert!(!channel_data_relayed(&mut h, 0x4000, denied));
     assert!(matches!(
-        send_indication(&mut h, denied, b"hi"),
+        send_from_client(&mut h, denied, b"hi"),
         Outcome::Drop
     ));
     assert_eq!(from_peer(&mut h, relay, denied), None);
@@ -2689,7 +2995,7 @@ fn a_reload_denying_a_live_peer_ends_its_permission_and_channel_at_once() {
         })
     );
     assert!(matches!(
-        send_indication(&mut h, allowed, b"hi"),
+        send_from_client(&mut h, allowed, b"hi"),
         Outcome::Relay(_, to, _) if to == allowed
     ));
     // The client cannot bind the denied peer again.
@@ -2735,7 +3041,7 @@ fn a_reload_removing_an_allow_peers_entry_cuts_the_peers_it_opened() {
     );
     assert_eq!(from_peer(&mut h, relay, loopback), None);
     assert!(matches!(
-        send_indication(&mut h, loopback, b"hi"),
+        send_from_client(&mut h, loopback, b"hi"),
         Outcome::Drop
     ));
     assert!(matches!(

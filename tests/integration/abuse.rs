@@ -147,9 +147,11 @@ fn peer_on_loopback_without_allow_peer_gets_403() {
     let mut client = UdpTurn::rest(&server, "alice");
     client.allocate().expect_success("Allocate");
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
+    // 127.0.0.1 is the relay IP: permissions are per IP, so it may be permitted
+    // (relay-to-relay), but port 9 is no relay port.
     client
         .create_permission(loopback)
-        .expect_error(403, "CreatePermission for 127.0.0.1");
+        .expect_success("CreatePermission for the relay IP 127.0.0.1");
     client
         .create_permission(SocketAddr::from((Ipv4Addr::new(127, 1, 2, 3), 9)))
         .expect_error(403, "CreatePermission for 127.1.2.3");
@@ -180,6 +182,53 @@ fn peer_on_loopback_without_allow_peer_gets_403() {
         "CreatePermission for [::1]:9: expected 403 or 443, got {}",
         resp.describe()
     );
+}
+
+/// Relay-to-relay on a default peer policy: two clients each relaying to the other's relay
+/// address (two relay-only WebRTC peers on one server) reach each other both ways, though
+/// loopback is a denied range; the listener and the relay IP's other ports stay 403.
+#[test]
+fn two_clients_relay_to_each_other_without_allow_peer() {
+    let server = server_without_allow_peer();
+    let mut alice = UdpTurn::rest(&server, "alice");
+    let mut bob = UdpTurn::rest(&server, "bob");
+    let alice_relay = alice
+        .allocate()
+        .expect_success("alice's Allocate")
+        .relayed();
+    let bob_relay = bob.allocate().expect_success("bob's Allocate").relayed();
+    alice
+        .channel_bind(0x4000, bob_relay)
+        .expect_success("alice's ChannelBind to bob's relay");
+    bob.channel_bind(0x4001, alice_relay)
+        .expect_success("bob's ChannelBind to alice's relay");
+    let payload = |data: &[u8], channel: u16| -> Vec<u8> {
+        assert_eq!(
+            data[..2],
+            channel.to_be_bytes(),
+            "ChannelData on {channel:#x}"
+        );
+        let len = u16::from_be_bytes([data[2], data[3]]) as usize;
+        data[4..4 + len].to_vec()
+    };
+    for round in 0..3 {
+        alice.send_channel_data(0x4000, format!("to bob {round}").as_bytes());
+        let got = bob.recv(RESPONSE_TIMEOUT).expect("bob got alice's data");
+        assert_eq!(payload(&got, 0x4001), format!("to bob {round}").as_bytes());
+        bob.send_channel_data(0x4001, format!("to alice {round}").as_bytes());
+        let got = alice.recv(RESPONSE_TIMEOUT).expect("alice got bob's data");
+        assert_eq!(
+            payload(&got, 0x4000),
+            format!("to alice {round}").as_bytes()
+        );
+    }
+    alice
+        .channel_bind(0x4002, server.udp)
+        .expect_error(403, "ChannelBind to the listener");
+    let off_relay_ports = SocketAddr::new(bob_relay.ip(), 9);
+    alice
+        .channel_bind(0x4003, off_relay_ports)
+        .expect_error(403, "ChannelBind to the relay IP's port 9");
 }
 
 #[test]

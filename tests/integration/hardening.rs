@@ -589,8 +589,8 @@ fn allocate_after_free(client: &mut UdpTurn) -> (crate::stun_client::Resp, u32) 
 // ---- 5. peer deny list bypasses ----
 
 /// DESIGN "Security defaults" / peer_filter.rs: special-purpose peers, including IPv6 forms
-/// that embed a denied IPv4 address and the server's own relay addresses, get 403 without
-/// `--allow-peer`. Creating a permission sends nothing, so the public controls reach no one.
+/// that embed a denied IPv4 address, and the server's own relay IPs off the relay ports, get
+/// 403 without `--allow-peer`. Creating a permission sends nothing, so the public controls reach no one.
 #[test]
 fn peer_deny_list_bypass_attempts_get_403() {
     let mut args = default_args_without(&["--allow-peer"]);
@@ -607,9 +607,10 @@ fn peer_deny_list_bypass_attempts_get_403() {
     assert!(relay_v6.is_ipv6(), "IPv6 allocation got {relay_v6}");
     eprintln!("relays: {relay_v4} and {relay_v6}");
 
+    // 127.0.0.1 and ::1 are the relay IPs: see below.
     let denied_v4: Vec<SocketAddr> = [
         "0.0.0.0",
-        "127.0.0.1",
+        "127.0.0.2",
         "10.0.0.1",
         "224.0.0.1",
         "255.255.255.255",
@@ -617,14 +618,12 @@ fn peer_deny_list_bypass_attempts_get_403() {
     ]
     .iter()
     .map(|ip| SocketAddr::new(ip.parse().unwrap(), 3478))
-    .chain([relay_v4, server.udp])
     .collect();
     let denied_v6: Vec<SocketAddr> = [
         "::ffff:127.0.0.1",
         "64:ff9b::7f00:1",
         "2002:7f00:1::",
         "::127.0.0.1",
-        "::1",
         "::",
         "fe80::1",
         "ff02::1",
@@ -632,7 +631,6 @@ fn peer_deny_list_bypass_attempts_get_403() {
     ]
     .iter()
     .map(|ip| SocketAddr::new(ip.parse().unwrap(), 3478))
-    .chain([relay_v6])
     .collect();
     for (client, peers) in [(&mut v4, &denied_v4), (&mut v6, &denied_v6)] {
         for (i, peer) in peers.iter().enumerate() {
@@ -643,6 +641,25 @@ fn peer_deny_list_bypass_attempts_get_403() {
             resp.expect_error(403, &format!("ChannelBind to {peer}"));
         }
     }
+    // The relay's own addresses are peers only on relay ports (relay-to-relay): each client
+    // may permit and bind a channel to the other's relay, not to another port of its IP.
+    let mut own_denied = 0;
+    for (client, own) in [(&mut v4, relay_v4), (&mut v6, relay_v6)] {
+        client
+            .create_permission(own)
+            .expect_success(&format!("CreatePermission for the relay {own}"));
+        client
+            .channel_bind(0x4100, own)
+            .expect_success(&format!("ChannelBind to the relay {own}"));
+        let other_port = SocketAddr::new(own.ip(), 3478);
+        let resp = client.channel_bind(0x4101, other_port);
+        resp.expect_error(403, &format!("ChannelBind to {other_port}"));
+        own_denied += 1;
+    }
+    // The listener shares the relay IP: its IP may be permitted, its socket is no peer.
+    v4.channel_bind(0x4102, server.udp)
+        .expect_error(403, "ChannelBind to the listener");
+    own_denied += 1;
     // The 403s are about the peers: public addresses are accepted.
     v4.create_permission(SocketAddr::from((Ipv4Addr::new(8, 8, 8, 8), 3478)))
         .expect_success("CreatePermission for 8.8.8.8");
@@ -650,7 +667,7 @@ fn peer_deny_list_bypass_attempts_get_403() {
     v6.create_permission(public_v6)
         .expect_success("CreatePermission for 2001:4860::8888");
     // Workers publish their counters periodically.
-    let expected = 2.0 * (denied_v4.len() + denied_v6.len()) as f64;
+    let expected = (2 * (denied_v4.len() + denied_v6.len()) + own_denied) as f64;
     let deadline = Instant::now() + Duration::from_secs(2);
     let denied = loop {
         let denied = metric_sum(&metrics(&server), "turnpike_denied_peers");

@@ -446,7 +446,8 @@ fn relay_flows_across_external_ip_mapping() {
     );
     check(&out, "uclient to a peer");
     // Clients relaying to each other's advertised addresses: the public relay addresses
-    // really reach the relays (the router hairpins them back in).
+    // reach the relays (the server sends to the bound addresses itself, so this no longer
+    // needs the router to hairpin).
     let out = uclient(
         Some(&client_ns),
         &[

@@ -184,7 +184,11 @@ fn probe_reports_a_denied_peer() {
         return;
     }
     // Without --allow-peer, loopback peers are denied: the probe's own socket is refused.
-    let server = Server::start_raw(&default_args_without(&["--allow-peer"]));
+    // 127.0.0.1 is also the relay IP, a peer on relay ports (relay-to-relay), so the relay
+    // ports sit below the ephemeral range the probe's socket port comes from.
+    let mut args = default_args_without(&["--allow-peer"]);
+    args.extend(["--min-port", "20000", "--max-port", "20999"].map(String::from));
+    let server = Server::start_raw(&args);
     let out = probe(&[
         &format!("turn:{}", server.udp),
         "--secret",

@@ -99,29 +99,42 @@ fn aiortc_relay_only_pair_exchanges_1mib() {
     assert_relay_only_pair(&url, |_, _| {});
 }
 
+/// Relay-to-relay on a default peer policy (no `--allow-peer`, so loopback is a denied
+/// range): uclient's clients relay to each other's relay addresses (127.0.0.1, the relay
+/// IP), over channels and over Send indications, and lose nothing. Before relay-to-relay
+/// this was ChannelBind 403 and CreatePermission 403.
+/// Two aiortc peers relay-only (iceTransportPolicy "relay") through one server on a default
+/// peer policy: each one's peer is the other's relay address on 127.0.0.1, a denied range
+/// but the server's own relay IP, and the selected pair is relay/relay on both sides.
 #[test]
-fn uclient_without_allow_peer_cannot_relay_to_loopback() {
+fn aiortc_relay_only_pair_without_allow_peer() {
+    let server = Server::start_raw(&crate::harness::default_args_without(&["--allow-peer"]));
+    let url = format!("turn:{}?transport=udp", server.udp);
+    assert_relay_only_pair(&url, |r, out| {
+        assert_eq!(r["remote_type"], "relay", "remote not a relay: {r}\n{out}");
+        let remote: std::net::SocketAddr = r["remote_addr"]
+            .as_str()
+            .and_then(|a| a.split('/').next()?.parse().ok()) // "IP:PORT/udp"
+            .unwrap_or_else(|| panic!("no remote_addr: {r}\n{out}"));
+        assert_eq!(
+            remote.ip(),
+            server.udp.ip(),
+            "remote not this server's relay: {r}"
+        );
+    });
+}
+
+#[test]
+fn uclient_relays_between_its_clients_without_allow_peer() {
     let args = crate::harness::default_args_without(&["--allow-peer"]);
     let server = Server::start_raw(&args);
     let common = ["-n", "100", "-m", "4", "-l", "170"];
-    // Channels: ChannelBind to the other client's loopback relay address is refused.
     let out = uclient_udp(&server, SECRET, &common, Duration::from_secs(60));
-    assert_refused(
-        &out,
-        "uclient to loopback (channels)",
-        "channel bind: error 403",
-    );
-    assert_sent_no_data(&out, "uclient to loopback (channels)");
-    // Send indications: CreatePermission is refused.
+    assert_zero_loss(&out, "uclient relay to relay (channels)", 100);
     let mut with_send = common.to_vec();
     with_send.push("-s");
     let out = uclient_udp(&server, SECRET, &with_send, Duration::from_secs(60));
-    assert_refused(
-        &out,
-        "uclient -s to loopback",
-        "create permission error 403",
-    );
-    assert_sent_no_data(&out, "uclient -s to loopback");
+    assert_zero_loss(&out, "uclient -s relay to relay", 100);
 }
 
 fn garbage(rng: &mut rand::rngs::StdRng) -> Vec<(&'static str, Vec<u8>)> {

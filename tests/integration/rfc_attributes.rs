@@ -449,7 +449,7 @@ fn peer_deny_list_covers_special_purpose_ranges_and_ipv6_forms() {
         "0.0.0.0",
         "10.1.2.3",
         "100.64.0.1",
-        "127.0.0.1",
+        "127.0.0.2", // 127.0.0.1 and ::1 are this server's relay IPs: see below
         "169.254.169.254",
         "172.16.0.1",
         "192.0.0.1",
@@ -472,7 +472,6 @@ fn peer_deny_list_covers_special_purpose_ranges_and_ipv6_forms() {
         "240.0.0.1",
         "255.255.255.255",
         "::",
-        "::1",
         "::8.8.8.8",
         "::ffff:127.0.0.1",
         "::ffff:10.0.0.1",
@@ -521,6 +520,18 @@ fn peer_deny_list_covers_special_purpose_ranges_and_ipv6_forms() {
         let client = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
         let resp = client.create_permission(SocketAddr::new(ip, 3478));
         resp.expect_error(403, &format!("CreatePermission naming {ip}"));
+    }
+    // The server's own relay IPs (loopback here) may be permitted, permissions being per IP
+    // (relay-to-relay); a channel to one of their ports outside the relay ports is 403.
+    for (channel, ip) in [(0x4000, "127.0.0.1"), (0x4001, "::1")] {
+        let ip: IpAddr = ip.parse().unwrap();
+        let client = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
+        client
+            .create_permission(SocketAddr::new(ip, 3478))
+            .expect_success(&format!("CreatePermission naming the relay IP {ip}"));
+        client
+            .channel_bind(channel, SocketAddr::new(ip, 3478))
+            .expect_error(403, &format!("ChannelBind to {ip}:3478, no relay port"));
     }
     let allowed = [
         "8.8.8.8",
