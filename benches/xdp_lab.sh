@@ -21,8 +21,16 @@
 # CPU: XDP runs in softirq, outside any process, so the figure is machine-wide: all CPUs'
 # wall time over the measurement window less their idle time (/proc/stat), divided by the
 # packets relayed (both directions in echo mode). The load generator's own process time is
-# reported beside it. Nothing is pinned (both CPUs free for everyone, as on a real host);
-# how busy the machine was without load is measured first and reported, not subtracted.
+# reported beside it; how busy the machine was without load is measured first and
+# reported, not subtracted.
+#
+# SPLIT=1 (the default) gives the server side one CPU and the load side the other, so that
+# the server's cost can be read off its own CPU: the server process and the NAPI thread of
+# the server's veth (where XDP runs, or the stack receives for a userspace server) on CPU 0;
+# the load generator and the load end's NAPI thread on CPU 1. A veth has NAPI only with an
+# XDP program, so the userspace servers' end gets ebpf/xdp_pass.bpf.o too, and the NAPI
+# threads are made with /sys/class/net/eth0/threaded (as a NIC's interrupts would be given
+# to the server's CPUs). SPLIT=0 pins nothing.
 #
 # Environment (all optional):
 #   DURATION=3          seconds of traffic per run
@@ -31,7 +39,8 @@
 #   WORK_RATE=30000     echo rate for the work table
 #   CHANNELS="10 1000 10000" SIZES="100 200 1200"   the work table's axes (200 B / 10 ch fixed)
 #   TARGETS="xdp userspace coturn forwarder"
-#   THREADS=2           load generator threads (one can send about 100k pkt/s in echo here)
+#   SPLIT=1             server on CPU 0, load on CPU 1 (see below); SPLIT=0: nothing pinned
+#   THREADS             load generator threads (default 1 with SPLIT=1, else 2)
 #   TURNPIKE_BIN / BENCH_BIN   use these binaries instead of `cargo build --release`
 #   OUT=target/bench-results/xdp-<timestamp>
 #   TIME_BUDGET=1200    seconds; runs that would start later are skipped (and reported)
@@ -54,7 +63,9 @@ WORK_RATE=${WORK_RATE:-30000}
 CHANNELS=${CHANNELS:-"10 1000 10000"}
 SIZES=${SIZES:-"100 200 1200"}
 TARGETS=${TARGETS:-"xdp userspace coturn forwarder"}
-THREADS=${THREADS:-2}
+SPLIT=${SPLIT:-1}
+if [ "$SPLIT" = 1 ]; then THREADS=${THREADS:-1}; else THREADS=${THREADS:-2}; fi
+SERVER_CPU=0 LOAD_CPU=1
 TIME_BUDGET=${TIME_BUDGET:-1200}
 SECRET=turnpike-bench-secret
 OUT=${OUT:-$ROOT/target/bench-results/xdp-$(date +%Y%m%d-%H%M%S)}
@@ -110,6 +121,18 @@ ip -n "$NS_S" link set eth0 up
 ip -n "$NS_L" link set eth0 up
 ip netns exec "$NS_L" ethtool -K eth0 tx off >/dev/null
 ip -n "$NS_L" link set dev eth0 xdpdrv obj "$ROOT/ebpf/xdp_pass.bpf.o" sec xdp
+napi_threads() { ps -eo pid=,comm= | awk '$2 ~ /^napi\//{print $1}' | sort; }
+# pin_new_napi BEFORE CPU: pins the NAPI threads that are not in BEFORE; says how many
+pin_new_napi() {
+  local n=0 p
+  for p in $(comm -13 <(echo "$1") <(napi_threads)); do taskset -pc "$2" "$p" >/dev/null; n=$((n + 1)); done
+  echo "$n"
+}
+if [ "$SPLIT" = 1 ]; then
+  before=$(napi_threads)
+  ip netns exec "$NS_L" sh -c 'echo 1 > /sys/class/net/eth0/threaded'
+  [ "$(pin_new_napi "$before" "$LOAD_CPU")" -ge 1 ] || { echo "xdp_lab.sh: no NAPI thread for the load end" >&2; exit 1; }
+fi
 # bpf_fib_lookup answers only for an interface that forwards (README); nothing else is
 # routed: the namespace has one link.
 ip netns exec "$NS_S" sysctl -qw net.ipv4.conf.eth0.forwarding=1
@@ -133,7 +156,11 @@ wait_udp() { # pid port: until the pid listens on udp PORT in the server namespa
 
 # start TARGET: starts it in the server namespace, sets SERVER_PID
 start() {
-  local t=$1
+  local t=$1 before
+  before=$(napi_threads)
+  if [ "$SPLIT" = 1 ] && [ "$t" != xdp ]; then
+    ip -n "$NS_S" link set dev eth0 xdpdrv obj "$ROOT/ebpf/xdp_pass.bpf.o" sec xdp
+  fi
   case "$t" in
     xdp|userspace)
       local extra=(); [ "$t" = xdp ] && extra=(--xdp-interface eth0 --xdp-mode driver)
@@ -159,6 +186,12 @@ start() {
       SERVER_PID=$!
       wait_udp "$SERVER_PID" "$PORT" || return 1 ;;
   esac
+  if [ "$SPLIT" = 1 ]; then
+    # The server end's NAPI exists once an XDP program is on it (ours or turnpike's).
+    ip netns exec "$NS_S" sh -c 'echo 1 > /sys/class/net/eth0/threaded'
+    [ "$(pin_new_napi "$before" "$SERVER_CPU")" -ge 1 ] || { echo "xdp_lab.sh: no NAPI thread for the server end" >&2; return 1; }
+    taskset -a -cp "$SERVER_CPU" "$SERVER_PID" >/dev/null
+  fi
   log "started $t, pid $SERVER_PID"
 }
 stop() {
@@ -171,6 +204,7 @@ stop() {
     kill -9 "$SERVER_PID" 2>/dev/null || true
   fi
   SERVER_PID=""
+  if [ "$SPLIT" = 1 ]; then ip -n "$NS_S" link set dev eth0 xdpdrv off 2>/dev/null || true; fi
 }
 over_budget() { [ $(( $(date +%s) - T0 )) -ge "$TIME_BUDGET" ]; }
 
@@ -182,7 +216,8 @@ bench() {
   local target=(--server "$SERVER_IP:$PORT" --secret "$SECRET")
   [ "$t" = forwarder ] && target=(--raw --server "$SERVER_IP:$PORT" --peer-bind "$PEER_IP:$((PORT + 1))")
   local line
-  if line=$(inL "$B" "${target[@]}" --client-ip "$CLIENT_IP" --peer-ip "$PEER_IP" \
+  local pre=(); [ "$SPLIT" = 1 ] && pre=(taskset -c "$LOAD_CPU")
+  if line=$(inL ${pre[@]+"${pre[@]}"} "$B" "${target[@]}" --client-ip "$CLIENT_IP" --peer-ip "$PEER_IP" \
       --server-pid "$SERVER_PID" --json --label "$label" --mode echo --duration "$DURATION" --threads "$THREADS" \
       "$@" 2>>"$OUT/bench.log"); then
     echo "$line" >>"$RES"
@@ -211,7 +246,7 @@ busy_pct() { local a b; a=$(idle); sleep "$DURATION"; b=$(idle)
   echo "machine busy before the runs: $(busy_pct)% of $(nproc) CPUs over $DURATION s"
   echo "coturn: $(turnserver --version 2>/dev/null | head -1)"
   echo "turnpike: ${TURNPIKE_REV:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '+dirty')}"
-  echo "settings: THREADS=$THREADS DURATION=$DURATION RAMP='$RAMP' WORK_RATE=$WORK_RATE CHANNELS='$CHANNELS' SIZES='$SIZES'"
+  echo "settings: SPLIT=$SPLIT THREADS=$THREADS DURATION=$DURATION RAMP='$RAMP' WORK_RATE=$WORK_RATE CHANNELS='$CHANNELS' SIZES='$SIZES'"
 } >"$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
 

@@ -24,23 +24,28 @@ def fmt(v, spec="{:.2f}"):
     return "–" if v is None else spec.format(v)
 
 
-def per_relayed(d, key):
-    """`key` (CPU seconds) per relayed packet, in µs."""
-    v = d.get(key)
-    if v is None or not d.get("relayed"):
+def per_relayed(d, seconds):
+    """CPU seconds per relayed packet, in µs."""
+    if seconds is None or not d.get("relayed"):
         return None
-    return v * 1e6 / d["relayed"]
+    return seconds * 1e6 / d["relayed"]
+
+
+def server_cpu(d):
+    """With SPLIT=1: µs of CPU 0 (the server's process and its interface's NAPI thread)
+    per relayed packet."""
+    busy = d.get("cpu_busy_s")
+    return per_relayed(d, busy[0]) if busy else None
 
 
 def split(d):
-    """The load generator's share and the softirq share, µs per relayed packet. Softirq work
-    done while the load generator was in a system call is charged to it as well (XDP runs
-    there), so the two overlap."""
-    return "%s / %s" % (fmt(per_relayed(d, "bench_cpu_s")), fmt(per_relayed(d, "machine_softirq_s")))
+    """CPU 0 / CPU 1 per relayed packet: the server side and the load side with SPLIT=1."""
+    busy = d.get("cpu_busy_s") or []
+    return " / ".join(fmt(per_relayed(d, b)) for b in busy[:2])
 
 
 def one_line(d):
-    return "%.0f pkt/s sent, loss %.3f%%, machine %s us/relayed (load generator / softirq %s), RTT p50/p99 %s/%s us" % (
+    return "%.0f pkt/s sent, loss %.3f%%, machine %s us/relayed (CPU 0 / CPU 1 %s), RTT p50/p99 %s/%s us" % (
         d.get("achieved_pps", 0), d.get("loss_pct", 0), fmt(d.get("machine_us_per_pkt")),
         split(d), d["lat_us"]["p50"], d["lat_us"]["p99"])
 
@@ -66,10 +71,10 @@ def main():
     p("Lab: two network namespaces joined by a veth (benches/xdp_lab.sh); echo mode (client → "
       "relay → peer → relay → client), 10 channels, 200-byte payloads, bursts of 10. CPU is "
       "machine-wide (both CPUs' wall time less their idle time in /proc/stat, softirq "
-      "included) in µs per relayed packet (two per echo); in brackets the load generator's "
-      "own process time and the machine's softirq time (sampled at the tick: a lower bound) "
-      "per relayed packet. The two overlap: softirq work done during the load generator's "
-      "system calls, XDP's included, is charged to it.")
+      "included) in µs per relayed packet (two per echo); in brackets the same for CPU 0 "
+      "and CPU 1 alone: with SPLIT=1, CPU 0 is the server side (its process and its "
+      "interface's NAPI thread, where XDP runs) and CPU 1 the load side (the load generator "
+      "and its interface's NAPI thread).")
     p("")
     with open(os.path.join(outdir, "machine.txt")) as f:
         p("```text\n" + f.read().rstrip() + "\n```")
@@ -77,7 +82,7 @@ def main():
 
     # 1. the ramp
     rates = sorted({rate for t in targets for rate in ramp[t]})
-    p("#### Rate ramp: machine µs per relayed packet (load generator / softirq), loss, RTT p99")
+    p("#### Rate ramp: machine µs per relayed packet (CPU 0 / CPU 1), loss, RTT p99")
     p("")
     p("| sent pkt/s | " + " | ".join(NAMES[t] for t in targets) + " |")
     p("|---:|" + "---|" * len(targets))
@@ -117,16 +122,18 @@ def main():
     if "xdp" in ramp and "forwarder" in ramp:
         p("#### XDP ÷ bare forwarder, machine-wide CPU per relayed packet")
         p("")
-        p("| sent pkt/s | machine-wide | RTT p99 XDP / forwarder / turnpike userspace (µs) |")
-        p("|---:|---:|---|")
+        p("| sent pkt/s | machine-wide | server side (CPU 0) | RTT p99 XDP / forwarder / turnpike userspace (µs) |")
+        p("|---:|---:|---:|---|")
         for rate in rates:
             x, f = ramp["xdp"].get(rate), ramp["forwarder"].get(rate)
             if not x or not f or x["loss_pct"] >= LOSSLESS or f["loss_pct"] >= LOSSLESS:
                 continue
             u = ramp.get("userspace", {}).get(rate)
             r1 = x["machine_us_per_pkt"] / f["machine_us_per_pkt"] if f.get("machine_us_per_pkt") else None
-            p("| %d | %s | %d / %d / %s |" % (
-                rate, fmt(r1, "{:.2f}×"), x["lat_us"]["p99"], f["lat_us"]["p99"],
+            sx, sf = server_cpu(x), server_cpu(f)
+            r2 = sx / sf if sx is not None and sf else None
+            p("| %d | %s | %s | %d / %d / %s |" % (
+                rate, fmt(r1, "{:.2f}×"), fmt(r2, "{:.2f}×"), x["lat_us"]["p99"], f["lat_us"]["p99"],
                 u["lat_us"]["p99"] if u else "–"))
         p("")
 
@@ -137,7 +144,7 @@ def main():
         keys = sorted({k[2] for k in work if k[1] == axis} | ({base} if axis == "channels" else set()))
         if not keys:
             continue
-        p("#### %s at %s sent pkt/s: machine µs per relayed packet (load generator / softirq), loss, × the %s figure" % (
+        p("#### %s at %s sent pkt/s: machine µs per relayed packet (CPU 0 / CPU 1), loss, × the %s figure (machine; server side)" % (
             title, fmt(wrate, "{:,}"), "10-channel" if axis == "channels" else "200-byte"))
         p("")
         p("| %s | %s |" % (axis, " | ".join(NAMES[t] for t in targets)))
@@ -159,6 +166,8 @@ def main():
                 rel = ""
                 if b is not None and b.get("machine_us_per_pkt") and d.get("machine_us_per_pkt"):
                     rel = ", %.2f×" % (d["machine_us_per_pkt"] / b["machine_us_per_pkt"])
+                    if server_cpu(b) and server_cpu(d) is not None:
+                        rel += "; %.2f×" % (server_cpu(d) / server_cpu(b))
                 cells.append("%s (%s), %.2f%%%s" % (
                     fmt(d.get("machine_us_per_pkt")), split(d), d["loss_pct"], rel))
             p("| %d | %s |" % (k, " | ".join(cells)))

@@ -475,7 +475,7 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
         .map_err(|e| format!("server pid: {e}"))?;
     let ticks0 = a.server_pid.and_then(|p| sys::proc_cpu_ticks(p).ok());
     let self0 = sys::self_cpu_ns();
-    let machine0 = sys::machine_cpu_ticks().ok().map(|m| (m, sys::now_ns()));
+    let machine0 = sys::cpu_idle_ticks().ok().map(|m| (m, sys::now_ns()));
     let handles: Vec<_> = plans
         .into_iter()
         .map(|p| std::thread::spawn(move || load::run_thread(p)))
@@ -496,7 +496,7 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
         .map_err(|e| format!("server pid: {e}"))?;
     let ticks1 = a.server_pid.and_then(|p| sys::proc_cpu_ticks(p).ok());
     let self_cpu = sys::self_cpu_ns() - self0;
-    let machine1 = sys::machine_cpu_ticks().ok().map(|m| (m, sys::now_ns()));
+    let machine1 = sys::cpu_idle_ticks().ok().map(|m| (m, sys::now_ns()));
     if !a.raw {
         let _ = setup::delete(&mut keep, a.concurrency);
     }
@@ -527,18 +527,21 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
         .map(|s| s * 1e6 / relayed as f64);
     // Everything the machine did in the window, softirq (where XDP runs) included; the load
     // generator's own process time is reported beside it, not subtracted.
-    let (machine_cpu_s, machine_softirq_s) = match (machine0, machine1) {
-        (Some(((idle0, soft0, cpus), t0)), Some(((idle1, soft1, _), t1))) => {
+    // Busy time per CPU over the window, wall time less idle time.
+    let (cpu_busy_s, machine_softirq_s) = match (&machine0, &machine1) {
+        (Some(((idle0, soft0), t0)), Some(((idle1, soft1), t1))) => {
             let hz = sys::clock_ticks() as f64;
-            let wall = t1.saturating_sub(t0) as f64 / 1e9;
-            let idle = idle1.saturating_sub(idle0) as f64 / hz;
-            (
-                Some((wall * cpus as f64 - idle).max(0.0)),
-                Some(soft1.saturating_sub(soft0) as f64 / hz),
-            )
+            let wall = t1.saturating_sub(*t0) as f64 / 1e9;
+            let busy: Vec<f64> = idle0
+                .iter()
+                .zip(idle1)
+                .map(|(a, b)| (wall - b.saturating_sub(*a) as f64 / hz).max(0.0))
+                .collect();
+            (Some(busy), Some(soft1.saturating_sub(*soft0) as f64 / hz))
         }
         _ => (None, None),
     };
+    let machine_cpu_s = cpu_busy_s.as_ref().map(|b| b.iter().sum::<f64>());
     let per_relayed = |s: f64| s * 1e6 / relayed.max(1) as f64;
     let machine_us = machine_cpu_s.map(per_relayed);
     let bench_pkts = c.sent + c.peer_rx + if echo { c.peer_rx + c.client_rx } else { 0 };
@@ -613,6 +616,7 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
                 "server_cpu_s": server_cpu_s, "server_cpu_source": cpu_source, "server_stat_cpu_s": stat_cpu_s, "server_us_per_pkt": us_per_pkt,
                 "bench_cpu_s": self_cpu as f64 / 1e9, "bench_us_per_pkt": bench_us,
                 "machine_cpu_s": machine_cpu_s, "machine_softirq_s": machine_softirq_s,
+                "cpu_busy_s": cpu_busy_s,
                 "machine_us_per_pkt": machine_us,
                 "bench_us_per_relayed": per_relayed(self_cpu as f64 / 1e9),
             })

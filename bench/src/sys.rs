@@ -118,29 +118,36 @@ pub fn raise_nofile() -> u64 {
     }
 }
 
-/// Machine-wide CPU from /proc/stat: (idle + iowait of all CPUs, softirq, CPUs) in clock
-/// ticks. Busy time is taken as the rest of the wall time: idle time is exact (kept from
-/// the idle loop's own clock under NO_HZ), while user/system/softirq are sampled at the
-/// tick, which misses work done in bursts shorter than a tick between idle periods (a
-/// relay at a few hundred µs per wakeup) and so reads low; softirq is reported as sampled.
-pub fn machine_cpu_ticks() -> io::Result<(u64, u64, u64)> {
+/// Per-CPU idle + iowait and the machine's softirq, in clock ticks, from /proc/stat. Busy
+/// time is taken as the rest of the wall time: idle time is exact (kept from the idle
+/// loop's own clock under NO_HZ), while user/system/softirq are sampled at the tick, which
+/// misses work done in bursts shorter than a tick between idle periods (a relay at a few
+/// hundred µs per wakeup) and so reads low; softirq is reported as sampled.
+pub fn cpu_idle_ticks() -> io::Result<(Vec<u64>, u64)> {
     let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .ok_or_else(|| io::Error::other("/proc/stat has no cpu line"))?;
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
+    let fields = |line: &str| -> Vec<u64> {
+        line.split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap_or(0))
+            .collect()
+    };
     // user nice system idle iowait irq softirq steal guest guest_nice
-    let get = |i: usize| f.get(i).copied().unwrap_or(0);
-    let cpus = stat
-        .lines()
-        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-        .count() as u64;
-    Ok((get(3) + get(4), get(6), cpus))
+    let at = |f: &[u64], i: usize| f.get(i).copied().unwrap_or(0);
+    let mut idle = Vec::new();
+    let mut softirq = 0;
+    for line in stat.lines() {
+        if line.starts_with("cpu ") {
+            softirq = at(&fields(line), 6);
+        } else if line.starts_with("cpu") && line.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+        {
+            let f = fields(line);
+            idle.push(at(&f, 3) + at(&f, 4));
+        }
+    }
+    if idle.is_empty() {
+        return Err(io::Error::other("/proc/stat has no cpuN lines"));
+    }
+    Ok((idle, softirq))
 }
 
 /// Asks for precise timer wakeups (the default slack is 50 µs).
