@@ -34,7 +34,7 @@
 #
 # Environment (all optional):
 #   DURATION=3          seconds of traffic per run
-#   RAMP="10000 20000 40000 60000 80000 100000 130000 160000 200000"  echo rates (packets/s
+#   RAMP="10000 20000 30000 ... 200000"  echo rates (packets/s
 #                       sent by the clients; relayed = twice that) tried until loss >= 0.1%
 #   WORK_RATE=30000     echo rate for the work table
 #   CHANNELS="10 1000 10000" SIZES="100 200 1200"   the work table's axes (200 B / 10 ch fixed)
@@ -58,7 +58,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   : "${DURATION:=2}" "${RAMP:=20000 80000 200000}" "${CHANNELS:=10 1000}" "${SIZES:=100 1200}"
 fi
 DURATION=${DURATION:-3}
-RAMP=${RAMP:-"10000 20000 40000 60000 80000 100000 130000 160000 200000"}
+RAMP=${RAMP:-"10000 20000 30000 40000 50000 60000 80000 100000 130000 160000 200000"}
 WORK_RATE=${WORK_RATE:-30000}
 CHANNELS=${CHANNELS:-"10 1000 10000"}
 SIZES=${SIZES:-"100 200 1200"}

@@ -108,14 +108,19 @@ def main():
         best[t] = (max(ok) if ok else None, first_lossy)
     p("#### Highest rate with < 0.1 % loss")
     p("")
-    p("| | highest lossless (sent pkt/s) | first lossy step | × coturn |")
-    p("|---|---:|---:|---:|")
+    p("| | highest lossless (sent pkt/s) | first lossy step | CPU 0 / CPU 1 busy there | × coturn |")
+    p("|---|---:|---:|---|---:|")
     cot = best.get("coturn", (None, None))[0]
     for t in targets:
         hi, lossy = best[t]
         ratio = "%.1f×" % (hi / cot) if hi and cot else "–"
         more = "" if lossy else " (no step lost: the load generator's ceiling)"
-        p("| %s | %s%s | %s | %s |" % (NAMES[t], fmt(hi, "{:,}"), more, fmt(lossy, "{:,}"), ratio))
+        busy = "–"
+        if lossy:
+            d = ramp[t][lossy]
+            b = d.get("cpu_busy_s") or []
+            busy = " / ".join("%.0f%%" % (x / d["duration"] * 100) for x in b[:2])
+        p("| %s | %s%s | %s | %s | %s |" % (NAMES[t], fmt(hi, "{:,}"), more, fmt(lossy, "{:,}"), busy, ratio))
     p("")
 
     # 3. XDP against the forwarder, at each rate both ran without loss
