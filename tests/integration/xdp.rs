@@ -295,6 +295,35 @@ impl Lab {
         })
     }
 
+    /// Starts turnpike in generic XDP mode on a config file holding `toml`; the file lives
+    /// as long as the returned directory.
+    fn start_on_config(&mut self, toml: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("turnpike.toml");
+        std::fs::write(&config, toml).unwrap();
+        let config_arg = config.to_str().unwrap();
+        self.start_server(&[
+            "--config",
+            config_arg,
+            "--xdp-interface",
+            "eth0",
+            "--xdp-mode",
+            "generic",
+        ]);
+        (dir, config)
+    }
+
+    /// SIGHUP, and waits until the daemon says it reloaded.
+    fn reload(&self) {
+        self.signal_server("HUP");
+        assert!(
+            self.log_with("configuration reloaded")
+                .contains("configuration reloaded"),
+            "no reload logged:\n{}",
+            self.log()
+        );
+    }
+
     /// Starts turnpike in the server namespace and waits for its ready line.
     fn start_server(&mut self, extra: &[&str]) {
         let bin = env!("CARGO_BIN_EXE_turnpike");
@@ -2116,13 +2145,7 @@ fn a_reload_keeps_the_program_and_its_entries_without_stale_ones() {
     client.allocate().expect_success("Allocate");
     bind_in_the_kernel(&lab, &mut client, &peer);
     let program = lab.xdp_program();
-    lab.signal_server("HUP");
-    assert!(
-        lab.log_with("configuration reloaded")
-            .contains("configuration reloaded"),
-        "no reload logged:\n{}",
-        lab.log()
-    );
+    lab.reload();
     assert_eq!(lab.xdp_program(), program, "the program attached");
     still_relays_in_the_kernel(&lab, &client, &peer);
     assert_eq!(kernel_channels(&lab.metrics()), Some(1.0), "one channel");
@@ -2140,31 +2163,14 @@ fn a_reload_keeps_the_program_and_its_entries_without_stale_ones() {
 #[test]
 fn a_reload_that_sets_a_bandwidth_cap_takes_live_channels_out_of_the_kernel_at_once() {
     let Some(mut lab) = Lab::new() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("turnpike.toml");
-    std::fs::write(&config, "[limits]\nbandwidth_per_allocation = 0\n").unwrap();
-    let config_arg = config.to_str().unwrap();
-    lab.start_server(&[
-        "--config",
-        config_arg,
-        "--xdp-interface",
-        "eth0",
-        "--xdp-mode",
-        "generic",
-    ]);
+    let (_dir, config) = lab.start_on_config("[limits]\nbandwidth_per_allocation = 0\n");
     let mut client = lab.client();
     let peer = lab.peer();
     client.allocate().expect_success("Allocate");
     bind_in_the_kernel(&lab, &mut client, &peer);
 
     std::fs::write(&config, "[limits]\nbandwidth_per_allocation = 1000000\n").unwrap();
-    lab.signal_server("HUP");
-    assert!(
-        lab.log_with("configuration reloaded")
-            .contains("configuration reloaded"),
-        "no reload logged:\n{}",
-        lab.log()
-    );
+    lab.reload();
     wait_for_metrics(&lab, "the capped channel out of the maps", |m| {
         kernel_channels(m) == Some(0.0)
     });
@@ -2199,35 +2205,15 @@ fn a_reload_that_denies_a_live_peer_takes_its_channel_out_of_the_kernel_at_once(
     }) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("turnpike.toml");
-    std::fs::write(
-        &config,
-        format!("[relay]\nallow_peers = [\"{PEER_IP}/32\"]\n"),
-    )
-    .unwrap();
-    let config_arg = config.to_str().unwrap();
-    lab.start_server(&[
-        "--config",
-        config_arg,
-        "--xdp-interface",
-        "eth0",
-        "--xdp-mode",
-        "generic",
-    ]);
+    let (_dir, config) =
+        lab.start_on_config(&format!("[relay]\nallow_peers = [\"{PEER_IP}/32\"]\n"));
     let mut client = lab.client();
     let peer = lab.peer();
     let relayed = client.allocate().expect_success("Allocate").relayed();
     bind_in_the_kernel(&lab, &mut client, &peer);
 
     std::fs::write(&config, "[relay]\nallow_peers = []\n").unwrap();
-    lab.signal_server("HUP");
-    assert!(
-        lab.log_with("configuration reloaded")
-            .contains("configuration reloaded"),
-        "no reload logged:\n{}",
-        lab.log()
-    );
+    lab.reload();
     wait_for_metrics(&lab, "the denied peer's channel out of the maps", |m| {
         kernel_channels(m) == Some(0.0)
     });
