@@ -1589,6 +1589,28 @@ struct Hostile<'a> {
     payload: Vec<u8>,
 }
 
+impl<'a> Hostile<'a> {
+    /// `packet` twice, each passed under `reason` (counted exactly) and relayed by nobody.
+    fn relayed_by_nobody(
+        what: &'static str,
+        from: &'a Wire,
+        packet: Vec<u8>,
+        reason: &'static str,
+        payload: Vec<u8>,
+    ) -> Self {
+        Hostile {
+            what,
+            from,
+            packets: vec![packet.clone(), packet],
+            reason,
+            exact: true,
+            userspace: 0,
+            at_peer: 0,
+            payload,
+        }
+    }
+}
+
 /// Sends `case` and checks it: passed under its reason, nothing relayed in the kernel,
 /// userspace relaying exactly what it should.
 fn attack(lab: &Lab, peer: &UdpSocket, relayed: SocketAddr, case: Hostile) {
@@ -1828,16 +1850,7 @@ fn lying_lengths_and_truncated_headers_are_passed_and_relayed_by_nobody() {
             &lab,
             &peer,
             relayed,
-            Hostile {
-                what,
-                from: &wire,
-                packets: vec![packet.clone(), packet],
-                reason,
-                exact: true,
-                userspace: 0,
-                at_peer: 0,
-                payload: payload.clone(),
-            },
+            Hostile::relayed_by_nobody(what, &wire, packet, reason, payload.clone()),
         );
     }
     still_relays_in_the_kernel(&lab, &client, &peer);
@@ -1867,16 +1880,13 @@ fn a_frame_for_another_mac_is_passed_and_relayed_by_nobody() {
         &lab,
         &peer,
         relayed,
-        Hostile {
-            what: "ChannelData to another MAC address",
-            from: &elsewhere,
-            packets: vec![packet.clone(), packet],
-            reason: "other_host",
-            exact: true,
-            userspace: 0,
-            at_peer: 0,
+        Hostile::relayed_by_nobody(
+            "ChannelData to another MAC address",
+            &elsewhere,
+            packet,
+            "other_host",
             payload,
-        },
+        ),
     );
     still_relays_in_the_kernel(&lab, &client, &peer);
 }
@@ -2064,16 +2074,7 @@ fn ipv6_extension_headers_and_lying_payload_lengths_are_passed_to_userspace() {
             &lab,
             &peer,
             relayed,
-            Hostile {
-                what,
-                from: &wire,
-                packets: vec![p.clone(), p],
-                reason: "malformed",
-                exact: true,
-                userspace: 0,
-                at_peer: 0,
-                payload: payload.clone(),
-            },
+            Hostile::relayed_by_nobody(what, &wire, p, "malformed", payload.clone()),
         );
     }
     still_relays_in_the_kernel(&lab, &client, &peer);
