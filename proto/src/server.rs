@@ -624,7 +624,7 @@ pub struct Server {
     denied_peer_log: LogBudget,
     quota_log: LogBudget,
     /// The IPs this server relays from and advertises, learnt as allocations are made (a
-    /// handful), beside the configured `relay_ips`: as peers, valid on relay ports only.
+    /// handful), beside the configured `relay_ips`: as peers, valid on live relays only.
     own_relay_ips: Vec<IpAddr>,
     /// The relay addresses held right now, this core's and, in the daemon, every worker's:
     /// the only ports of the own relay IPs that relay-to-relay may reach.
@@ -1574,8 +1574,8 @@ impl Server {
     /// Permissions are per IP (RFC 8656 §9), so this has no port to judge. One of the
     /// server's own relay IPs, exactly as advertised or bound, is allowed even in a denied
     /// range: behind it may be another allocation of this server, which applies its own
-    /// permissions (`check_peer` keeps the ports to the relays held now). Carried in an IPv6 form
-    /// (NAT64 and the like) it is a detour through some translator, denied unless
+    /// permissions (`check_peer` keeps the ports to the relays held now). Carried in an IPv6
+    /// form (NAT64 and the like) it is a detour through some translator, denied unless
     /// `allow_peers` names it. Everything else is the peer filter's call.
     fn peer_ip_denied(&self, peer: IpAddr) -> bool {
         if self.is_own_relay_ip(peer) {
@@ -1860,8 +1860,8 @@ impl Server {
         self.quotas.release(&allocation.quota_key);
         for relay in &allocation.relays {
             self.relays.remove(&relay.local);
-            // Before the driver closes the socket (on RelayReleased), so no other socket
-            // that then takes the port is ever taken for this relay.
+            // Before the driver closes the socket (on RelayReleased): whatever binds the
+            // port after that is never taken for a relay.
             self.live_relays.mark(relay.local, false);
         }
         let released: Vec<SocketAddr> = allocation.relays.iter().map(|r| r.local).collect();
