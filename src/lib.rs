@@ -533,6 +533,7 @@ pub fn start(config: &config::Config) -> io::Result<Running> {
         generation: Default::default(),
         settings: RwLock::new(Arc::new(settings)),
         xdp: net::xdp::start(config.relay.xdp_interface.as_deref(), config.relay.xdp_mode),
+        live_relays: Default::default(),
     });
     let mut wakers = Vec::new();
     let mut commands = Vec::new();

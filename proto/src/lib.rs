@@ -15,6 +15,7 @@
 pub mod allocation;
 pub mod auth;
 pub mod error;
+pub mod live_relays;
 pub mod peer_filter;
 pub mod server;
 pub mod sessions;
@@ -24,6 +25,7 @@ pub mod wire;
 
 pub use allocation::{RelayAddress, Usage};
 pub use error::Error;
+pub use live_relays::LiveRelays;
 pub use server::{
     ClientAction, EndReason, Event, FiveTuple, Gauges, PeerAction, PendingAllocation, Quotas,
     ReloadCut, Server, ServerConfig, Transport,

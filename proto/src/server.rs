@@ -24,6 +24,7 @@ use super::auth::{
     AuthError, Credentials, LongTermKey, NonceCheck, NonceKey, PasswordAlgorithm, NONCE_COOKIE,
 };
 use super::error::Error;
+use super::live_relays::LiveRelays;
 use super::peer_filter::PeerFilter;
 use super::sessions::{Revocations, SessionFilter, SessionInfo};
 use super::stats::Stats;
@@ -623,8 +624,11 @@ pub struct Server {
     denied_peer_log: LogBudget,
     quota_log: LogBudget,
     /// The IPs this server relays from and advertises, learnt as allocations are made (a
-    /// handful), beside the configured `relay_ips`: as peers, valid on relay ports only.
+    /// handful), beside the configured `relay_ips`: as peers, valid on live relays only.
     own_relay_ips: Vec<IpAddr>,
+    /// The relay addresses held right now, this core's and, in the daemon, every worker's:
+    /// the only ports of the own relay IPs that relay-to-relay may reach.
+    live_relays: Arc<LiveRelays>,
     revocations: Arc<Revocations>,
     /// The id the next allocation gets.
     next_id: u64,
@@ -651,11 +655,24 @@ impl Server {
             denied_peer_log: LogBudget::default(),
             quota_log: LogBudget::default(),
             own_relay_ips: Vec::new(),
+            live_relays: Arc::default(),
             revocations: Arc::default(),
             next_id: 1,
             rng: StdRng::from_seed(seed),
             stats: Stats::default(),
         }
+    }
+
+    /// Shares `live_relays` with the other cores relaying from the same IPs (the daemon's
+    /// workers), so a client of one may relay to an allocation of another; alone, a core
+    /// knows only its own. Before any allocation is made.
+    pub fn with_live_relays(mut self, live_relays: Arc<LiveRelays>) -> Self {
+        debug_assert!(
+            self.allocations.is_empty(),
+            "relays already marked elsewhere"
+        );
+        self.live_relays = live_relays;
+        self
     }
 
     /// Replaces the protocol settings (SIGHUP reload); live allocations are kept. If the peer
@@ -702,7 +719,7 @@ impl Server {
                 .filter(|c| {
                     self.peer_ip_denied(c.peer.ip())
                         || self.is_own_listener(c.peer)
-                        || self.is_own_non_relay_port(c.peer)
+                        || self.is_own_port_without_relay(c.peer)
                 })
                 .map(|c| (c.number, c.expires))
                 .collect();
@@ -1370,6 +1387,7 @@ impl Server {
         self.remove_allocation(&pending.tuple, EndReason::Deleted);
         for relay in &relays {
             self.relays.insert(relay.local, pending.tuple);
+            self.live_relays.mark(relay.local, true);
             for ip in [relay.local.ip(), relay.advertised.ip()] {
                 if !self.own_relay_ips.contains(&ip) {
                     self.own_relay_ips.push(ip);
@@ -1503,10 +1521,11 @@ impl Server {
     }
 
     /// Whether the server may relay to `peer`: never to one of the server's own listening
-    /// sockets; to one of its own relay IPs on a relay port (relay-to-relay); to any other
-    /// port of that IP only if `allow_peers` names it; elsewhere as the filter says.
+    /// sockets; to one of its own relay IPs where one of its relay sockets is bound now
+    /// (relay-to-relay); to any other port of that IP only if `allow_peers` names it;
+    /// elsewhere as the filter says.
     fn check_peer(&mut self, now: Instant, peer: SocketAddr) -> Result<(), Error> {
-        if self.is_own_listener(peer) || self.is_own_non_relay_port(peer) {
+        if self.is_own_listener(peer) || self.is_own_port_without_relay(peer) {
             self.deny_peer(now, peer.ip());
             return Err(Error::Forbidden);
         }
@@ -1526,12 +1545,22 @@ impl Server {
         })
     }
 
-    /// A port of one of the server's own relay IPs outside the relay range, not opened by
-    /// `allow_peers`.
-    fn is_own_non_relay_port(&self, peer: SocketAddr) -> bool {
+    /// A port of one of the server's own relay IPs, not opened by `allow_peers`, that is no
+    /// relay of this server right now: outside the relay range, or inside it with no
+    /// allocation's socket bound there (whatever else is: another process's socket on the
+    /// relay IP or the wildcard, a resolver's query port in the ephemeral range, say).
+    fn is_own_port_without_relay(&self, peer: SocketAddr) -> bool {
         self.is_own_relay_ip(peer.ip())
-            && !self.config.relay_ports.contains(&peer.port())
+            && !self.is_live_relay(peer)
             && !self.config.peer_filter.explicitly_allows(peer.ip())
+    }
+
+    /// Whether `peer`, bound or advertised, is a relay socket some allocation holds now.
+    fn is_live_relay(&self, peer: SocketAddr) -> bool {
+        self.config.relay_ports.contains(&peer.port())
+            && self
+                .live_relays
+                .is_live(self.bound_relay_for(peer).unwrap_or(peer))
     }
 
     fn check_peer_ip(&mut self, now: Instant, peer: IpAddr) -> Result<(), Error> {
@@ -1544,9 +1573,9 @@ impl Server {
 
     /// Permissions are per IP (RFC 8656 §9), so this has no port to judge. One of the
     /// server's own relay IPs, exactly as advertised or bound, is allowed even in a denied
-    /// range: behind it is another allocation of this server, which applies its own
-    /// permissions (`check_peer` keeps the ports to relay ports). Carried in an IPv6 form
-    /// (NAT64 and the like) it is a detour through some translator, denied unless
+    /// range: behind it may be another allocation of this server, which applies its own
+    /// permissions (`check_peer` keeps the ports to the relays held now). Carried in an IPv6
+    /// form (NAT64 and the like) it is a detour through some translator, denied unless
     /// `allow_peers` names it. Everything else is the peer filter's call.
     fn peer_ip_denied(&self, peer: IpAddr) -> bool {
         if self.is_own_relay_ip(peer) {
@@ -1831,6 +1860,9 @@ impl Server {
         self.quotas.release(&allocation.quota_key);
         for relay in &allocation.relays {
             self.relays.remove(&relay.local);
+            // Before the driver closes the socket (on RelayReleased): whatever binds the
+            // port after that is never taken for a relay.
+            self.live_relays.mark(relay.local, false);
         }
         let released: Vec<SocketAddr> = allocation.relays.iter().map(|r| r.local).collect();
         self.events.push_back(Event::AllocationEnded {
@@ -1957,5 +1989,17 @@ impl Server {
             .collect();
         found.sort_unstable();
         found.into_iter().map(|(_, tuple)| tuple).collect()
+    }
+}
+
+/// A core dropped with allocations (a worker that panicked) no longer holds their relays:
+/// the sockets go with the worker, so their ports must not stay live for the others.
+impl Drop for Server {
+    fn drop(&mut self) {
+        for allocation in self.allocations.values() {
+            for relay in &allocation.relays {
+                self.live_relays.mark(relay.local, false);
+            }
+        }
     }
 }

@@ -142,6 +142,17 @@ impl Harness {
         }
     }
 
+    /// A core among others (the daemon's workers) that hold relays at `held`.
+    fn beside_relays(config: ServerConfig, held: &[&str]) -> Self {
+        let live = Arc::new(LiveRelays::default());
+        for relay in held {
+            live.mark(relay.parse().unwrap(), true);
+        }
+        let mut h = Self::with(config.clone(), Quotas::new(10, 10));
+        h.server = Server::new(Arc::new(config), h.quotas.clone(), [7; 32]).with_live_relays(live);
+        h
+    }
+
     fn advance(&mut self, by: Duration) {
         self.now += by;
         self.unix += by.as_secs();
@@ -1766,9 +1777,10 @@ fn send_indication(peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Relay-to-relay: the server's own relay IPs, bound or advertised, are valid peers on a
-/// relay port (another allocation, which applies its own permissions), even though the
+/// relay port some allocation holds (which applies its own permissions), even though the
 /// relay IP lies in a denied range (192.0.2.0/24 here, as 127.0.0.1 or a LAN address would
-/// be); the listening socket and every other port of those IPs stay denied.
+/// be); the listening socket, relay ports no allocation holds and every other port of
+/// those IPs stay denied.
 #[test]
 fn the_servers_own_relay_addresses_are_peers_on_relay_ports_only() {
     let mut config = config();
@@ -1789,8 +1801,8 @@ fn the_servers_own_relay_addresses_are_peers_on_relay_ports_only() {
     for (own, allowed) in [
         (advertised, true),
         (local, true),
-        (addr("93.184.216.99:65535"), true),
-        (addr("192.0.2.10:49152"), true),
+        (addr("93.184.216.99:65535"), false),
+        (addr("192.0.2.10:49152"), false),
         (addr("192.0.2.10:3478"), false),
         (addr("93.184.216.99:3478"), false),
         (addr("93.184.216.99:1"), false),
@@ -1805,7 +1817,7 @@ fn the_servers_own_relay_addresses_are_peers_on_relay_ports_only() {
             assert_eq!(reply_code(&reply), Some(403), "{own}");
         }
     }
-    assert_eq!(h.server.stats.denied_peers, denied_before + 5);
+    assert_eq!(h.server.stats.denied_peers, denied_before + 7);
     // Other addresses of the denied range stay denied.
     for other in ["192.0.2.11:50000", "192.0.2.11:1"] {
         let reply = h.authed(CLIENT, &user, CREATE_PERMISSION, peer_attr(addr(other)));
@@ -1924,6 +1936,111 @@ fn two_clients_relay_to_each_others_relay_addresses() {
     assert_eq!(h.server.stats.denied_peers, denied + 2);
 }
 
+/// Relay-to-relay reaches only relay sockets an allocation holds now: a port of the relay
+/// range with no allocation behind it (where any other local process may have a socket,
+/// a resolver's query port, say) is a denied peer for ChannelBind and Send, under its
+/// bound and its advertised address, and so is a relay once its allocation is gone.
+#[test]
+fn relay_to_relay_reaches_only_relays_held_now() {
+    let mut config = config();
+    config.external_ips = vec![(
+        Some("192.0.2.10".parse().unwrap()),
+        "93.184.216.99".parse().unwrap(),
+    )];
+    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let user = rest_user("bob");
+    let (alice, bob) = (CLIENT, "198.51.100.8:40000");
+    h.allocate(alice, &user.0, &user.1);
+    let bob_relay = h.allocate(bob, &user.0, &user.1);
+    assert_eq!(bob_relay, addr("93.184.216.99:50002"));
+    let bob_local = addr("192.0.2.10:50002");
+    let reply = h.authed(alice, &user, CHANNEL_BIND, channel_attrs(0x4000, bob_relay));
+    assert!(success(&reply), "{:?}", reply_code(&reply));
+    let reply = h.authed(alice, &user, CHANNEL_BIND, channel_attrs(0x4001, bob_local));
+    assert!(success(&reply), "{:?}", reply_code(&reply));
+    let Outcome::Relay(_, to, _) = h.send(alice, &send_indication(bob_relay, b"hi")) else {
+        panic!("Send indication to a live relay not relayed")
+    };
+    assert_eq!(to, bob_local);
+
+    // Between the two relays and past them: in the range, held by no allocation.
+    let mut channel = 0x4002;
+    for unheld in [
+        "192.0.2.10:50001",
+        "93.184.216.99:50004",
+        "192.0.2.10:65535",
+    ] {
+        let unheld = addr(unheld);
+        let denied = h.server.stats.denied_peers;
+        let reply = h.authed(alice, &user, CHANNEL_BIND, channel_attrs(channel, unheld));
+        assert_eq!(reply_code(&reply), Some(403), "{unheld}");
+        let relayed = h.send(alice, &send_indication(unheld, b"no"));
+        assert!(matches!(relayed, Outcome::Drop), "{unheld}");
+        assert_eq!(h.server.stats.denied_peers, denied + 2, "{unheld}");
+        channel += 1;
+    }
+
+    // Bob's allocation ends: his relay is no peer any more, under either address.
+    let reply = h.authed(bob, &user, REFRESH, |m, _| {
+        m.add_attribute(&Lifetime::new(0)).unwrap()
+    });
+    assert!(success(&reply), "{:?}", reply_code(&reply));
+    for gone in [bob_relay, bob_local] {
+        let denied = h.server.stats.denied_peers;
+        let reply = h.authed(alice, &user, CHANNEL_BIND, channel_attrs(channel, gone));
+        assert_eq!(reply_code(&reply), Some(403), "{gone}");
+        let relayed = h.send(alice, &send_indication(gone, b"no"));
+        assert!(matches!(relayed, Outcome::Drop), "{gone}");
+        assert_eq!(h.server.stats.denied_peers, denied + 2, "{gone}");
+    }
+    // Nor can Alice's channel to it be refreshed.
+    let reply = h.authed(alice, &user, CHANNEL_BIND, channel_attrs(0x4000, bob_relay));
+    assert_eq!(reply_code(&reply), Some(403));
+    // A new allocation on the same port is a peer again.
+    h.next_relay_port = 50002;
+    assert_eq!(h.allocate(bob, &user.0, &user.1), bob_relay);
+    let reply = h.authed(alice, &user, CHANNEL_BIND, channel_attrs(0x4000, bob_relay));
+    assert!(success(&reply), "{:?}", reply_code(&reply));
+}
+
+/// Cores sharing one [`LiveRelays`] (the daemon's workers) see each other's relays: a client
+/// of one reaches an allocation of the other until it ends, or its core is dropped with
+/// it (a worker that died); a core alone sees only its own.
+#[test]
+fn cores_sharing_live_relays_reach_each_others_relays() {
+    let live = Arc::new(LiveRelays::default());
+    let sharing = |h: &mut Harness, live: &Arc<LiveRelays>| {
+        h.server = Server::new(Arc::new(config()), h.quotas.clone(), [7; 32])
+            .with_live_relays(live.clone());
+    };
+    let (mut one, mut other, mut alone) = (Harness::new(), Harness::new(), Harness::new());
+    sharing(&mut one, &live);
+    sharing(&mut other, &live);
+    other.next_relay_port = 60_000;
+    alone.next_relay_port = 61_000;
+    let user = rest_user("bob");
+    one.allocate(CLIENT, &user.0, &user.1);
+    let other_relay = other.allocate(CLIENT, &user.0, &user.1);
+    let alone_relay = alone.allocate(CLIENT, &user.0, &user.1);
+    let bind = |h: &mut Harness, channel: u16, peer: SocketAddr| {
+        reply_code(&h.authed(CLIENT, &user, CHANNEL_BIND, channel_attrs(channel, peer)))
+    };
+    assert_eq!(bind(&mut one, 0x4000, other_relay), None, "shared: a peer");
+    assert_eq!(bind(&mut one, 0x4001, alone_relay), Some(403), "not shared");
+    assert_eq!(
+        bind(&mut alone, 0x4000, other_relay),
+        Some(403),
+        "not shared"
+    );
+    // The other core goes, its allocation with it.
+    other.server = Server::new(Arc::new(config()), other.quotas.clone(), [7; 32]);
+    assert_eq!(
+        bind(&mut one, 0x4002, other_relay),
+        Some(403),
+        "dropped core"
+    );
+}
+
 /// Behind a 1:1 NAT (`external_ips`) clients know each other's relays by the public
 /// address: what goes to one leaves through the bound address instead of relying on the
 /// NAT to hairpin, and what arrives from the bound address is known by the public one.
@@ -2027,12 +2144,14 @@ fn configured_relay_ips_are_own_before_any_allocation_uses_them() {
         Some("192.0.2.20".parse().unwrap()),
         "93.184.216.20".parse().unwrap(),
     )];
-    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let mut h = Harness::beside_relays(config, &["192.0.2.20:50000"]);
     let user = rest_user("bob");
     h.allocate(CLIENT, &user.0, &user.1); // on 192.0.2.10, as the harness binds
     for (channel, (peer, allowed)) in (0x4000..).zip([
         ("192.0.2.20:50000", true),
         ("93.184.216.20:50000", true),
+        ("192.0.2.20:50002", false),
+        ("93.184.216.20:50002", false),
         ("192.0.2.20:1", false),
         ("93.184.216.20:1", false),
         ("192.0.2.21:50000", false),
@@ -2052,17 +2171,18 @@ fn configured_relay_ips_are_own_before_any_allocation_uses_them() {
 }
 
 /// An operator's own deny_peers range holding the relay IP denies its other addresses; the
-/// relay IP itself is still reachable on relay ports.
+/// relay IP itself is still reachable on its relays.
 #[test]
 fn explicitly_denied_ranges_still_deny_their_other_addresses() {
     let mut config = config();
     config.relay_ips = vec!["93.184.216.10".parse().unwrap()];
     config.peer_filter = PeerFilter::new(vec![], vec!["93.184.216.0/24".parse().unwrap()]);
-    let mut h = Harness::with(config, Quotas::new(10, 10));
+    let mut h = Harness::beside_relays(config, &["93.184.216.10:50000"]);
     let user = rest_user("bob");
     h.allocate(CLIENT, &user.0, &user.1);
     for (peer, allowed) in [
         ("93.184.216.10:50000", true),
+        ("93.184.216.10:50002", false),
         ("93.184.216.10:3478", false),
         ("93.184.216.11:50000", false),
         ("93.184.216.200:9", false),

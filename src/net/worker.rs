@@ -85,6 +85,9 @@ pub struct WorkerShared {
     pub usage: crate::usage::UsageSinks,
     /// The attached XDP program, if any (src/net/xdp.rs).
     pub xdp: Option<Arc<super::xdp::Datapath>>,
+    /// Every worker's relay addresses held now: a client of one worker may relay to an
+    /// allocation of another, and to nothing else on the relay IPs.
+    pub live_relays: Arc<crate::proto::LiveRelays>,
 }
 
 /// Everything a reload can change.
@@ -107,9 +110,11 @@ pub struct Worker {
     index: usize,
     poll: Poll,
     listeners: Listeners,
+    /// Dropped before `relays` (fields drop in order): its relays stop being live before
+    /// their sockets close.
+    server: Server,
     relays: Relays,
     connections: Connections,
-    server: Server,
     shared: Arc<WorkerShared>,
     settings: Arc<Settings>,
     generation: u64,
@@ -146,7 +151,8 @@ impl Worker {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let server = Server::new(settings.server.clone(), quotas, rand::random());
+        let server = Server::new(settings.server.clone(), quotas, rand::random())
+            .with_live_relays(shared.live_relays.clone());
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let listeners = Listeners::register(poll.registry(), listeners)?;

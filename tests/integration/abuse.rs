@@ -231,6 +231,73 @@ fn two_clients_relay_to_each_other_without_allow_peer() {
         .expect_error(403, "ChannelBind to the relay IP's port 9");
 }
 
+/// Relay-to-relay reaches only relay sockets the server holds, not whatever else is bound in
+/// the relay port range on the relay IP: a plain socket of another process there (a
+/// resolver's query port in the ephemeral range, say) gets neither a channel nor a Send
+/// indication, while clients on several workers still relay to each other's relays.
+#[test]
+fn a_foreign_socket_in_the_relay_range_is_no_peer() {
+    // The kernel picks the foreign socket's port as it would a resolver's; the relay range
+    // is a window around it (the server cannot bind that port: the test holds it).
+    let foreign = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the foreign socket");
+    let foreign_addr = foreign.local_addr().unwrap();
+    let min = foreign_addr.port().saturating_sub(16).max(1024);
+    let (min_port, max_port) = (min.to_string(), (min + 32).to_string());
+    let mut args = default_args_without(&["--allow-peer"]);
+    args.extend(
+        [
+            "--min-port",
+            &min_port,
+            "--max-port",
+            &max_port,
+            "--workers",
+            "4",
+        ]
+        .map(String::from),
+    );
+    let server = Server::start_raw(&args);
+    let mut alice = UdpTurn::rest(&server, "alice");
+    let alice_relay = alice
+        .allocate()
+        .expect_success("alice's Allocate")
+        .relayed();
+    let relay_range = min..=min + 32;
+    assert!(
+        relay_range.contains(&alice_relay.port()) && relay_range.contains(&foreign_addr.port())
+    );
+    // Three more clients, so some are on another worker than Alice's.
+    for (i, name) in ["bob", "carol", "dave"].into_iter().enumerate() {
+        let mut other = UdpTurn::rest(&server, name);
+        let relay = other.allocate().expect_success("Allocate").relayed();
+        other
+            .channel_bind(0x4000, alice_relay)
+            .expect_success("ChannelBind to alice's relay");
+        let channel = 0x4000 + i as u16;
+        alice
+            .channel_bind(channel, relay)
+            .expect_success(&format!("alice's ChannelBind to {name}'s relay"));
+        alice.send_channel_data(channel, name.as_bytes());
+        let got = other
+            .recv(RESPONSE_TIMEOUT)
+            .unwrap_or_else(|| panic!("{name} got nothing"));
+        assert!(
+            got.starts_with(&channel_data(0x4000, name.as_bytes())),
+            "{name}'s ChannelData: {got:?}"
+        );
+    }
+    alice
+        .channel_bind(0x4010, foreign_addr)
+        .expect_error(403, "ChannelBind to a foreign socket in the relay range");
+    // Alice holds a permission for 127.0.0.1 (from her channels): only the peer check stands
+    // between her Send indication and the foreign socket.
+    alice.send_indication(foreign_addr, b"spoofed answer");
+    assert_eq!(
+        recv_from(&foreign, SILENCE),
+        None,
+        "a Send indication reached the foreign socket"
+    );
+}
+
 #[test]
 fn peer_in_10_0_0_0_gets_403() {
     let server = server_without_allow_peer();
