@@ -77,7 +77,10 @@ def main():
       "and its interface's NAPI thread).")
     p("")
     with open(os.path.join(outdir, "machine.txt")) as f:
-        p("```text\n" + f.read().rstrip() + "\n```")
+        machine = f.read()
+    p("```text\n" + machine.rstrip() + "\n```")
+    # Only with the server side pinned to CPU 0 is CPU 0 the server's cost.
+    split_run = "SPLIT=1" in machine
     p("")
 
     # 1. the ramp
@@ -127,7 +130,8 @@ def main():
     if "xdp" in ramp and "forwarder" in ramp:
         p("#### XDP ÷ bare forwarder, machine-wide CPU per relayed packet")
         p("")
-        p("| sent pkt/s | machine-wide | server side (CPU 0) | RTT p99 XDP / forwarder / turnpike userspace (µs) |")
+        side = "server side (CPU 0)" if split_run else "CPU 0 (nothing pinned)"
+        p("| sent pkt/s | machine-wide | %s | RTT p99 XDP / forwarder / turnpike userspace (µs) |" % side)
         p("|---:|---:|---:|---|")
         for rate in rates:
             x, f = ramp["xdp"].get(rate), ramp["forwarder"].get(rate)
