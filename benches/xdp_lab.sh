@@ -6,7 +6,7 @@
 #
 # Usage (from the project root, as root, after ../shared/harness/setup.sh; needs ethtool
 # and iproute2, and no clang: the committed ebpf/*.bpf.o are loaded):
-#   benches/xdp_lab.sh              # full pass, about 12 minutes
+#   benches/xdp_lab.sh              # full pass, about 4 minutes
 #   QUICK=1 benches/xdp_lab.sh      # 2 s runs, fewer steps (smoke test)
 #
 #   tpxb-l  eth0 198.18.0.2 (clients)  ──veth──  eth0 198.18.0.1  tpxb-s (the server)
