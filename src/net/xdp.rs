@@ -438,6 +438,11 @@ impl Hook {
     /// Mirrors one of the core's events into the maps. An `AllocationEnded` gets what the
     /// kernel relayed for it added to its usage, so the usage record covers both paths.
     pub fn apply(&mut self, event: &mut Event, config: &ServerConfig) {
+        if let Event::ChannelBound { peer, .. } | Event::ChannelRefreshed { peer, .. } = event {
+            if is_relay_behind_nat(*peer, config) {
+                return;
+            }
+        }
         self.mirror(event, kernel_path_allowed(config));
     }
 
@@ -591,6 +596,17 @@ impl Hook {
         }
         self.totals.clone()
     }
+}
+
+/// A channel to another relay of this server by its public address behind a 1:1 NAT
+/// (`external_ips`) stays in userspace, which sends to the bound address; the kernel would
+/// route it to the NAT and count on the NAT to send it back.
+fn is_relay_behind_nat(peer: SocketAddr, config: &ServerConfig) -> bool {
+    config.relay_ports.contains(&peer.port())
+        && config
+            .external_ips
+            .iter()
+            .any(|&(local, public)| public == peer.ip() && local != Some(public))
 }
 
 /// A bandwidth cap is enforced in userspace only: capped allocations keep every packet on
@@ -1432,6 +1448,36 @@ mod tests {
         assert_eq!(fake.channels(), []);
         hook.reconfigure(&unlimited);
         assert_eq!(fake.channels().len(), 1);
+    }
+
+    /// Relay-to-relay behind a 1:1 NAT: a channel whose peer is a relay port of the public
+    /// address stays in userspace (which sends to the bound address); one to the same
+    /// address outside the relay range, or to anyone else, is installed.
+    #[test]
+    fn a_channel_to_this_servers_relay_behind_a_nat_stays_in_userspace() {
+        use crate::proto::auth::{Credentials, NonceKey};
+        let fake = Arc::new(Fake::default());
+        let (mut hook, now) = hooked(&fake);
+        let credentials = Credentials {
+            secrets: vec![],
+            separator: ':',
+            static_users: vec![],
+        };
+        let public: IpAddr = "203.0.113.50".parse().unwrap();
+        let config = ServerConfig {
+            external_ips: vec![(Some(addr(RELAY).ip()), public)],
+            relay_ports: 49152..=65535,
+            ..ServerConfig::new("realm", credentials, NonceKey::new([1; 32]))
+        };
+        hook.apply(&mut bound(0x4000, "203.0.113.50:50002", now), &config);
+        assert_eq!(
+            fake.channels(),
+            [],
+            "relay-to-relay through the NAT's address"
+        );
+        hook.apply(&mut bound(0x4001, "203.0.113.50:6000", now), &config);
+        hook.apply(&mut bound(0x4002, PEER, now), &config);
+        assert_eq!(fake.channels().len(), 2, "{:?}", fake.channels());
     }
 
     #[test]
