@@ -89,7 +89,11 @@ async function callCase(page, args, result, deadline) {
   // Let a few more frames arrive for the screenshot and the stats.
   await page.waitForTimeout(1000);
   const later = await page.evaluate(() => window.testcall.summary());
-  const s = { ...later, pair: done.pair || later.pair };
+  // The other side may have hung up by then too, and Chromium drops a closed call's
+  // inbound-rtp stats: keep the reading with more frames.
+  const frames = (x) => (x.inbound_video && x.inbound_video.framesDecoded) || 0;
+  const inbound = frames(later) >= frames(done) ? later.inbound_video : done.inbound_video;
+  const s = { ...later, pair: done.pair || later.pair, inbound_video: inbound };
   Object.assign(result, {
     media: s.media, policy: s.policy, pair: s.pair, selected_pair: s.pair ? s.pair.text : 'none',
     inbound_video: s.inbound_video, outbound_video: s.outbound_video, sent: s.sent, received: s.received,
