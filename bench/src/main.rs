@@ -592,11 +592,14 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
         "  load generator CPU {:.2} s = {bench_us:.2} µs per packet handled",
         self_cpu as f64 / 1e9
     );
-    if let (Some(m), Some(soft), Some(u)) = (machine_cpu_s, machine_softirq_s, machine_us) {
+    if let (Some(m), Some(u), Some(busy)) = (machine_cpu_s, machine_us, &cpu_busy_s) {
+        let per_cpu: Vec<String> = busy
+            .iter()
+            .map(|b| format!("{:.2}", per_relayed(*b)))
+            .collect();
         eprintln!(
-            "  machine CPU {m:.2} s (softirq {soft:.2} s, load generator {:.2} s) = {u:.2} µs per relayed packet, {:.2} without the load generator",
-            self_cpu as f64 / 1e9,
-            per_relayed((m - self_cpu as f64 / 1e9).max(0.0))
+            "  machine CPU {m:.2} s (wall less idle) = {u:.2} µs per relayed packet; per CPU {} µs",
+            per_cpu.join(" / ")
         );
     }
     if a.json {
