@@ -525,11 +525,10 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
     let us_per_pkt = server_cpu_s
         .filter(|_| relayed > 0)
         .map(|s| s * 1e6 / relayed as f64);
-    // Everything the machine did in the window, softirq (where XDP runs) included; the load
-    // generator's own process time is reported beside it, not subtracted.
-    // Busy time per CPU over the window, wall time less idle time.
-    let (cpu_busy_s, machine_softirq_s) = match (&machine0, &machine1) {
-        (Some(((idle0, soft0), t0)), Some(((idle1, soft1), t1))) => {
+    // Everything each CPU did in the window (wall time less idle time), softirq (where XDP
+    // runs) included; the load generator's own process time is reported beside it.
+    let cpu_busy_s = match (&machine0, &machine1) {
+        (Some((idle0, t0)), Some((idle1, t1))) => {
             let hz = sys::clock_ticks() as f64;
             let wall = t1.saturating_sub(*t0) as f64 / 1e9;
             let busy: Vec<f64> = idle0
@@ -537,9 +536,9 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
                 .zip(idle1)
                 .map(|(a, b)| (wall - b.saturating_sub(*a) as f64 / hz).max(0.0))
                 .collect();
-            (Some(busy), Some(soft1.saturating_sub(*soft0) as f64 / hz))
+            Some(busy)
         }
-        _ => (None, None),
+        _ => None,
     };
     let machine_cpu_s = cpu_busy_s.as_ref().map(|b| b.iter().sum::<f64>());
     let per_relayed = |s: f64| s * 1e6 / relayed.max(1) as f64;
@@ -618,10 +617,8 @@ fn run_load(a: &LoadArgs) -> Result<(), String> {
                 "oneway_p50_us": c.oneway.pct(50.0), "oneway_p99_us": c.oneway.pct(99.0),
                 "server_cpu_s": server_cpu_s, "server_cpu_source": cpu_source, "server_stat_cpu_s": stat_cpu_s, "server_us_per_pkt": us_per_pkt,
                 "bench_cpu_s": self_cpu as f64 / 1e9, "bench_us_per_pkt": bench_us,
-                "machine_cpu_s": machine_cpu_s, "machine_softirq_s": machine_softirq_s,
-                "cpu_busy_s": cpu_busy_s,
+                "machine_cpu_s": machine_cpu_s, "cpu_busy_s": cpu_busy_s,
                 "machine_us_per_pkt": machine_us,
-                "bench_us_per_relayed": per_relayed(self_cpu as f64 / 1e9),
             })
         );
     }

@@ -118,36 +118,30 @@ pub fn raise_nofile() -> u64 {
     }
 }
 
-/// Per-CPU idle + iowait and the machine's softirq, in clock ticks, from /proc/stat. Busy
-/// time is taken as the rest of the wall time: idle time is exact (kept from the idle
-/// loop's own clock under NO_HZ), while user/system/softirq are sampled at the tick, which
-/// misses work done in bursts shorter than a tick between idle periods (a relay at a few
-/// hundred µs per wakeup) and so reads low; softirq is reported as sampled.
-pub fn cpu_idle_ticks() -> io::Result<(Vec<u64>, u64)> {
+/// Per-CPU idle + iowait in clock ticks, from /proc/stat. Busy time is taken as the rest
+/// of the wall time: idle time is exact (kept from the idle loop's own clock under NO_HZ),
+/// while the user/system/softirq columns are sampled at the tick, which misses work done in
+/// bursts shorter than a tick between idle periods (a relay at a few hundred µs per wakeup)
+/// and so reads low.
+pub fn cpu_idle_ticks() -> io::Result<Vec<u64>> {
     let stat = std::fs::read_to_string("/proc/stat")?;
-    let fields = |line: &str| -> Vec<u64> {
-        line.split_whitespace()
-            .skip(1)
-            .map(|x| x.parse().unwrap_or(0))
-            .collect()
-    };
-    // user nice system idle iowait irq softirq steal guest guest_nice
-    let at = |f: &[u64], i: usize| f.get(i).copied().unwrap_or(0);
-    let mut idle = Vec::new();
-    let mut softirq = 0;
-    for line in stat.lines() {
-        if line.starts_with("cpu ") {
-            softirq = at(&fields(line), 6);
-        } else if line.starts_with("cpu") && line.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
-        {
-            let f = fields(line);
-            idle.push(at(&f, 3) + at(&f, 4));
-        }
-    }
+    // cpuN user nice system idle iowait irq softirq steal guest guest_nice
+    let idle: Vec<u64> = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0)
+        })
+        .collect();
     if idle.is_empty() {
         return Err(io::Error::other("/proc/stat has no cpuN lines"));
     }
-    Ok((idle, softirq))
+    Ok(idle)
 }
 
 /// Asks for precise timer wakeups (the default slack is 50 µs).
